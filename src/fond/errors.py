@@ -1,0 +1,20 @@
+"""User-facing errors: each carries a one-line message that names the problem.
+
+The CLI prints ``fond: error: <message>`` for these and exits with status 2; anything else is a bug.
+"""
+
+
+class FondError(Exception):
+    """Base class of every error a user can cause (bad input, bad config, bad file)."""
+
+
+class DataError(FondError, ValueError):
+    """Input data is missing, malformed, non-finite or of the wrong shape."""
+
+
+class ConfigError(FondError, ValueError):
+    """A configuration value or key is invalid."""
+
+
+class CheckpointError(FondError):
+    """A checkpoint directory is missing, truncated, tampered with or belongs to another model."""
