@@ -1,0 +1,34 @@
+# Two commands a new user needs (see README):
+#   make demo   set up .venv, train the quick iP-VAE on bundled natural-image patches, evaluate, report
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RUN    ?= runs/quick
+
+.PHONY: venv demo test test-fast lint clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/fond train --model ipvae --data natural16 --preset quick --out $(RUN)
+	@echo "Report: $(RUN)/report/report.md"
+
+test: venv
+	$(PY) -m pytest -n 2 -q
+
+test-fast: venv
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

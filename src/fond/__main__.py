@@ -1,0 +1,5 @@
+import sys
+
+from fond.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""The ``fond`` command line: a thin layer over the library.
+
+    fond train --model ipvae --data natural16 --preset quick --out runs/quick
+    fond eval runs/quick [--data SPEC] [--steps 1000] [--json]
+
+User errors (bad data, bad config, bad checkpoint) print one line, ``fond: error: ...``, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from fond.errors import FondError
+
+MODEL_CHOICES = ("ipvae",)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line: ``fond: error: ...`` (exit 2)."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"fond: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fond", description="Brain-like variational inference (FOND).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    tr = sub.add_parser("train", help="train a model, evaluate it at 1000 steps and write its report")
+    tr.add_argument("--model", default="ipvae", choices=MODEL_CHOICES)
+    tr.add_argument("--data", default="natural16",
+                    help="natural16 (bundled photos), a .npy file of patches (N×D) or a folder of images")
+    tr.add_argument("--preset", default="quick", choices=("quick", "paper"))
+    tr.add_argument("--out", required=True, type=Path, help="run directory (resumed if it holds a checkpoint)")
+    tr.add_argument("--config", type=Path, help="JSON file of TrainConfig overrides")
+    tr.add_argument("--latents", type=_positive_int, default=512, help="K, number of neurons")
+    tr.add_argument("--beta", type=_nonneg_float, help="KL weight β (default: the preset's)")
+    tr.add_argument("--steps", type=_positive_int, help="T_train, unrolled inference steps")
+    tr.add_argument("--iterations", type=_positive_int, help="parameter updates (default: the preset's)")
+    tr.add_argument("--batch-size", type=_positive_int)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--eval-steps", type=_positive_int, default=1000, help="T_test of the final evaluation")
+    tr.add_argument("--no-eval", action="store_true", help="skip the final evaluation and report")
+    tr.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("eval", help="evaluate a trained model over T_test inference steps")
+    ev.add_argument("run", type=Path, help="run or model directory")
+    ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")
+    ev.add_argument("--steps", type=_positive_int, default=1000)
+    ev.add_argument("--samples", type=_positive_int, help="evaluate on the first N inputs only")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from fond.config import TrainConfig, config_from_dict, load_json, preset
+
+    cfg = preset(args.preset, args.model)
+    if args.config is not None:
+        overrides = load_json(args.config)
+        cfg = config_from_dict(TrainConfig, {**cfg.__dict__, **overrides}, source=str(args.config))
+    updates = {"beta": args.beta, "steps": args.steps, "iterations": args.iterations,
+               "batch_size": args.batch_size, "seed": args.seed}
+    return replace(cfg, **{k: v for k, v in updates.items() if v is not None})
+
+
+def _load_run_data(spec: str, run_info: dict, seed: int):
+    from fond.data import load_data
+
+    data_info = run_info.get("data", {})
+    if spec == data_info.get("spec"):
+        train_cfg = run_info.get("train", {})
+        return load_data(spec, n_train=train_cfg.get("n_train", 100_000), n_val=train_cfg.get("n_val", 5_000),
+                         seed=train_cfg.get("seed", seed))
+    return load_data(spec, seed=seed)
+
+
+def _evaluate_and_report(run_dir: Path, model, data, steps: int, samples: int | None, seed: int,
+                         write: bool):
+    from fond.evaluate import evaluate
+
+    x = data.val if samples is None else data.val[:samples]
+    result = evaluate(model, x, steps, seed=seed)
+    if write:
+        from fond.report import write_report
+
+        write_report(run_dir, model, result, x, data.patch_shape)
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fond.config import ModelConfig
+    from fond.data import load_data
+    from fond.train import train
+
+    cfg = _train_config(args)
+    data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
+    model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model)
+    print(f"fond: training {args.model} on {data.name}: {data.train.shape[0]} train / {data.val.shape[0]} "
+          f"held-out inputs of dimension {data.n_inputs}; preset {cfg.preset}, {cfg.iterations} iterations, "
+          f"T_train {cfg.steps}, β {cfg.beta}", file=sys.stderr)
+    result = train(data, cfg, args.out, model_config=model_cfg, data_spec=args.data,
+                   progress=not args.no_progress)
+    print(f"fond: trained {result.iterations} iterations in {result.seconds / 60:.1f} min -> {args.out}",
+          file=sys.stderr)
+    if args.no_eval:
+        return 0
+    evaluation = _evaluate_and_report(args.out, result.model, data, args.eval_steps, None, 0, True)
+    _print_summary(evaluation.summary(), as_json=False)
+    print(f"fond: report written to {args.out / 'report' / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fond.checkpoint import load_model
+    from fond.train import read_run
+
+    run_info = read_run(args.run)
+    model = load_model(args.run)
+    spec = args.data or run_info.get("data", {}).get("spec")
+    if spec is None:
+        raise FondError(f"{args.run}: no data recorded for this model; pass --data")
+    data = _load_run_data(spec, run_info, args.seed)
+    if data.n_inputs != model.n_inputs:
+        raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
+    write = not args.no_report and args.data is None
+    evaluation = _evaluate_and_report(args.run, model, data, args.steps, args.samples, args.seed, write)
+    _print_summary(evaluation.summary(), as_json=args.json)
+    return 0
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if summary.get("diverged"):
+        print("WARNING: the rollout diverged (rates at the clamp, non-finite values or R² < 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        return cmd_eval(args)
+    except FondError as exc:
+        print(f"fond: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fond: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""User data for ``--data``: a .npy file of patches, a folder of images, or the bundled ``natural<N>`` set.
+
+:func:`load_data` is the single entry point; every bad input raises :class:`fond.errors.DataError`
+with a one-line message naming the offending file, folder or argument.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fond.data.natural import (
+    MIN_PATCH_STD,
+    PatchData,
+    _as_index,
+    derived_seeds,
+    natural_patches,
+    patch_data_from_images,
+    to_gray_float,
+    whiten,
+)
+from fond.errors import DataError
+
+__all__ = ["IMAGE_SUFFIXES", "NATURAL_SIZES", "load_data", "load_image_folder", "load_npy_patches"]
+
+#: File suffixes (compared case-insensitively) read from an image folder.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: Patch sides accepted by the ``natural<N>`` data spec.
+NATURAL_SIZES = range(4, 65)
+
+#: Fraction of rows of a .npy file that may at most be held out for validation.
+_NPY_MAX_VAL_FRACTION = 0.10
+
+#: Fraction of (sorted) images of a folder held out for validation; with one image, fraction of its rows.
+_FOLDER_VAL_FRACTION = 0.15
+_SINGLE_IMAGE_VAL_FRACTION = 0.20
+
+_NATURAL_RE = re.compile(r"natural(\d+)")
+
+
+def _unknown(spec: str) -> DataError:
+    return DataError(
+        f"unknown data {spec!r}: expected natural16, a .npy file of patches (N×D) or a folder of images"
+    )
+
+
+def _check_counts(n_train: int, n_val: int) -> tuple[int, int]:
+    n_train = _as_index(n_train, "n_train")
+    n_val = _as_index(n_val, "n_val")
+    if n_train < 1:
+        raise DataError(f"n_train must be ≥ 1, got {n_train}")
+    if n_val < 1:
+        raise DataError(f"n_val must be ≥ 1, got {n_val}")
+    return n_train, n_val
+
+
+def load_data(
+    spec: str,
+    *,
+    patch_size: int = 16,
+    n_train: int = 100_000,
+    n_val: int = 5_000,
+    seed: int = 0,
+) -> PatchData:
+    """Load the data set named by ``spec`` (the CLI's ``--data``).
+
+    Args:
+        spec: one of
+            * ``"natural<N>"`` with 4 ≤ N ≤ 64 (e.g. ``"natural16"``): whitened N×N patches of the bundled
+              photos (:func:`fond.data.natural.natural_patches`); N overrides ``patch_size``;
+            * a path to a ``.npy`` file holding an (N, D) real array of patches (:func:`load_npy_patches`);
+            * a path to a folder of images (:func:`load_image_folder`).
+        patch_size: patch side in pixels for a folder of images.
+        n_train: number of training patches (for a .npy file: at most this many rows).
+        n_val: number of validation patches (for a .npy file: at most this many rows, see there).
+        seed: non-negative integer seed for all sampling.
+
+    Returns:
+        PatchData with float32 train (n_train', D) and val (n_val', D).
+    """
+    if not isinstance(spec, str | Path):
+        raise DataError(f"data spec must be a string, got {type(spec).__name__}")
+    spec_str = str(spec)
+    match = _NATURAL_RE.fullmatch(spec_str)
+    if match:
+        size = int(match.group(1))
+        if size not in NATURAL_SIZES:
+            raise DataError(
+                f"data {spec_str!r}: natural patch size {size} is outside "
+                f"{NATURAL_SIZES[0]}..{NATURAL_SIZES[-1]}"
+            )
+        return natural_patches(size=size, n_train=n_train, n_val=n_val, seed=seed)
+
+    path = Path(spec_str).expanduser()
+    if path.is_dir():
+        return load_image_folder(path, patch_size=patch_size, n_train=n_train, n_val=n_val, seed=seed)
+    if path.suffix.lower() == ".npy":
+        return load_npy_patches(path, n_train=n_train, n_val=n_val, seed=seed)
+    raise _unknown(spec_str)
+
+
+# --------------------------------------------------------------------------------------------------
+# .npy files of patches
+# --------------------------------------------------------------------------------------------------
+
+
+def load_npy_patches(
+    path: str | Path, *, n_train: int = 100_000, n_val: int = 5_000, seed: int = 0
+) -> PatchData:
+    """Load an (N, D) array of patches from a .npy file and split it into train and val.
+
+    The file is read with ``np.load(path, allow_pickle=False)`` and must hold a 2-D real (bool, integer or
+    float) array, finite, with N ≥ 2 rows and D ≥ 1 columns; values are used as they are (no scaling).
+    Rows are shuffled with ``seed``; ``min(n_val, 10 % of N)`` rows (at least 1) are held out for
+    validation and up to ``n_train`` of the remaining rows are used for training.
+    ``patch_shape`` is (s, s) when D = s² is a perfect square, else None.
+    """
+    path = Path(path)
+    n_train, n_val = _check_counts(n_train, n_val)
+    seed_train, _ = derived_seeds(seed)
+    if not path.exists():
+        raise DataError(f"data file '{path}' does not exist")
+    if not path.is_file():
+        raise DataError(f"data file '{path}' is not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read data file '{path}' ({_first_line(exc)})") from None
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+        raise DataError(f"data file '{path}' is not a .npy file (it lacks the NumPy header)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "object arrays" in str(exc).lower():
+            raise DataError(f"data file '{path}' holds an object array: save a numeric N×D array") from None
+        raise DataError(f"data file '{path}' is not a valid .npy file ({_first_line(exc)})") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read data file '{path}' ({_first_line(exc)})") from None
+    if not isinstance(loaded, np.ndarray):  # an .npz archive renamed to .npy
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            close()
+        raise DataError(f"data file '{path}' is an .npz archive, not a single N×D .npy array")
+
+    arr = loaded
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"data file '{path}' holds dtype {arr.dtype}: expected a real numeric N×D array")
+    if arr.ndim != 2:
+        raise DataError(f"data file '{path}' holds an array of shape {arr.shape}: expected a 2-D N×D array")
+    n_rows, d = arr.shape
+    if n_rows < 2:
+        raise DataError(f"data file '{path}' holds {n_rows} row(s): need at least 2 (train + val)")
+    if d < 1:
+        raise DataError(f"data file '{path}' holds rows of length 0: need D ≥ 1")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"data file '{path}' contains NaN or Inf")
+    data = arr.astype(np.float32)
+    if not np.isfinite(data).all():
+        raise DataError(f"data file '{path}' has values too large for float32")
+
+    n_held = max(1, min(n_val, int(math.floor(_NPY_MAX_VAL_FRACTION * n_rows))))
+    order = np.random.default_rng(seed_train).permutation(n_rows)
+    val = np.ascontiguousarray(data[order[:n_held]])
+    train = np.ascontiguousarray(data[order[n_held : n_held + n_train]])
+    side = math.isqrt(d)
+    patch_shape = (side, side) if side * side == d else None
+    return PatchData(train=train, val=val, patch_shape=patch_shape, name=path.name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders of images
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Read one image file as a 2-D float64 grayscale array; raises any PIL/OS error unchanged."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+            arr = np.asarray(img)
+            if arr.dtype.kind == "f":
+                return arr.astype(np.float64)
+            return arr.astype(np.float64) / (65535.0 if arr.dtype.itemsize >= 2 else 255.0)
+        if img.mode not in ("RGB", "RGBA"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        return to_gray_float(np.asarray(img))
+
+
+def load_image_folder(
+    folder: str | Path,
+    *,
+    patch_size: int = 16,
+    n_train: int = 100_000,
+    n_val: int = 5_000,
+    seed: int = 0,
+) -> PatchData:
+    """Whitened patches from a folder of images (png, jpg, jpeg, tif, tiff, bmp; not recursive).
+
+    Files are sorted by name and converted to grayscale; unreadable files, images smaller than the patch
+    size (or than 8 px, the whitening minimum) and constant images are skipped, counted in ``name`` and
+    reported with ``warnings.warn``. Each image is whitened (:func:`fond.data.natural.whiten`). Whole
+    images are held out for validation: the last ceil(15 %) of the usable sorted images (at least 1) when
+    there are ≥ 2; a single image is split into its top 80 % of rows (train) and bottom 20 % (val).
+    Patches are then drawn exactly as for the bundled photos (std ≥ 0.25 per patch, one global scale
+    factor giving the training patches std 1).
+
+    Returns:
+        PatchData with train (n_train, patch_size²), val (n_val, patch_size²), patch_shape (s, s).
+    """
+    folder = Path(folder)
+    patch_size = _as_index(patch_size, "patch size")
+    if patch_size < 2:
+        raise DataError(f"patch size must be ≥ 2, got {patch_size}")
+    n_train, n_val = _check_counts(n_train, n_val)
+    if not folder.is_dir():
+        raise DataError(f"image folder '{folder}' does not exist or is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(
+            f"image folder '{folder}' holds no images ({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})"
+        )
+
+    min_side = max(patch_size, 8)
+    images: list[tuple[str, np.ndarray]] = []
+    unreadable: list[str] = []
+    too_small: list[str] = []
+    constant: list[str] = []
+    for path in files:
+        try:
+            gray = _read_image(path)
+        except Exception:  # any decoder failure (OSError, ValueError, SyntaxError, ...) means unreadable
+            unreadable.append(path.name)
+            continue
+        if min(gray.shape) < min_side:
+            too_small.append(path.name)
+            continue
+        try:
+            images.append((path.name, whiten(gray)))
+        except DataError:
+            constant.append(path.name)
+
+    skipped = [
+        f"{len(names)} {why} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for why, names in (
+            ("unreadable", unreadable),
+            (f"smaller than {min_side}×{min_side}", too_small),
+            ("constant or non-finite", constant),
+        )
+        if names
+    ]
+    if skipped:
+        warnings.warn(f"image folder '{folder}': skipped " + "; ".join(skipped), stacklevel=2)
+    if not images:
+        if len(unreadable) == len(files):
+            raise DataError(f"image folder '{folder}': none of its {len(files)} image file(s) is readable")
+        raise DataError(f"image folder '{folder}' has no usable image: skipped " + "; ".join(skipped))
+
+    if len(images) >= 2:
+        n_held = max(1, math.ceil(_FOLDER_VAL_FRACTION * len(images)))
+        train_images = [im for _, im in images[:-n_held]]
+        val_images = [im for _, im in images[-n_held:]]
+        if not train_images:  # cannot happen for ceil(15 %) with ≥ 2 images; kept as a guard
+            raise DataError(f"image folder '{folder}' has too few usable images to hold some out")
+    else:
+        fname, im = images[0]
+        cut = int(round((1.0 - _SINGLE_IMAGE_VAL_FRACTION) * im.shape[0]))
+        top, bottom = im[:cut], im[cut:]
+        if top.shape[0] < patch_size or bottom.shape[0] < patch_size:
+            raise DataError(
+                f"image '{fname}' in '{folder}' is the only usable image and is too small to split: "
+                f"its bottom 20 % ({bottom.shape[0]} rows) must hold a {patch_size}×{patch_size} patch"
+            )
+        train_images, val_images = [top], [bottom]
+
+    counts = f"{len(images)} image{'s' if len(images) != 1 else ''}"
+    n_skipped = len(unreadable) + len(too_small) + len(constant)
+    if n_skipped:
+        counts += f", skipped {len(unreadable)} unreadable, {len(too_small) + len(constant)} unusable"
+    return patch_data_from_images(
+        train_images,
+        val_images,
+        size=patch_size,
+        n_train=n_train,
+        n_val=n_val,
+        seed=seed,
+        name=f"{folder.resolve().name or folder} ({counts})",
+        min_std=MIN_PATCH_STD,
+    )

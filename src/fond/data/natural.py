@@ -1,0 +1,484 @@
+"""Natural-image patches: bundled photos, Olshausen–Field whitening and vectorised patch extraction.
+
+Units and conventions used throughout:
+
+* images are 2-D float arrays of shape (H, W), rows first; bundled photos are grayscale in [0, 1];
+* spatial frequencies are in cycles/pixel (``np.fft.fftfreq`` convention, Nyquist = 0.5);
+* a batch of patches is a float32 array of shape (n, size * size), each row one size×size patch
+  flattened in row-major (C) order.
+
+Everything here is computed in memory from images that ship inside installed wheels (scikit-image,
+PyWavelets, scikit-learn); nothing is downloaded and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from fond.errors import DataError
+
+__all__ = [
+    "BUNDLED_PHOTOS",
+    "MIN_PATCH_STD",
+    "VALIDATION_PHOTOS",
+    "PatchData",
+    "extract_patches",
+    "load_photo",
+    "natural_patches",
+    "whiten",
+]
+
+#: Patches of whitened (unit-variance) images whose own std is below this are rejected: flat sky or
+#: background patches carry almost no signal, so per-sample R² on them is meaningless.
+MIN_PATCH_STD = 0.25
+
+#: Smallest image side (pixels) that :func:`whiten` accepts.
+_MIN_WHITEN_SIDE = 8
+
+#: Upper bound on the number of float32 elements gathered in one batch of candidate patches (64 MiB).
+_GATHER_CHUNK_ELEMENTS = 1 << 24
+
+
+# --------------------------------------------------------------------------------------------------
+# Patch container
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatchData:
+    """Training and validation patches for one data set.
+
+    Attributes:
+        train: float32 array (n_train, D), C-contiguous, finite.
+        val: float32 array (n_val, D), C-contiguous, finite, same D as ``train``.
+        patch_shape: (height, width) of one patch with height * width == D, or None when the rows are
+            not images (e.g. a .npy file whose D is not a perfect square).
+        name: short human-readable description of where the data came from.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    patch_shape: tuple[int, int] | None
+    name: str
+
+    def __post_init__(self) -> None:
+        for label, arr in (("train", self.train), ("val", self.val)):
+            if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype != np.float32:
+                raise DataError(f"PatchData.{label} must be a 2-D float32 array")
+            if not arr.flags.c_contiguous:
+                raise DataError(f"PatchData.{label} must be C-contiguous")
+            if arr.shape[0] < 1 or arr.shape[1] < 1:
+                raise DataError(f"PatchData.{label} is empty (shape {arr.shape})")
+            if not np.isfinite(arr).all():
+                raise DataError(f"PatchData.{label} contains NaN or Inf")
+        if self.train.shape[1] != self.val.shape[1]:
+            raise DataError(
+                f"PatchData train and val widths differ ({self.train.shape[1]} vs {self.val.shape[1]})"
+            )
+        if self.patch_shape is not None and math.prod(self.patch_shape) != self.train.shape[1]:
+            raise DataError(
+                f"PatchData patch_shape {self.patch_shape} does not match row length {self.train.shape[1]}"
+            )
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of inputs per sample, D (pixels per patch)."""
+        return int(self.train.shape[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Bundled photos
+# --------------------------------------------------------------------------------------------------
+
+
+def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return getattr(skimage.data, name)()
+
+    load.__name__ = f"skimage_{name}"
+    return load
+
+
+def _pywt_loader(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import pywt.data
+
+        return getattr(pywt.data, name)()
+
+    load.__name__ = f"pywt_{name}"
+    return load
+
+
+def _sklearn_loader(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+
+    load.__name__ = f"sklearn_{name}"
+    return load
+
+
+_SKIMAGE_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "grass", "gravel", "brick", "moon")
+
+#: Name → loader of every photo bundled with an installed wheel (raw array, uint8, gray or RGB).
+#: PyWavelets' ``camera`` is left out: it duplicates scikit-image's.
+BUNDLED_PHOTOS: Mapping[str, Callable[[], np.ndarray]] = types.MappingProxyType(
+    {
+        **{name: _skimage_loader(name) for name in _SKIMAGE_PHOTOS},
+        **{name: _pywt_loader(name) for name in ("aero", "ascent")},
+        **{name: _sklearn_loader(name) for name in ("china", "flower")},
+    }
+)
+
+#: Whole photos held out for validation: no training patch is ever drawn from them.
+VALIDATION_PHOTOS: tuple[str, ...] = ("chelsea", "ascent")
+
+
+def to_gray_float(image: np.ndarray) -> np.ndarray:
+    """Convert a gray (H, W), RGB (H, W, 3) or RGBA (H, W, 4) image to a 2-D float64 array.
+
+    Integer images are scaled to [0, 1] by their dtype's range; float images are kept as they are.
+    Raises DataError for any other shape or a non-numeric dtype.
+    """
+    from skimage.color import rgb2gray, rgba2rgb
+    from skimage.util import img_as_float64
+
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"image has non-numeric dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] == 2:  # gray + alpha
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        return img_as_float64(arr) if arr.dtype.kind != "f" else arr.astype(np.float64)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = img_as_float64(arr) if arr.dtype.kind != "f" else arr.astype(np.float64)
+        if arr.shape[2] == 4:
+            arr = rgba2rgb(arr)
+        return np.asarray(rgb2gray(arr), dtype=np.float64)
+    raise DataError(f"image has shape {arr.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+
+
+def load_photo(name: str) -> np.ndarray:
+    """Load bundled photo ``name`` as a 2-D float64 grayscale array (H, W) with values in [0, 1]."""
+    try:
+        loader = BUNDLED_PHOTOS[name]
+    except (KeyError, TypeError):
+        raise DataError(f"unknown photo {name!r}: expected one of {', '.join(BUNDLED_PHOTOS)}") from None
+    return to_gray_float(loader())
+
+
+@functools.lru_cache(maxsize=64)
+def _whitened_photo(name: str, f0: float) -> np.ndarray:
+    """Whitened bundled photo (read-only float32 (H, W)); cached in memory per (name, f0)."""
+    out = whiten(load_photo(name), f0=f0)
+    out.setflags(write=False)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Whitening
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_f0(f0: object) -> float:
+    if isinstance(f0, bool) or not isinstance(f0, int | float | np.floating | np.integer):
+        raise DataError(f"whitening roll-off f0 must be a positive number of cycles/pixel, got {f0!r}")
+    value = float(f0)
+    if not (math.isfinite(value) and value > 0):
+        raise DataError(f"whitening roll-off f0 must be a positive number of cycles/pixel, got {f0!r}")
+    return value
+
+
+def whiten(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
+    """Olshausen–Field whitening of one grayscale image.
+
+    The mean is removed, the image is filtered in Fourier space by ``f * exp(-(f / f0) ** 4)`` where
+    ``f = sqrt(fx**2 + fy**2)`` is the radial spatial frequency in cycles/pixel (``np.fft.fftfreq``
+    on each axis, so Nyquist is 0.5), and the real part of the result is z-scored over the whole image.
+    The ramp ``f`` flattens the ~1/f amplitude spectrum of natural images; the exponential rolls off
+    above ``f0`` to suppress aliasing and pixel noise.
+
+    Args:
+        image: 2-D array (H, W), H and W ≥ 8, any real numeric dtype, finite, not constant.
+        f0: roll-off frequency of the low-pass part, in cycles/pixel (> 0; default 0.4).
+        eps: an image whose filtered std is ≤ eps (in the input's intensity units) is treated as
+            having no contrast and rejected.
+
+    Returns:
+        float32 array (H, W) with mean 0 and std 1.
+
+    Raises:
+        DataError: for a non-2-D, non-numeric, non-finite, too small (< 8 px a side) or constant image,
+            or for f0 ≤ 0.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise DataError(f"whiten expects a 2-D grayscale image, got an array of shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"whiten expects a real numeric image, got dtype {arr.dtype}")
+    if min(arr.shape) < _MIN_WHITEN_SIDE:
+        raise DataError(
+            f"image of shape {arr.shape} is too small to whiten (need ≥ {_MIN_WHITEN_SIDE} px a side)"
+        )
+    f0 = _check_f0(f0)
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise DataError(f"image of shape {arr.shape} contains NaN or Inf")
+    centred = arr - arr.mean()
+    if not np.any(centred):
+        raise DataError(f"image of shape {arr.shape} is constant: nothing to whiten")
+
+    fy = np.fft.fftfreq(arr.shape[0])[:, None]
+    fx = np.fft.fftfreq(arr.shape[1])[None, :]
+    f = np.hypot(fx, fy)
+    filt = f * np.exp(-((f / f0) ** 4))
+    out = np.fft.ifft2(np.fft.fft2(centred) * filt).real
+    out -= out.mean()
+    std = float(out.std())
+    if not std > eps:
+        raise DataError(f"image of shape {arr.shape} has no contrast left after whitening (std {std:.3g})")
+    out /= std
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Patch extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_index(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise DataError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _as_images(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Validate ``images`` (one 2-D array or a sequence of them) and return float32 C-contiguous copies."""
+    expected = "images must be a 2-D array or a sequence of 2-D arrays"
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2:
+            seq: Sequence[np.ndarray] = [images]
+        elif images.ndim == 3:
+            seq = list(images)
+        else:
+            raise DataError(f"{expected}, got an array of shape {images.shape}")
+    else:
+        try:
+            seq = list(images)
+        except TypeError:
+            raise DataError(f"{expected}, got {type(images).__name__}") from None
+    if not seq:
+        raise DataError("no images to extract patches from")
+    out = []
+    for i, im in enumerate(seq):
+        arr = np.asarray(im)
+        if arr.ndim != 2:
+            raise DataError(f"image {i} has shape {arr.shape}: expected a 2-D grayscale array")
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"image {i} has non-numeric dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise DataError(f"image {i} (shape {arr.shape}) contains NaN or Inf")
+        out.append(arr)
+    return out
+
+
+def extract_patches(
+    images: np.ndarray | Sequence[np.ndarray],
+    size: int,
+    n: int,
+    seed: int,
+    min_std: float = 0.0,
+) -> np.ndarray:
+    """Draw ``n`` random size×size patches from one or more 2-D images.
+
+    Every valid top-left position of every image is equally likely (so an image is chosen with
+    probability proportional to its number of valid positions); positions are drawn with replacement
+    from ``np.random.default_rng(seed)``. With ``min_std > 0`` patches whose std (over their pixels)
+    is below ``min_std`` are rejected and redrawn, in bulk, until ``n`` are accepted; DataError is
+    raised if that has not happened after 50·n + 1000 candidates.
+
+    Args:
+        images: one 2-D array (H, W), or a sequence of 2-D arrays of possibly different shapes,
+            every side ≥ size, finite values.
+        size: patch side in pixels (≥ 2).
+        n: number of patches (≥ 1).
+        seed: non-negative integer seed.
+        min_std: minimum per-patch std, in the images' intensity units (≥ 0).
+
+    Returns:
+        float32 array (n, size * size); row k is patch k flattened in row-major order.
+    """
+    size = _as_index(size, "patch size")
+    n = _as_index(n, "number of patches")
+    seed = _as_index(seed, "seed")
+    if size < 2:
+        raise DataError(f"patch size must be ≥ 2, got {size}")
+    if n < 1:
+        raise DataError(f"number of patches must be ≥ 1, got {n}")
+    if seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed}")
+    if (
+        isinstance(min_std, bool)
+        or not isinstance(min_std, int | float | np.floating | np.integer)
+        or not (math.isfinite(min_std) and min_std >= 0)
+    ):
+        raise DataError(f"min_std must be a finite number ≥ 0, got {min_std!r}")
+    imgs = _as_images(images)
+    for i, im in enumerate(imgs):
+        if im.shape[0] < size or im.shape[1] < size:
+            raise DataError(f"image {i} of shape {im.shape} is smaller than the patch size {size}×{size}")
+
+    rng = np.random.default_rng(seed)
+    windows = [sliding_window_view(im, (size, size)) for im in imgs]
+    n_cols = np.array([w.shape[1] for w in windows], dtype=np.int64)
+    counts = np.array([w.shape[0] * w.shape[1] for w in windows], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    total = int(starts[-1])
+    d = size * size
+    chunk = max(1, _GATHER_CHUNK_ELEMENTS // d)
+
+    def draw(m: int) -> np.ndarray:
+        flat = rng.integers(0, total, size=m, dtype=np.int64)
+        which = np.searchsorted(starts, flat, side="right") - 1
+        local = flat - starts[which]
+        rows, cols = np.divmod(local, n_cols[which])
+        batch = np.empty((m, d), dtype=np.float32)
+        order = np.argsort(which, kind="stable")  # group draws by image: one gather per image
+        bounds = np.searchsorted(which[order], np.arange(len(windows) + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[j] : bounds[j + 1]]
+            batch[sel] = windows[j][rows[sel], cols[sel]].reshape(-1, d)
+        return batch
+
+    if min_std <= 0:
+        if n <= chunk:
+            return draw(n)
+        return np.concatenate([draw(min(chunk, n - k)) for k in range(0, n, chunk)])
+
+    kept: list[np.ndarray] = []
+    have = 0
+    drawn = 0
+    accepted = 0
+    budget = 50 * n + 1000
+    while have < n and drawn < budget:
+        rate = max(accepted / drawn, 0.02) if drawn else 1.0
+        m = min(chunk, budget - drawn, math.ceil((n - have) / rate * 1.1) + 16)
+        batch = draw(m)
+        drawn += m
+        ok = batch.std(axis=1, dtype=np.float64) >= min_std
+        k = int(ok.sum())
+        accepted += k
+        if k:
+            take = batch[ok][: n - have]
+            kept.append(take)
+            have += take.shape[0]
+    if have < n:
+        raise DataError(
+            f"only {have} of {n} patches of size {size}×{size} have std ≥ {min_std} after {drawn} draws: "
+            "lower min_std or use higher-contrast images"
+        )
+    return np.ascontiguousarray(np.concatenate(kept)) if len(kept) > 1 else kept[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Patch data sets
+# --------------------------------------------------------------------------------------------------
+
+
+def derived_seeds(seed: int) -> tuple[int, int]:
+    """Two independent non-negative integer seeds (train, val) derived from ``seed``."""
+    seed = _as_index(seed, "seed")
+    if seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed}")
+    train_ss, val_ss = np.random.SeedSequence(seed).spawn(2)
+    return int(train_ss.generate_state(1)[0]), int(val_ss.generate_state(1)[0])
+
+
+def patch_data_from_images(
+    train_images: Sequence[np.ndarray],
+    val_images: Sequence[np.ndarray],
+    *,
+    size: int,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    name: str,
+    min_std: float = MIN_PATCH_STD,
+) -> PatchData:
+    """Draw train patches from ``train_images`` and val patches from ``val_images`` (already whitened).
+
+    Patches with std < ``min_std`` are rejected (see :func:`extract_patches`); train and val use
+    different seeds derived from ``seed``. All patches are then multiplied by one global factor chosen
+    so that the training patches have overall std 1 (the same factor is applied to validation).
+    """
+    n_train = _as_index(n_train, "n_train")
+    n_val = _as_index(n_val, "n_val")
+    if n_train < 1:
+        raise DataError(f"n_train must be ≥ 1, got {n_train}")
+    if n_val < 1:
+        raise DataError(f"n_val must be ≥ 1, got {n_val}")
+    seed_train, seed_val = derived_seeds(seed)
+    train = extract_patches(train_images, size, n_train, seed_train, min_std=min_std)
+    val = extract_patches(val_images, size, n_val, seed_val, min_std=min_std)
+    std = float(train.std(dtype=np.float64))
+    if not std > 0:
+        raise DataError(f"training patches of {name!r} have zero variance")
+    scale = np.float32(1.0 / std)
+    train *= scale
+    val *= scale
+    return PatchData(train=train, val=val, patch_shape=(size, size), name=name)
+
+
+def natural_patches(
+    size: int = 16,
+    n_train: int = 100_000,
+    n_val: int = 5_000,
+    seed: int = 0,
+    f0: float = 0.4,
+) -> PatchData:
+    """Whitened natural-image patches from the bundled photos.
+
+    Every photo in :data:`BUNDLED_PHOTOS` is converted to grayscale and whitened (:func:`whiten`, roll-off
+    ``f0`` in cycles/pixel; the whitened images are cached in memory). Training patches are drawn from
+    the photos not in :data:`VALIDATION_PHOTOS`, validation patches only from those held-out photos,
+    with different seeds derived from ``seed``.
+
+    Low-contrast patches (std < :data:`MIN_PATCH_STD` = 0.25 in units of the whitened image's std)
+    are rejected and redrawn: whitened flat sky or background patches are almost pure noise of tiny
+    amplitude, and per-sample R² on them is meaningless. Finally all patches are scaled by one global
+    factor so that the training patches have overall std 1 (validation gets the same factor).
+
+    Returns:
+        PatchData with train (n_train, size²), val (n_val, size²), float32, patch_shape (size, size).
+    """
+    val_names = [p for p in VALIDATION_PHOTOS if p in BUNDLED_PHOTOS]
+    train_names = [p for p in BUNDLED_PHOTOS if p not in VALIDATION_PHOTOS]
+    if not val_names or not train_names:
+        raise DataError("the bundled photo set needs at least one training and one validation photo")
+    f0 = _check_f0(f0)
+    return patch_data_from_images(
+        [_whitened_photo(p, f0) for p in train_names],
+        [_whitened_photo(p, f0) for p in val_names],
+        size=size,
+        n_train=n_train,
+        n_val=n_val,
+        seed=seed,
+        name=f"natural{size}",
+    )

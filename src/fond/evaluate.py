@@ -1,0 +1,91 @@
+"""Evaluation at T_test inference steps (DESIGN.md §2.5), chunked over the evaluation set."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fond.errors import DataError
+from fond.metrics import convergence_step, r2_per_sample, rate_distortion_distance, zeros_fraction
+
+__all__ = ["evaluate", "Evaluation"]
+
+
+@dataclass
+class Evaluation:
+    """Summary of a T-step rollout over an evaluation set, plus the per-step curves.
+
+    r2 / r2_rates: mean per-sample R² at the last step from spikes / from rates. zeros: fraction of
+    zero counts at the last step. convergence_step: first step with R² ≥ 99 % of its final value
+    (None if the final R² ≤ 0). nelbo: nats per sample at the last step (NLL + KL to the online prior).
+    rate_distortion: √((1 − R²)² + (1 − zeros)²). diverged: the rollout blew up (non-finite values,
+    rates at the clamp, or a final R² below 0) — numbers from such a rollout mean little.
+    trace: per-step means (arrays of length steps). features: rates at the last step (N, K).
+    """
+
+    r2: float
+    r2_rates: float
+    zeros: float
+    convergence_step: int | None
+    nelbo: float
+    n_params: int
+    steps: int
+    n_samples: int
+    rate_distortion: float
+    diverged: bool
+    rate_max: float
+    trace: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    features: np.ndarray | None = field(repr=False, default=None)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready scalars (no arrays)."""
+        keys = ("r2", "r2_rates", "zeros", "convergence_step", "nelbo", "n_params", "steps", "n_samples",
+                "rate_distortion", "diverged", "rate_max")
+        return {k: getattr(self, k) for k in keys}
+
+
+def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: int = 0,
+             chunk_size: int = 1000, keep_features: bool = False) -> Evaluation:
+    """Roll ``model.infer`` for ``steps`` steps over ``x`` (N, D) in chunks and average the results.
+
+    Per-step curves are averaged over chunks weighted by chunk size; chunk i uses seed ``seed + i``.
+    """
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise DataError(f"evaluation data must have shape (N ≥ 1, D), got {tuple(x.shape)}")
+    if chunk_size < 1:
+        raise DataError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    n = x.shape[0]
+    sums: dict[str, np.ndarray] = {}
+    r2 = r2_rates = zeros = 0.0
+    rate_max = 0.0
+    features = []
+    for i, begin in enumerate(range(0, n, chunk_size)):
+        chunk = x[begin:begin + chunk_size]
+        res = model.infer(chunk, steps, seed=seed + i, trace=True)
+        w = chunk.shape[0]
+        for key, values in res.trace.items():
+            values = np.asarray(values, dtype=float)
+            sums[key] = sums.get(key, 0.0) + (values * w if key != "rate_max" else 0.0)
+        rate_max = max(rate_max, float(np.max(res.trace.get("rate_max", [res.rates.max().item()]))))
+        r2 += float(r2_per_sample(chunk, res.reconstruction).sum())
+        r2_rates += float(r2_per_sample(chunk, res.reconstruction_from_rates).sum())
+        zeros += float(zeros_fraction(res.spikes).sum())
+        if keep_features:
+            features.append(res.rates.numpy())
+    trace = {k: v / n for k, v in sums.items() if k != "rate_max"}
+    r2, r2_rates, zeros = r2 / n, r2_rates / n, zeros / n
+    nelbo = float(trace["nelbo"][-1]) if "nelbo" in trace else float("nan")
+    clamp_rate = math.exp(model.config.clamp_final)
+    diverged = (not all(math.isfinite(v) for v in (r2, r2_rates, zeros, nelbo))
+                or rate_max >= 0.5 * clamp_rate or r2 < 0)
+    return Evaluation(
+        r2=r2, r2_rates=r2_rates, zeros=zeros, convergence_step=convergence_step(trace.get("r2", [])),
+        nelbo=nelbo, n_params=int(model.n_params()), steps=steps, n_samples=n,
+        rate_distortion=rate_distortion_distance(r2, zeros), diverged=bool(diverged), rate_max=rate_max,
+        trace=trace, features=np.concatenate(features) if keep_features else None,
+    )

@@ -1,0 +1,153 @@
+"""The Poisson family: the flexible choice that turns FOND into the iterative Poisson VAE.
+
+State: membrane potentials ``u`` (B×K, nats); rates ``r = exp(u)`` (spikes per inference step);
+``q(z) = ∏_k Pois(z_k; r_k)``. This module holds everything that depends on that choice: the KL
+divergence between two Poisson posteriors, the exact sampler used at evaluation, and the relaxed
+(reparameterised) sampler used in training. The dynamics that consume them live in ``fond.dynamics``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fond.families.sampling import poisson_tail_cutoff, sample_poisson
+
+__all__ = [
+    "INDICATORS",
+    "KL_FORMS",
+    "poisson_kl",
+    "relaxed_poisson",
+    "sample_poisson",
+    "poisson_tail_cutoff",
+    "n_terms_for",
+]
+
+KLForm = Literal["exact", "reference"]
+Indicator = Literal["sigmoid", "cubic", "straight_through"]
+KL_FORMS: tuple[str, ...] = ("exact", "reference")
+INDICATORS: tuple[str, ...] = ("sigmoid", "cubic", "straight_through")
+
+
+def poisson_kl(u: Tensor, u_prior: Tensor, form: KLForm = "exact") -> Tensor:
+    """KL(Pois(exp(u)) ‖ Pois(exp(u_prior))), elementwise, in nats.
+
+    ``form="exact"``: r₀ − r + r·(u − u₀), written as r·(expm1(−Δ) + Δ) with Δ = u − u₀ so that it
+    stays accurate (and ≥ 0) for tiny Δ. ``form="reference"``: the paper code's expression
+    r·(1 + e^Δ(Δ − 1)) = e^Δ · KL, offered only for bit-faithful replication of its training runs.
+    Both vanish iff u = u₀. Shapes broadcast; the result has the broadcast shape.
+    """
+    delta = u - u_prior
+    rate = torch.exp(u)
+    if form == "exact":
+        return rate * (torch.expm1(-delta) + delta)
+    if form == "reference":
+        return rate * (1.0 + torch.exp(delta) * (delta - 1.0))
+    raise ValueError(f"unknown Poisson KL form {form!r}: expected one of {KL_FORMS}")
+
+
+def n_terms_for(rates: Tensor, tail: float = 1e-3, max_terms: int = 256) -> int:
+    """Number of exponential arrival times the relaxed sampler needs for this batch.
+
+    The smallest n with P(Pois(r_max) > n) < ``tail``, r_max the largest rate at hand, capped at
+    ``max_terms`` (counts above the cap are truncated: a documented bias for pathological rates).
+    """
+    rate_max = float(rates.detach().max()) if rates.numel() else 0.0
+    if not math.isfinite(rate_max):
+        raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
+    return max(1, min(max_terms, poisson_tail_cutoff(rate_max, tail)))
+
+
+def _cubic_step(x: Tensor) -> Tensor:
+    s = torch.clamp(0.5 * x + 0.5, 0.0, 1.0)
+    return s * s * (3.0 - 2.0 * s)
+
+
+_BUCKET_TERMS: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _rate_limits(tail: float) -> list[tuple[int, float]]:
+    """For each bucket size n, the largest rate whose tail P(Pois(r) > n) is still below ``tail``."""
+    from scipy import optimize, stats
+
+    limits = []
+    for n in _BUCKET_TERMS:
+        limits.append((n, float(optimize.brentq(lambda r: stats.poisson.sf(n, r) - tail, 1e-12, 4.0 * n + 50))))
+    return limits
+
+
+_LIMITS_CACHE: dict[float, list[tuple[int, float]]] = {}
+
+
+def _relaxed_counts(rates: Tensor, n: int, temperature: float, generator, indicator: str) -> Tensor:
+    uniforms = torch.rand((*rates.shape, n), generator=generator, dtype=rates.dtype, device=rates.device)
+    # −log U is Exp(1); tiny(U) guards log(0) without biasing (P(U < tiny) is ~1e-38).
+    exp1 = -torch.log(uniforms.clamp_min(torch.finfo(rates.dtype).tiny))
+    arrival_times = torch.cumsum(exp1, dim=-1) / rates.unsqueeze(-1)
+    margin = 1.0 - arrival_times
+    if temperature == 0.0 or indicator == "straight_through":
+        hard = (margin > 0).to(rates.dtype).sum(-1)
+        if temperature == 0.0:
+            return hard + 0.0 * rates if rates.requires_grad else hard
+    scaled = margin / temperature
+    if indicator == "sigmoid":
+        return torch.sigmoid(scaled).sum(-1)
+    if indicator == "cubic":
+        return _cubic_step(scaled).sum(-1)
+    soft = torch.sigmoid(scaled).sum(-1)
+    return hard + (soft - soft.detach())
+
+
+def relaxed_poisson(
+    rates: Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    *,
+    indicator: Indicator = "sigmoid",
+    n_terms: int | None = None,
+    tail: float = 1e-3,
+    max_terms: int = 1024,
+) -> Tensor:
+    """Reparameterised Poisson sample via exponential arrival times, differentiable in ``rates``.
+
+    Draws inter-arrival times Δ_j = −log(U_j)/r (U_j uniform), arrival times T_j = Σ_{i≤j} Δ_i, and
+    counts the arrivals inside the unit interval with a soft indicator: z = Σ_j g((1 − T_j)/τ).
+    ``indicator``: "sigmoid" (the paper's; biased upward at high τ), "cubic" (smooth-step, exactly 0/1
+    outside |1 − T_j| < τ, symmetric so far less biased), "straight_through" (forward: the hard count,
+    an exact truncated Poisson draw; backward: the sigmoid relaxation's gradient). τ = 0 gives hard
+    counts. ``rates``: any shape; returns a float tensor of the same shape.
+
+    Number of arrival times: ``n_terms`` if given (one size for all). Otherwise each element gets the
+    smallest of 4, 8, 16, … terms (up to ``max_terms``) whose truncation probability at its own rate is
+    below ``tail``: most rates are tiny, so this costs a fraction of sizing every element for the batch's
+    largest rate, with the same per-element truncation guarantee.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+    if indicator not in INDICATORS:
+        raise ValueError(f"unknown indicator {indicator!r}: expected one of {INDICATORS}")
+    if n_terms is not None:
+        return _relaxed_counts(rates, n_terms, temperature, generator, indicator)
+    if tail not in _LIMITS_CACHE:
+        _LIMITS_CACHE[tail] = _rate_limits(tail)
+    flat = rates.reshape(-1)
+    detached = flat.detach()
+    if not torch.isfinite(detached).all():
+        raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
+    out = torch.zeros_like(flat)
+    assigned = torch.zeros_like(detached, dtype=torch.bool)
+    buckets = [(n, r) for n, r in _LIMITS_CACHE[tail] if n < max_terms] + [(max_terms, float("inf"))]
+    for n, limit in buckets:
+        members = (~assigned) & (detached <= limit)
+        if not members.any():
+            continue
+        assigned |= members
+        index = members.nonzero().squeeze(1)
+        counts = _relaxed_counts(flat.index_select(0, index), n, temperature, generator, indicator)
+        out = out.index_copy(0, index, counts)
+        if bool(assigned.all()):
+            break
+    return out.reshape(rates.shape)

@@ -1,0 +1,408 @@
+"""Diagnostic figures: learned dictionaries, per-step inference curves, reconstructions, training logs.
+
+Every function renders with the object-oriented Agg API (``matplotlib.figure.Figure`` plus
+``FigureCanvasAgg``), so nothing touches pyplot's global state or the configured backend, and
+writes a PNG atomically: the figure goes to a hidden temporary file in the destination directory,
+which is then moved into place with :func:`os.replace`. Readers therefore see either the previous
+file or the complete new one, never a half-written PNG. Missing parent directories are created and
+the written :class:`pathlib.Path` is returned.
+
+Bad input raises :class:`fond.errors.DataError` (a :class:`ValueError`) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fond.errors import DataError
+
+__all__ = [
+    "plot_dictionary",
+    "plot_inference_curves",
+    "plot_reconstructions",
+    "plot_training_curves",
+]
+
+DPI = 120
+_SEPARATOR_COLOUR = "#4a6fa5"  # not a grey, so tile borders never look like atom pixels
+_INFERENCE_KEYS = ("r2", "r2_rates", "zeros", "du_norm", "nelbo")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_array(a: Any, name: str) -> np.ndarray:
+    """Return ``a`` as a float64 NumPy array; torch tensors are detached and moved to the CPU first."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu()
+    try:
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be a numeric array, got {type(a).__name__}") from exc
+
+
+def _check_patch_shape(patch_shape: Any) -> tuple[int, int]:
+    try:
+        ph, pw = (int(s) for s in patch_shape)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"patch_shape must be two positive integers, got {patch_shape!r}") from exc
+    if ph < 1 or pw < 1:
+        raise DataError(f"patch_shape must be two positive integers, got {patch_shape!r}")
+    return ph, pw
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        # "xb" creates the file with the process umask (unlike mkstemp's 0600) and never clobbers.
+        with open(tmp, "xb") as fh:
+            fig.savefig(fh, format="png", dpi=DPI)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _finite_min(a: np.ndarray) -> float | None:
+    finite = a[np.isfinite(a)]
+    return float(finite.min()) if finite.size else None
+
+
+# --------------------------------------------------------------------------- dictionary
+
+
+def _atom_order(weights: np.ndarray, order: str) -> np.ndarray:
+    """Column indices of ``weights`` (D, K) in display order.
+
+    ``"norm"``: descending L2 norm, ties (including dead, all-zero atoms, which come last) kept in
+    index order; ``"index"``: ``0..K-1``.
+    """
+    k = weights.shape[1]
+    if order == "index":
+        return np.arange(k)
+    if order == "norm":
+        norms = np.linalg.norm(weights, axis=0)
+        return np.argsort(-norms, kind="stable")
+    raise DataError(f"order must be 'norm' or 'index', got {order!r}")
+
+
+def _dictionary_mosaic(atoms: np.ndarray, patch_shape: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    """Tile atoms (D, n) into one image with 1-pixel NaN separators; each atom scaled to [-1, 1]."""
+    ph, pw = patch_shape
+    n = atoms.shape[1]
+    ncols = math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    mosaic = np.full((nrows * (ph + 1) - 1, ncols * (pw + 1) - 1), np.nan)
+    for i in range(n):
+        a = atoms[:, i].reshape(ph, pw)
+        peak = np.max(np.abs(a))
+        tile = a / peak if peak > 0 else np.zeros_like(a)
+        r, c = divmod(i, ncols)
+        mosaic[r * (ph + 1) : r * (ph + 1) + ph, c * (pw + 1) : c * (pw + 1) + pw] = tile
+    return mosaic, nrows, ncols
+
+
+def plot_dictionary(
+    weights: Any,
+    patch_shape: tuple[int, int],
+    path: str | os.PathLike[str],
+    *,
+    max_atoms: int = 256,
+    order: str = "norm",
+    title: str | None = None,
+) -> Path:
+    """Show the atoms (columns) of a dictionary ``weights`` of shape (D, K) as a grid of image patches.
+
+    Each column is reshaped row-major to ``patch_shape`` and scaled independently to the symmetric
+    range [-max|a|, +max|a|] of a grey colormap (black negative, mid-grey zero, white positive), so
+    the figure shows each atom's shape, not its magnitude. At most ``max_atoms`` atoms are shown in a
+    near-square grid with 1-pixel coloured separators; ``order="norm"`` shows the largest-L2-norm
+    atoms first (dead atoms last), ``order="index"`` keeps the given order.
+    """
+    w = _as_array(weights, "weights")
+    ph, pw = _check_patch_shape(patch_shape)
+    if w.ndim != 2:
+        raise DataError(f"weights must be a 2-D (D, K) array, got shape {w.shape}")
+    d, k = w.shape
+    if d != ph * pw:
+        raise DataError(f"weights has D={d} rows but patch_shape {ph}x{pw} needs D={ph * pw}")
+    if k == 0:
+        raise DataError("weights has no atoms (K=0 columns)")
+    if not np.all(np.isfinite(w)):
+        raise DataError(f"weights contains {int(np.sum(~np.isfinite(w)))} non-finite values")
+    if int(max_atoms) < 1:
+        raise DataError(f"max_atoms must be at least 1, got {max_atoms}")
+
+    idx = _atom_order(w, order)[: int(max_atoms)]
+    n_dead = int(np.sum(np.linalg.norm(w, axis=0) == 0))
+    mosaic, nrows, ncols = _dictionary_mosaic(w[:, idx], (ph, pw))
+
+    aspect = mosaic.shape[0] / mosaic.shape[1]
+    width = float(np.clip(0.75 * ncols * pw / 16 + 2.0, 5.0, 12.0))
+    fig = _new_figure(width, max(3.5, width * aspect * 0.92 + 0.9))
+    ax = fig.add_subplot()
+    cmap = colormaps["gray"].with_extremes(bad=_SEPARATOR_COLOUR)
+    im = ax.imshow(mosaic, cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    sort_txt = "sorted by descending L2 norm" if order == "norm" else "in index order"
+    ax.set_xlabel(
+        f"atoms {sort_txt}, left to right then top to bottom; each tile {ph}×{pw} px "
+        f"({nrows}×{ncols} grid)"
+    )
+    if title is None:
+        title = f"Dictionary Φ: {len(idx)} of {k} atoms shown (D={d}, {n_dead} dead)"
+    ax.set_title(title)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+    cbar.set_label("weight / max|atom| (each atom scaled separately, dimensionless)")
+    return _save_atomic(fig, path)
+
+
+# --------------------------------------------------------------------------- inference curves
+
+
+def plot_inference_curves(
+    trace: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    convergence_step: int | None = None,
+) -> Path:
+    """Plot per-inference-step curves (t = 1..T, log x axis) in one row of panels.
+
+    Recognised keys (others are ignored): ``"r2"`` and ``"r2_rates"`` share an R² panel whose y
+    range is [max(min R², -1), 1]; ``"zeros"`` (fraction of zero spike counts, 0..1); ``"du_norm"``
+    (mean ‖u_t − u_{t−1}‖, log y; non-positive values are dropped); ``"nelbo"``. A dashed vertical
+    line marks ``convergence_step`` when given. All recognised arrays must be 1-D of equal length.
+    """
+    if not isinstance(trace, Mapping):
+        raise DataError(f"trace must be a mapping of name -> 1-D array, got {type(trace).__name__}")
+    curves = {key: _as_array(trace[key], f"trace[{key!r}]") for key in _INFERENCE_KEYS if key in trace}
+    if not curves:
+        raise DataError(f"trace has none of the keys {', '.join(_INFERENCE_KEYS)}; got {sorted(trace)}")
+    for key, arr in curves.items():
+        if arr.ndim != 1 or arr.size == 0:
+            raise DataError(f"trace[{key!r}] must be a non-empty 1-D array, got shape {arr.shape}")
+    lengths = {key: arr.size for key, arr in curves.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"trace arrays have different lengths: {lengths}")
+    n_steps = next(iter(lengths.values()))
+    if convergence_step is not None and not 1 <= int(convergence_step) <= n_steps:
+        raise DataError(f"convergence_step must be in 1..{n_steps}, got {convergence_step}")
+    t = np.arange(1, n_steps + 1)
+
+    panels: list[str] = []
+    if "r2" in curves or "r2_rates" in curves:
+        panels.append("r2")
+    panels += [key for key in ("zeros", "du_norm", "nelbo") if key in curves]
+
+    fig = _new_figure(3.8 * len(panels) + 0.4, 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        if panel == "r2":
+            lows = []
+            for key, label, colour in (("r2", "from spikes", "C0"), ("r2_rates", "from rates", "C1")):
+                if key in curves:
+                    ax.plot(t, curves[key], color=colour, label=label)
+                    low = _finite_min(curves[key])
+                    if low is not None:
+                        lows.append(low)
+            low = max(min(lows), -1.0) if lows else -1.0
+            ax.set_ylim(low if low < 1.0 else 0.0, 1.0)
+            ax.set_ylabel("R² (dimensionless)")
+            ax.set_title("reconstruction R²")
+        elif panel == "zeros":
+            ax.plot(t, curves["zeros"], color="C2")
+            ax.set_ylim(0.0, 1.0)
+            ax.set_ylabel("fraction of zero spike counts")
+            ax.set_title("sparsity")
+        elif panel == "du_norm":
+            du = np.where(curves["du_norm"] > 0, curves["du_norm"], np.nan)
+            ax.plot(t, du, color="C3")
+            if np.any(np.isfinite(du)):
+                ax.set_yscale("log")
+            ax.set_ylabel(r"$\|u_t - u_{t-1}\|$ (log-rate units)")
+            ax.set_title("step size of u (mean over samples)")
+        else:
+            ax.plot(t, curves["nelbo"], color="C4")
+            ax.set_ylabel("NELBO (nats)")
+            ax.set_title("negative ELBO")
+        ax.set_xscale("log")
+        ax.set_xlim(1, max(n_steps, 2))
+        ax.set_xlabel("inference step t")
+        ax.grid(True, which="major", alpha=0.3)
+        if convergence_step is not None:
+            ax.axvline(int(convergence_step), color="k", linestyle="--", linewidth=1.0,
+                       label=f"convergence (t={int(convergence_step)})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
+    fig.suptitle(title if title is not None else f"Inference over T={n_steps} steps")
+    return _save_atomic(fig, path)
+
+
+# --------------------------------------------------------------------------- reconstructions
+
+
+def plot_reconstructions(
+    x: Any,
+    reconstructions: Mapping[str, Any],
+    patch_shape: tuple[int, int],
+    path: str | os.PathLike[str],
+    *,
+    n: int = 12,
+) -> Path:
+    """Show ``n`` input patches (top row) above each reconstruction (one row per label).
+
+    Every column uses one grey scale, symmetric about zero at ± the input patch's max |value|, so a
+    reconstruction that is too faint or too strong is visible as such (values beyond are clipped).
+    Non-finite reconstruction pixels are drawn in the separator colour rather than rejected.
+    """
+    xa = _as_array(x, "x")
+    ph, pw = _check_patch_shape(patch_shape)
+    if xa.ndim != 2 or xa.shape[0] == 0:
+        raise DataError(f"x must be a non-empty 2-D (N, D) array, got shape {xa.shape}")
+    if xa.shape[1] != ph * pw:
+        raise DataError(f"x has D={xa.shape[1]} columns but patch_shape {ph}x{pw} needs D={ph * pw}")
+    if not np.all(np.isfinite(xa)):
+        raise DataError("x contains non-finite values")
+    if not isinstance(reconstructions, Mapping):
+        raise DataError(f"reconstructions must be a mapping label -> (N, D) array, "
+                        f"got {type(reconstructions).__name__}")
+    recs = {str(label): _as_array(r, f"reconstructions[{label!r}]") for label, r in reconstructions.items()}
+    for label, r in recs.items():
+        if r.shape != xa.shape:
+            raise DataError(f"reconstructions[{label!r}] has shape {r.shape}, expected {xa.shape} like x")
+    if int(n) < 1:
+        raise DataError(f"n must be at least 1, got {n}")
+    ncols = min(int(n), xa.shape[0])
+    rows = [("input", xa)] + list(recs.items())
+
+    cell = 1.0
+    fig = _new_figure(max(4.0, cell * ncols + 1.2), cell * len(rows) + 0.8)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    cmap = colormaps["gray"].with_extremes(bad=_SEPARATOR_COLOUR)
+    for j in range(ncols):
+        vmax = float(np.max(np.abs(xa[j])))
+        vmax = vmax if vmax > 0 else 1.0
+        for i, (label, arr) in enumerate(rows):
+            ax = axes[i, j]
+            ax.imshow(arr[j].reshape(ph, pw), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == len(rows) - 1:
+                ax.set_xlabel(f"#{j}")
+    fig.suptitle(
+        f"Reconstructions of {ncols} of {xa.shape[0]} patches ({ph}×{pw} px); "
+        "grey scale per column ±max|input| (input units)"
+    )
+    return _save_atomic(fig, path)
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) for ``key``, skipping records where it is missing, non-numeric or non-finite."""
+    steps, values = [], []
+    for rec in records:
+        v = rec.get(key)
+        if v is None or isinstance(v, bool | str):
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            steps.append(float(rec["step"]))
+            values.append(v)
+    order = np.argsort(steps, kind="stable")
+    return np.asarray(steps)[order], np.asarray(values)[order]
+
+
+def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Plot training-log rows: loss, nll and kl against step (left), β and temperature on twin axes (right).
+
+    ``records`` are JSONL rows, each with a numeric ``"step"``; missing, non-numeric and non-finite
+    values are skipped point by point.
+    """
+    if isinstance(records, Mapping) or not isinstance(records, Sequence) or len(records) == 0:
+        raise DataError("records must be a non-empty list of training-log rows")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise DataError(f"records[{i}] is a {type(rec).__name__}, expected a dict")
+        step = rec.get("step")
+        try:
+            ok = step is not None and not isinstance(step, bool | str) and math.isfinite(float(step))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataError(f"records[{i}] has no finite numeric 'step' (got {step!r})")
+
+    series = {key: _series(records, key) for key in ("loss", "nll", "kl", "beta", "temperature")}
+    if not any(s[0].size for s in series.values()):
+        raise DataError("records contain no finite loss, nll, kl, beta or temperature values")
+
+    fig = _new_figure(11.0, 3.8)
+    ax_loss, ax_beta = fig.subplots(1, 2, squeeze=True)
+    for key, style in (("loss", "-"), ("nll", "--"), ("kl", ":")):
+        s, v = series[key]
+        if s.size:
+            ax_loss.plot(s, v, linestyle=style, marker="." if s.size == 1 else None, label=key)
+    if ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(fontsize="small")
+        plotted = np.concatenate([series[key][1] for key in ("loss", "nll", "kl")])
+        if plotted.min() > 0 and plotted.max() / plotted.min() > 100:
+            ax_loss.set_yscale("log")  # early transients would otherwise flatten the rest of the run
+    else:
+        ax_loss.text(0.5, 0.5, "no loss / nll / kl logged", ha="center", va="center",
+                     transform=ax_loss.transAxes)
+    ax_loss.set_xlabel("training step")
+    ax_loss.set_ylabel("loss (nats)")
+    ax_loss.set_title("objective")
+    ax_loss.grid(True, alpha=0.3)
+
+    ax_temp = ax_beta.twinx()
+    handles = []
+    s, v = series["beta"]
+    if s.size:
+        handles += ax_beta.plot(s, v, color="C0", marker="." if s.size == 1 else None, label="β")
+    s, v = series["temperature"]
+    if s.size:
+        handles += ax_temp.plot(s, v, color="C3", linestyle="--", marker="." if s.size == 1 else None,
+                                label="temperature")
+    if handles:
+        ax_beta.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize="small")
+    else:
+        ax_beta.text(0.5, 0.5, "no β / temperature logged", ha="center", va="center",
+                     transform=ax_beta.transAxes)
+    ax_beta.set_xlabel("training step")
+    ax_beta.set_ylabel("β, KL weight (dimensionless)", color="C0")
+    ax_temp.set_ylabel("temperature (dimensionless)", color="C3")
+    ax_beta.set_title("schedules")
+    ax_beta.grid(True, alpha=0.3)
+    fig.suptitle(f"Training log ({len(records)} records)")
+    return _save_atomic(fig, path)

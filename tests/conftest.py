@@ -1,0 +1,20 @@
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_model():
+    """A small iP-VAE (D = 16, K = 24) with a dictionary large enough to drive spikes."""
+    from fond import IPVAE
+
+    model = IPVAE(16, 24, seed=3, init_scale=0.3)
+    with torch.no_grad():
+        model.log_bias.fill_(-2.0)
+    return model
+
+
+@pytest.fixture
+def tiny_data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((64, 16)).astype(np.float32)

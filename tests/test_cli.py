@@ -1,0 +1,92 @@
+"""The command line, end to end as a user runs it: train → eval → report, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def fond(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fond", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    atoms = rng.standard_normal((8, 64))
+    codes = rng.poisson(0.3, (600, 8)) * rng.uniform(0.5, 1.5, (600, 8))
+    x = (codes @ atoms + 0.1 * rng.standard_normal((600, 64))).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "patches.npy"
+    np.save(path, x / x.std())
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, patches):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = tmp_path_factory.mktemp("cfg") / "train.json"
+    cfg.write_text(json.dumps({"iterations": 30, "batch_size": 50, "steps": 4, "beta": 1.0, "eval_every": 15,
+                               "eval_steps": 10, "eval_samples": 30, "checkpoint_every": 10}))
+    proc = fond("train", "--data", str(patches), "--out", str(out), "--latents", "16", "--config", str(cfg),
+                "--eval-steps", "50", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+@pytest.mark.slow
+def test_train_writes_model_report_and_figures(trained_run):
+    """One command trains, evaluates and writes the report with its pictures."""
+    out, proc = trained_run
+    for name in ("config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl",
+                 "report/report.md", "report/eval.json", "report/dictionary.png", "report/inference_curves.png",
+                 "report/reconstructions.png", "report/training.png"):
+        assert (out / name).is_file(), name
+    assert "r2" in proc.stdout and "zeros" in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_json_has_required_fields(trained_run):
+    """`fond eval DIR --json` prints r2, r2_rates, zeros, convergence_step, n_params (the documented contract)."""
+    out, _ = trained_run
+    proc = fond("eval", str(out), "--steps", "40", "--json", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    for key in ("r2", "r2_rates", "zeros", "convergence_step", "n_params", "nelbo", "rate_distortion", "diverged"):
+        assert key in summary
+    assert summary["steps"] == 40 and summary["n_params"] == 64 * 16 + 64 + 16 + 1 + 16
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--model", "vae", "--out", "x"], "invalid choice"),
+    (["train", "--data", "nowhere.npy", "--out", "x"], "nowhere.npy"),
+    (["train", "--data", "natural16", "--out", "x", "--beta", "-1"], "beta"),
+    (["eval", "no_such_run"], "no_such_run"),
+])
+def test_bad_input_gets_one_line_error(tmp_path, args, needle):
+    """Unknown model, missing data file, negative β, missing run: exit 2 with one line naming the problem."""
+    proc = fond(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fond: error:") and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_checkpoint_and_nan_data(tmp_path, patches):
+    """A truncated model file and a data file holding NaN are refused in one line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"format": "fond-model", "version": 1,
+                                                 "model": {"n_inputs": 64, "n_latents": 16},
+                                                 "data": {"spec": str(patches)}}))
+    (run / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    proc = fond("eval", str(run))
+    assert proc.returncode == 2 and "model.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "nan.npy"
+    x = np.ones((20, 16), np.float32)
+    x[3, 4] = np.nan
+    np.save(bad, x)
+    proc = fond("train", "--data", str(bad), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "nan.npy" in proc.stderr and "Traceback" not in proc.stderr

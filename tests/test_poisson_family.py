@@ -1,0 +1,100 @@
+"""Oracles for the Poisson family: KL divergence and the relaxed (reparameterised) sampler."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from fond import poisson_kl
+from fond.families.poisson import n_terms_for, relaxed_poisson
+
+
+def test_kl_matches_direct_sum_over_pmf():
+    """The exact KL must equal Σ_k q(k) log(q(k)/p(k)) computed from scipy's Poisson pmf."""
+    for u, u0 in [(-3.0, -2.0), (0.5, 1.5), (2.0, 0.3), (-6.0, -6.0 + 1e-3)]:
+        k = np.arange(0, 400)
+        log_q = stats.poisson(math.exp(u)).logpmf(k)
+        log_p = stats.poisson(math.exp(u0)).logpmf(k)
+        oracle = float(np.sum(np.exp(log_q) * (log_q - log_p)))
+        ours = float(poisson_kl(torch.tensor(u, dtype=torch.float64), torch.tensor(u0, dtype=torch.float64)))
+        assert ours == pytest.approx(oracle, rel=1e-6, abs=1e-12)
+
+
+def test_kl_matches_monte_carlo():
+    """A Monte-Carlo estimate E_q[log q(z) − log p(z)] agrees with the closed form (independent check)."""
+    gen = torch.Generator().manual_seed(0)
+    u, u0 = torch.tensor(0.7, dtype=torch.float64), torch.tensor(-0.4, dtype=torch.float64)
+    z = torch.poisson(torch.full((400_000,), float(u.exp()), dtype=torch.float64), generator=gen)
+    log_ratio = z * (u - u0) - u.exp() + u0.exp()
+    mc, se = float(log_ratio.mean()), float(log_ratio.std() / math.sqrt(len(z)))
+    assert abs(mc - float(poisson_kl(u, u0))) < 4 * se
+
+
+def test_kl_nonnegative_zero_only_at_prior_and_reference_form_is_reweighted():
+    """KL ≥ 0 with equality iff u = u₀; the reference form is e^Δ times the exact one (DESIGN §2.1)."""
+    u = torch.linspace(-8, 8, 101, dtype=torch.float64)
+    u0 = torch.linspace(8, -8, 101, dtype=torch.float64)
+    kl = poisson_kl(u, u0)
+    assert (kl >= 0).all()
+    assert torch.allclose(poisson_kl(u, u), torch.zeros_like(u))
+    ref = poisson_kl(u, u0, form="reference")
+    assert torch.allclose(ref, torch.exp(u - u0) * kl, rtol=1e-9, atol=1e-9)
+
+
+def test_natural_gradient_of_kl_is_the_leak():
+    """G(u)⁻¹ ∂KL/∂u = u − u₀ with G = diag(e^u): the leak term of the dynamics (and 0 at the online prior)."""
+    u = torch.tensor([-2.0, 0.1, 1.3], dtype=torch.float64, requires_grad=True)
+    u0 = torch.tensor([-1.0, 0.1, 2.0], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(poisson_kl(u, u0).sum(), u)
+    assert torch.allclose(grad / u.detach().exp(), u.detach() - u0)
+
+
+@pytest.mark.parametrize("indicator", ["sigmoid", "cubic", "straight_through"])
+@pytest.mark.parametrize("rate", [0.05, 1.0, 4.0])
+def test_relaxed_sampler_mean_and_variance_at_low_temperature(indicator, rate):
+    """At τ → 0 the relaxed sample is a Poisson count: mean and variance both equal the rate."""
+    gen = torch.Generator().manual_seed(1)
+    rates = torch.full((200_000,), rate, dtype=torch.float64)
+    z = relaxed_poisson(rates, 0.01, gen, indicator=indicator, tail=1e-9)
+    se = math.sqrt(rate / len(z))
+    assert abs(float(z.mean()) - rate) < 5 * se + 1e-3
+    assert float(z.var()) == pytest.approx(rate, rel=0.03)
+
+
+@pytest.mark.parametrize("indicator", ["sigmoid", "cubic", "straight_through"])
+def test_relaxed_sampler_pathwise_gradient_of_mean_is_one(indicator):
+    """d E[z]/d r = 1 for a Poisson count; the reparameterised gradient must recover it at small τ."""
+    gen = torch.Generator().manual_seed(2)
+    rate = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    z = relaxed_poisson(rate.expand(100_000), 0.05, gen, indicator=indicator, tail=1e-9)
+    (grad,) = torch.autograd.grad(z.mean(), rate)
+    assert float(grad) == pytest.approx(1.0, abs=0.05)
+
+
+def test_straight_through_forward_is_integer_counts():
+    """The straight-through sample is a hard count in the forward pass (what the network really emits)."""
+    rates = torch.full((1000,), 1.5, requires_grad=True)
+    z = relaxed_poisson(rates, 0.5, torch.Generator().manual_seed(0), indicator="straight_through")
+    assert torch.equal(z.detach(), z.detach().round())
+    z.sum().backward()
+    assert rates.grad.abs().sum() > 0
+
+
+def test_sigmoid_indicator_is_biased_at_high_temperature():
+    """Documented behaviour: the sigmoid relaxation overcounts at τ = 1, the cubic one far less."""
+    gen = torch.Generator().manual_seed(3)
+    rates = torch.full((100_000,), 0.5, dtype=torch.float64)
+    sig = float(relaxed_poisson(rates, 1.0, gen, indicator="sigmoid").mean())
+    cub = float(relaxed_poisson(rates, 1.0, gen, indicator="cubic").mean())
+    assert sig - 0.5 > 0.1
+    assert abs(cub - 0.5) < sig - 0.5
+
+
+def test_number_of_terms_covers_the_tail():
+    """n_exp is the smallest n with P(Pois(r_max) > n) < tail, so truncation is rarer than the tail."""
+    rates = torch.tensor([0.1, 3.0, 12.0])
+    n = n_terms_for(rates, tail=1e-3)
+    assert stats.poisson(12.0).sf(n) < 1e-3 <= stats.poisson(12.0).sf(n - 1)
+    assert n_terms_for(rates, tail=1e-3, max_terms=5) == 5
