@@ -1,6 +1,5 @@
 """Oracles for FOND's prescription: the step is the natural gradient of the written-out free energy."""
 
-import pytest
 import torch
 
 from fond.dynamics import DynamicsParams, EvalOperators, natural_gradient_step, pullback, soft_clamp_upper

@@ -116,13 +116,14 @@ def _evaluate_and_report(run_dir: Path, model, data, steps: int, samples: int | 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fond.config import ModelConfig
+    from fond.config import ModelConfig, preset_model_options
     from fond.data import load_data
     from fond.train import train
 
     cfg = _train_config(args)
     data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
-    model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model)
+    model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model,
+                            **preset_model_options(args.preset))
     print(f"fond: training {args.model} on {data.name}: {data.train.shape[0]} train / {data.val.shape[0]} "
           f"held-out inputs of dimension {data.n_inputs}; preset {cfg.preset}, {cfg.iterations} iterations, "
           f"T_train {cfg.steps}, β {cfg.beta}", file=sys.stderr)

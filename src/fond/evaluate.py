@@ -24,6 +24,7 @@ class Evaluation:
     (None if the final R² ≤ 0). nelbo: nats per sample at the last step (NLL + KL to the online prior).
     rate_distortion: √((1 − R²)² + (1 − zeros)²). diverged: the rollout blew up (non-finite values,
     rates at the clamp, or a final R² below 0) — numbers from such a rollout mean little.
+    diverged_fraction: fraction of inputs whose largest rate ended within a factor 2 of the clamp e^c.
     trace: per-step means (arrays of length steps). features: rates at the last step (N, K).
     """
 
@@ -38,13 +39,14 @@ class Evaluation:
     rate_distortion: float
     diverged: bool
     rate_max: float
+    diverged_fraction: float = 0.0
     trace: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     features: np.ndarray | None = field(repr=False, default=None)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready scalars (no arrays)."""
         keys = ("r2", "r2_rates", "zeros", "convergence_step", "nelbo", "n_params", "steps", "n_samples",
-                "rate_distortion", "diverged", "rate_max")
+                "rate_distortion", "diverged", "diverged_fraction", "rate_max")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -63,6 +65,8 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     sums: dict[str, np.ndarray] = {}
     r2 = r2_rates = zeros = 0.0
     rate_max = 0.0
+    clamp_rate = math.exp(model.config.clamp_final)
+    n_diverged = 0
     features = []
     for i, begin in enumerate(range(0, n, chunk_size)):
         chunk = x[begin:begin + chunk_size]
@@ -75,17 +79,17 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
         r2 += float(r2_per_sample(chunk, res.reconstruction).sum())
         r2_rates += float(r2_per_sample(chunk, res.reconstruction_from_rates).sum())
         zeros += float(zeros_fraction(res.spikes).sum())
+        n_diverged += int((res.rates.max(dim=1).values >= 0.5 * clamp_rate).sum())
         if keep_features:
             features.append(res.rates.numpy())
     trace = {k: v / n for k, v in sums.items() if k != "rate_max"}
     r2, r2_rates, zeros = r2 / n, r2_rates / n, zeros / n
     nelbo = float(trace["nelbo"][-1]) if "nelbo" in trace else float("nan")
-    clamp_rate = math.exp(model.config.clamp_final)
     diverged = (not all(math.isfinite(v) for v in (r2, r2_rates, zeros, nelbo))
                 or rate_max >= 0.5 * clamp_rate or r2 < 0)
     return Evaluation(
         r2=r2, r2_rates=r2_rates, zeros=zeros, convergence_step=convergence_step(trace.get("r2", [])),
         nelbo=nelbo, n_params=int(model.n_params()), steps=steps, n_samples=n,
         rate_distortion=rate_distortion_distance(r2, zeros), diverged=bool(diverged), rate_max=rate_max,
-        trace=trace, features=np.concatenate(features) if keep_features else None,
+        diverged_fraction=n_diverged / n, trace=trace, features=np.concatenate(features) if keep_features else None,
     )

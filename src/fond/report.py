@@ -65,7 +65,7 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
              f"{evaluation.steps} inference steps with exact integer spikes.", "",
              "| metric | value | paper (van Hateren, 3 GPU-hours) |", "|---|---|---|"]
     for key in ("r2", "r2_rates", "zeros", "rate_distortion", "convergence_step", "nelbo", "n_params",
-                "diverged"):
+                "diverged", "diverged_fraction"):
         lines.append(f"| {key} | {fmt(summary[key])} | {fmt(PAPER_NATURAL.get(key, ''))} |")
     if evaluation.diverged:
         lines += ["", "**Warning: the rollout diverged** (rates at the clamp, non-finite values or R² < 0)."]

@@ -75,7 +75,7 @@ def _rate_limits(tail: float) -> list[tuple[int, float]]:
 
     limits = []
     for n in _BUCKET_TERMS:
-        limits.append((n, float(optimize.brentq(lambda r: stats.poisson.sf(n, r) - tail, 1e-12, 4.0 * n + 50))))
+        limits.append((n, float(optimize.brentq(lambda r, n=n: stats.poisson.sf(n, r) - tail, 1e-12, 4.0 * n + 50))))
     return limits
 
 
@@ -137,17 +137,18 @@ def relaxed_poisson(
     detached = flat.detach()
     if not torch.isfinite(detached).all():
         raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
+    sizes = [n for n, _ in _LIMITS_CACHE[tail] if n < max_terms] + [max_terms]
+    limits = torch.tensor([r for n, r in _LIMITS_CACHE[tail] if n < max_terms], dtype=detached.dtype)
+    bucket = torch.bucketize(detached, limits.to(detached.device))  # element i needs sizes[bucket[i]] terms
+    counts = torch.bincount(bucket, minlength=len(sizes)).tolist()
+    order = torch.argsort(bucket, stable=True)
     out = torch.zeros_like(flat)
-    assigned = torch.zeros_like(detached, dtype=torch.bool)
-    buckets = [(n, r) for n, r in _LIMITS_CACHE[tail] if n < max_terms] + [(max_terms, float("inf"))]
-    for n, limit in buckets:
-        members = (~assigned) & (detached <= limit)
-        if not members.any():
+    begin = 0
+    for n, count in zip(sizes, counts, strict=True):
+        if count == 0:
             continue
-        assigned |= members
-        index = members.nonzero().squeeze(1)
-        counts = _relaxed_counts(flat.index_select(0, index), n, temperature, generator, indicator)
-        out = out.index_copy(0, index, counts)
-        if bool(assigned.all()):
-            break
+        index = order[begin:begin + count]
+        begin += count
+        out = out.index_copy(0, index, _relaxed_counts(flat.index_select(0, index), n, temperature, generator,
+                                                        indicator))
     return out.reshape(rates.shape)

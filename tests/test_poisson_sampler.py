@@ -1,0 +1,306 @@
+"""Tests of the exact Poisson sampler (``fond.families.sampling``) and of ``poisson_tail_cutoff``."""
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from fond.families import sampling
+from fond.families.sampling import poisson_tail_cutoff, sample_poisson
+
+P_MIN = 1e-3  # goodness-of-fit threshold; every seed below is fixed, so the outcomes are deterministic
+
+
+def chi_square_pvalue(counts: np.ndarray, rate: float) -> float:
+    """Pearson chi-square p-value of integer draws against Pois(rate), pooling bins with expected < 5.
+
+    Bins 0, 1, …, n_max and a final "> n_max" bin; adjacent bins are merged left to right until each
+    expects ≥ 5 draws, and a short remainder is merged into the last pooled bin.
+    """
+    counts = np.asarray(counts, dtype=np.int64).ravel()
+    n = counts.size
+    n_max = int(max(counts.max(), stats.poisson.isf(1e-12, rate)))
+    observed = np.bincount(counts, minlength=n_max + 1)[: n_max + 1].astype(float)
+    observed = np.append(observed, (counts > n_max).sum())
+    expected = np.append(stats.poisson.pmf(np.arange(n_max + 1), rate), stats.poisson.sf(n_max, rate)) * n
+    pooled_obs, pooled_exp, acc_obs, acc_exp = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected, strict=True):
+        acc_obs, acc_exp = acc_obs + o, acc_exp + e
+        if acc_exp >= 5.0:
+            pooled_obs.append(acc_obs)
+            pooled_exp.append(acc_exp)
+            acc_obs = acc_exp = 0.0
+    if pooled_obs:
+        pooled_obs[-1] += acc_obs
+        pooled_exp[-1] += acc_exp
+    else:
+        pooled_obs, pooled_exp = [acc_obs], [acc_exp]
+    obs, exp = np.array(pooled_obs), np.array(pooled_exp)
+    if obs.size < 2:
+        return 1.0
+    statistic = float(((obs - exp) ** 2 / exp).sum())
+    return float(stats.chi2.sf(statistic, obs.size - 1))
+
+
+def draw(rate: float, n: int, seed: int, dtype: torch.dtype = torch.float32, **kwargs) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    return sample_poisson(torch.full((n,), rate, dtype=dtype), gen, **kwargs).numpy()
+
+
+# Exactness in every regime: screen-only tiny rates, the inverse-CDF loop, both sides of the cutoff, fallback.
+@pytest.mark.parametrize(
+    ("rate", "n"),
+    [
+        (1e-4, 200_000),
+        (1e-2, 200_000),
+        (0.3, 200_000),
+        (1.0, 200_000),
+        (3.0, 200_000),
+        (7.9, 200_000),
+        (8.1, 100_000),
+        (30.0, 50_000),
+        (1e3, 50_000),
+    ],
+)
+def test_chi_square_goodness_of_fit(rate, n):
+    counts = draw(rate, n, seed=1234)
+    assert np.all(counts == np.round(counts)) and counts.min() >= 0
+    assert chi_square_pvalue(counts, rate) > P_MIN
+
+
+# The same holds in float64 (separate screen table and code path for the dtype).
+@pytest.mark.parametrize("rate", [0.05, 2.0])
+def test_chi_square_float64(rate):
+    counts = draw(rate, 200_000, seed=99, dtype=torch.float64)
+    assert chi_square_pvalue(counts, rate) > P_MIN
+
+
+# The check must have power: a sampler 5 % off in rate has to be rejected, or a pass means nothing.
+@pytest.mark.parametrize("rate", [0.3, 1.0, 3.0, 30.0])
+def test_chi_square_rejects_biased_sampler(rate):
+    n = 200_000 if rate < 10 else 50_000
+    biased = draw(rate * 1.05, n, seed=1234)
+    assert chi_square_pvalue(biased, rate) < P_MIN
+
+
+# Tiny rates hinge on the uniform's resolution near the top (float32 uniforms would be 6e-4 off here).
+def test_tiny_rate_nonzero_fraction():
+    rate, n = 1e-4, 4_000_000
+    counts = draw(rate, n, seed=7)
+    nonzero = int((counts > 0).sum())
+    ci = stats.binomtest(nonzero, n, -math.expm1(-rate)).proportion_ci(confidence_level=0.999)
+    assert ci.low <= -math.expm1(-rate) <= ci.high
+    assert counts.max() <= 2
+
+
+# Rates far below float32 resolution near 1 still give (almost always) zero, and never garbage.
+def test_extremely_small_rates():
+    counts = draw(1e-30, 100_000, seed=3)
+    assert counts.sum() == 0
+    counts = draw(1e-7, 1_000_000, seed=3)
+    assert counts.max() <= 1 and counts.sum() <= 10
+
+
+# Each element gets its own rate even when rates are interleaved (the compaction/scatter bookkeeping).
+def test_mixed_rates_per_element_mean():
+    levels = np.concatenate([[0.0], np.logspace(-4, np.log10(50.0), 39)])  # spans the cutoff
+    reps = 5_000
+    rng = np.random.default_rng(0)
+    which = rng.permutation(np.repeat(np.arange(levels.size), reps))
+    rates = torch.from_numpy(levels[which].astype(np.float32)).reshape(-1, 40)
+    counts = sample_poisson(rates, torch.Generator().manual_seed(5)).numpy().ravel()
+    for i, rate in enumerate(levels.astype(np.float32).astype(float)):
+        group = counts[which == i]
+        if rate == 0.0:
+            assert np.all(group == 0)
+            continue
+        z = (group.mean() - rate) / math.sqrt(rate / reps)
+        assert abs(z) < 5.0, (rate, group.mean())
+
+
+# Reproducibility: same generator seed → identical output; different seeds → different output.
+def test_determinism():
+    rates = torch.exp(torch.empty(300, 64).uniform_(-8, 2.5, generator=torch.Generator().manual_seed(0)))
+    rates[0, :4] = torch.tensor([9.0, 30.0, 1e3, 0.0])  # include the fallback path and zeros
+    a = sample_poisson(rates, torch.Generator().manual_seed(11))
+    b = sample_poisson(rates, torch.Generator().manual_seed(11))
+    c = sample_poisson(rates, torch.Generator().manual_seed(12))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+# Only the given generator is used: the global RNG state is left untouched.
+def test_global_rng_untouched():
+    state = torch.random.get_rng_state()
+    sample_poisson(torch.full((50_000,), 2.0), torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# Rates all above the cutoff go straight to torch.poisson with the same generator.
+def test_large_rates_use_torch_poisson():
+    rates = torch.linspace(8.0, 500.0, 50_000)
+    ours = sample_poisson(rates, torch.Generator().manual_seed(4))
+    ref = torch.poisson(rates, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(ours, ref)
+
+
+# Small inputs (below the vectorised sampler's break-even size) are delegated to torch.poisson as a whole.
+def test_small_inputs_use_torch_poisson():
+    rates = torch.exp(torch.empty(40, 50).uniform_(-8, 1.5, generator=torch.Generator().manual_seed(0)))
+    assert rates.numel() < sampling._MIN_ELEMENTS
+    ours = sample_poisson(rates, torch.Generator().manual_seed(4))
+    assert torch.equal(ours, torch.poisson(rates, generator=torch.Generator().manual_seed(4)))
+
+
+# The rare lazy refinement (step 3) must be exact too; coarse candidate bits make it run often enough to see.
+@pytest.mark.parametrize("refine_bits", [0, 4])
+@pytest.mark.parametrize("rate", [0.3, 3.0, 7.9])
+def test_lazy_refinement_is_exact(rate, refine_bits, monkeypatch):
+    calls = []
+    original = sampling._inverse_cdf
+    monkeypatch.setattr(sampling, "_inverse_cdf", lambda r, u, k: calls.append(r.size) or original(r, u, k))
+    rates = np.full(200_000, rate, dtype=np.float32)
+    out = np.zeros_like(rates)
+    gen = torch.Generator().manual_seed(21)
+    sampling._small_rate_counts(rates, out, gen, 8.0, rate, refine_bits=refine_bits)
+    assert calls and sum(calls) > 20  # the refinement really ran
+    assert chi_square_pvalue(out, rate) > P_MIN
+
+
+# The refinement is needed: skipping it (keeping the coarse cell's lower end) must be detectably wrong.
+def test_skipping_refinement_is_rejected(monkeypatch):
+    original = sampling._inverse_cdf
+    coarse = float(1 << sampling._SCREEN_BITS)
+    truncated = lambda r, u, k: original(r, np.floor(u * coarse) / coarse, k)  # noqa: E731
+    monkeypatch.setattr(sampling, "_inverse_cdf", truncated)
+    rates = np.full(200_000, 3.0, dtype=np.float32)
+    out = np.zeros_like(rates)
+    sampling._small_rate_counts(rates, out, torch.Generator().manual_seed(21), 8.0, 3.0, refine_bits=0)
+    assert chi_square_pvalue(out, 3.0) < P_MIN
+
+
+# Inputs longer than one chunk are processed in pieces; the pieces must not share or reuse draws.
+def test_chunked_processing(monkeypatch):
+    monkeypatch.setattr(sampling, "_CHUNK", 4096)
+    counts = draw(1.0, 100_000, seed=8)
+    assert chi_square_pvalue(counts, 1.0) > P_MIN
+    assert not np.array_equal(counts[:4096], counts[4096:8192])
+
+
+# The scratch buffers are per thread: concurrent calls give the same results as sequential ones.
+def test_thread_safety():
+    rates = torch.exp(torch.empty(400, 128).uniform_(-6, 2, generator=torch.Generator().manual_seed(1)))
+    expected = [sample_poisson(rates, torch.Generator().manual_seed(s)) for s in range(4)]
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def work(seed: int) -> None:
+        results[seed] = [sample_poisson(rates, torch.Generator().manual_seed(seed)) for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in range(4):
+        assert all(torch.equal(r, expected[s]) for r in results[s])
+
+
+# Zero rates give exactly zero, without randomness.
+def test_zeros_give_zeros():
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_poisson(torch.zeros(50, 7), gen), torch.zeros(50, 7))
+    rates = torch.zeros(20_000)
+    rates[::2] = 0.5
+    out = sample_poisson(rates, gen)
+    assert torch.all(out[1::2] == 0) and out[::2].sum() > 0
+
+
+# Callers rely on shape and dtype being preserved (also non-contiguous and half input) and integer values.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_shape_dtype_preserved(dtype):
+    for shape in [(60, 50, 8), (6, 5, 4)]:  # above and below the size handed to torch.poisson
+        rates = torch.rand(*shape, generator=torch.Generator().manual_seed(0)).to(dtype) * 3
+        out = sample_poisson(rates.transpose(0, 2), torch.Generator().manual_seed(1))
+        assert out.shape == shape[::-1] and out.dtype == dtype
+        assert torch.equal(out, out.round()) and bool((out >= 0).all())
+    assert sample_poisson(torch.empty(0, 3, dtype=dtype)).shape == (0, 3)
+
+
+# Evaluation runs under inference_mode, and a draw must never leak a gradient path.
+def test_no_grad_and_inference_mode():
+    u = torch.zeros(200, 100, requires_grad=True)
+    out = sample_poisson(torch.exp(u), torch.Generator().manual_seed(0))
+    assert not out.requires_grad and out.grad_fn is None
+    with torch.inference_mode():
+        rates = torch.exp(torch.zeros(200, 100))
+        inference_out = sample_poisson(rates, torch.Generator().manual_seed(0))
+    assert torch.equal(inference_out, out)
+
+
+# Invalid rates are reported with a one-line ValueError instead of silently producing garbage.
+@pytest.mark.parametrize("bad", [-1.0, -1e-6, float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_invalid_rates_raise(bad, dtype):
+    rates = torch.ones(10, 10, dtype=dtype)
+    rates[3, 4] = bad
+    with pytest.raises(ValueError) as info:
+        sample_poisson(rates, torch.Generator().manual_seed(0))
+    assert "\n" not in str(info.value)
+
+
+# Wrong argument types and an out-of-range cutoff are rejected up front.
+def test_invalid_arguments():
+    with pytest.raises(TypeError):
+        sample_poisson(torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError):
+        sample_poisson(torch.ones(3), small_rate_cutoff=-1.0)
+    with pytest.raises(ValueError):
+        sample_poisson(torch.ones(3), small_rate_cutoff=float("nan"))
+    with pytest.raises(ValueError):
+        sample_poisson(torch.ones(3), small_rate_cutoff=100.0)
+
+
+# The cutoff only moves work between two exact samplers: the law is the same for any cutoff.
+@pytest.mark.parametrize("cutoff", [0.0, 0.5, 20.0])
+def test_cutoff_does_not_change_the_law(cutoff):
+    counts = draw(2.0, 200_000, seed=17, small_rate_cutoff=cutoff)
+    assert chi_square_pvalue(counts, 2.0) > P_MIN
+
+
+# poisson_tail_cutoff follows its definition (smallest n with P(X > n) < tail) exactly.
+@pytest.mark.parametrize("rate", [0.0, 1e-6, 0.01, 0.5, 1.0, 3.0, 7.9, 40.0, 22026.0])
+@pytest.mark.parametrize("tail", [0.5, 1e-3, 1e-9, 1e-200])
+def test_tail_cutoff_matches_definition(rate, tail):
+    n = poisson_tail_cutoff(rate, tail)
+    assert isinstance(n, int) and n >= 0
+    assert stats.poisson.sf(n, rate) < tail
+    assert n == 0 or stats.poisson.sf(n - 1, rate) >= tail
+
+
+# More mass needs more terms: the cutoff never decreases with the rate (nor with a smaller tail).
+def test_tail_cutoff_monotone():
+    rates = np.concatenate([[0.0], np.logspace(-5, 4, 300)])
+    cut = [poisson_tail_cutoff(r) for r in rates]
+    assert all(a <= b for a, b in zip(cut, cut[1:], strict=False))
+    assert poisson_tail_cutoff(5.0, 1e-6) >= poisson_tail_cutoff(5.0, 1e-3)
+
+
+# Invalid tail-cutoff inputs raise ValueError.
+@pytest.mark.parametrize(
+    ("rate", "tail"),
+    [
+        (-1.0, 1e-3),
+        (float("inf"), 1e-3),
+        (float("nan"), 1e-3),
+        (1.0, 0.0),
+        (1.0, 1.0),
+        (1.0, float("nan")),
+        (1.0, -0.1),
+    ],
+)
+def test_tail_cutoff_invalid(rate, tail):
+    with pytest.raises(ValueError):
+        poisson_tail_cutoff(rate, tail)
