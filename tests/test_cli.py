@@ -90,3 +90,11 @@ def test_corrupt_checkpoint_and_nan_data(tmp_path, patches):
     np.save(bad, x)
     proc = fond("train", "--data", str(bad), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "nan.npy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_empty_data_file_is_named(tmp_path):
+    """An empty (zero-byte) data file is refused in one line naming it."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    proc = fond("train", "--data", "empty.npy", "--out", "o", cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "empty.npy" in lines[0], proc.stderr

@@ -112,6 +112,13 @@ def test_bad_input_is_named(tiny_model, bad, match):
         tiny_model.infer(torch.from_numpy(bad), 5)
 
 
+def test_non_numeric_input_is_named(tiny_model):
+    """Strings are refused with a DataError, not a torch TypeError; a plain list of floats is fine."""
+    with pytest.raises(DataError, match="numeric"):
+        tiny_model.infer([["a"] * 16], 5)
+    assert tiny_model.infer(np.zeros((2, 16)).tolist(), 5).rates.shape == (2, 24)
+
+
 def test_bad_steps_rejected(tiny_model, tiny_data):
     """Zero or negative inference steps are a user error, not an empty result."""
     with pytest.raises(DataError, match="steps"):

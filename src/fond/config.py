@@ -171,7 +171,7 @@ def preset(name: str, model: str = "ipvae") -> TrainConfig:
         return TrainConfig(preset="paper", steps=16, beta=24.0, iterations=150_000, batch_size=200,
                            checkpoint_every=1000, eval_every=5000, eval_samples=2000)
     if name == "quick":
-        return TrainConfig(preset="quick", steps=16, beta=24.0, iterations=2000, batch_size=200,
+        return TrainConfig(preset="quick", steps=16, beta=24.0, iterations=1500, batch_size=200,
                            beta_const_fraction=0.05, beta_ramp_fraction=0.5, warmup_fraction=0.02,
                            temp_anneal_fraction=0.6, lr_min=1e-4, n_train=60_000, n_val=2_000,
                            time_limit_minutes=15.0)

@@ -17,6 +17,7 @@ from fond.data.natural import (
     MIN_PATCH_STD,
     PatchData,
     _as_index,
+    check_counts,
     derived_seeds,
     natural_patches,
     patch_data_from_images,
@@ -47,16 +48,6 @@ def _unknown(spec: str) -> DataError:
     return DataError(
         f"unknown data {spec!r}: expected natural16, a .npy file of patches (N×D) or a folder of images"
     )
-
-
-def _check_counts(n_train: int, n_val: int) -> tuple[int, int]:
-    n_train = _as_index(n_train, "n_train")
-    n_val = _as_index(n_val, "n_val")
-    if n_train < 1:
-        raise DataError(f"n_train must be ≥ 1, got {n_train}")
-    if n_val < 1:
-        raise DataError(f"n_val must be ≥ 1, got {n_val}")
-    return n_train, n_val
 
 
 def load_data(
@@ -121,7 +112,7 @@ def load_npy_patches(
     ``patch_shape`` is (s, s) when D = s² is a perfect square, else None.
     """
     path = Path(path)
-    n_train, n_val = _check_counts(n_train, n_val)
+    n_train, n_val = check_counts(n_train, n_val)
     seed_train, _ = derived_seeds(seed)
     if not path.exists():
         raise DataError(f"data file '{path}' does not exist")
@@ -224,7 +215,7 @@ def load_image_folder(
     patch_size = _as_index(patch_size, "patch size")
     if patch_size < 2:
         raise DataError(f"patch size must be ≥ 2, got {patch_size}")
-    n_train, n_val = _check_counts(n_train, n_val)
+    n_train, n_val = check_counts(n_train, n_val)
     if not folder.is_dir():
         raise DataError(f"image folder '{folder}' does not exist or is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

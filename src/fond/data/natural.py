@@ -268,6 +268,17 @@ def _as_index(value: object, what: str) -> int:
         raise DataError(f"{what} must be an integer, got {value!r}") from None
 
 
+
+def check_counts(n_train: int, n_val: int) -> tuple[int, int]:
+    """Validate the requested numbers of training and validation inputs (both integers ≥ 1)."""
+    n_train = _as_index(n_train, "n_train")
+    n_val = _as_index(n_val, "n_val")
+    if n_train < 1:
+        raise DataError(f"n_train must be ≥ 1, got {n_train}")
+    if n_val < 1:
+        raise DataError(f"n_val must be ≥ 1, got {n_val}")
+    return n_train, n_val
+
 def _as_images(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     """Validate ``images`` (one 2-D array or a sequence of them) and return float32 C-contiguous copies."""
     expected = "images must be a 2-D array or a sequence of 2-D arrays"
@@ -428,12 +439,7 @@ def patch_data_from_images(
     different seeds derived from ``seed``. All patches are then multiplied by one global factor chosen
     so that the training patches have overall std 1 (the same factor is applied to validation).
     """
-    n_train = _as_index(n_train, "n_train")
-    n_val = _as_index(n_val, "n_val")
-    if n_train < 1:
-        raise DataError(f"n_train must be ≥ 1, got {n_train}")
-    if n_val < 1:
-        raise DataError(f"n_val must be ≥ 1, got {n_val}")
+    n_train, n_val = check_counts(n_train, n_val)
     seed_train, seed_val = derived_seeds(seed)
     train = extract_patches(train_images, size, n_train, seed_train, min_std=min_std)
     val = extract_patches(val_images, size, n_val, seed_val, min_std=min_std)

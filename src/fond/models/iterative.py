@@ -60,7 +60,10 @@ class UnrollLoss:
 
 def _check_input(x: Tensor, n_inputs: int) -> Tensor:
     if not isinstance(x, Tensor):
-        x = torch.as_tensor(np.asarray(x))
+        try:
+            x = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"input must be a numeric array, got {type(x).__name__}") from None
     if not (x.is_floating_point()):
         raise DataError(f"input must be floating point, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != n_inputs or x.shape[0] == 0:
