@@ -50,7 +50,7 @@ def main() -> None:
     bucketed(), uniform_size()  # warm-up
     t_b, t_u = _time(bucketed, args.repeats), _time(uniform_size, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; rates ({args.batch}, {args.k}) = "
-          f"exp(U(-8, {args.high})), largest rate {float(rates.max()):.1f} -> n_max = {n_max}")
+          f"exp(U(-8, {args.high})), largest rate {float(rates.detach().max()):.1f} -> n_max = {n_max}")
     print(f"  one size for all (n = {n_max}): {t_u * 1e3:8.2f} ms  (forward + backward)")
     print(f"  per-element buckets:          {t_b * 1e3:8.2f} ms")
     print(f"  speed-up: {t_u / t_b:.1f}x")

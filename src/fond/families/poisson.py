@@ -134,7 +134,7 @@ def relaxed_poisson(
     if tail not in _LIMITS_CACHE:
         _LIMITS_CACHE[tail] = _rate_limits(tail)
     flat = rates.reshape(-1)
-    detached = flat.detach()
+    detached = flat.detach().contiguous()
     if not torch.isfinite(detached).all():
         raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
     sizes = [n for n, _ in _LIMITS_CACHE[tail] if n < max_terms] + [max_terms]
