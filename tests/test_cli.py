@@ -98,3 +98,41 @@ def test_empty_data_file_is_named(tmp_path):
     proc = fond("train", "--data", "empty.npy", "--out", "o", cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "empty.npy" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_training_checkpoints_and_resumes(tmp_path, patches, sig):
+    """Ctrl-C or SIGTERM mid-run saves the finished iterations; the same command then resumes and finishes."""
+    import json as _json
+    import signal
+    import time
+
+    cfg = tmp_path / "train.json"
+    cfg.write_text(_json.dumps({"iterations": 800, "batch_size": 50, "steps": 4, "checkpoint_every": 100000,
+                                "eval_every": 100000, "log_every": 1}))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fond", "train", "--data", str(patches), "--out", str(out), "--latents", "8",
+           "--config", str(cfg), "--no-progress", "--no-eval"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume" in err and "Traceback" not in err
+    from fond.checkpoint import load_tensors
+
+    _, meta = load_tensors(out / "checkpoint.safetensors")
+    done = meta["iteration"]
+    assert 5 <= done < 800
+    finish = subprocess.run(cmd + ["--iterations", str(done + 3)], capture_output=True, text=True, timeout=300)
+    # a different --iterations is a different configuration: refused, nothing overwritten
+    assert finish.returncode == 2 and "different configuration" in finish.stderr
+    finish = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert finish.returncode == 0, finish.stderr
+    rows = [_json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [row["step"] for row in rows if "loss" in row]
+    assert steps == list(range(1, 801))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 from dataclasses import replace
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    previous = signal.signal(signal.SIGTERM, _terminate) if argv is None else None
     try:
         if args.command == "train":
             return cmd_train(args)
@@ -181,8 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fond: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fond: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "train":
+            hint = f"; progress is checkpointed in {args.out}: run the same command to resume"
+        print(f"fond: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):  # SIGTERM → the same clean stop as Ctrl-C
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -144,9 +144,9 @@ def _restore_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 class _Logger:
     def __init__(self, directory: Path, start_iteration: int) -> None:
         self.path = directory / "metrics.jsonl"
-        if self.path.exists():  # drop rows logged after the checkpoint we resume from
+        if self.path.exists():  # drop rows of iterations the checkpoint we resume from does not hold
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) < start_iteration]
+                    if line.strip() and json.loads(line).get("step", 0) <= start_iteration]
             atomic_write(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
         self.writer = None
@@ -194,7 +194,8 @@ def train(
 
     If ``out_dir`` already holds a checkpoint of the same configuration and ``resume`` is true, the run
     continues from it. A run directory holding a different configuration is refused. ``stop_at``: stop
-    (with a checkpoint) once this many iterations are done, to be resumed later.
+    (with a checkpoint) once this many iterations are done, to be resumed later. On KeyboardInterrupt
+    (Ctrl-C; the CLI maps SIGTERM to it too) the completed iterations are checkpointed before it propagates.
     """
     cfg = train_config
     directory = Path(out_dir)
@@ -226,7 +227,7 @@ def train(
     x_eval = torch.from_numpy(np.ascontiguousarray(data.val[: cfg.eval_samples]))
     logger = _Logger(directory, start)
     began = time.monotonic()
-    stopped_early = False
+    stopped_early = interrupted = False
     last_saved = start
     completed = start
     bar = None
@@ -253,15 +254,15 @@ def train(
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"gradient became non-finite at iteration {iteration}; last good "
                                        f"checkpoint: iteration {last_saved}")
+            done = iteration + 1
+            if done % cfg.log_every == 0 or done == cfg.iterations:  # logged before the update: see _Logger
+                logger.log({"step": done, "loss": float(out.loss.detach()), "nll": float(out.nll.mean()),
+                            "kl": float(out.kl.mean()), "beta": beta, "temperature": tau, "clamp": clamp, "lr": lr,
+                            "grad_norm": grad_norm, "rate_max": out.rate_max,
+                            "step_size": float(model.log_step_size.detach().exp()),
+                            "seconds": time.monotonic() - began})
             optimizer.step()
-            done = completed = iteration + 1
-            if done % cfg.log_every == 0 or done == cfg.iterations:
-                row = {"step": done, "loss": float(out.loss.detach()), "nll": float(out.nll.mean()),
-                       "kl": float(out.kl.mean()), "beta": beta, "temperature": tau, "clamp": clamp, "lr": lr,
-                       "grad_norm": grad_norm, "rate_max": out.rate_max,
-                       "step_size": float(model.log_step_size.detach().exp()),
-                       "seconds": time.monotonic() - began}
-                logger.log(row)
+            completed = done
             if done % cfg.eval_every == 0 or done == cfg.iterations:
                 res = model.infer(x_eval, cfg.eval_steps, seed=cfg.seed)
                 logger.log({"step": done, "eval_steps": cfg.eval_steps, "eval_r2": float(res.trace["r2"][-1]),
@@ -284,13 +285,15 @@ def train(
                 stopped_early = True
                 break
     except KeyboardInterrupt:
-        stopped_early = True
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
         logger.close()
     if completed != last_saved and completed > 0:
         _save_checkpoint(directory, model, optimizer, completed, run_info)
+    if interrupted:  # saved: now let the caller stop
+        raise KeyboardInterrupt
     return TrainResult(directory=directory, iterations=completed, stopped_early=stopped_early,
                        seconds=time.monotonic() - began, model=model)
 
