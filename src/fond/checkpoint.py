@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,10 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` for ``model`` into ``directory``."""
     directory = Path(directory)
-    config = {"format": FORMAT, "version": FORMAT_VERSION, "model": vars_of(model.config), **(extra or {})}
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "model": asdict(model.config), **(extra or {})}
     save_tensors(directory / "model.safetensors", dict(model.state_dict()), {"model": config["model"]})
     atomic_write(directory / "config.json", json.dumps(config, indent=2) + "\n")
     return directory
-
-
-def vars_of(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
