@@ -107,3 +107,20 @@ def test_presets_are_valid_and_paper_matches_reference():
     assert preset("quick").time_limit_minutes <= 15
     with pytest.raises(ConfigError, match="preset"):
         preset("fast")
+
+
+def test_config_files_missing_corrupt_or_with_unknown_keys(tmp_path):
+    """Config files: missing, binary, invalid JSON and unknown keys each give a ConfigError naming the problem."""
+    from fond.config import config_from_dict, load_json
+
+    with pytest.raises(ConfigError, match="file not found"):
+        load_json(tmp_path / "nope.json")
+    (tmp_path / "bin.json").write_bytes(b"\x81\x82\x83\x84")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_json(tmp_path / "bin.json")
+    (tmp_path / "bad.json").write_text("{\"beta\": 3,")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_json(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="unknown config key 'betta'"):
+        config_from_dict(TrainConfig, {"betta": 3.0})
+    assert config_from_dict(TrainConfig, {"beta": 3.0}).beta == 3.0

@@ -21,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fond.config import ModelConfig, config_from_dict
-from fond.errors import CheckpointError, ConfigError
+from fond.errors import CheckpointError, ConfigError, read_bytes
 
 __all__ = ["atomic_write", "save_model", "load_model", "save_tensors", "load_tensors", "FORMAT"]
 
@@ -53,12 +53,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a safetensors file written by ``save_tensors``; one-line ``CheckpointError`` on any fault."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    raw = read_bytes(path, CheckpointError)
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fond.errors import ConfigError
+from fond.errors import ConfigError, read_bytes
 
 __all__ = ["ModelConfig", "TrainConfig", "MODELS", "PRESETS", "preset", "preset_model_options", "load_json",
            "config_from_dict"]
@@ -210,14 +210,11 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
 def load_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON object from ``path`` with a one-line error for missing or corrupt files."""
     path = Path(path)
+    raw = read_bytes(path, ConfigError)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict):

@@ -18,3 +18,14 @@ class ConfigError(FondError, ValueError):
 
 class CheckpointError(FondError):
     """A checkpoint directory is missing, truncated, tampered with or belongs to another model."""
+
+
+def read_bytes(path, error: type[FondError]) -> bytes:
+    """The contents of ``path``; a missing or unreadable file raises ``error`` with a one-line message."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from None

@@ -268,16 +268,18 @@ def _as_index(value: object, what: str) -> int:
         raise DataError(f"{what} must be an integer, got {value!r}") from None
 
 
+def _at_least(value: object, minimum: int, what: str) -> int:
+    """``value`` as an integer ≥ ``minimum``, or a DataError naming ``what``."""
+    number = _as_index(value, what)
+    if number < minimum:
+        raise DataError(f"{what} must be ≥ {minimum}, got {number}")
+    return number
+
 
 def check_counts(n_train: int, n_val: int) -> tuple[int, int]:
     """Validate the requested numbers of training and validation inputs (both integers ≥ 1)."""
-    n_train = _as_index(n_train, "n_train")
-    n_val = _as_index(n_val, "n_val")
-    if n_train < 1:
-        raise DataError(f"n_train must be ≥ 1, got {n_train}")
-    if n_val < 1:
-        raise DataError(f"n_val must be ≥ 1, got {n_val}")
-    return n_train, n_val
+    return _at_least(n_train, 1, "n_train"), _at_least(n_val, 1, "n_val")
+
 
 def _as_images(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     """Validate ``images`` (one 2-D array or a sequence of them) and return float32 C-contiguous copies."""
@@ -336,15 +338,9 @@ def extract_patches(
     Returns:
         float32 array (n, size * size); row k is patch k flattened in row-major order.
     """
-    size = _as_index(size, "patch size")
-    n = _as_index(n, "number of patches")
-    seed = _as_index(seed, "seed")
-    if size < 2:
-        raise DataError(f"patch size must be ≥ 2, got {size}")
-    if n < 1:
-        raise DataError(f"number of patches must be ≥ 1, got {n}")
-    if seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed}")
+    size = _at_least(size, 2, "patch size")
+    n = _at_least(n, 1, "number of patches")
+    seed = _at_least(seed, 0, "seed")
     if (
         isinstance(min_std, bool)
         or not isinstance(min_std, int | float | np.floating | np.integer)
