@@ -10,8 +10,11 @@ and spikes an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -171,6 +174,29 @@ class _Logger:
             self.writer.close()
 
 
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Within the block, SIGINT/SIGTERM only raise a flag, acted on at iteration boundaries, so a checkpoint
+    never falls between a parameter update and its bookkeeping. A second signal interrupts at once.
+    Outside the main thread (where handlers cannot be set) signals behave as usual."""
+    pending = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def handler(signum, frame):
+        if pending.is_set():
+            raise KeyboardInterrupt
+        pending.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield pending
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _save_checkpoint(directory: Path, model, optimizer, iteration: int, run_info: dict[str, Any]) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(_optimizer_tensors(model, optimizer))
@@ -236,54 +262,59 @@ def train(
 
         bar = tqdm(total=cfg.iterations, initial=start, desc="train", dynamic_ncols=True, leave=True)
     try:
-        for iteration in range(start, cfg.iterations):
-            beta, tau = schedule.beta(iteration), schedule.temperature(iteration)
-            clamp, lr = schedule.clamp(iteration), schedule.lr(iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = x_train[_batch_indices(cfg.seed, iteration, len(x_train), cfg.batch_size)]
-            gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, iteration))
-            out = model.unroll_loss(batch, cfg.steps, beta=beta, temperature=tau, clamp=clamp, generator=gen)
-            if not torch.isfinite(out.loss):
-                raise TrainingDiverged(f"loss became non-finite at iteration {iteration}; last good checkpoint: "
-                                       f"{checkpoint if checkpoint.exists() else 'none'} (iteration {last_saved})")
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            max_norm = cfg.grad_clip * (3.0 if schedule.warming_up(iteration) else 1.0)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            if not math.isfinite(grad_norm):
-                raise TrainingDiverged(f"gradient became non-finite at iteration {iteration}; last good "
-                                       f"checkpoint: iteration {last_saved}")
-            done = iteration + 1
-            if done % cfg.log_every == 0 or done == cfg.iterations:  # logged before the update: see _Logger
-                logger.log({"step": done, "loss": float(out.loss.detach()), "nll": float(out.nll.mean()),
-                            "kl": float(out.kl.mean()), "beta": beta, "temperature": tau, "clamp": clamp, "lr": lr,
-                            "grad_norm": grad_norm, "rate_max": out.rate_max,
-                            "step_size": float(model.log_step_size.detach().exp()),
-                            "seconds": time.monotonic() - began})
-            optimizer.step()
-            completed = done
-            if done % cfg.eval_every == 0 or done == cfg.iterations:
-                res = model.infer(x_eval, cfg.eval_steps, seed=cfg.seed)
-                logger.log({"step": done, "eval_steps": cfg.eval_steps, "eval_r2": float(res.trace["r2"][-1]),
-                            "eval_r2_rates": float(res.trace["r2_rates"][-1]),
-                            "eval_zeros": float(res.trace["zeros"][-1])})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(out.loss.detach()):.3g}", beta=f"{beta:.3g}", temp=f"{tau:.3g}",
-                                refresh=False)
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                _save_checkpoint(directory, model, optimizer, done, run_info)
-                last_saved = done
-            if stop_at is not None and done >= stop_at and done < cfg.iterations:
-                stopped_early = True
-                break
-            limit = cfg.time_limit_minutes
-            if limit is not None and time.monotonic() - began > 60.0 * limit and done < cfg.iterations:
-                warnings.warn(f"time limit of {limit} min reached at iteration {done}/{cfg.iterations}; "
-                              "stopping (resume to finish the schedule)", stacklevel=2)
-                stopped_early = True
-                break
+        with _deferred_interrupts() as interrupt_requested:
+            for iteration in range(start, cfg.iterations):
+                if interrupt_requested.is_set():
+                    raise KeyboardInterrupt
+                beta, tau = schedule.beta(iteration), schedule.temperature(iteration)
+                clamp, lr = schedule.clamp(iteration), schedule.lr(iteration)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = x_train[_batch_indices(cfg.seed, iteration, len(x_train), cfg.batch_size)]
+                gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, iteration))
+                out = model.unroll_loss(batch, cfg.steps, beta=beta, temperature=tau, clamp=clamp, generator=gen)
+                if not torch.isfinite(out.loss):
+                    raise TrainingDiverged(f"loss became non-finite at iteration {iteration}; last good checkpoint: "
+                                           f"{checkpoint if checkpoint.exists() else 'none'} (iteration {last_saved})")
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                max_norm = cfg.grad_clip * (3.0 if schedule.warming_up(iteration) else 1.0)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                if not math.isfinite(grad_norm):
+                    raise TrainingDiverged(f"gradient became non-finite at iteration {iteration}; last good "
+                                           f"checkpoint: iteration {last_saved}")
+                done = iteration + 1
+                if done % cfg.log_every == 0 or done == cfg.iterations:  # logged before the update: see _Logger
+                    logger.log({"step": done, "loss": float(out.loss.detach()), "nll": float(out.nll.mean()),
+                                "kl": float(out.kl.mean()), "beta": beta, "temperature": tau, "clamp": clamp, "lr": lr,
+                                "grad_norm": grad_norm, "rate_max": out.rate_max,
+                                "step_size": float(model.log_step_size.detach().exp()),
+                                "seconds": time.monotonic() - began})
+                optimizer.step()
+                completed = done
+                if done % cfg.eval_every == 0 or done == cfg.iterations:
+                    res = model.infer(x_eval, cfg.eval_steps, seed=cfg.seed)
+                    logger.log({"step": done, "eval_steps": cfg.eval_steps, "eval_r2": float(res.trace["r2"][-1]),
+                                "eval_r2_rates": float(res.trace["r2_rates"][-1]),
+                                "eval_zeros": float(res.trace["zeros"][-1])})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(out.loss.detach()):.3g}", beta=f"{beta:.3g}", temp=f"{tau:.3g}",
+                                    refresh=False)
+                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                    _save_checkpoint(directory, model, optimizer, done, run_info)
+                    last_saved = done
+                if stop_at is not None and done >= stop_at and done < cfg.iterations:
+                    stopped_early = True
+                    break
+                limit = cfg.time_limit_minutes
+                if limit is not None and time.monotonic() - began > 60.0 * limit and done < cfg.iterations:
+                    warnings.warn(f"time limit of {limit} min reached at iteration {done}/{cfg.iterations}; "
+                                  "stopping (resume to finish the schedule)", stacklevel=2)
+                    stopped_early = True
+                    break
+            if interrupt_requested.is_set():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
     finally:
