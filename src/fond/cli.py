@@ -93,13 +93,13 @@ def _train_config(args: argparse.Namespace):
 
 
 def _load_run_data(spec: str, run_info: dict, seed: int):
+    """The run's own split when ``spec`` is the data it was trained on, else ``spec`` loaded afresh."""
+    from fond.config import TrainConfig, config_from_dict
     from fond.data import load_data
 
-    data_info = run_info.get("data", {})
-    if spec == data_info.get("spec"):
-        train_cfg = run_info.get("train", {})
-        return load_data(spec, n_train=train_cfg.get("n_train", 100_000), n_val=train_cfg.get("n_val", 5_000),
-                         seed=train_cfg.get("seed", seed))
+    if spec == run_info.get("data", {}).get("spec") and "train" in run_info:
+        cfg = config_from_dict(TrainConfig, run_info["train"])
+        return load_data(spec, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
     return load_data(spec, seed=seed)
 
 

@@ -197,10 +197,10 @@ class IPVAE(nn.Module):
         records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
         for _ in range(steps):
             u_next = natural_gradient_step(params, u, ops.pullback(spikes))
-            spikes = sample_poisson(torch.exp(u_next), gen)
+            rates = torch.exp(u_next)
+            spikes = sample_poisson(rates, gen)
             if trace:
                 recon = self.decode(spikes)
-                rates = torch.exp(u_next)
                 nll = gaussian_nll(x, recon, log_sigma)
                 kl = poisson_kl(u_next, u, self.config.kl).sum(-1)
                 records["r2"].append(float(r2_per_sample(x, recon).mean()))
