@@ -35,9 +35,9 @@ def test_schedule_shapes():
     cfg = TrainConfig(iterations=1000, beta=10.0, beta_min=0.0, beta_const_fraction=0.1, beta_ramp_fraction=0.2,
                       temp_start=1.0, temp_stop=0.1, temp_anneal_fraction=0.5, warmup_fraction=0.01,
                       lr=1e-2, lr_min=1e-4)
-    s = Schedule(cfg, 2.0, 10.0)
+    s = Schedule(cfg)
     assert s.beta(50) == 0.0 and s.beta(200) == pytest.approx(5.0) and s.beta(900) == 10.0
-    assert s.clamp(0) == 2.0 and s.clamp(200) == pytest.approx(6.0) and s.clamp(999) == 10.0
+    assert s.clamp_fraction(0) == 0.0 and s.clamp_fraction(200) == pytest.approx(0.5) and s.clamp_fraction(999) == 1.0
     assert s.temperature(0) == 1.0 and s.temperature(250) == pytest.approx(0.55) and s.temperature(800) == 0.1
     assert s.lr(5) == pytest.approx(5e-3) and s.lr(10) == pytest.approx(1e-2) and s.lr(1000) == pytest.approx(1e-4)
 
@@ -91,12 +91,16 @@ def test_bad_train_config_names_the_key(key, value):
         TrainConfig(**{key: value})
 
 
-@pytest.mark.parametrize("key, value", [("n_latents", 0), ("n_inputs", -3), ("model", "vae"), ("kl", "approx"),
-                                        ("indicator", "step"), ("clamp_init", 20.0)])
+@pytest.mark.parametrize("key, value", [("n_latents", 0), ("n_inputs", -3), ("model", "vae"), ("decoder", "rnn"),
+                                        ("decoder_hidden", 0), ("family_options.kl_form", "approx"),
+                                        ("family_options.indicator", "step"), ("family_options.clamp_init", 20.0)])
 def test_bad_model_config_names_the_key(key, value):
-    """Bad model options (K < 1, unknown family/model, bad clamp) name the key."""
-    kwargs = {"n_inputs": 16, "n_latents": 8, key: value}
-    with pytest.raises(ConfigError, match=key):
+    """Bad model options (K < 1, unknown family/model/decoder, bad family options) name the key."""
+    if key.startswith("family_options."):
+        kwargs = {"n_inputs": 16, "n_latents": 8, "family_options": {key.split(".")[1]: value}}
+    else:
+        kwargs = {"n_inputs": 16, "n_latents": 8, key: value}
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         ModelConfig(**kwargs)
 
 

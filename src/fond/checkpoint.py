@@ -91,6 +91,10 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return data
 
 
+#: tensors renamed since the first release (the dictionary moved into the decoder module)
+_LEGACY_TENSOR_NAMES = {"dictionary": "decoder.dictionary"}
+
+
 def load_model(directory: str | Path) -> torch.nn.Module:
     """Rebuild a model from ``directory`` (``config.json`` + ``model.safetensors``), never unpickling."""
     from fond.models import build_model
@@ -103,6 +107,7 @@ def load_model(directory: str | Path) -> torch.nn.Module:
         raise CheckpointError(str(exc)) from None
     model = build_model(config)
     tensors, _ = load_tensors(directory / "model.safetensors")
+    tensors = {_LEGACY_TENSOR_NAMES.get(k, k): v for k, v in tensors.items()}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

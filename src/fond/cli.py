@@ -1,6 +1,7 @@
 """The ``fond`` command line: a thin layer over the library.
 
     fond train --model ipvae --data natural16 --preset quick --out runs/quick
+    fond train --model igvae-relu --decoder mlp --data natural16 --preset quick --out runs/igrelu-mlp
     fond eval runs/quick [--data SPEC] [--steps 1000] [--json]
 
 User errors (bad data, bad config, bad checkpoint) print one line, ``fond: error: ...``, and exit 2.
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from fond.errors import FondError
 
-MODEL_CHOICES = ("ipvae",)
+MODEL_CHOICES = ("ipvae", "igvae", "igvae-relu", "ibvae")
+DECODER_CHOICES = ("linear", "mlp", "conv")
 
 
 def _positive_int(text: str) -> int:
@@ -53,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tr = sub.add_parser("train", help="train a model, evaluate it at 1000 steps and write its report")
-    tr.add_argument("--model", default="ipvae", choices=MODEL_CHOICES)
+    tr.add_argument("--model", default="ipvae", choices=MODEL_CHOICES,
+                    help="ipvae (Poisson), igvae (Gaussian), igvae-relu (Gaussian, relu·gain), ibvae (Bernoulli)")
+    tr.add_argument("--decoder", default="linear", choices=DECODER_CHOICES,
+                    help="linear dictionary, or a nonlinear decoder (pull-back by vector-Jacobian product)")
+    tr.add_argument("--decoder-hidden", type=_positive_int, default=512,
+                    help="hidden units (mlp) or channels (conv) of a nonlinear decoder")
     tr.add_argument("--data", default="natural16",
                     help="natural16 (bundled photos), a .npy file of patches (N×D) or a folder of images")
     tr.add_argument("--preset", default="quick", choices=("quick", "paper"))
@@ -124,8 +131,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
     model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model,
-                            **preset_model_options(args.preset))
-    print(f"fond: training {args.model} on {data.name}: {data.train.shape[0]} train / {data.val.shape[0]} "
+                            decoder=args.decoder, decoder_hidden=args.decoder_hidden,
+                            **preset_model_options(args.preset, args.model))
+    print(f"fond: training {args.model} ({args.decoder} decoder) on {data.name}: {data.train.shape[0]} train / "
+          f"{data.val.shape[0]} "
           f"held-out inputs of dimension {data.n_inputs}; preset {cfg.preset}, {cfg.iterations} iterations, "
           f"T_train {cfg.steps}, β {cfg.beta}", file=sys.stderr)
     result = train(data, cfg, args.out, model_config=model_cfg, data_spec=args.data,
@@ -167,7 +176,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     if summary.get("diverged"):
-        print("WARNING: the rollout diverged (rates at the clamp, non-finite values or R² < 0)")
+        print("WARNING: the rollout diverged (states at the clamp, non-finite values or R² < 0)")
 
 
 def main(argv: list[str] | None = None) -> int:

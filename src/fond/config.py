@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fond.errors import ConfigError, read_bytes
 
-__all__ = ["ModelConfig", "TrainConfig", "MODELS", "PRESETS", "preset", "preset_model_options", "load_json",
-           "config_from_dict"]
+__all__ = ["ModelConfig", "TrainConfig", "MODELS", "MODEL_FAMILIES", "DECODERS", "PRESETS", "PRESET_BETA", "preset",
+           "preset_model_options", "load_json", "config_from_dict"]
 
-MODELS: tuple[str, ...] = ("ipvae",)
 PRESETS: tuple[str, ...] = ("quick", "paper")
 
 T = TypeVar("T")
@@ -34,55 +33,76 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: model name -> (family, the family options that define the model)
+MODEL_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ipvae": ("poisson", {}),
+    "igvae": ("gaussian", {"nonlinearity": "identity"}),
+    "igvae-relu": ("gaussian", {"nonlinearity": "relu"}),
+    "ibvae": ("bernoulli", {}),
+}
+MODELS: tuple[str, ...] = tuple(MODEL_FAMILIES)
+DECODERS: tuple[str, ...] = ("linear", "mlp", "conv")
+#: keys that older configs kept at the top level and that now belong to the Poisson family's options
+_LEGACY_POISSON_KEYS = ("u_init_low", "u_init_high", "clamp_init", "clamp_final", "floor", "kl", "indicator",
+                        "n_exp_tail", "max_terms")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and inference options of an iterative FOND model (DESIGN.md §2.1).
+    """Architecture of an iterative FOND model: family + decoder + shared learned scalars (DESIGN.md §2).
 
-    n_inputs: D, pixels per input. n_latents: K, neurons. init_scale: std of the dictionary's normal
-    initialisation. u_init_low/high: range of the uniform initial membrane potentials (nats).
-    log_bias_init: initial log b. sigma_clamp: |log σ_x| bound (tanh soft clamp). clamp_init /
-    clamp_final: the soft upper clamp c on u and Δu, ramped from init to final during training and
-    fixed at final in evaluation. floor: hard lower bound on u and Δu. kl: "exact" or "reference"
-    (the paper code's e^Δ-weighted form). indicator: relaxed-sampler indicator ("sigmoid", "cubic",
-    "straight_through"). n_exp_tail: tail mass that sets the relaxed sampler's number of arrival times.
-    max_terms: cap on that number.
+    n_inputs: D, pixels per input. n_latents: K, neurons. model: "ipvae" (Poisson), "igvae" (Gaussian),
+    "igvae-relu" (Gaussian, f = relu·gain), "ibvae" (Bernoulli) or the name of any registered family.
+    decoder: "linear" (dictionary Φ), "mlp" or "conv". decoder_hidden: hidden units (mlp) or channels
+    (conv). init_scale: std of the linear dictionary's normal initialisation. log_bias_init: initial
+    log b. sigma_clamp: |log σ_x| bound (tanh soft clamp). family_options: options of the family's own
+    dataclass (e.g. ``{"clamp_final": 6}`` for Poisson; see ``fond.families``), validated by it.
     """
 
     n_inputs: int
     n_latents: int
     model: str = "ipvae"
+    decoder: str = "linear"
+    decoder_hidden: int = 512
     init_scale: float = 1e-4
-    u_init_low: float = -6.0
-    u_init_high: float = -4.0
     log_bias_init: float = -3.0
     sigma_clamp: float = 3.45
-    clamp_init: float = 2.0
-    clamp_final: float = 10.0
-    floor: float = -8.0
-    kl: str = "exact"
-    indicator: str = "sigmoid"
-    n_exp_tail: float = 1e-3
-    max_terms: int = 1024
+    family_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key in ("n_inputs", "n_latents", "max_terms"):
+        for key in ("n_inputs", "n_latents", "decoder_hidden"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
                      f"must be an integer ≥ 1, got {value!r}")
-        _require(self.model in MODELS, "model", f"unknown model {self.model!r}; expected one of {MODELS}")
-        for f in fields(self):
-            if f.type == "float":
-                _require(_finite(getattr(self, f.name)), f.name, f"must be a finite number, got "
-                         f"{getattr(self, f.name)!r}")
+        for key in ("init_scale", "log_bias_init", "sigma_clamp"):
+            _require(_finite(getattr(self, key)), key, f"must be a finite number, got {getattr(self, key)!r}")
+        _require(isinstance(self.model, str), "model", f"expected a name, got {self.model!r}")
+        _require(self.decoder in DECODERS, "decoder", f"unknown decoder {self.decoder!r}; expected one of {DECODERS}")
         _require(self.init_scale > 0, "init_scale", "must be > 0")
-        _require(self.u_init_low < self.u_init_high, "u_init_low", "must be < u_init_high")
         _require(self.sigma_clamp > 0, "sigma_clamp", "must be > 0")
-        _require(0 < self.clamp_init <= self.clamp_final, "clamp_init", "need 0 < clamp_init ≤ clamp_final")
-        _require(self.floor < self.u_init_low, "floor", "must lie below u_init_low")
-        _require(self.kl in ("exact", "reference"), "kl", f"expected 'exact' or 'reference', got {self.kl!r}")
-        _require(self.indicator in ("sigmoid", "cubic", "straight_through"), "indicator",
-                 f"expected sigmoid, cubic or straight_through, got {self.indicator!r}")
-        _require(0 < self.n_exp_tail < 1, "n_exp_tail", "must lie in (0, 1)")
+        _require(isinstance(self.family_options, dict), "family_options", "must be a JSON object")
+        if self.model not in MODEL_FAMILIES:
+            from fond.families.base import family_names
+
+            _require(self.model in family_names(), "model",
+                     f"unknown model {self.model!r}; expected one of {MODELS} or a family {family_names()}")
+        fixed = MODEL_FAMILIES.get(self.model, (self.model, {}))[1]
+        for key, value in self.family_options.items():
+            _require(key not in fixed or fixed[key] == value, f"family_options.{key}",
+                     f"is fixed to {fixed.get(key)!r} by model {self.model!r}")
+        self.family  # noqa: B018  (validates the family's options)
+
+    @property
+    def family_name(self) -> str:
+        return MODEL_FAMILIES.get(self.model, (self.model, {}))[0]
+
+    @property
+    def family(self):
+        """The model's distribution family (a ``fond.families.Family``) with its options."""
+        from fond.families.base import make_family
+
+        name, fixed = MODEL_FAMILIES.get(self.model, (self.model, {}))
+        return make_family(name, {**fixed, **self.family_options})
 
 
 @dataclass(frozen=True)
@@ -157,46 +177,61 @@ class TrainConfig:
                  "time_limit_minutes", "must be a positive number or null")
 
 
+#: β of the natural-image presets (DESIGN.md §2.4): 24 for iP-VAE, 8 for the Gaussian models
+PRESET_BETA: dict[str, float] = {"ipvae": 24.0, "igvae": 8.0, "igvae-relu": 8.0, "ibvae": 8.0}
+
+
+def _check_model_name(model: str) -> None:
+    from fond.families.base import family_names
+
+    if model not in MODELS and model not in family_names():
+        raise ConfigError(f"unknown model {model!r}; expected one of {MODELS}")
+
+
 def preset(name: str, model: str = "ipvae") -> TrainConfig:
     """The named training preset for ``model``.
 
-    ``paper``: the reference schedule (batch 200, 300 epochs of 100k patches = 150,000 updates, β 24,
-    T_train 16). ``quick``: a schedule for 2 CPU cores that finishes within 15 minutes; see README for
-    what it reaches and why its schedule differs (β and clamp ramps stretched so the network does not
-    fall silent, temperature annealed to near-hard spikes so 1000-step evaluation stays stable).
+    ``paper``: the reference schedule (batch 200, 300 epochs of 100k patches = 150,000 updates, β 24
+    for iP-VAE and 8 for the Gaussian models, T_train 16). ``quick``: a schedule for 2 CPU cores that
+    finishes within 15 minutes; see README for what it reaches and why its schedule differs (β and clamp
+    ramps stretched so the network does not fall silent, temperature annealed to near-hard spikes so
+    1000-step evaluation stays stable).
     """
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; expected one of {MODELS}")
+    _check_model_name(model)
+    beta = PRESET_BETA.get(model, 8.0)
     if name == "paper":
-        return TrainConfig(preset="paper", steps=16, beta=24.0, iterations=150_000, batch_size=200,
+        return TrainConfig(preset="paper", steps=16, beta=beta, iterations=150_000, batch_size=200,
                            checkpoint_every=1000, eval_every=5000, eval_samples=2000)
     if name == "quick":
-        return TrainConfig(preset="quick", steps=16, beta=24.0, iterations=1500, batch_size=200,
+        return TrainConfig(preset="quick", steps=16, beta=beta, iterations=1500, batch_size=200,
                            beta_const_fraction=0.05, beta_ramp_fraction=0.5, warmup_fraction=0.02,
                            temp_anneal_fraction=0.6, lr_min=1e-4, n_train=60_000, n_val=2_000,
                            time_limit_minutes=15.0)
     raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
 
 
-def preset_model_options(name: str) -> dict[str, Any]:
+def preset_model_options(name: str, model: str = "ipvae") -> dict[str, Any]:
     """``ModelConfig`` options that belong to a preset (applied by the CLI; explicit options win).
 
-    ``quick`` lowers the final soft clamp from the paper's 10 to 6 (rates ≤ e⁶ ≈ 400 spikes per step):
-    a model trained for minutes instead of hours occasionally lets a population overshoot into a
+    ``quick`` lowers iP-VAE's final soft clamp from the paper's 10 to 6 (rates ≤ e⁶ ≈ 400 spikes per
+    step): a model trained for minutes instead of hours occasionally lets a population overshoot into a
     synchronous burst during a 1000-step rollout (a few inputs in a thousand, every neuron pinned at
     e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100).
     """
-    if name == "quick":
-        return {"clamp_final": 6.0}
-    if name == "paper":
-        return {}
-    raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    _check_model_name(model)
+    if name == "quick" and MODEL_FAMILIES.get(model, (model,))[0] == "poisson":
+        return {"family_options": {"clamp_final": 6.0}}
+    return {}
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Build ``cls`` from a dict, rejecting unknown keys with the key named."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    if cls is ModelConfig:
+        data = _migrate_model_keys(data)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
@@ -205,6 +240,16 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
         return cls(**data)
     except TypeError as exc:  # a required key is missing
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _migrate_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before families had their own options kept the Poisson options at the top level."""
+    legacy = {("kl_form" if k == "kl" else k): data[k] for k in _LEGACY_POISSON_KEYS if k in data}
+    if not legacy or data.get("model", "ipvae") != "ipvae":
+        return data
+    rest = {k: v for k, v in data.items() if k not in _LEGACY_POISSON_KEYS}
+    options = rest.get("family_options", {})
+    return {**rest, "family_options": {**legacy, **(options if isinstance(options, dict) else {})}}
 
 
 def load_json(path: str | Path) -> dict[str, Any]:

@@ -1,75 +1,140 @@
 """FOND's fixed prescription: natural-gradient descent on the free energy, online belief updating,
 iterative refinement — as pure functions of explicit state.
 
-For the Poisson family with a linear decoder g(z) = Φz and likelihood N(x; Φz, diag(σ_x²)), the
-natural gradient of the free energy in membrane-potential coordinates (Fisher metric diag(exp u)) with
-spikes in the recurrent term and the online prior u₀ ← u_t (so the leak vanishes) is one step
+Whatever the family (``fond.families``) and decoder (``fond.decoders``), one step is
 
-    u_{t+1} = u_t + η · ( Φᵀ (x − Φ z_t) / σ_x² − b ),     z_t ~ Pois(exp(u_t)),
+    z_t ~ q_t;   ∂F/∂z = −f'(z_t) ⊙ J_g(f(z_t))ᵀ (x − g(f(z_t))) / σ_x²;
+    state_{t+1} = state_t − η · G(state_t)⁻¹ (∂F/∂state + bias),   then the family's soft clamps,
 
-drive minus explaining-away minus a learned per-neuron bias, followed by soft upper clamps on the
-increment and on the potential. Nothing here keeps state between calls: every function takes the state
-it needs and returns the new one, so rollouts do not depend on call order.
+with the online prior q_prior ← q_t, so the KL's gradient vanishes at the start of every step. For
+Poisson latents and a linear decoder this is u_{t+1} = u_t + η(Φᵀ(x − Φz_t)/σ_x² − b). ``unroll``
+(training: relaxed samples, BPTT loss) and ``rollout`` (evaluation: exact samples, per-step trace) are
+the two loops over that step. Nothing keeps state between calls, so rollouts do not depend on call order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch.nn.functional as F
+import numpy as np
+import torch
 from torch import Tensor
 
-__all__ = ["DynamicsParams", "soft_clamp_upper", "pullback", "natural_gradient_step", "EvalOperators"]
+from fond.decoders import Decoder
+from fond.families.base import Family, Sample, State
+from fond.families.poisson import soft_clamp_upper
+from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
+from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
+
+__all__ = ["Components", "fond_step", "unroll", "rollout", "soft_clamp_upper"]
 
 
 @dataclass(frozen=True)
-class DynamicsParams:
-    """What one inference step needs, read off a model's learned parameters.
+class Components:
+    """What the dynamics read off a model: the family (with its learned tensors), the decoder, the
+    per-pixel log σ_x (D,) after its clamp, and the per-neuron bias b = exp(log b) (K,)."""
 
-    dictionary: Φ, (D, K). inv_variance: σ_x⁻², (D,). bias: b = exp(log b), (K,).
-    step_size: η = exp(log η), scalar tensor. clamp: the upper soft-clamp bound c on both the increment
-    Δu and the potential u (nats; ramps from 2 to 10 in training). floor: hard lower bound (nats).
-    """
-
-    dictionary: Tensor
-    inv_variance: Tensor
+    family: Family
+    family_params: Mapping[str, Tensor]
+    decoder: Decoder
+    log_sigma: Tensor
     bias: Tensor
-    step_size: Tensor
-    clamp: float
-    floor: float = -8.0
+
+    @property
+    def inv_variance(self) -> Tensor:
+        return torch.exp(-2.0 * self.log_sigma)
 
 
-def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
-    """Hard floor, then the smooth upper bound c − softplus(c − x) (≈ x well below c, → c above)."""
-    return c - F.softplus(c - x.clamp_min(floor))
+def fond_step(family: Family, family_params: Mapping[str, Tensor], state: State, sample: Sample,
+              error_pullback: Tensor, bias: Tensor, clamp_fraction: float = 1.0) -> State:
+    """One FOND step from the state, its sample and J_gᵀ(x − g(f(z)))/σ_x² (B, K): the new state.
 
-
-def pullback(params: DynamicsParams, x: Tensor, reconstruction: Tensor) -> Tensor:
-    """Φᵀ (x − x̂) / σ_x²: the precision-weighted prediction error carried back to the latents, (B, K)."""
-    return ((x - reconstruction) * params.inv_variance) @ params.dictionary
-
-
-def natural_gradient_step(params: DynamicsParams, u: Tensor, error_pullback: Tensor) -> Tensor:
-    """One FOND step for the Poisson family: u_{t+1} from u_t (B, K) and Φᵀ(x − Φz_t)/σ_x² (B, K)."""
-    du = params.step_size * (error_pullback - params.bias)
-    du = soft_clamp_upper(du, params.clamp, params.floor)
-    return soft_clamp_upper(u + du, params.clamp, params.floor)
-
-
-@dataclass(frozen=True)
-class EvalOperators:
-    """Per-batch constants of a long evaluation rollout, so that a step is one (B×K)·(K×K) product.
-
-    drive: Φᵀ x / σ_x², (B, K). gram: W = Φᵀ diag(σ_x⁻²) Φ, (K, K). Then Φᵀ(x − Φz)/σ_x² = drive − z W.
+    ``clamp_fraction``: how far the family's clamp bounds have ramped (1 = final, as in evaluation).
     """
+    derivative = family.activation_derivative(sample.value, family_params)
+    grad_z = -error_pullback if derivative is None else -derivative * error_pullback
+    direction = family.natural_gradient(state, sample, grad_z, bias, family_params)
+    return family.descend(state, direction, family_params, clamp_fraction)
 
-    drive: Tensor
-    gram: Tensor
 
-    @classmethod
-    def build(cls, params: DynamicsParams, x: Tensor) -> EvalOperators:
-        weighted = params.dictionary * params.inv_variance.unsqueeze(1)
-        return cls(drive=x @ weighted, gram=params.dictionary.T @ weighted)
+def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float,
+           generator: torch.Generator | None = None) -> UnrollLoss:
+    """Unroll ``steps`` steps with relaxed samples from the initial state; return the BPTT objective.
 
-    def pullback(self, spikes: Tensor) -> Tensor:
-        return self.drive - spikes @ self.gram
+    Each step samples z_t from q_t once; that sample is decoded for the step's NLL and also drives the
+    next update (one sample shared where the paper's code draws two: the same expected objective, half
+    the sampling). Per step: NLL(x | g(f(z_t))) + β·KL(q_t ‖ q_{t−1}); the loss is the batch mean of the
+    mean over steps, times 256/D (the paper's scaling).
+    """
+    family, fp, decoder = parts.family, parts.family_params, parts.decoder
+    inv_variance = parts.inv_variance
+    state = family.initial_state(fp, x.shape[0])
+    sample = family.sample(state, fp, generator, temperature)
+    reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
+    total = x.new_zeros(())
+    nll_trace, kl_trace = [], []
+    rate_max = 0.0
+    for _ in range(steps):
+        new_state = fond_step(family, fp, state, sample, pull((x - reconstruction) * inv_variance), parts.bias,
+                              clamp_fraction)
+        sample = family.sample(new_state, fp, generator, temperature)
+        reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
+        nll = gaussian_nll(x, reconstruction, parts.log_sigma)
+        kl = family.kl(new_state, state).sum(-1)
+        total = total + (nll + beta * kl).mean()
+        nll_trace.append(float(nll.detach().mean()))
+        kl_trace.append(float(kl.detach().mean()))
+        rate_max = max(rate_max, float(family.mean_code(new_state, fp).detach().max()))
+        state = new_state
+    scale = 256.0 / x.shape[1]
+    return UnrollLoss(loss=total / steps * scale, nll=np.array(nll_trace), kl=np.array(kl_trace), rate_max=rate_max)
+
+
+def _state_step_norm(new_state: State, state: State) -> Tensor:
+    return torch.cat([a - b for a, b in zip(new_state, state, strict=True)], dim=-1).norm(dim=-1)
+
+
+def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
+            trace: bool = True) -> InferenceResult:
+    """Run ``steps`` steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
+
+    Per-batch constants come from ``decoder.operators`` (for a linear decoder Φᵀx/σ² and ΦᵀΣ⁻¹Φ, so a
+    step is one (B×K)·(K×K) product). ``trace`` records the per-step means of ``InferenceResult.trace``.
+    Call under ``torch.no_grad()``.
+    """
+    family, fp, decoder = parts.family, parts.family_params, parts.decoder
+    ops = decoder.operators(x, parts.inv_variance)
+    state = tuple(s.clone() for s in family.initial_state(fp, x.shape[0]))
+    sample = family.sample(state, fp, generator, None)
+    decoded = family.activation(sample.value, fp)
+    records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
+    for _ in range(steps):
+        new_state = fond_step(family, fp, state, sample, ops.pullback(decoded), parts.bias)
+        rates = family.mean_code(new_state, fp)
+        sample = family.sample(new_state, fp, generator, None)
+        decoded = family.activation(sample.value, fp)
+        if trace:
+            reconstruction = decoder(decoded)
+            nll = gaussian_nll(x, reconstruction, parts.log_sigma)
+            kl = family.kl(new_state, state).sum(-1)
+            records["r2"].append(float(r2_per_sample(x, reconstruction).mean()))
+            records["r2_rates"].append(float(r2_per_sample(x, decoder(rates)).mean()))
+            records["zeros"].append(float(zeros_fraction(decoded).mean()))
+            records["du_norm"].append(float(_state_step_norm(new_state, state).mean()))
+            records["nll"].append(float(nll.mean()))
+            records["kl"].append(float(kl.mean()))
+            records["nelbo"].append(float((nll + kl).mean()))
+            records["rate_max"].append(float(rates.max()))
+            records["saturated"].append(float(family.saturated(new_state, fp).float().mean()))
+        state = new_state
+    rates = family.mean_code(state, fp)
+    return InferenceResult(
+        rates=rates,
+        spikes=decoded,
+        state=dict(zip(family.state_names, state, strict=True)),
+        reconstruction=decoder(decoded),
+        reconstruction_from_rates=decoder(rates),
+        steps=steps,
+        trace={k: np.asarray(v) for k, v in records.items()},
+    )

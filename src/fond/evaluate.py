@@ -19,13 +19,15 @@ __all__ = ["evaluate", "Evaluation"]
 class Evaluation:
     """Summary of a T-step rollout over an evaluation set, plus the per-step curves.
 
-    r2 / r2_rates: mean per-sample R² at the last step from spikes / from rates. zeros: fraction of
-    zero counts at the last step. convergence_step: first step with R² ≥ 99 % of its final value
-    (None if the final R² ≤ 0). nelbo: nats per sample at the last step (NLL + KL to the online prior).
+    r2 / r2_rates: mean per-sample R² at the last step from the sample f(z) ("spikes") / from the mean
+    code ("rates": e^u, f(μ), p). zeros: fraction of zero entries of f(z) at the last step.
+    convergence_step: first step with R² ≥ 99 % of its final value (None if the final R² ≤ 0).
+    nelbo: nats per sample at the last step (NLL + KL to the online prior).
     rate_distortion: √((1 − R²)² + (1 − zeros)²). diverged: the rollout blew up (non-finite values,
-    rates at the clamp, or a final R² below 0) — numbers from such a rollout mean little.
-    diverged_fraction: fraction of inputs whose largest rate ended within a factor 2 of the clamp e^c.
-    trace: per-step means (arrays of length steps). features: rates at the last step (N, K).
+    any input's state at the family's clamp bound at any step, or a final R² below 0) — numbers from
+    such a rollout mean little. diverged_fraction: fraction of inputs at the clamp bound at the last
+    step (for Poisson: largest rate within a factor 2 of e^c). trace: per-step means (arrays of length
+    steps). features: the mean code at the last step (N, K).
     """
 
     r2: float
@@ -64,8 +66,8 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     n = x.shape[0]
     sums: dict[str, np.ndarray] = {}
     rate_max = 0.0
-    clamp_rate = math.exp(model.config.clamp_final)
-    n_diverged = 0
+    ever_saturated = False
+    n_diverged = 0.0
     features = []
     for i, begin in enumerate(range(0, n, chunk_size)):
         chunk = x[begin:begin + chunk_size]
@@ -75,7 +77,8 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
                 rate_max = max(rate_max, float(np.max(values)))
             else:
                 sums[key] = sums.get(key, 0.0) + np.asarray(values, dtype=float) * chunk.shape[0]
-        n_diverged += int((res.rates.max(dim=1).values >= 0.5 * clamp_rate).sum())
+        ever_saturated = ever_saturated or bool(np.any(res.trace["saturated"] > 0))
+        n_diverged += float(res.trace["saturated"][-1]) * chunk.shape[0]
         if keep_features:
             features.append(res.rates.numpy())
     trace = {k: v / n for k, v in sums.items()}
@@ -83,10 +86,11 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     r2, r2_rates, zeros = (float(trace[k][-1]) for k in ("r2", "r2_rates", "zeros"))
     nelbo = float(trace["nelbo"][-1])
     diverged = (not all(math.isfinite(v) for v in (r2, r2_rates, zeros, nelbo))
-                or rate_max >= 0.5 * clamp_rate or r2 < 0)
+                or ever_saturated or r2 < 0)
     return Evaluation(
         r2=r2, r2_rates=r2_rates, zeros=zeros, convergence_step=convergence_step(trace.get("r2", [])),
         nelbo=nelbo, n_params=int(model.n_params()), steps=steps, n_samples=n,
         rate_distortion=rate_distortion_distance(r2, zeros), diverged=bool(diverged), rate_max=rate_max,
-        diverged_fraction=n_diverged / n, trace=trace, features=np.concatenate(features) if keep_features else None,
+        diverged_fraction=round(n_diverged) / n, trace=trace,
+        features=np.concatenate(features) if keep_features else None,
     )

@@ -13,7 +13,32 @@ from fond.evaluate import Evaluation
 
 __all__ = ["write_report"]
 
-PAPER_NATURAL = {"r2": 0.830, "zeros": 0.773, "rate_distortion": 0.284}
+#: the paper's natural-image numbers (van Hateren, K = 512, T_train = 16, t = 1000; DESIGN.md §3)
+PAPER_NATURAL = {
+    "ipvae": {"r2": 0.830, "zeros": 0.773, "rate_distortion": 0.284},
+    "igvae-relu": {"r2": 0.820, "zeros": 0.576, "rate_distortion": 0.364},
+    "igvae": {"r2": 0.874, "zeros": 0.000, "rate_distortion": 1.006},
+}
+MODEL_TITLES = {"ipvae": "iP-VAE", "igvae": "iG-VAE", "igvae-relu": "iG_relu-VAE", "ibvae": "iB-VAE"}
+
+
+def model_title(model) -> str:
+    """A display name: "iP-VAE", "iG_relu-VAE (mlp decoder)", ..."""
+    config = model.config
+    title = MODEL_TITLES.get(config.model, config.model)
+    return title if config.decoder == "linear" else f"{title} ({config.decoder} decoder)"
+
+
+def decoder_atoms(model) -> np.ndarray:
+    """What each neuron writes into the image, (D, K): Φ for a linear decoder, g(e_k) − g(0) otherwise."""
+    import torch
+
+    if model.dictionary is not None:
+        return model.dictionary.detach().cpu().numpy()
+    with torch.no_grad():
+        k = model.n_latents
+        eye = torch.eye(k, dtype=model.log_sigma_x.dtype)
+        return (model.decode(eye) - model.decode(torch.zeros(1, k, dtype=eye.dtype))).T.cpu().numpy()
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -29,11 +54,13 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: np.ndarray,
-                 patch_shape: tuple[int, int] | None, *, title: str = "iP-VAE") -> Path:
+                 patch_shape: tuple[int, int] | None, *, title: str | None = None) -> Path:
     """Write ``DIR/report/``: eval.json, curves.npz, dictionary.png, inference_curves.png,
     reconstructions.png, training.png (if metrics.jsonl exists) and report.md. Returns report.md's path."""
     from fond import plots
 
+    title = title or model_title(model)
+    counts = model.family.integer_samples
     directory = Path(directory)
     out = directory / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -41,9 +68,9 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
     atomic_write(out / "eval.json", json.dumps(summary, indent=2) + "\n")
     figures = []
     if patch_shape is not None:
-        weights = model.dictionary.detach().cpu().numpy()
-        figures.append(plots.plot_dictionary(weights, patch_shape, out / "dictionary.png",
-                                             title=f"{title} dictionary Φ (sorted by norm)"))
+        what = "dictionary Φ" if model.dictionary is not None else "decoder atoms g(e_k) − g(0)"
+        figures.append(plots.plot_dictionary(decoder_atoms(model), patch_shape, out / "dictionary.png",
+                                             title=f"{title} {what} (sorted by norm)"))
     figures.append(plots.plot_inference_curves(evaluation.trace, out / "inference_curves.png",
                                                title=f"{title}: {evaluation.steps} inference steps",
                                                convergence_step=evaluation.convergence_step))
@@ -51,8 +78,8 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
         n = min(12, len(x_eval))
         res = model.infer(x_eval[:n], evaluation.steps, seed=0, trace=False)
         figures.append(plots.plot_reconstructions(
-            np.asarray(x_eval[:n]), {"spikes": res.reconstruction.numpy(),
-                                     "rates": res.reconstruction_from_rates.numpy()},
+            np.asarray(x_eval[:n]), {("spikes" if counts else "sample"): res.reconstruction.numpy(),
+                                     ("rates" if counts else "mean"): res.reconstruction_from_rates.numpy()},
             patch_shape, out / "reconstructions.png", n=n))
     records = _read_metrics(directory / "metrics.jsonl")
     if records:
@@ -61,14 +88,18 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
     def fmt(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
+    samples = {True: "exact integer spikes", False: "samples z = μ + σε"}[counts]
+    if model.family.name == "bernoulli":
+        samples = "hard binary spikes"
+    paper = PAPER_NATURAL.get(model.config.model, {}) if model.config.decoder == "linear" else {}
     lines = [f"# {title} report", "", f"Evaluated on {evaluation.n_samples} held-out inputs over "
-             f"{evaluation.steps} inference steps with exact integer spikes.", "",
+             f"{evaluation.steps} inference steps with {samples}.", "",
              "| metric | value | paper (van Hateren, 3 GPU-hours) |", "|---|---|---|"]
     for key in ("r2", "r2_rates", "zeros", "rate_distortion", "convergence_step", "nelbo", "n_params",
                 "diverged", "diverged_fraction"):
-        lines.append(f"| {key} | {fmt(summary[key])} | {fmt(PAPER_NATURAL.get(key, ''))} |")
+        lines.append(f"| {key} | {fmt(summary[key])} | {fmt(paper.get(key, ''))} |")
     if evaluation.diverged:
-        lines += ["", "**Warning: the rollout diverged** (rates at the clamp, non-finite values or R² < 0)."]
+        lines += ["", "**Warning: the rollout diverged** (states at the clamp, non-finite values or R² < 0)."]
     lines += ["", "Convergence step: first step at which R² reaches 99 % of its final value.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     return atomic_write(out / "report.md", "\n".join(lines) + "\n")

@@ -39,11 +39,9 @@ class TrainingDiverged(FondError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """Pure functions of the iteration: β, relaxed-sampler temperature τ, clamp bound c, learning rate."""
+    """Pure functions of the iteration: β, relaxed-sampler temperature τ, clamp ramp, learning rate."""
 
     train: TrainConfig
-    clamp_init: float
-    clamp_final: float
 
     def _fraction(self, iteration: int) -> float:
         return iteration / max(1, self.train.iterations)
@@ -62,8 +60,9 @@ class Schedule:
         cfg = self.train
         return cfg.beta_min + self.ramp(iteration) * (cfg.beta - cfg.beta_min)
 
-    def clamp(self, iteration: int) -> float:
-        return self.clamp_init + self.ramp(iteration) * (self.clamp_final - self.clamp_init)
+    def clamp_fraction(self, iteration: int) -> float:
+        """How far the family's clamp bounds have ramped (0: initial, 1: final); shares β's ramp."""
+        return self.ramp(iteration)
 
     def temperature(self, iteration: int) -> float:
         cfg = self.train
@@ -112,11 +111,18 @@ def _batch_indices(seed: int, iteration: int, n: int, batch_size: int) -> torch.
     return perm[position * batch_size:(position + 1) * batch_size]
 
 
+def _step_sizes(model: torch.nn.Module) -> float | list[float]:
+    sizes = model.log_step_size.detach().exp().tolist()
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Weight decay on the decoder only; the log-parameters, initial states and gains are exempt
+    (unless ``decay_log_params``)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        is_log = name.startswith("log_") or name == "u_init"
-        (no_decay if is_log and not cfg.decay_log_params else decay).append(param)
+        exempt = not name.startswith("decoder.")
+        (no_decay if exempt and not cfg.decay_log_params else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -248,7 +254,7 @@ def train(
         start = int(meta["iteration"])
     directory.mkdir(parents=True, exist_ok=True)
 
-    schedule = Schedule(cfg, model_config.clamp_init, model_config.clamp_final)
+    schedule = Schedule(cfg)
     x_train = torch.from_numpy(np.ascontiguousarray(data.train))
     x_eval = torch.from_numpy(np.ascontiguousarray(data.val[: cfg.eval_samples]))
     logger = _Logger(directory, start)
@@ -267,12 +273,13 @@ def train(
                 if interrupt_requested.is_set():
                     raise KeyboardInterrupt
                 beta, tau = schedule.beta(iteration), schedule.temperature(iteration)
-                clamp, lr = schedule.clamp(iteration), schedule.lr(iteration)
+                clamp_fraction, lr = schedule.clamp_fraction(iteration), schedule.lr(iteration)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = x_train[_batch_indices(cfg.seed, iteration, len(x_train), cfg.batch_size)]
                 gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, iteration))
-                out = model.unroll_loss(batch, cfg.steps, beta=beta, temperature=tau, clamp=clamp, generator=gen)
+                out = model.unroll_loss(batch, cfg.steps, beta=beta, temperature=tau, clamp_fraction=clamp_fraction,
+                                        generator=gen)
                 if not torch.isfinite(out.loss):
                     raise TrainingDiverged(f"loss became non-finite at iteration {iteration}; last good checkpoint: "
                                            f"{checkpoint if checkpoint.exists() else 'none'} (iteration {last_saved})")
@@ -286,9 +293,9 @@ def train(
                 done = iteration + 1
                 if done % cfg.log_every == 0 or done == cfg.iterations:  # logged before the update: see _Logger
                     logger.log({"step": done, "loss": float(out.loss.detach()), "nll": float(out.nll.mean()),
-                                "kl": float(out.kl.mean()), "beta": beta, "temperature": tau, "clamp": clamp, "lr": lr,
-                                "grad_norm": grad_norm, "rate_max": out.rate_max,
-                                "step_size": float(model.log_step_size.detach().exp()),
+                                "kl": float(out.kl.mean()), "beta": beta, "temperature": tau,
+                                "clamp_fraction": clamp_fraction, "lr": lr, "grad_norm": grad_norm,
+                                "rate_max": out.rate_max, "step_size": _step_sizes(model),
                                 "seconds": time.monotonic() - began})
                 optimizer.step()
                 completed = done

@@ -5,16 +5,26 @@ prior of each step is the previous step's posterior. A sample is z = μ + σε. 
 identity (iG-VAE) or relu(z)·exp(log gain) with a learned per-neuron gain (iG_relu-VAE).
 
 This module holds the family's pure functions — reparameterised sample, closed-form KL, the natural
-gradient of the single-sample free energy, the activation and its derivative, symmetric soft clamps.
-Wiring the family into the shared step, trainer and CLI (`fond.IGVAE`) is issue 3's remaining work.
+gradient of the single-sample free energy, the activation and its derivative, symmetric soft clamps —
+and ``GaussianFamily``, which hands them to the fixed dynamics (``fond.dynamics.fond_step``).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
+from fond.families.base import Family, Params, Sample, State, register_family
+
+ACTIVATIONS: tuple[str, ...] = ("identity", "relu")
+
 __all__ = [
+    "GaussianFamily",
+    "ACTIVATIONS",
     "gaussian_kl",
     "sample_gaussian",
     "soft_clamp_symmetric",
@@ -70,3 +80,85 @@ def relu_gain(z: Tensor, log_gain: Tensor) -> Tensor:
 def relu_gain_derivative(z: Tensor, log_gain: Tensor) -> Tensor:
     """f'(z) = 1[z > 0]·exp(log gain)."""
     return (z > 0).to(z.dtype) * torch.exp(log_gain)
+
+
+@register_family("gaussian")
+@dataclass(frozen=True)
+class GaussianFamily(Family):
+    """Gaussian latents in (μ, log σ) coordinates: iG-VAE (nonlinearity "identity") and iG_relu-VAE ("relu").
+
+    One step: d_μ = σ²·∂F/∂z + b, d_ξ = ½·∂F/∂z·ε·σ (the Fisher metric diag(1/σ², 2) inverted), then
+    μ ← c_μ·tanh((μ − η_μ d_μ clamped to ±c_Δμ)/c_μ) and likewise ξ = log σ. Samples are z = μ + σε at
+    temperature 1 in training and evaluation (a training temperature is ignored). Learned: step sizes
+    η_μ, η_ξ (log, init 0), the initial state μ_init, log σ_init (init 0) and, for relu, a per-neuron
+    log gain (init 0). The four clamp bounds ramp from ``clamp_init`` to their final values.
+    """
+
+    nonlinearity: str = "identity"
+    clamp_init: float = 1.0
+    mu_clamp: float = 7.0
+    log_sigma_clamp: float = 2.0
+    delta_mu_clamp: float = 7.0
+    delta_log_sigma_clamp: float = 3.0
+
+    state_names: ClassVar[tuple[str, ...]] = ("mu", "log_sigma")
+
+    def validate(self) -> None:
+        self._require(self.nonlinearity in ACTIVATIONS, "nonlinearity",
+                      f"expected one of {ACTIVATIONS}, got {self.nonlinearity!r}")
+        bounds = ("mu_clamp", "log_sigma_clamp", "delta_mu_clamp", "delta_log_sigma_clamp")
+        for key in ("clamp_init", *bounds):
+            value = getattr(self, key)
+            self._require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                          and value > 0, key, f"must be a finite number > 0, got {value!r}")
+        for key in bounds:
+            self._require(self.clamp_init <= getattr(self, key), "clamp_init", f"must be ≤ {key}")
+
+    def bound(self, final: float, clamp_fraction: float) -> float:
+        if clamp_fraction >= 1.0:
+            return final
+        return self.clamp_init + clamp_fraction * (final - self.clamp_init)
+
+    def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]:
+        params = {"log_step_size": torch.zeros(2), "mu_init": torch.zeros(n_latents),
+                  "log_sigma_init": torch.zeros(n_latents)}
+        if self.nonlinearity == "relu":
+            params["log_gain"] = torch.zeros(n_latents)
+        return params
+
+    def initial_state(self, params: Params, batch_size: int) -> State:
+        return (params["mu_init"].expand(batch_size, -1), params["log_sigma_init"].expand(batch_size, -1))
+
+    def sample(self, state: State, params: Params, generator: torch.Generator | None,
+               temperature: float | None) -> Sample:
+        z, noise = sample_gaussian(state[0], state[1], generator)
+        return Sample(z, noise)
+
+    def activation(self, z: Tensor, params: Params) -> Tensor:
+        return z if self.nonlinearity == "identity" else relu_gain(z, params["log_gain"])
+
+    def activation_derivative(self, z: Tensor, params: Params) -> Tensor | None:
+        return None if self.nonlinearity == "identity" else relu_gain_derivative(z, params["log_gain"])
+
+    def natural_gradient(self, state: State, sample: Sample, grad_z: Tensor, bias: Tensor, params: Params) -> State:
+        assert sample.noise is not None
+        return natural_gradient_direction(grad_z, sample.noise, state[1], bias)
+
+    def descend(self, state: State, direction: State, params: Params, clamp_fraction: float) -> State:
+        step_size = torch.exp(params["log_step_size"])
+        mu, log_sigma = state
+        d_mu, d_xi = direction
+        delta_mu = soft_clamp_symmetric(-step_size[0] * d_mu, self.bound(self.delta_mu_clamp, clamp_fraction))
+        delta_xi = soft_clamp_symmetric(-step_size[1] * d_xi, self.bound(self.delta_log_sigma_clamp, clamp_fraction))
+        return (soft_clamp_symmetric(mu + delta_mu, self.bound(self.mu_clamp, clamp_fraction)),
+                soft_clamp_symmetric(log_sigma + delta_xi, self.bound(self.log_sigma_clamp, clamp_fraction)))
+
+    def kl(self, state: State, prior_state: State) -> Tensor:
+        return gaussian_kl(state[0], state[1], prior_state[0], prior_state[1])
+
+    def mean_code(self, state: State, params: Params) -> Tensor:
+        return self.activation(state[0], params)
+
+    def saturated(self, state: State, params: Params) -> Tensor:
+        """Inputs with a mean at 90 % of the clamp bound |μ| → c_μ (the tanh clamp is holding it)."""
+        return state[0].abs().max(dim=-1).values >= 0.9 * self.mu_clamp

@@ -9,14 +9,19 @@ divergence between two Poisson posteriors, the exact sampler used at evaluation,
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from fond.families.base import Family, Params, Sample, State, register_family
 from fond.families.sampling import poisson_tail_cutoff, sample_poisson
 
 __all__ = [
+    "PoissonFamily",
+    "soft_clamp_upper",
     "INDICATORS",
     "KL_FORMS",
     "poisson_kl",
@@ -152,3 +157,94 @@ def relaxed_poisson(
         out = out.index_copy(0, index, _relaxed_counts(flat.index_select(0, index), n, temperature, generator,
                                                         indicator))
     return out.reshape(rates.shape)
+
+
+def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
+    """Hard floor, then the smooth upper bound c − softplus(c − x) (≈ x well below c, → c above)."""
+    return c - F.softplus(c - x.clamp_min(floor))
+
+
+@register_family("poisson")
+@dataclass(frozen=True)
+class PoissonFamily(Family):
+    """Poisson latents in membrane-potential coordinates: the iterative Poisson VAE (DESIGN.md §2.1).
+
+    State ``(u,)``, rates e^u. Fisher metric diag(e^u), so the natural gradient of the free energy is
+    ∂F/∂r; with spikes in the recurrent term and b for the ½diag(ΦᵀΣ⁻¹Φ) term one step is
+    u ← clamp(u + clamp(η(Φᵀ(x − Φz)/σ² − b))), soft upper clamps c − softplus(c − ·) after a hard floor.
+
+    Options: u_init_low/high: range of the uniform initial potentials (nats, learned per neuron).
+    clamp_init/clamp_final: the upper clamp bound c on u and Δu, ramped during training, final in
+    evaluation. floor: hard lower bound. kl_form: "exact" or "reference" (the paper code's e^Δ-weighted form).
+    indicator: relaxed-sampler indicator ("sigmoid", "cubic", "straight_through"). n_exp_tail: tail mass
+    that sets the relaxed sampler's number of arrival times; max_terms caps it.
+    """
+
+    u_init_low: float = -6.0
+    u_init_high: float = -4.0
+    clamp_init: float = 2.0
+    clamp_final: float = 10.0
+    floor: float = -8.0
+    kl_form: str = "exact"
+    indicator: str = "sigmoid"
+    n_exp_tail: float = 1e-3
+    max_terms: int = 1024
+
+    state_names: ClassVar[tuple[str, ...]] = ("u",)
+    integer_samples: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        for key in ("u_init_low", "u_init_high", "clamp_init", "clamp_final", "floor", "n_exp_tail"):
+            value = getattr(self, key)
+            self._require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                          key, f"must be a finite number, got {value!r}")
+        self._require(isinstance(self.max_terms, int) and not isinstance(self.max_terms, bool)
+                      and self.max_terms >= 1, "max_terms", f"must be an integer ≥ 1, got {self.max_terms!r}")
+        self._require(self.u_init_low < self.u_init_high, "u_init_low", "must be < u_init_high")
+        self._require(0 < self.clamp_init <= self.clamp_final, "clamp_init", "need 0 < clamp_init ≤ clamp_final")
+        self._require(self.floor < self.u_init_low, "floor", "must lie below u_init_low")
+        self._require(self.kl_form in KL_FORMS, "kl_form", f"expected 'exact' or 'reference', got {self.kl_form!r}")
+        self._require(self.indicator in INDICATORS, "indicator",
+                      f"expected sigmoid, cubic or straight_through, got {self.indicator!r}")
+        self._require(0 < self.n_exp_tail < 1, "n_exp_tail", "must lie in (0, 1)")
+
+    def clamp(self, clamp_fraction: float) -> float:
+        """The clamp bound c after ``clamp_fraction`` of its ramp (nats)."""
+        if clamp_fraction >= 1.0:
+            return self.clamp_final
+        return self.clamp_init + clamp_fraction * (self.clamp_final - self.clamp_init)
+
+    def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]:
+        span = self.u_init_high - self.u_init_low
+        return {"log_step_size": torch.zeros(1),
+                "u_init": self.u_init_low + span * torch.rand(n_latents, generator=generator)}
+
+    def initial_state(self, params: Params, batch_size: int) -> State:
+        return (params["u_init"].expand(batch_size, -1),)
+
+    def sample(self, state: State, params: Params, generator: torch.Generator | None,
+               temperature: float | None) -> Sample:
+        rates = torch.exp(state[0])
+        if temperature is None:
+            return Sample(sample_poisson(rates, generator))
+        return Sample(relaxed_poisson(rates, temperature, generator, indicator=self.indicator,  # type: ignore[arg-type]
+                                      tail=self.n_exp_tail, max_terms=self.max_terms))
+
+    def natural_gradient(self, state: State, sample: Sample, grad_z: Tensor, bias: Tensor, params: Params) -> State:
+        # G(u)⁻¹∂F/∂u = ∂F/∂r, with the spikes z in place of r in the reconstruction gradient
+        return (grad_z + bias,)
+
+    def descend(self, state: State, direction: State, params: Params, clamp_fraction: float) -> State:
+        c = self.clamp(clamp_fraction)
+        du = soft_clamp_upper(torch.exp(params["log_step_size"]) * -direction[0], c, self.floor)
+        return (soft_clamp_upper(state[0] + du, c, self.floor),)
+
+    def kl(self, state: State, prior_state: State) -> Tensor:
+        return poisson_kl(state[0], prior_state[0], self.kl_form)  # type: ignore[arg-type]
+
+    def mean_code(self, state: State, params: Params) -> Tensor:
+        return torch.exp(state[0])
+
+    def saturated(self, state: State, params: Params) -> Tensor:
+        """Inputs whose largest rate is within a factor 2 of the clamp e^c (a population burst)."""
+        return torch.exp(state[0]).max(dim=-1).values >= 0.5 * math.exp(self.clamp_final)

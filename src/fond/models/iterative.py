@@ -1,61 +1,25 @@
-"""The iterative Poisson VAE (iP-VAE): the Poisson family + a linear dictionary + FOND dynamics.
+"""Iterative FOND VAEs: a distribution family + a decoder + FOND dynamics, no encoder.
 
-There is no encoder. The learned parameters are the dictionary Φ (D×K), the per-pixel decoder scale
-log σ_x (D), the per-neuron bias log b (K), the global step size log η (1) and the initial membrane
-potentials u_init (K): 132,353 numbers for D = 256, K = 512.
+``IterativeVAE`` is the one implementation; ``IPVAE`` (Poisson), ``IGVAE`` (Gaussian, optionally
+relu·gain) and ``IBVAE`` (Bernoulli) only choose the family. Learned parameters: the decoder's (Φ, D×K,
+for the linear one), the per-pixel decoder scale log σ_x (D), the per-neuron bias log b (K) and the
+family's own (initial state, log step sizes, gains). With a linear decoder and D = 256, K = 512:
+iP-VAE 132,353, iG-VAE 132,866, iG_relu-VAE 133,378 numbers.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fond.config import ModelConfig
-from fond.dynamics import DynamicsParams, EvalOperators, natural_gradient_step, pullback
+from fond.decoders import make_decoder
+from fond.dynamics import Components, rollout, unroll
 from fond.errors import DataError
-from fond.families.poisson import poisson_kl, relaxed_poisson, sample_poisson
-from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
+from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
-__all__ = ["IPVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
-
-TRACE_KEYS: tuple[str, ...] = ("r2", "r2_rates", "zeros", "du_norm", "nll", "kl", "nelbo", "rate_max")
-
-
-@dataclass
-class InferenceResult:
-    """What an inference rollout returns (the same fields for every inference method).
-
-    rates: (B, K) firing rates exp(u_T), spikes per step. spikes: (B, K) integer counts drawn at the
-    last step. membrane_potential: (B, K) u_T. reconstruction: (B, D) Φ·spikes. reconstruction_from_rates:
-    (B, D) Φ·rates. trace: per-step means over the batch, each an array of length ``steps``:
-    r2, r2_rates, zeros, du_norm (‖u_t − u_{t−1}‖₂), nll (nats), kl (nats, to the online prior),
-    nelbo = nll + kl, rate_max (largest rate in the batch). steps: T.
-    """
-
-    rates: Tensor
-    spikes: Tensor
-    membrane_potential: Tensor
-    reconstruction: Tensor
-    reconstruction_from_rates: Tensor
-    steps: int
-    trace: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class UnrollLoss:
-    """Training objective of one batch: the mean over T_train steps of NLL + β·KL (scaled by 256/D).
-
-    loss: scalar tensor to backpropagate. nll, kl: per-step batch means (length T, no grad),
-    rate_max: the largest rate seen. All per-sample quantities are in nats.
-    """
-
-    loss: Tensor
-    nll: np.ndarray
-    kl: np.ndarray
-    rate_max: float
+__all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
 
 
 def _check_input(x: Tensor, n_inputs: int) -> Tensor:
@@ -73,30 +37,36 @@ def _check_input(x: Tensor, n_inputs: int) -> Tensor:
     return x
 
 
-class IPVAE(nn.Module):
-    """Iterative Poisson VAE: a recurrent spiking network doing variational inference by FOND.
+class IterativeVAE(nn.Module):
+    """A recurrent network doing variational inference by FOND, for any registered family and decoder.
 
-    ``IPVAE(n_inputs, n_latents, seed=0, **options)``; ``options`` are ``ModelConfig`` fields.
-    Construction draws the initial parameters from a private generator seeded by ``seed`` (the global
-    RNG is never touched) and does nothing else.
+    ``IterativeVAE(n_inputs, n_latents, seed=0, **options)``; ``options`` are ``ModelConfig`` fields
+    (``model=``, ``decoder=``, ``family_options=``, ...). Construction draws the initial parameters from
+    a private generator seeded by ``seed`` (the global RNG is never touched) and does nothing else.
     """
+
+    default_model = "ipvae"
 
     def __init__(self, n_inputs: int | None = None, n_latents: int = 512, *, seed: int = 0,
                  config: ModelConfig | None = None, **options) -> None:
         super().__init__()
         if config is None:
             if n_inputs is None:
-                raise TypeError("IPVAE needs n_inputs (or a ModelConfig)")
+                raise TypeError(f"{type(self).__name__} needs n_inputs (or a ModelConfig)")
+            options.setdefault("model", self.default_model)
             config = ModelConfig(n_inputs=n_inputs, n_latents=n_latents, **options)
         self.config = config
+        self.family = config.family
         d, k = config.n_inputs, config.n_latents
         gen = torch.Generator().manual_seed(int(seed))
-        self.dictionary = nn.Parameter(torch.randn(d, k, generator=gen) * config.init_scale)
+        self.decoder = make_decoder(config.decoder, d, k, generator=gen, init_scale=config.init_scale,
+                                    hidden=config.decoder_hidden)
         self.log_sigma_x = nn.Parameter(torch.zeros(d))
         self.log_bias = nn.Parameter(torch.full((k,), config.log_bias_init))
-        self.log_step_size = nn.Parameter(torch.zeros(1))
-        span = config.u_init_high - config.u_init_low
-        self.u_init = nn.Parameter(config.u_init_low + span * torch.rand(k, generator=gen))
+        initial = self.family.init_parameters(k, gen)
+        for name, tensor in initial.items():
+            self.register_parameter(name, nn.Parameter(tensor))
+        self._family_param_names = tuple(initial)
 
     # -- parameters as the dynamics see them -------------------------------------------------------
     @property
@@ -107,6 +77,11 @@ class IPVAE(nn.Module):
     def n_latents(self) -> int:
         return self.config.n_latents
 
+    @property
+    def dictionary(self) -> Tensor | None:
+        """Φ (D, K) of a linear decoder; None for nonlinear decoders."""
+        return self.decoder.dictionary
+
     def n_params(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -116,19 +91,16 @@ class IPVAE(nn.Module):
         c = self.config.sigma_clamp
         return c * torch.tanh(self.log_sigma_x / c)
 
-    def dynamics_params(self, clamp: float | None = None) -> DynamicsParams:
-        return DynamicsParams(
-            dictionary=self.dictionary,
-            inv_variance=torch.exp(-2.0 * self.log_sigma()),
-            bias=torch.exp(self.log_bias),
-            step_size=torch.exp(self.log_step_size),
-            clamp=self.config.clamp_final if clamp is None else float(clamp),
-            floor=self.config.floor,
-        )
+    def family_params(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self._family_param_names}
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Linear decoder: Φ z, (B, K) → (B, D)."""
-        return z @ self.dictionary.T
+    def components(self) -> Components:
+        """The family, decoder and learned scalars, as the pure dynamics take them."""
+        return Components(self.family, self.family_params(), self.decoder, self.log_sigma(), torch.exp(self.log_bias))
+
+    def decode(self, code: Tensor) -> Tensor:
+        """The decoder's mean g(code) for a decoder input f(z) (B, K) → (B, D)."""
+        return self.decoder(code)
 
     def save(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
@@ -137,88 +109,57 @@ class IPVAE(nn.Module):
         save_model(self, directory)
 
     # -- training ----------------------------------------------------------------------------------
-    def unroll_loss(self, x: Tensor, steps: int, *, beta: float, temperature: float, clamp: float,
+    def unroll_loss(self, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float = 1.0,
                     generator: torch.Generator | None = None) -> UnrollLoss:
-        """Unroll ``steps`` inference steps with relaxed spikes and return the BPTT objective.
+        """Unroll ``steps`` inference steps with relaxed samples and return the BPTT objective.
 
-        Each step samples z_t from the current posterior q_t once; that sample is decoded for the
-        step's NLL and is also the spike train that drives the next update (one sample shared where
-        the original code draws two independent ones: the same expected objective, half the
-        sampling). Per step: NLL(x | Φz_t) + β·KL(q_t ‖ q_{t−1}); the loss is the batch mean of the
-        mean over steps, times 256/D (the paper's scaling).
+        ``temperature``: of the relaxed sampler (Poisson, Bernoulli; Gaussians sample at τ = 1).
+        ``clamp_fraction``: how far the clamp bounds have ramped (1 = final). See ``fond.dynamics.unroll``.
         """
         x = _check_input(x, self.n_inputs)
-        cfg = self.config
-        params = self.dynamics_params(clamp)
-        log_sigma = self.log_sigma()
-        u = self.u_init.expand(x.shape[0], -1)
-
-        def draw(u_now: Tensor) -> Tensor:
-            return relaxed_poisson(torch.exp(u_now), temperature, generator, indicator=cfg.indicator,
-                                   tail=cfg.n_exp_tail, max_terms=cfg.max_terms)
-
-        reconstruction = self.decode(draw(u))
-        total = x.new_zeros(())
-        nll_trace, kl_trace = [], []
-        rate_max = 0.0
-        for _ in range(steps):
-            u_next = natural_gradient_step(params, u, pullback(params, x, reconstruction))
-            reconstruction = self.decode(draw(u_next))
-            nll = gaussian_nll(x, reconstruction, log_sigma)
-            kl = poisson_kl(u_next, u, cfg.kl).sum(-1)
-            total = total + (nll + beta * kl).mean()
-            nll_trace.append(float(nll.detach().mean()))
-            kl_trace.append(float(kl.detach().mean()))
-            rate_max = max(rate_max, float(u_next.detach().max().exp()))
-            u = u_next
-        scale = 256.0 / self.n_inputs
-        return UnrollLoss(loss=total / steps * scale, nll=np.array(nll_trace), kl=np.array(kl_trace),
-                          rate_max=rate_max)
+        return unroll(self.components(), x, steps, beta=beta, temperature=temperature,
+                      clamp_fraction=clamp_fraction, generator=generator)
 
     # -- inference ---------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, clamp: float | None = None) -> InferenceResult:
-        """Run ``steps`` FOND steps with exact integer spikes from u_init and return the result.
+              trace: bool = True) -> InferenceResult:
+        """Run ``steps`` FOND steps with evaluation samples from the initial state and return the result.
 
         x: (B, D) inputs (same preprocessing as training). seed: seeds a private generator for the
-        spikes (ignored if ``generator`` is given). trace: record per-step means (costs two extra
-        matrix products per step). clamp: override the soft-clamp bound (default: clamp_final).
+        samples (ignored if ``generator`` is given). trace: record per-step means (costs two extra decoder
+        passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
+        temperature-1 draws (Gaussian).
         """
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise DataError(f"steps must be an integer ≥ 1, got {steps!r}")
-        x = _check_input(x, self.n_inputs).to(self.dictionary.dtype)
+        x = _check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
-        params = self.dynamics_params(clamp)
-        ops = EvalOperators.build(params, x)
-        log_sigma = self.log_sigma()
-        u = self.u_init.expand(x.shape[0], -1).clone()
-        spikes = sample_poisson(torch.exp(u), gen)
-        records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
-        for _ in range(steps):
-            u_next = natural_gradient_step(params, u, ops.pullback(spikes))
-            rates = torch.exp(u_next)
-            spikes = sample_poisson(rates, gen)
-            if trace:
-                recon = self.decode(spikes)
-                nll = gaussian_nll(x, recon, log_sigma)
-                kl = poisson_kl(u_next, u, self.config.kl).sum(-1)
-                records["r2"].append(float(r2_per_sample(x, recon).mean()))
-                records["r2_rates"].append(float(r2_per_sample(x, self.decode(rates)).mean()))
-                records["zeros"].append(float(zeros_fraction(spikes).mean()))
-                records["du_norm"].append(float((u_next - u).norm(dim=-1).mean()))
-                records["nll"].append(float(nll.mean()))
-                records["kl"].append(float(kl.mean()))
-                records["nelbo"].append(float((nll + kl).mean()))
-                records["rate_max"].append(float(rates.max()))
-            u = u_next
-        rates = torch.exp(u)
-        return InferenceResult(
-            rates=rates,
-            spikes=spikes,
-            membrane_potential=u,
-            reconstruction=self.decode(spikes),
-            reconstruction_from_rates=self.decode(rates),
-            steps=steps,
-            trace={k: np.asarray(v) for k, v in records.items()},
-        )
+        return rollout(self.components(), x, steps, generator=gen, trace=trace)
+
+
+class IPVAE(IterativeVAE):
+    """Iterative Poisson VAE: a recurrent spiking network with integer spike counts (DESIGN.md §2.1)."""
+
+    default_model = "ipvae"
+
+
+class IGVAE(IterativeVAE):
+    """Iterative Gaussian VAE (DESIGN.md §2.2): ``activation=None`` (iG-VAE) or ``"relu"`` (iG_relu-VAE,
+    f(z) = relu(z)·exp(log gain) with a learned per-neuron gain)."""
+
+    def __init__(self, n_inputs: int | None = None, n_latents: int = 512, *, activation: str | None = None,
+                 seed: int = 0, config: ModelConfig | None = None, **options) -> None:
+        if config is None:
+            if activation not in (None, "relu"):
+                from fond.errors import ConfigError
+
+                raise ConfigError(f"IGVAE activation must be None or 'relu', got {activation!r}")
+            options["model"] = "igvae" if activation is None else "igvae-relu"
+        super().__init__(n_inputs, n_latents, seed=seed, config=config, **options)
+
+
+class IBVAE(IterativeVAE):
+    """Iterative Bernoulli VAE: binary spiking units, the fourth member of the family (fond.families.bernoulli)."""
+
+    default_model = "ibvae"

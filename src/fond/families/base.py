@@ -1,0 +1,145 @@
+"""What FOND asks of a distribution family — the interface the fixed dynamics consume.
+
+A family is a frozen dataclass of its own options (validated on construction, JSON-ready through
+``dataclasses.asdict``) whose methods are pure functions of explicit tensors:
+
+- ``init_parameters(n_latents, generator)``: the family's learned tensors (initial state, step sizes,
+  activation gains), by name. The model registers them as parameters; the family never holds tensors.
+- ``initial_state(params, batch_size)``: the state tuple at t = 0 (e.g. ``(u,)`` or ``(μ, log σ)``).
+- ``sample(state, params, generator, temperature)``: a draw from q; ``temperature`` is the relaxation of
+  a training sample, ``None`` asks for the evaluation sample (exact counts, hard binaries, τ = 1).
+- ``activation(z, params)`` and ``activation_derivative(z, params)``: the decoder input f(z) and f'(z)
+  (``None`` for the identity, which skips a multiplication).
+- ``natural_gradient(state, sample, grad_z, bias, params)``: G(state)⁻¹ ∂F/∂state from ∂F/∂z of the
+  single-sample reconstruction term at the online prior (where the KL's gradient vanishes), plus the
+  learned bias; one tensor per state tensor.
+- ``descend(state, direction, params, clamp_fraction)``: state − η·direction through the family's soft
+  clamps; ``clamp_fraction`` ∈ [0, 1] is how far the clamp bounds have ramped (1 in evaluation).
+- ``kl(state, prior_state)``: KL(q ‖ q_prior) per latent, (B, K), nats.
+- ``mean_code(state, params)``: the code a downstream reader sees (rates e^u, f(μ), p), (B, K).
+- ``saturated(state, params)``: (B,) bool, inputs whose state sits at the clamp bound (a blow-up sign).
+
+``fond.dynamics.fond_step`` composes these into one step; a new family is one new file that subclasses
+``Family`` and registers itself with ``@register_family("name")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fond.errors import ConfigError
+
+__all__ = ["Family", "Sample", "State", "register_family", "family_class", "family_names", "make_family"]
+
+State = tuple[Tensor, ...]
+Params = Mapping[str, Tensor]
+
+
+class Sample(NamedTuple):
+    """A draw z ~ q (B, K) and, for reparameterised families, the noise ε it was made from."""
+
+    value: Tensor
+    noise: Tensor | None = None
+
+
+class Family(ABC):
+    """Base class of the distribution families (subclasses are frozen dataclasses of options)."""
+
+    name: ClassVar[str] = ""
+    state_names: ClassVar[tuple[str, ...]] = ()
+    #: evaluation samples are integer counts (spikes), shown as such in reports
+    integer_samples: ClassVar[bool] = False
+
+    def validate(self) -> None:  # noqa: B027  (optional hook: a family without options has nothing to check)
+        """Raise ``ConfigError`` naming the bad option; called by ``__post_init__``."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def _require(self, condition: bool, key: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(f"config key 'family_options.{key}' ({self.name}): {message}")
+
+    @abstractmethod
+    def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def initial_state(self, params: Params, batch_size: int) -> State: ...
+
+    @abstractmethod
+    def sample(self, state: State, params: Params, generator: torch.Generator | None,
+               temperature: float | None) -> Sample: ...
+
+    def activation(self, z: Tensor, params: Params) -> Tensor:
+        return z
+
+    def activation_derivative(self, z: Tensor, params: Params) -> Tensor | None:
+        return None
+
+    @abstractmethod
+    def natural_gradient(self, state: State, sample: Sample, grad_z: Tensor, bias: Tensor,
+                         params: Params) -> State: ...
+
+    @abstractmethod
+    def descend(self, state: State, direction: State, params: Params, clamp_fraction: float) -> State: ...
+
+    @abstractmethod
+    def kl(self, state: State, prior_state: State) -> Tensor: ...
+
+    @abstractmethod
+    def mean_code(self, state: State, params: Params) -> Tensor: ...
+
+    def saturated(self, state: State, params: Params) -> Tensor:
+        return torch.zeros(state[0].shape[0], dtype=torch.bool, device=state[0].device)
+
+
+_REGISTRY: dict[str, type[Family]] = {}
+
+
+def register_family(name: str):
+    """Class decorator: make a ``Family`` subclass available as ``ModelConfig(family=name)``."""
+
+    def decorate(cls: type[Family]) -> type[Family]:
+        if not (isinstance(cls, type) and issubclass(cls, Family)):
+            raise TypeError("register_family decorates subclasses of fond.families.Family")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a family named {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def family_names() -> tuple[str, ...]:
+    import fond.families  # noqa: F401  (registers the built-in families)
+
+    return tuple(sorted(_REGISTRY))
+
+
+def family_class(name: str) -> type[Family]:
+    names = family_names()
+    if name not in _REGISTRY:
+        raise ConfigError(f"config key 'family': unknown family {name!r}; expected one of {names}")
+    return _REGISTRY[name]
+
+
+def make_family(name: str, options: Mapping[str, Any] | None = None) -> Family:
+    """The family ``name`` with ``options`` (unknown keys and bad values raise ``ConfigError``)."""
+    cls = family_class(name)
+    options = dict(options or {})
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"config key 'family_options.{unknown[0]}': not an option of the {name} family "
+                          f"(options: {', '.join(sorted(known))})")
+    return cls(**options)
