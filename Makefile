@@ -1,12 +1,13 @@
 # Two commands a new user needs (see README):
 #   make demo   set up .venv, train the quick iP-VAE on bundled natural-image patches, evaluate, report
 #   make test   set up .venv and run the test suite
+#   make family train iP-, iG_relu- and iG-VAE with the quick preset and print them side by side
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/quick
 
-.PHONY: venv demo test test-fast lint clean
+.PHONY: venv demo family test test-fast lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,12 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fond train --model ipvae --data natural16 --preset quick --out $(RUN)
 	@echo "Report: $(RUN)/report/report.md"
+
+family: venv
+	$(VENV)/bin/fond train --model ipvae --data natural16 --preset quick --out runs/quick
+	$(VENV)/bin/fond train --model igvae-relu --data natural16 --preset quick --out runs/quick-igvae-relu
+	$(VENV)/bin/fond train --model igvae --data natural16 --preset quick --out runs/quick-igvae
+	$(VENV)/bin/fond compare runs/quick runs/quick-igvae-relu runs/quick-igvae
 
 test: venv
 	$(PY) -m pytest -n 2 -q

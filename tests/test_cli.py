@@ -157,3 +157,19 @@ def test_every_family_and_decoder_trains_and_evaluates_from_the_command_line(tmp
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["n_params"] > 0 and 0.0 <= summary["zeros"] <= 1.0
+
+
+@pytest.mark.slow
+def test_compare_prints_runs_side_by_side(trained_run, tmp_path):
+    """`fond compare` puts evaluated runs in one Markdown table and names a run that has no evaluation."""
+    out, _ = trained_run
+    proc = fond("compare", str(out), str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("| model |") and len(lines) == 4 and "iP-VAE" in lines[2]
+    bare = tmp_path / "bare"
+    import fond as library
+
+    library.IPVAE(64, 8).save(bare)
+    proc = fond("compare", str(bare))
+    assert proc.returncode == 2 and "no evaluation yet" in proc.stderr and "Traceback" not in proc.stderr

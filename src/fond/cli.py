@@ -3,6 +3,7 @@
     fond train --model ipvae --data natural16 --preset quick --out runs/quick
     fond train --model igvae-relu --decoder mlp --data natural16 --preset quick --out runs/igrelu-mlp
     fond eval runs/quick [--data SPEC] [--steps 1000] [--json]
+    fond compare runs/quick runs/quick-igvae-relu runs/quick-igvae     # side-by-side Markdown table
 
 User errors (bad data, bad config, bad checkpoint) print one line, ``fond: error: ...``, and exit 2.
 """
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
+
+    cp = sub.add_parser("compare", help="print the evaluations of several runs side by side (Markdown table)")
+    cp.add_argument("runs", type=Path, nargs="+", help="run directories evaluated by `fond train` or `fond eval`")
     return parser
 
 
@@ -167,6 +171,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fond.checkpoint import read_config
+    from fond.config import ModelConfig, config_from_dict, load_json
+    from fond.report import MODEL_TITLES
+
+    rows = ["| model | decoder | parameters | R² (sample) | R² (mean) | zeros | rate–distortion d | "
+            "convergence step | diverged | run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in args.runs:
+        config = config_from_dict(ModelConfig, read_config(run).get("model"), source=str(run / "config.json"))
+        path = run / "report" / "eval.json"
+        if not path.exists():
+            raise FondError(f"{run}: no evaluation yet ({path} missing); run `fond eval {run}` first")
+        e = load_json(path)
+        try:
+            rows.append(f"| {MODEL_TITLES.get(config.model, config.model)} | {config.decoder} | {e['n_params']:,} | "
+                        f"{e['r2']:.3f} | {e['r2_rates']:.3f} | {e['zeros']:.3f} | {e['rate_distortion']:.3f} | "
+                        f"{e['convergence_step']} | {'yes' if e['diverged'] else 'no'} | {run} |")
+        except (KeyError, TypeError, ValueError):
+            raise FondError(f"{path}: not an evaluation summary written by fond") from None
+    print("\n".join(rows))
+    return 0
+
+
 def _print_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -187,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_eval(args)
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)

@@ -247,4 +247,4 @@ class PoissonFamily(Family):
 
     def saturated(self, state: State, params: Params) -> Tensor:
         """Inputs whose largest rate is within a factor 2 of the clamp e^c (a population burst)."""
-        return torch.exp(state[0]).max(dim=-1).values >= 0.5 * math.exp(self.clamp_final)
+        return state[0].max(dim=-1).values >= self.clamp_final - math.log(2.0)
