@@ -59,3 +59,20 @@ def test_divergence_is_flagged(tiny_model, tiny_data):
         tiny_model.log_bias.fill_(-10.0)
     ev = evaluate(tiny_model, tiny_data, 50)
     assert ev.diverged and ev.diverged_fraction > 0
+
+
+def test_gaussian_means_pinned_at_the_clamp_are_flagged(tiny_data):
+    """For Gaussian latents the blow-up sign is a mean held at the tanh clamp |μ| → 7; a healthy rollout
+    of the same model is not flagged (large but free means are legitimate)."""
+    from fond import IGVAE
+
+    model = IGVAE(16, 24, seed=0, init_scale=0.3)
+    with torch.no_grad():
+        model.log_step_size.fill_(math.log(0.1))  # η_μσ²·‖W‖ < 1 even at σ = 1: a stable rollout
+        model.log_bias.fill_(-30.0)
+    healthy = evaluate(model, tiny_data, steps=60)
+    assert not healthy.diverged and healthy.diverged_fraction == 0.0
+    with torch.no_grad():
+        model.log_bias.fill_(6.0)  # b ≈ 400 drives every mean down to −7 within a few steps
+    pinned = evaluate(model, tiny_data, steps=60)
+    assert pinned.diverged and pinned.diverged_fraction == 1.0

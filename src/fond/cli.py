@@ -203,7 +203,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     if summary.get("diverged"):
-        print("WARNING: the rollout diverged (states at the clamp, non-finite values or R² < 0)")
+        print("WARNING: the rollout diverged (states at the clamp, non-finite values or mean-code R² < 0)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,11 @@ class Evaluation:
     convergence_step: first step with R² ≥ 99 % of its final value (None if the final R² ≤ 0).
     nelbo: nats per sample at the last step (NLL + KL to the online prior).
     rate_distortion: √((1 − R²)² + (1 − zeros)²). diverged: the rollout blew up (non-finite values,
-    any input's state at the family's clamp bound at any step, or a final R² below 0) — numbers from
-    such a rollout mean little. diverged_fraction: fraction of inputs at the clamp bound at the last
-    step (for Poisson: largest rate within a factor 2 of e^c). trace: per-step means (arrays of length
-    steps). features: the mean code at the last step (N, K).
+    any input's state at the family's clamp bound at any step, or a final R² of the mean code below 0 —
+    a noisy sample alone is not divergence); numbers from such a rollout mean little.
+    diverged_fraction: fraction of inputs at the clamp bound at the last step (Poisson: largest rate
+    within a factor 2 of e^c; Gaussian: over half the means pinned at the tanh clamp). trace: per-step
+    means (arrays of length steps). features: the mean code at the last step (N, K).
     """
 
     r2: float
@@ -86,7 +87,7 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     r2, r2_rates, zeros = (float(trace[k][-1]) for k in ("r2", "r2_rates", "zeros"))
     nelbo = float(trace["nelbo"][-1])
     diverged = (not all(math.isfinite(v) for v in (r2, r2_rates, zeros, nelbo))
-                or ever_saturated or r2 < 0)
+                or ever_saturated or r2_rates < 0)
     return Evaluation(
         r2=r2, r2_rates=r2_rates, zeros=zeros, convergence_step=convergence_step(trace.get("r2", [])),
         nelbo=nelbo, n_params=int(model.n_params()), steps=steps, n_samples=n,

@@ -160,8 +160,10 @@ class GaussianFamily(Family):
         return self.activation(state[0], params)
 
     def saturated(self, state: State, params: Params) -> Tensor:
-        """Inputs with a mean pinned at the clamp bound, |μ| ≥ 0.99·c_μ (the update keeps pushing past it).
+        """Inputs with most of the population pinned at the clamp bound, |μ| ≥ 0.95·c_μ for over half the
+        neurons (the double tanh clamp caps |μ| at c_μ·tanh(2) ≈ 0.96·c_μ).
 
-        Large means are legitimate (a small dictionary needs large codes), so only a mean the tanh clamp
-        holds at its limit (pre-clamp |μ| above ~2.6·c_μ) counts."""
-        return state[0].abs().max(dim=-1).values >= 0.99 * self.mu_clamp
+        Single large means are legitimate (a small dictionary needs large codes), and the tanh clamps
+        keep every rollout finite, so only a population held at its limit counts as a blow-up."""
+        pinned = state[0].abs() >= 0.95 * self.mu_clamp
+        return pinned.float().mean(dim=-1) > 0.5
