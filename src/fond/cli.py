@@ -20,8 +20,20 @@ from pathlib import Path
 
 from fond.errors import FondError
 
-MODEL_CHOICES = ("ipvae", "igvae", "igvae-relu", "ibvae")
+MODEL_CHOICES = ("ipvae", "igvae", "igvae-relu", "ibvae", "pvae", "gvae", "gvae-relu", "savae", "iavae", "pc", "lca",
+                 "ista", "fista")
 DECODER_CHOICES = ("linear", "mlp", "conv")
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, strings otherwise)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -57,11 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model, evaluate it at 1000 steps and write its report")
     tr.add_argument("--model", default="ipvae", choices=MODEL_CHOICES,
-                    help="ipvae (Poisson), igvae (Gaussian), igvae-relu (Gaussian, relu·gain), ibvae (Bernoulli)")
+                    help="FOND: ipvae (Poisson), igvae (Gaussian), igvae-relu (Gaussian, relu·gain), ibvae "
+                         "(Bernoulli); amortized: pvae, gvae, gvae-relu; hybrid: savae, iavae; predictive coding: "
+                         "pc; sparse coding: lca, ista, fista")
     tr.add_argument("--decoder", default="linear", choices=DECODER_CHOICES,
                     help="linear dictionary, or a nonlinear decoder (pull-back by vector-Jacobian product)")
     tr.add_argument("--decoder-hidden", type=_positive_int, default=512,
                     help="hidden units (mlp) or channels (conv) of a nonlinear decoder")
+    tr.add_argument("--encoder", default="mlp", choices=DECODER_CHOICES, help="encoder of amortized/hybrid models")
+    tr.add_argument("--encoder-hidden", type=_positive_int, default=512)
+    tr.add_argument("--sparsity", type=_nonneg_float, help="λ of lca/ista/fista (method option 'sparsity')")
+    tr.add_argument("--family-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of the distribution family (e.g. clamp_final=6, indicator=cubic)")
+    tr.add_argument("--method-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of a baseline method (e.g. sparsity=0.3, refine_steps=16)")
     tr.add_argument("--data", default="natural16",
                     help="natural16 (bundled photos), a .npy file of patches (N×D) or a folder of images")
     tr.add_argument("--preset", default="quick", choices=("quick", "paper"))
@@ -134,9 +155,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
+    options = preset_model_options(args.preset, args.model)
+    family_options = {**options.pop("family_options", {}), **dict(args.family_option)}
+    method_options = dict(args.method_option)
+    if args.sparsity is not None:
+        method_options["sparsity"] = args.sparsity
     model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model,
-                            decoder=args.decoder, decoder_hidden=args.decoder_hidden,
-                            **preset_model_options(args.preset, args.model))
+                            decoder=args.decoder, decoder_hidden=args.decoder_hidden, encoder=args.encoder,
+                            encoder_hidden=args.encoder_hidden, family_options=family_options,
+                            method_options=method_options, **options)
     print(f"fond: training {args.model} ({args.decoder} decoder) on {data.name}: {data.train.shape[0]} train / "
           f"{data.val.shape[0]} "
           f"held-out inputs of dimension {data.n_inputs}; preset {cfg.preset}, {cfg.iterations} iterations, "

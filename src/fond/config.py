@@ -39,9 +39,40 @@ MODEL_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "igvae": ("gaussian", {"nonlinearity": "identity"}),
     "igvae-relu": ("gaussian", {"nonlinearity": "relu"}),
     "ibvae": ("bernoulli", {}),
+    # amortized VAEs (one encoder pass) and hybrid iterative-amortized VAEs
+    "pvae": ("poisson", {}),
+    "gvae": ("gaussian", {"nonlinearity": "identity"}),
+    "gvae-relu": ("gaussian", {"nonlinearity": "relu"}),
+    "savae": ("gaussian", {"nonlinearity": "identity"}),
+    "iavae": ("gaussian", {"nonlinearity": "identity"}),
 }
-MODELS: tuple[str, ...] = tuple(MODEL_FAMILIES)
+#: inference methods without a distribution family: point estimates with their own options
+#: (``method_options``, validated by the dataclass named here, imported on demand)
+METHOD_OPTIONS: dict[str, str] = {
+    "pc": "fond.models.predictive_coding:PredictiveCodingOptions",
+    "lca": "fond.models.sparse_coding:SparseCodingOptions",
+    "ista": "fond.models.sparse_coding:SparseCodingOptions",
+    "fista": "fond.models.sparse_coding:SparseCodingOptions",
+}
+#: hybrid models' own options
+METHOD_OPTIONS.update({"savae": "fond.models.hybrid:SemiAmortizedOptions",
+                       "iavae": "fond.models.hybrid:IterativeAmortizedOptions"})
+ITERATIVE_MODELS: tuple[str, ...] = ("ipvae", "igvae", "igvae-relu", "ibvae")
+AMORTIZED_MODELS: tuple[str, ...] = ("pvae", "gvae", "gvae-relu")
+MODELS: tuple[str, ...] = (*MODEL_FAMILIES, "pc", "lca", "ista", "fista")
 DECODERS: tuple[str, ...] = ("linear", "mlp", "conv")
+ENCODERS: tuple[str, ...] = ("linear", "mlp", "conv")
+
+
+def method_options_class(model: str):
+    """The options dataclass of a method in METHOD_OPTIONS, or None."""
+    import importlib
+
+    target = METHOD_OPTIONS.get(model)
+    if target is None:
+        return None
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 #: keys that older configs kept at the top level and that now belong to the Poisson family's options
 _LEGACY_POISSON_KEYS = ("u_init_low", "u_init_high", "clamp_init", "clamp_final", "floor", "kl", "indicator",
                         "n_exp_tail", "max_terms")
@@ -52,11 +83,15 @@ class ModelConfig:
     """Architecture of an iterative FOND model: family + decoder + shared learned scalars (DESIGN.md §2).
 
     n_inputs: D, pixels per input. n_latents: K, neurons. model: "ipvae" (Poisson), "igvae" (Gaussian),
-    "igvae-relu" (Gaussian, f = relu·gain), "ibvae" (Bernoulli) or the name of any registered family.
-    decoder: "linear" (dictionary Φ), "mlp" or "conv". decoder_hidden: hidden units (mlp) or channels
-    (conv). init_scale: std of the linear dictionary's normal initialisation. log_bias_init: initial
-    log b. sigma_clamp: |log σ_x| bound (tanh soft clamp). family_options: options of the family's own
+    "igvae-relu" (Gaussian, f = relu·gain), "ibvae" (Bernoulli) or the name of any registered family;
+    the baselines "pvae", "gvae", "gvae-relu" (amortized), "savae", "iavae" (hybrid), "pc" (predictive
+    coding), "lca", "ista", "fista" (sparse coding). decoder: "linear" (dictionary Φ), "mlp" or "conv".
+    decoder_hidden: hidden units (mlp) or channels (conv). encoder / encoder_hidden: the same for the
+    amortized and hybrid models' encoders. init_scale: std of the linear dictionary's normal
+    initialisation. log_bias_init: initial log b.
+    sigma_clamp: |log σ_x| bound (tanh soft clamp). family_options: options of the family's own
     dataclass (e.g. ``{"clamp_final": 6}`` for Poisson; see ``fond.families``), validated by it.
+    method_options: options of a baseline method's own dataclass (e.g. ``{"sparsity": 0.5}`` for LCA).
     """
 
     n_inputs: int
@@ -68,9 +103,12 @@ class ModelConfig:
     log_bias_init: float = -3.0
     sigma_clamp: float = 3.45
     family_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    encoder: str = "mlp"
+    encoder_hidden: int = 512
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key in ("n_inputs", "n_latents", "decoder_hidden"):
+        for key in ("n_inputs", "n_latents", "decoder_hidden", "encoder_hidden"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
                      f"must be an integer ≥ 1, got {value!r}")
@@ -80,7 +118,18 @@ class ModelConfig:
         _require(self.decoder in DECODERS, "decoder", f"unknown decoder {self.decoder!r}; expected one of {DECODERS}")
         _require(self.init_scale > 0, "init_scale", "must be > 0")
         _require(self.sigma_clamp > 0, "sigma_clamp", "must be > 0")
+        _require(self.encoder in ENCODERS, "encoder", f"unknown encoder {self.encoder!r}; expected one of {ENCODERS}")
         _require(isinstance(self.family_options, dict), "family_options", "must be a JSON object")
+        _require(isinstance(self.method_options, dict), "method_options", "must be a JSON object")
+        options_class = method_options_class(self.model) if isinstance(self.model, str) else None
+        if options_class is None:
+            _require(not self.method_options, "method_options", f"model {self.model!r} takes none")
+        else:
+            self.method  # noqa: B018  (validates the method's options)
+        if self.model in METHOD_OPTIONS and self.model not in MODEL_FAMILIES:
+            _require(self.decoder == "linear", "decoder", f"model {self.model!r} learns a linear dictionary only")
+            _require(not self.family_options, "family_options", f"model {self.model!r} has no family")
+            return
         if self.model not in MODEL_FAMILIES:
             from fond.families.base import family_names
 
@@ -93,14 +142,30 @@ class ModelConfig:
         self.family  # noqa: B018  (validates the family's options)
 
     @property
-    def family_name(self) -> str:
+    def method(self):
+        """The baseline method's validated options (a dataclass), or None for the FOND models."""
+        cls = method_options_class(self.model)
+        if cls is None:
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(self.method_options) - known)
+        _require(not unknown, f"method_options.{unknown[0] if unknown else ''}",
+                 f"not an option of {self.model} (options: {', '.join(sorted(known))})")
+        return cls(**self.method_options)
+
+    @property
+    def family_name(self) -> str | None:
+        if self.model in METHOD_OPTIONS and self.model not in MODEL_FAMILIES:
+            return None
         return MODEL_FAMILIES.get(self.model, (self.model, {}))[0]
 
     @property
     def family(self):
-        """The model's distribution family (a ``fond.families.Family``) with its options."""
+        """The model's distribution family (a ``fond.families.Family``) with its options; None for PC/LCA."""
         from fond.families.base import make_family
 
+        if self.family_name is None:
+            return None
         name, fixed = MODEL_FAMILIES.get(self.model, (self.model, {}))
         return make_family(name, {**fixed, **self.family_options})
 
@@ -178,7 +243,12 @@ class TrainConfig:
 
 
 #: β of the natural-image presets (DESIGN.md §2.4): 24 for iP-VAE, 8 for the Gaussian models
-PRESET_BETA: dict[str, float] = {"ipvae": 24.0, "igvae": 8.0, "igvae-relu": 8.0, "ibvae": 8.0}
+PRESET_BETA: dict[str, float] = {"ipvae": 24.0, "igvae": 8.0, "igvae-relu": 8.0, "ibvae": 8.0, "pvae": 24.0,
+                                  "gvae": 8.0, "gvae-relu": 8.0, "savae": 8.0, "iavae": 8.0}
+#: point-estimate methods learn their dictionary on converged codes: T_train is the number of inference
+#: steps run (without gradient) before each dictionary update, and β is unused (λ is their knob)
+POINT_ESTIMATE_MODELS: tuple[str, ...] = ("pc", "lca", "ista", "fista")
+POINT_ESTIMATE_STEPS = 100
 
 
 def _check_model_name(model: str) -> None:
@@ -199,11 +269,14 @@ def preset(name: str, model: str = "ipvae") -> TrainConfig:
     """
     _check_model_name(model)
     beta = PRESET_BETA.get(model, 8.0)
+    steps = 16
+    if model in POINT_ESTIMATE_MODELS:
+        beta, steps = 0.0, POINT_ESTIMATE_STEPS
     if name == "paper":
-        return TrainConfig(preset="paper", steps=16, beta=beta, iterations=150_000, batch_size=200,
+        return TrainConfig(preset="paper", steps=steps, beta=beta, iterations=150_000, batch_size=200,
                            checkpoint_every=1000, eval_every=5000, eval_samples=2000)
     if name == "quick":
-        return TrainConfig(preset="quick", steps=16, beta=beta, iterations=1500, batch_size=200,
+        return TrainConfig(preset="quick", steps=steps, beta=beta, iterations=1500, batch_size=200,
                            beta_const_fraction=0.05, beta_ramp_fraction=0.5, warmup_fraction=0.02,
                            temp_anneal_fraction=0.6, lr_min=1e-4, n_train=60_000, n_val=2_000,
                            time_limit_minutes=15.0)

@@ -19,7 +19,12 @@ PAPER_NATURAL = {
     "igvae-relu": {"r2": 0.820, "zeros": 0.576, "rate_distortion": 0.364},
     "igvae": {"r2": 0.874, "zeros": 0.000, "rate_distortion": 1.006},
 }
-MODEL_TITLES = {"ipvae": "iP-VAE", "igvae": "iG-VAE", "igvae-relu": "iG_relu-VAE", "ibvae": "iB-VAE"}
+PAPER_NATURAL.update({"lca": {"rate_distortion": 0.282}, "pvae": {"rate_distortion": 0.379},
+                      "gvae-relu": {"rate_distortion": 0.649}, "gvae": {"rate_distortion": 1.021}})
+MODEL_TITLES = {"ipvae": "iP-VAE", "igvae": "iG-VAE", "igvae-relu": "iG_relu-VAE", "ibvae": "iB-VAE",
+                "pvae": "P-VAE (amortized)", "gvae": "G-VAE (amortized)", "gvae-relu": "G_relu-VAE (amortized)",
+                "savae": "SA-VAE (semi-amortized)", "iavae": "IA-VAE (iterative amortized)",
+                "pc": "predictive coding", "lca": "LCA", "ista": "ISTA", "fista": "FISTA"}
 
 
 def model_title(model) -> str:
@@ -60,7 +65,8 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
     from fond import plots
 
     title = title or model_title(model)
-    counts = model.family.integer_samples
+    family = getattr(model, "family", None)
+    counts = family is not None and family.integer_samples
     directory = Path(directory)
     out = directory / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +95,9 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     samples = {True: "exact integer spikes", False: "samples z = μ + σε"}[counts]
-    if model.family.name == "bernoulli":
+    if family is None:
+        samples = "deterministic point-estimate codes"
+    elif family.name == "bernoulli":
         samples = "hard binary spikes"
     paper = PAPER_NATURAL.get(model.config.model, {}) if model.config.decoder == "linear" else {}
     lines = [f"# {title} report", "", f"Evaluated on {evaluation.n_samples} held-out inputs over "

@@ -111,8 +111,11 @@ def _batch_indices(seed: int, iteration: int, n: int, batch_size: int) -> torch.
     return perm[position * batch_size:(position + 1) * batch_size]
 
 
-def _step_sizes(model: torch.nn.Module) -> float | list[float]:
-    sizes = model.log_step_size.detach().exp().tolist()
+def _step_sizes(model: torch.nn.Module) -> float | list[float] | None:
+    log_step_size = getattr(model, "log_step_size", None)
+    if not isinstance(log_step_size, torch.Tensor):
+        return None
+    sizes = log_step_size.detach().exp().tolist()
     return sizes[0] if len(sizes) == 1 else sizes
 
 
@@ -298,6 +301,9 @@ def train(
                                 "rate_max": out.rate_max, "step_size": _step_sizes(model),
                                 "seconds": time.monotonic() - began})
                 optimizer.step()
+                if hasattr(model, "after_update"):  # e.g. sparse coding renormalises its atoms
+                    with torch.no_grad():
+                        model.after_update()
                 completed = done
                 if done % cfg.eval_every == 0 or done == cfg.iterations:
                     res = model.infer(x_eval, cfg.eval_steps, seed=cfg.seed)

@@ -9,32 +9,16 @@ iP-VAE 132,353, iG-VAE 132,866, iG_relu-VAE 133,378 numbers.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fond.config import ModelConfig
 from fond.decoders import make_decoder
 from fond.dynamics import Components, rollout, unroll
-from fond.errors import DataError
+from fond.models.common import check_input, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
-
-
-def _check_input(x: Tensor, n_inputs: int) -> Tensor:
-    if not isinstance(x, Tensor):
-        try:
-            x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError, RuntimeError):
-            raise DataError(f"input must be a numeric array, got {type(x).__name__}") from None
-    if not (x.is_floating_point()):
-        raise DataError(f"input must be floating point, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != n_inputs or x.shape[0] == 0:
-        raise DataError(f"input must have shape (batch ≥ 1, {n_inputs}), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise DataError("input contains NaN or Inf")
-    return x
 
 
 class IterativeVAE(nn.Module):
@@ -116,7 +100,7 @@ class IterativeVAE(nn.Module):
         ``temperature``: of the relaxed sampler (Poisson, Bernoulli; Gaussians sample at τ = 1).
         ``clamp_fraction``: how far the clamp bounds have ramped (1 = final). See ``fond.dynamics.unroll``.
         """
-        x = _check_input(x, self.n_inputs)
+        x = check_input(x, self.n_inputs)
         return unroll(self.components(), x, steps, beta=beta, temperature=temperature,
                       clamp_fraction=clamp_fraction, generator=generator)
 
@@ -131,9 +115,8 @@ class IterativeVAE(nn.Module):
         passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
         temperature-1 draws (Gaussian).
         """
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise DataError(f"steps must be an integer ≥ 1, got {steps!r}")
-        x = _check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
+        check_steps(steps)
+        x = check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
         return rollout(self.components(), x, steps, generator=gen, trace=trace)
 
