@@ -173,3 +173,16 @@ def test_compare_prints_runs_side_by_side(trained_run, tmp_path):
     library.IPVAE(64, 8).save(bare)
     proc = fond("compare", str(bare))
     assert proc.returncode == 2 and "no evaluation yet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_option_flags_parse_json_values_and_reject_malformed_pairs():
+    """--family-option/--method-option KEY=VALUE read VALUE as JSON (numbers stay numbers) and a pair
+    without '=' is a one-line usage error, not a traceback."""
+    from fond.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "x", "--family-option", "clamp_final=6",
+                                      "--family-option", "indicator=cubic", "--method-option", "refine_steps=4"])
+    assert dict(args.family_option) == {"clamp_final": 6, "indicator": "cubic"}
+    assert dict(args.method_option) == {"refine_steps": 4}
+    proc = fond("train", "--out", "x", "--family-option", "clamp_final")
+    assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr and "Traceback" not in proc.stderr
