@@ -1,0 +1,168 @@
+"""Encoders x ↦ posterior parameters for the amortized (and hybrid) VAE baselines.
+
+An encoder maps a batch of inputs x (B, D) to (B, n_outputs), the raw posterior parameters of the
+family's state (e.g. u for Poisson, or [μ, log σ] for a Gaussian, concatenated along the last axis).
+D = ``n_inputs``.
+
+* ``LinearEncoder``: one affine map D -> n_outputs.
+* ``MLPEncoder``: D -> hidden -> hidden -> n_outputs with SiLU between layers.
+* ``ConvEncoder``: square images of side s (D = s², s divisible by 4): conv(1 -> C, kernel 4, stride 2,
+  padding 1) -> SiLU -> conv(C -> 2C, same) -> SiLU -> flatten (2C·(s/4)²) -> linear -> n_outputs, with
+  C = ``hidden`` channels.
+
+Initialisation draws only from the ``generator`` passed in (never the global RNG): parameters are plain
+tensors wrapped in ``nn.Parameter`` and used through ``F.linear`` / ``F.conv2d`` (``nn.Linear`` and
+``nn.Conv2d`` initialise themselves from the global RNG). Every weight and bias is
+U(−1/√fan_in, 1/√fan_in) (PyTorch's default scale), drawn in the order the layers are applied (weight then
+bias), except that the final layer's weight is further multiplied by ``FINAL_WEIGHT_SCALE`` = 0.1 so the
+initial posterior sits near the family's prior scale rather than at saturated rates / huge variances.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fond.errors import ConfigError
+
+__all__ = ["ENCODERS", "FINAL_WEIGHT_SCALE", "Encoder", "LinearEncoder", "MLPEncoder", "ConvEncoder", "make_encoder"]
+
+ENCODERS: tuple[str, ...] = ("linear", "mlp", "conv")
+
+#: extra factor on the final layer's initial weights (small initial posterior parameters)
+FINAL_WEIGHT_SCALE = 0.1
+
+
+class Encoder(nn.Module):
+    """An encoder (B, D) -> (B, n_outputs). ``n_inputs`` = D, ``n_outputs`` = the number of raw outputs."""
+
+    def __init__(self, n_inputs: int, n_outputs: int) -> None:
+        super().__init__()
+        _require_positive("encoder n_inputs", n_inputs)
+        _require_positive("encoder n_outputs", n_outputs)
+        self.n_inputs = int(n_inputs)
+        self.n_outputs = int(n_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """x (B, D) -> (B, n_outputs)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"n_inputs={self.n_inputs}, n_outputs={self.n_outputs}"
+
+
+class LinearEncoder(Encoder):
+    """x Wᵀ + b: parameters ``weight`` (n_outputs, D) and ``bias`` (n_outputs,), drawn in that order."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator) -> None:
+        super().__init__(n_inputs, n_outputs)
+        d, n = self.n_inputs, self.n_outputs
+        self.weight = _uniform_parameter((n, d), d, generator, scale=FINAL_WEIGHT_SCALE)
+        self.bias = _uniform_parameter((n,), d, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MLPEncoder(Encoder):
+    """D -> hidden -> hidden -> n_outputs with SiLU: ``weight1``/``bias1`` (hidden, D), ``weight2``/``bias2``
+    (hidden, hidden), ``weight3``/``bias3`` (n_outputs, hidden), drawn in that order."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator, hidden: int = 512) -> None:
+        super().__init__(n_inputs, n_outputs)
+        _require_positive("encoder hidden", hidden)
+        self.hidden = int(hidden)
+        d, h, n = self.n_inputs, self.hidden, self.n_outputs
+        self.weight1 = _uniform_parameter((h, d), d, generator)
+        self.bias1 = _uniform_parameter((h,), d, generator)
+        self.weight2 = _uniform_parameter((h, h), h, generator)
+        self.bias2 = _uniform_parameter((h,), h, generator)
+        self.weight3 = _uniform_parameter((n, h), h, generator, scale=FINAL_WEIGHT_SCALE)
+        self.bias3 = _uniform_parameter((n,), h, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.silu(F.linear(x, self.weight1, self.bias1))
+        h = F.silu(F.linear(h, self.weight2, self.bias2))
+        return F.linear(h, self.weight3, self.bias3)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden={self.hidden}"
+
+
+class ConvEncoder(Encoder):
+    """Two stride-2 convs and a linear read-out, for square images of side s (D = s², s divisible by 4).
+
+    Parameters (in the order drawn): ``conv1_weight`` (C, 1, 4, 4), ``conv1_bias`` (C,), ``conv2_weight``
+    (2C, C, 4, 4), ``conv2_bias`` (2C,), ``linear_weight`` (n_outputs, 2C·(s/4)²), ``linear_bias``; C =
+    ``channels``. Inputs are read as row-major s × s images (like the patches).
+    """
+
+    kernel_size = 4
+    stride = 2
+    padding = 1
+
+    def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator, channels: int = 64) -> None:
+        super().__init__(n_inputs, n_outputs)
+        _require_positive("encoder hidden (conv channels)", channels)
+        side = math.isqrt(self.n_inputs)
+        if side * side != self.n_inputs:
+            raise ConfigError(f"conv encoder needs square images: n_inputs = {self.n_inputs} is not a square")
+        if side % 4 != 0:
+            raise ConfigError(f"conv encoder needs an image side divisible by 4, got side {side} "
+                              f"(n_inputs = {self.n_inputs})")
+        self.side = side
+        self.channels = int(channels)
+        c, ks, n = self.channels, self.kernel_size, self.n_outputs
+        flat = 2 * c * (side // 4) ** 2
+        self.conv1_weight = _uniform_parameter((c, 1, ks, ks), ks * ks, generator)
+        self.conv1_bias = _uniform_parameter((c,), ks * ks, generator)
+        self.conv2_weight = _uniform_parameter((2 * c, c, ks, ks), c * ks * ks, generator)
+        self.conv2_bias = _uniform_parameter((2 * c,), c * ks * ks, generator)
+        self.linear_weight = _uniform_parameter((n, flat), flat, generator, scale=FINAL_WEIGHT_SCALE)
+        self.linear_bias = _uniform_parameter((n,), flat, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        h = x.reshape(batch, 1, self.side, self.side)
+        h = F.silu(F.conv2d(h, self.conv1_weight, self.conv1_bias, stride=self.stride, padding=self.padding))
+        h = F.silu(F.conv2d(h, self.conv2_weight, self.conv2_bias, stride=self.stride, padding=self.padding))
+        return F.linear(h.reshape(batch, -1), self.linear_weight, self.linear_bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, side={self.side}, channels={self.channels}"
+
+
+def make_encoder(name: str, n_inputs: int, n_outputs: int, *, generator: torch.Generator,
+                 hidden: int = 512) -> Encoder:
+    """The encoder called ``name`` (one of ``ENCODERS``) mapping (B, n_inputs) -> (B, n_outputs).
+
+    Parameters are drawn from ``generator`` only. hidden: hidden units of the MLP encoder, channels C of
+    the conv encoder (ignored by the linear one; must be ≥ 1 whatever the encoder). Bad arguments raise
+    ``ConfigError``.
+    """
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; expected one of {ENCODERS}")
+    if not isinstance(generator, torch.Generator):
+        raise ConfigError(f"encoder generator must be a torch.Generator, got {type(generator).__name__}")
+    _require_positive("encoder hidden", hidden)
+    if name == "linear":
+        return LinearEncoder(n_inputs, n_outputs, generator=generator)
+    if name == "mlp":
+        return MLPEncoder(n_inputs, n_outputs, generator=generator, hidden=hidden)
+    return ConvEncoder(n_inputs, n_outputs, generator=generator, channels=hidden)
+
+
+def _require_positive(what: str, value) -> None:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+        raise ConfigError(f"{what} must be an integer ≥ 1, got {value!r}")
+
+
+def _uniform_parameter(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, *,
+                       scale: float = 1.0) -> nn.Parameter:
+    """scale · U(−1/√fan_in, 1/√fan_in) of ``shape``, drawn from ``generator`` (never the global RNG)."""
+    bound = scale / math.sqrt(fan_in)
+    return nn.Parameter((torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound)
