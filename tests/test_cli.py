@@ -139,10 +139,13 @@ def test_interrupted_training_checkpoints_and_resumes(tmp_path, patches, sig):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, decoder", [("igvae-relu", "mlp"), ("igvae", "conv"), ("ibvae", "linear")])
+@pytest.mark.parametrize("model, decoder", [("igvae-relu", "mlp"), ("igvae", "conv"), ("ibvae", "linear"),
+                                           ("pvae", "linear"), ("savae", "linear"), ("iavae", "linear"),
+                                           ("pc", "linear"), ("lca", "linear"), ("fista", "linear")])
 def test_every_family_and_decoder_trains_and_evaluates_from_the_command_line(tmp_path, patches, model, decoder):
-    """`fond train --model M --decoder G` runs the same trainer, evaluation and report for every family and
-    decoder, and `fond eval` reloads the run; the report names the model and shows the decoder's atoms."""
+    """`fond train --model M --decoder G` runs the same trainer, evaluation and report for every family,
+    decoder and baseline, and `fond eval` reloads the run and prints the same JSON fields; the report names
+    the model and shows the decoder's atoms."""
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"iterations": 8, "batch_size": 50, "steps": 3, "beta": 1.0, "eval_every": 8,
                                "eval_steps": 5, "eval_samples": 20}))
@@ -151,12 +154,15 @@ def test_every_family_and_decoder_trains_and_evaluates_from_the_command_line(tmp
                 "--out", str(out), "--latents", "16", "--config", str(cfg), "--eval-steps", "20", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert (out / "report" / "dictionary.png").is_file()
-    title = {"igvae-relu": "iG_relu-VAE", "igvae": "iG-VAE", "ibvae": "iB-VAE"}[model]
-    assert title in (out / "report" / "report.md").read_text()
+    from fond.report import MODEL_TITLES
+
+    assert MODEL_TITLES[model] in (out / "report" / "report.md").read_text()
     again = fond("eval", str(out), "--steps", "10", "--json", "--no-report")
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["n_params"] > 0 and 0.0 <= summary["zeros"] <= 1.0
+    assert set(summary) == {"r2", "r2_rates", "zeros", "convergence_step", "nelbo", "n_params", "steps", "n_samples",
+                            "rate_distortion", "diverged", "diverged_fraction", "rate_max"}
 
 
 @pytest.mark.slow
