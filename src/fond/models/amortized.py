@@ -38,7 +38,7 @@ from fond.families.base import Sample, State
 from fond.families.gaussian import GaussianFamily, soft_clamp_symmetric
 from fond.families.poisson import PoissonFamily, soft_clamp_upper
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import check_input, check_steps
+from fond.models.common import ModelBase, check_input, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["AmortizedVAE", "PRIOR_STATE_KEYS"]
@@ -47,7 +47,7 @@ __all__ = ["AmortizedVAE", "PRIOR_STATE_KEYS"]
 PRIOR_STATE_KEYS: tuple[str, ...] = ("u_init", "mu_init", "log_sigma_init", "log_gain")
 
 
-class AmortizedVAE(nn.Module):
+class AmortizedVAE(ModelBase):
     """An amortized VAE: encoder x ↦ q(z | x) in one pass, the family's sampler, the decoder g(f(z)).
 
     ``AmortizedVAE(n_inputs, n_latents, seed=0, **options)``; ``options`` are ``ModelConfig`` fields
@@ -88,49 +88,13 @@ class AmortizedVAE(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------------
     @property
-    def n_inputs(self) -> int:
-        return self.config.n_inputs
-
-    @property
-    def n_latents(self) -> int:
-        return self.config.n_latents
-
-    @property
     def n_state(self) -> int:
         """Number of state tensors of the family (Poisson 1: u; Gaussian 2: μ, log σ)."""
         return len(self.family.state_names)
 
-    @property
-    def dictionary(self) -> Tensor | None:
-        """Φ (D, K) of a linear decoder; None for nonlinear decoders."""
-        return self.decoder.dictionary
-
-    def n_params(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def log_sigma(self) -> Tensor:
-        """Per-pixel log σ_x after the symmetric tanh clamp, (D,)."""
-        c = self.config.sigma_clamp
-        return c * torch.tanh(self.log_sigma_x / c)
-
-    def family_params(self) -> dict[str, Tensor]:
-        """The family's learned tensors by name: the prior's initial state (and the relu gain)."""
-        return {name: getattr(self, name) for name in self._family_param_names}
-
     def prior_state(self, batch_size: int) -> State:
         """The prior p(z) as a family state, expanded to (batch_size, K) per tensor."""
         return self.family.initial_state(self.family_params(), batch_size)
-
-    def decode(self, code: Tensor) -> Tensor:
-        """The decoder's mean g(code) for a decoder input f(z) (B, K) → (B, D)."""
-        return self.decoder(code)
-
-    def save(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
-        from fond.checkpoint import save_model
-
-        save_model(self, directory)
 
     # -- inference ---------------------------------------------------------------------------------
     def encode(self, x: Tensor, clamp_fraction: float = 1.0) -> State:

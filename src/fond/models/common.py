@@ -8,7 +8,7 @@ from torch import Tensor
 
 from fond.errors import DataError
 
-__all__ = ["check_input", "check_steps"]
+__all__ = ["check_input", "check_steps", "ModelBase"]
 
 
 def check_input(x, n_inputs: int) -> Tensor:
@@ -32,3 +32,48 @@ def check_steps(steps) -> int:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise DataError(f"steps must be an integer ≥ 1, got {steps!r}")
     return steps
+
+
+class ModelBase(torch.nn.Module):
+    """What every model shares: its ``config``, sizes, the decoder's dictionary, parameter count,
+    ``decode``, ``save`` — and, where the model has them, the clamped log σ_x and the family's tensors.
+
+    Subclasses set ``self.config`` and ``self.decoder`` (and ``log_sigma_x``, ``_family_param_names``
+    when they have a likelihood scale and a family).
+    """
+
+    @property
+    def n_inputs(self) -> int:
+        return self.config.n_inputs
+
+    @property
+    def n_latents(self) -> int:
+        return self.config.n_latents
+
+    @property
+    def dictionary(self) -> Tensor | None:
+        """Φ (D, K) of a linear decoder; None for nonlinear decoders."""
+        return self.decoder.dictionary
+
+    def n_params(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def log_sigma(self) -> Tensor:
+        """Per-pixel log σ_x after the symmetric tanh clamp, (D,)."""
+        c = self.config.sigma_clamp
+        return c * torch.tanh(self.log_sigma_x / c)
+
+    def family_params(self) -> dict[str, Tensor]:
+        """The family's learned tensors by name (initial state or prior, step sizes, gains)."""
+        return {name: getattr(self, name) for name in self._family_param_names}
+
+    def decode(self, code: Tensor) -> Tensor:
+        """The decoder's mean g(code) for a decoder input (B, K) → (B, D)."""
+        return self.decoder(code)
+
+    def save(self, directory) -> None:
+        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
+        from fond.checkpoint import save_model
+
+        save_model(self, directory)

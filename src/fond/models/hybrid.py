@@ -64,7 +64,7 @@ from fond.decoders import make_decoder
 from fond.errors import ConfigError
 from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import check_input, check_steps
+from fond.models.common import ModelBase, check_input, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
@@ -163,7 +163,7 @@ class GatedUpdateNetwork(nn.Module):
         return f"n_latents={self.n_latents}, hidden={self.hidden}"
 
 
-class _HybridVAE(nn.Module):
+class _HybridVAE(ModelBase):
     """Encoder initialisation + iterative refinement of a Gaussian posterior; subclasses define the step."""
 
     default_model = ""
@@ -201,42 +201,6 @@ class _HybridVAE(nn.Module):
         """Hook for the method's own modules, drawn from the private generator after the encoder."""
 
     # -- parameters --------------------------------------------------------------------------------
-    @property
-    def n_inputs(self) -> int:
-        return self.config.n_inputs
-
-    @property
-    def n_latents(self) -> int:
-        return self.config.n_latents
-
-    @property
-    def dictionary(self) -> Tensor | None:
-        """Φ (D, K) of a linear decoder; None for nonlinear decoders."""
-        return self.decoder.dictionary
-
-    def n_params(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def log_sigma(self) -> Tensor:
-        """Per-pixel log σ_x after the symmetric tanh clamp, (D,)."""
-        c = self.config.sigma_clamp
-        return c * torch.tanh(self.log_sigma_x / c)
-
-    def family_params(self) -> dict[str, Tensor]:
-        """The learned prior (μ_init, log σ_init), by the family's parameter names."""
-        return {name: getattr(self, name) for name in self._family_param_names}
-
-    def decode(self, code: Tensor) -> Tensor:
-        """The decoder's mean g(code) for a decoder input f(z) (B, K) → (B, D)."""
-        return self.decoder(code)
-
-    def save(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
-        from fond.checkpoint import save_model
-
-        save_model(self, directory)
-
     # -- the pieces of one step ----------------------------------------------------------------------
     def initial_state(self, x: Tensor) -> State:
         """The encoder's guess (μ₀, ξ₀) for x (B, D), through the family's tanh soft clamps."""

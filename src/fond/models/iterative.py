@@ -15,13 +15,13 @@ from torch import Tensor, nn
 from fond.config import ModelConfig
 from fond.decoders import make_decoder
 from fond.dynamics import Components, rollout, unroll
-from fond.models.common import check_input, check_steps
+from fond.models.common import ModelBase, check_input, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
 
 
-class IterativeVAE(nn.Module):
+class IterativeVAE(ModelBase):
     """A recurrent network doing variational inference by FOND, for any registered family and decoder.
 
     ``IterativeVAE(n_inputs, n_latents, seed=0, **options)``; ``options`` are ``ModelConfig`` fields
@@ -53,44 +53,9 @@ class IterativeVAE(nn.Module):
         self._family_param_names = tuple(initial)
 
     # -- parameters as the dynamics see them -------------------------------------------------------
-    @property
-    def n_inputs(self) -> int:
-        return self.config.n_inputs
-
-    @property
-    def n_latents(self) -> int:
-        return self.config.n_latents
-
-    @property
-    def dictionary(self) -> Tensor | None:
-        """Φ (D, K) of a linear decoder; None for nonlinear decoders."""
-        return self.decoder.dictionary
-
-    def n_params(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def log_sigma(self) -> Tensor:
-        """Per-pixel log σ_x after the symmetric tanh clamp, (D,)."""
-        c = self.config.sigma_clamp
-        return c * torch.tanh(self.log_sigma_x / c)
-
-    def family_params(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name) for name in self._family_param_names}
-
     def components(self) -> Components:
         """The family, decoder and learned scalars, as the pure dynamics take them."""
         return Components(self.family, self.family_params(), self.decoder, self.log_sigma(), torch.exp(self.log_bias))
-
-    def decode(self, code: Tensor) -> Tensor:
-        """The decoder's mean g(code) for a decoder input f(z) (B, K) → (B, D)."""
-        return self.decoder(code)
-
-    def save(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
-        from fond.checkpoint import save_model
-
-        save_model(self, directory)
 
     # -- training ----------------------------------------------------------------------------------
     def unroll_loss(self, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float = 1.0,

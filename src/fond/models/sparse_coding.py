@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fond.config import ModelConfig
 from fond.decoders import LinearDecoder
 from fond.errors import ConfigError
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import check_input, check_steps
+from fond.models.common import ModelBase, check_input, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["SparseCodingOptions", "MAPCoding", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
@@ -89,7 +89,7 @@ class SparseCodingOptions:
         return float(default if self.step_size is None else self.step_size)
 
 
-class MAPCoding(nn.Module):
+class MAPCoding(ModelBase):
     """A linear generative model x ≈ Φa whose code a is a point estimate found by iterative dynamics.
 
     ``Model(n_inputs, n_latents, seed=0, **options)``; ``options`` are ``ModelConfig`` fields (e.g.
@@ -130,33 +130,6 @@ class MAPCoding(nn.Module):
         return 1.0
 
     # -- the interface shared with the FOND models -------------------------------------------------
-    @property
-    def n_inputs(self) -> int:
-        return self.config.n_inputs
-
-    @property
-    def n_latents(self) -> int:
-        return self.config.n_latents
-
-    @property
-    def dictionary(self) -> Tensor:
-        """Φ (D, K), the one learned parameter."""
-        return self.decoder.dictionary
-
-    def n_params(self) -> int:
-        """Number of trainable parameters (D·K)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def decode(self, code: Tensor) -> Tensor:
-        """The reconstruction a Φᵀ: (B, K) → (B, D)."""
-        return code @ self.dictionary.T
-
-    def save(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
-        from fond.checkpoint import save_model
-
-        save_model(self, directory)
-
     def penalty(self, code: Tensor) -> Tensor:
         """The prior term −log p(a) (up to a constant) per input: (B, K) → (B,)."""
         raise NotImplementedError
