@@ -38,9 +38,22 @@ class ModelBase(torch.nn.Module):
     """What every model shares: its ``config``, sizes, the decoder's dictionary, parameter count,
     ``decode``, ``save`` — and, where the model has them, the clamped log σ_x and the family's tensors.
 
-    Subclasses set ``self.config`` and ``self.decoder`` (and ``log_sigma_x``, ``_family_param_names``
-    when they have a likelihood scale and a family).
+    Subclasses set ``self.config`` (see ``resolve_config``) and ``self.decoder`` (and ``log_sigma_x``,
+    ``_family_param_names`` when they have a likelihood scale and a family).
     """
+
+    default_model: str = ""
+
+    def resolve_config(self, n_inputs: int | None, n_latents: int, config, options: dict):
+        """``config`` if given, else a ``ModelConfig`` of ``options`` with ``model`` defaulting to the class's."""
+        if config is not None:
+            return config
+        from fond.config import ModelConfig
+
+        if n_inputs is None:
+            raise TypeError(f"{type(self).__name__} needs n_inputs (or a ModelConfig)")
+        options.setdefault("model", self.default_model)
+        return ModelConfig(n_inputs=n_inputs, n_latents=n_latents, **options)
 
     @property
     def n_inputs(self) -> int:

@@ -171,11 +171,7 @@ class _HybridVAE(ModelBase):
     def __init__(self, n_inputs: int | None = None, n_latents: int = 512, *, seed: int = 0,
                  config: ModelConfig | None = None, **options) -> None:
         super().__init__()
-        if config is None:
-            if n_inputs is None:
-                raise TypeError(f"{type(self).__name__} needs n_inputs (or a ModelConfig)")
-            options.setdefault("model", self.default_model)
-            config = ModelConfig(n_inputs=n_inputs, n_latents=n_latents, **options)
+        config = self.resolve_config(n_inputs, n_latents, config, options)
         if config.model != self.default_model:
             raise ConfigError(f"config key 'model': {type(self).__name__} is model {self.default_model!r}, "
                               f"got {config.model!r}")

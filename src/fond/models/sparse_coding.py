@@ -109,11 +109,7 @@ class MAPCoding(ModelBase):
                  config: ModelConfig | None = None, **options) -> None:
         super().__init__()
         name = type(self).__name__
-        if config is None:
-            if n_inputs is None:
-                raise TypeError(f"{name} needs n_inputs (or a ModelConfig)")
-            options.setdefault("model", self.default_model)
-            config = ModelConfig(n_inputs=n_inputs, n_latents=n_latents, **options)
+        config = self.resolve_config(n_inputs, n_latents, config, options)
         if config.model != self.default_model:
             raise ConfigError(f"config key 'model': {name} implements {self.default_model!r}, got {config.model!r}")
         if config.decoder != "linear":
