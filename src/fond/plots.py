@@ -193,8 +193,8 @@ def plot_inference_curves(
     """Plot per-inference-step curves (t = 1..T, log x axis) in one row of panels.
 
     Recognised keys (others are ignored): ``"r2"`` and ``"r2_rates"`` share an R² panel whose y
-    range is [max(min R², -1), 1]; ``"zeros"`` (fraction of zero spike counts, 0..1); ``"du_norm"``
-    (mean ‖u_t − u_{t−1}‖, log y; non-positive values are dropped); ``"nelbo"``. A dashed vertical
+    range is [max(min R², -1), 1]; ``"zeros"`` (fraction of zeros of f(z), 0..1); ``"du_norm"``
+    (mean ‖state_t − state_{t−1}‖, log y; non-positive values are dropped); ``"nelbo"``. A dashed vertical
     line marks ``convergence_step`` when given. All recognised arrays must be 1-D of equal length.
     """
     if not isinstance(trace, Mapping):
@@ -223,7 +223,7 @@ def plot_inference_curves(
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "r2":
             lows = []
-            for key, label, colour in (("r2", "from spikes", "C0"), ("r2_rates", "from rates", "C1")):
+            for key, label, colour in (("r2", "from samples (spikes)", "C0"), ("r2_rates", "from mean code (rates)", "C1")):
                 if key in curves:
                     ax.plot(t, curves[key], color=colour, label=label)
                     low = _finite_min(curves[key])
@@ -236,15 +236,15 @@ def plot_inference_curves(
         elif panel == "zeros":
             ax.plot(t, curves["zeros"], color="C2")
             ax.set_ylim(0.0, 1.0)
-            ax.set_ylabel("fraction of zero spike counts")
+            ax.set_ylabel("fraction of zeros of f(z) (spike counts)")
             ax.set_title("sparsity")
         elif panel == "du_norm":
             du = np.where(curves["du_norm"] > 0, curves["du_norm"], np.nan)
             ax.plot(t, du, color="C3")
             if np.any(np.isfinite(du)):
                 ax.set_yscale("log")
-            ax.set_ylabel(r"$\|u_t - u_{t-1}\|$ (log-rate units)")
-            ax.set_title("step size of u (mean over samples)")
+            ax.set_ylabel(r"$\|s_t - s_{t-1}\|$ (state units; u for iP-VAE)")
+            ax.set_title("state change per step (mean over inputs)")
         else:
             ax.plot(t, curves["nelbo"], color="C4")
             ax.set_ylabel("NELBO (nats)")
