@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (e.g. `fond eval DIR --json | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         hint = ""
         if args.command == "train":
