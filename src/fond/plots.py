@@ -223,7 +223,8 @@ def plot_inference_curves(
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "r2":
             lows = []
-            for key, label, colour in (("r2", "from samples (spikes)", "C0"), ("r2_rates", "from mean code (rates)", "C1")):
+            series = (("r2", "from samples (spikes)", "C0"), ("r2_rates", "from mean code (rates)", "C1"))
+            for key, label, colour in series:
                 if key in curves:
                     ax.plot(t, curves[key], color=colour, label=label)
                     low = _finite_min(curves[key])
