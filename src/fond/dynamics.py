@@ -96,30 +96,42 @@ def _state_step_norm(new_state: State, state: State) -> Tensor:
 
 
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-            trace: bool = True) -> InferenceResult:
+            trace: bool = True, record=None) -> InferenceResult:
     """Run ``steps`` steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
 
-    Per-batch constants come from ``decoder.operators`` (for a linear decoder Φᵀx/σ² and ΦᵀΣ⁻¹Φ, so a
-    step is one (B×K)·(K×K) product). ``trace`` records the per-step means of ``InferenceResult.trace``.
-    Call under ``torch.no_grad()``.
+    x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t−1] drives step t (the trace's
+    R² and NLL are then measured against the current frame). Per-batch constants come from
+    ``decoder.operators`` (for a linear decoder Φᵀx/σ² and ΦᵀΣ⁻¹Φ, so a step is one (B×K)·(K×K) product;
+    recomputed per frame for an online input). ``trace`` records the per-step means of
+    ``InferenceResult.trace``; ``record`` (1-based steps) keeps the mean code and sample after those steps
+    in ``InferenceResult.history``. Call under ``torch.no_grad()``.
     """
+    from fond.models.common import Recorder
+
     family, fp, decoder = parts.family, parts.family_params, parts.decoder
-    ops = decoder.operators(x, parts.inv_variance)
-    state = tuple(s.clone() for s in family.initial_state(fp, x.shape[0]))
+    online = x.ndim == 3
+    frame = x[0] if online else x
+    ops = decoder.operators(frame, parts.inv_variance)
+    recorder = Recorder(record, steps)
+    state = tuple(s.clone() for s in family.initial_state(fp, frame.shape[0]))
     sample = family.sample(state, fp, generator, None)
     decoded = family.activation(sample.value, fp)
     records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
-    for _ in range(steps):
+    for t in range(steps):
+        if online and t > 0:
+            frame = x[t]
+            ops = decoder.operators(frame, parts.inv_variance)
         new_state = fond_step(family, fp, state, sample, ops.pullback(decoded), parts.bias)
         rates = family.mean_code(new_state, fp)
         sample = family.sample(new_state, fp, generator, None)
         decoded = family.activation(sample.value, fp)
+        recorder(t + 1, rates, decoded)
         if trace:
             reconstruction = decoder(decoded)
-            nll = gaussian_nll(x, reconstruction, parts.log_sigma)
+            nll = gaussian_nll(frame, reconstruction, parts.log_sigma)
             kl = family.kl(new_state, state).sum(-1)
-            records["r2"].append(float(r2_per_sample(x, reconstruction).mean()))
-            records["r2_rates"].append(float(r2_per_sample(x, decoder(rates)).mean()))
+            records["r2"].append(float(r2_per_sample(frame, reconstruction).mean()))
+            records["r2_rates"].append(float(r2_per_sample(frame, decoder(rates)).mean()))
             records["zeros"].append(float(zeros_fraction(decoded).mean()))
             records["du_norm"].append(float(_state_step_norm(new_state, state).mean()))
             records["nll"].append(float(nll.mean()))
@@ -137,4 +149,5 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
         reconstruction_from_rates=decoder(rates),
         steps=steps,
         trace={k: np.asarray(v) for k, v in records.items()},
+        history=recorder.history(),
     )

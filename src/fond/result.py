@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -24,6 +25,8 @@ class InferenceResult:
     length ``steps``: r2 (from spikes), r2_rates (from rates), zeros (fraction of zero entries of f(z)),
     du_norm (‖state_t − state_{t−1}‖₂), nll, kl (to the online prior), nelbo = nll + kl (nats per input),
     rate_max (largest rate in the batch), saturated (fraction of inputs at the family's clamp bound).
+    history: only when ``infer`` was given ``record=`` steps: {"steps": (S,) int array of 1-based steps,
+    "rates": (S, B, K), "spikes": (S, B, K)} — the mean code and the sample after each recorded step.
     """
 
     rates: Tensor
@@ -33,6 +36,7 @@ class InferenceResult:
     reconstruction_from_rates: Tensor
     steps: int
     trace: dict[str, np.ndarray] = field(default_factory=dict)
+    history: dict[str, Any] | None = None
 
     @property
     def membrane_potential(self) -> Tensor:

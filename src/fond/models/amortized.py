@@ -38,7 +38,7 @@ from fond.families.base import Sample, State
 from fond.families.gaussian import GaussianFamily, soft_clamp_symmetric
 from fond.families.poisson import PoissonFamily, soft_clamp_upper
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import ModelBase, check_input, check_steps
+from fond.models.common import ModelBase, Recorder, check_input, check_input_sequence, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["AmortizedVAE", "PRIOR_STATE_KEYS"]
@@ -135,40 +135,49 @@ class AmortizedVAE(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True) -> InferenceResult:
+              trace: bool = True, record=None) -> InferenceResult:
         """One encoder pass, then ``steps`` evaluation samples from the same posterior; the result of the last.
 
-        x: (B, D) inputs. seed: seeds a private generator for the samples (ignored if ``generator`` is
-        given). Each step draws a fresh evaluation sample (exact integer spikes for Poisson, τ = 1 for
-        Gaussian) from q(z | x), which does not change: the trace's ``du_norm`` is 0 and ``kl`` is the
-        constant KL(q(z | x) ‖ p(z)) to the learned prior (the iterative models report the KL to the
-        previous step's posterior there); r2, zeros and nll vary with the sample. All ``steps`` samples
-        are drawn whether or not ``trace`` is set, so the returned spikes do not depend on it.
+        x: (B, D) inputs, or (steps, B, D) an online input sequence (each frame is encoded afresh: an
+        amortized posterior keeps no memory of the previous frame). seed: seeds a private generator for the
+        samples (ignored if ``generator`` is given). Each step draws a fresh evaluation sample (exact integer
+        spikes for Poisson, τ = 1 for Gaussian) from q(z | x), which does not change for a fixed input: the
+        trace's ``du_norm`` is then 0 and ``kl`` is the constant KL(q(z | x) ‖ p(z)) to the learned prior (the
+        iterative models report the KL to the previous step's posterior there); r2, zeros and nll vary with
+        the sample. All ``steps`` samples are drawn whether or not ``trace`` is set, so the returned spikes do
+        not depend on it. record: 1-based steps whose mean code and sample to keep in ``result.history``.
         """
         check_steps(steps)
-        x = check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
+        x = check_input_sequence(x, self.n_inputs, steps).to(self.log_sigma_x.dtype)
+        online = x.ndim == 3
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
         family, fp, decoder = self.family, self.family_params(), self.decoder
         log_sigma = self.log_sigma()
-        state = self.encode(x)
-        rates = family.mean_code(state, fp)
+        recorder = Recorder(record, steps)
         records: dict[str, list[float]] = {key: [] for key in TRACE_KEYS} if trace else {}
-        if trace:
-            kl = family.kl(state, self.prior_state(x.shape[0])).sum(-1)
-            r2_rates = float(r2_per_sample(x, decoder(rates)).mean())
-            rate_max = float(rates.max())
-            saturated = float(family.saturated(state, fp).float().mean())
-        decoded = None
-        for _ in range(steps):
+        decoded = state = previous = None
+        for t in range(steps):
+            frame = x[t] if online else x
+            if t == 0 or online:
+                previous, state = state, self.encode(frame)
+                rates = family.mean_code(state, fp)
+                if trace:
+                    kl = family.kl(state, self.prior_state(frame.shape[0])).sum(-1)
+                    r2_rates = float(r2_per_sample(frame, decoder(rates)).mean())
+                    rate_max = float(rates.max())
+                    saturated = float(family.saturated(state, fp).float().mean())
+                    change = 0.0 if previous is None else float(torch.cat(
+                        [a - b for a, b in zip(state, previous, strict=True)], dim=-1).norm(dim=-1).mean())
             sample: Sample = family.sample(state, fp, gen, None)
             decoded = family.activation(sample.value, fp)
+            recorder(t + 1, rates, decoded)
             if trace:
                 reconstruction = decoder(decoded)
-                nll = gaussian_nll(x, reconstruction, log_sigma)
-                records["r2"].append(float(r2_per_sample(x, reconstruction).mean()))
+                nll = gaussian_nll(frame, reconstruction, log_sigma)
+                records["r2"].append(float(r2_per_sample(frame, reconstruction).mean()))
                 records["r2_rates"].append(r2_rates)
                 records["zeros"].append(float(zeros_fraction(decoded).mean()))
-                records["du_norm"].append(0.0)
+                records["du_norm"].append(change if online and t > 0 else 0.0)
                 records["nll"].append(float(nll.mean()))
                 records["kl"].append(float(kl.mean()))
                 records["nelbo"].append(float((nll + kl).mean()))
@@ -182,4 +191,5 @@ class AmortizedVAE(ModelBase):
             reconstruction_from_rates=decoder(rates),
             steps=steps,
             trace={key: np.asarray(value) for key, value in records.items()},
+            history=recorder.history(),
         )

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from fond.errors import DataError
 
-__all__ = ["check_input", "check_steps", "ModelBase"]
+__all__ = ["check_input", "check_input_sequence", "check_record", "check_steps", "reject_sequence", "Recorder",
+           "ModelBase"]
 
 
 def check_input(x, n_inputs: int) -> Tensor:
@@ -90,3 +91,60 @@ class ModelBase(torch.nn.Module):
         from fond.checkpoint import save_model
 
         save_model(self, directory)
+
+
+def check_record(record, steps: int) -> tuple[int, ...]:
+    """``record`` (an iterable of 1-based steps, or None) as a sorted tuple of distinct steps in [1, steps]."""
+    if record is None:
+        return ()
+    try:
+        values = [int(t) for t in record]
+        exact = all(float(t) == int(t) for t in record if not isinstance(t, bool))
+    except (TypeError, ValueError):
+        raise DataError(f"record must be an iterable of integer steps, got {record!r}") from None
+    if not exact or any(isinstance(t, bool) for t in record):
+        raise DataError("record must hold integer steps")
+    bad = [t for t in values if not 1 <= t <= steps]
+    if bad:
+        raise DataError(f"record steps must lie in 1..{steps}, got {bad[0]}")
+    return tuple(sorted(set(values)))
+
+
+class Recorder:
+    """Keeps the mean code and the sample after the steps named by ``record`` (see ``InferenceResult.history``)."""
+
+    def __init__(self, record, steps: int) -> None:
+        self.steps = check_record(record, steps)
+        self._wanted = set(self.steps)
+        self._rates: list[Tensor] = []
+        self._spikes: list[Tensor] = []
+
+    def __call__(self, step: int, rates: Tensor, spikes: Tensor) -> None:
+        """Record after 1-based ``step`` if it was asked for."""
+        if step in self._wanted:
+            self._rates.append(rates.detach().clone())
+            self._spikes.append(spikes.detach().clone())
+
+    def history(self) -> dict | None:
+        if not self.steps:
+            return None
+        return {"steps": np.asarray(self.steps, dtype=np.int64), "rates": torch.stack(self._rates),
+                "spikes": torch.stack(self._spikes)}
+
+
+def check_input_sequence(x, n_inputs: int, steps: int) -> Tensor:
+    """An input (B, D) or an online input sequence (steps, B, D), checked like ``check_input``."""
+    if isinstance(x, Tensor | np.ndarray) and getattr(x, "ndim", 0) == 3:
+        if x.shape[0] != steps:
+            raise DataError(f"an input sequence must have one frame per step: shape ({steps}, B, {n_inputs}), "
+                            f"got {tuple(x.shape)}")
+        frames = check_input(x.reshape(-1, x.shape[-1]), n_inputs)
+        return frames.reshape(x.shape[0], x.shape[1], n_inputs)
+    return check_input(x, n_inputs)
+
+
+def reject_sequence(x, name: str) -> None:
+    """Raise ``DataError`` for a 3-D online input given to a model that takes a fixed input only."""
+    if getattr(x, "ndim", 2) == 3:
+        raise DataError(f"model {name!r} takes a fixed input (B, D); online input sequences (steps, B, D) need an "
+                        "iterative or amortized model")

@@ -64,7 +64,7 @@ from fond.decoders import make_decoder
 from fond.errors import ConfigError
 from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import ModelBase, check_input, check_steps
+from fond.models.common import ModelBase, Recorder, check_input, check_steps, reject_sequence
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
@@ -275,7 +275,7 @@ class _HybridVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True) -> InferenceResult:
+              trace: bool = True, record=None) -> InferenceResult:
         """Encoder guess, then ``steps`` refinement steps; the result has ``fond.dynamics.rollout``'s fields.
 
         rates = f(μ) and spikes = f(z) of the last sample (B, K); state = {"mu", "log_sigma"};
@@ -285,7 +285,9 @@ class _HybridVAE(ModelBase):
         the means pinned near the clamp. seed: of a private generator (ignored if ``generator`` is given).
         """
         check_steps(steps)
+        reject_sequence(x, self.config.model)
         x = check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
+        recorder = Recorder(record, steps)
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
         fp = {name: p.detach() for name, p in self.family_params().items()}
         log_sigma, beta = self.log_sigma(), float(self.refine_beta)
@@ -293,7 +295,7 @@ class _HybridVAE(ModelBase):
         noise = self._noise(mu, gen)
         records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
         decoded = self.family.activation(mu + torch.exp(xi) * noise, fp)
-        for _ in range(steps):
+        for t in range(steps):
             with torch.enable_grad():
                 mu_leaf, xi_leaf = mu.detach().requires_grad_(), xi.detach().requires_grad_()
                 nll, kl, _ = self._free_energy(x, mu_leaf, xi_leaf, noise, log_sigma, fp)
@@ -301,6 +303,8 @@ class _HybridVAE(ModelBase):
             new_mu, new_xi = (t.detach() for t in self._step(mu, xi, grad_mu, grad_xi))
             noise = self._noise(new_mu, gen)
             decoded = self.family.activation(new_mu + torch.exp(new_xi) * noise, fp)
+            if recorder.steps:
+                recorder(t + 1, self.family.mean_code((new_mu, new_xi), fp), decoded)
             if trace:
                 rates = self.family.mean_code((new_mu, new_xi), fp)
                 reconstruction = self.decoder(decoded)
@@ -326,6 +330,7 @@ class _HybridVAE(ModelBase):
             reconstruction_from_rates=self.decoder(rates),
             steps=steps,
             trace={k: np.asarray(v) for k, v in records.items()},
+            history=recorder.history(),
         )
 
 

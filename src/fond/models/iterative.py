@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from fond.config import ModelConfig
 from fond.decoders import make_decoder
 from fond.dynamics import Components, rollout, unroll
-from fond.models.common import ModelBase, check_input, check_steps
+from fond.models.common import ModelBase, check_input, check_input_sequence, check_steps
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
@@ -68,18 +68,20 @@ class IterativeVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True) -> InferenceResult:
+              trace: bool = True, record=None) -> InferenceResult:
         """Run ``steps`` FOND steps with evaluation samples from the initial state and return the result.
 
-        x: (B, D) inputs (same preprocessing as training). seed: seeds a private generator for the
+        x: (B, D) inputs (same preprocessing as training), or (steps, B, D) an online input sequence (frame
+        t − 1 drives step t; the posterior carries over as the prior when the input changes). record:
+        1-based steps whose mean code and sample to keep in ``result.history``. seed: seeds a private generator for the
         samples (ignored if ``generator`` is given). trace: record per-step means (costs two extra decoder
         passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
         temperature-1 draws (Gaussian).
         """
         check_steps(steps)
-        x = check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
+        x = check_input_sequence(x, self.n_inputs, steps).to(self.log_sigma_x.dtype)
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
-        return rollout(self.components(), x, steps, generator=gen, trace=trace)
+        return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record)
 
 
 class IPVAE(IterativeVAE):

@@ -39,7 +39,7 @@ from fond.config import ModelConfig
 from fond.decoders import LinearDecoder
 from fond.errors import ConfigError
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import ModelBase, check_input, check_steps
+from fond.models.common import ModelBase, Recorder, check_input, check_steps, reject_sequence
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["SparseCodingOptions", "MAPCoding", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
@@ -151,7 +151,7 @@ class MAPCoding(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True) -> InferenceResult:
+              trace: bool = True, record=None) -> InferenceResult:
         """Run ``steps`` steps of the deterministic dynamics from a = 0 and return the result.
 
         x: (B, D) inputs. ``seed`` and ``generator`` are accepted for interface compatibility and ignored
@@ -162,14 +162,17 @@ class MAPCoding(ModelBase):
         energy being minimised plus D/2·log 2π), rate_max = max |a|, saturated = 0.
         """
         check_steps(steps)
+        reject_sequence(x, self.config.model)
         x, drive, gram = self._prepare(check_input(x, self.n_inputs))
+        recorder = Recorder(record, steps)
         phi = self.dictionary.detach()
         zero_log_sigma = x.new_zeros(self.n_inputs)
         records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
         dynamics = self._dynamics(drive, gram)
         state, code = next(dynamics)
-        for _ in range(steps):
+        for t in range(steps):
             new_state, code = next(dynamics)
+            recorder(t + 1, code, code)
             if trace:
                 reconstruction = code @ phi.T
                 nll = gaussian_nll(x, reconstruction, zero_log_sigma)
@@ -189,7 +192,7 @@ class MAPCoding(ModelBase):
         reconstruction = code @ phi.T
         return InferenceResult(rates=code, spikes=code, state=state, reconstruction=reconstruction,
                                reconstruction_from_rates=reconstruction, steps=steps,
-                               trace={k: np.asarray(v) for k, v in records.items()})
+                               trace={k: np.asarray(v) for k, v in records.items()}, history=recorder.history())
 
     # -- learning ----------------------------------------------------------------------------------
     def unroll_loss(self, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float = 1.0,
