@@ -46,7 +46,8 @@ _NATURAL_RE = re.compile(r"natural(\d+)")
 
 def _unknown(spec: str) -> DataError:
     return DataError(
-        f"unknown data {spec!r}: expected natural16, a .npy file of patches (N×D) or a folder of images"
+        f"unknown data {spec!r}: expected natural16, color16, mnist, cifar10:DIR, celeba:DIR, a .npy file of "
+        "patches (N×D) or a folder of images"
     )
 
 
@@ -62,6 +63,12 @@ def load_data(
 
     Args:
         spec: one of
+            * ``"mnist"``: MNIST digits (784 inputs in [0, 1), labels; train from the 50k training digits,
+              val from the 10k validation digits) or ``"mnist-test"`` (val from the 10k test digits), see
+              :func:`fond.data.mnist.mnist_data`;
+            * ``"color<N>"`` (4 ≤ N ≤ 64): whitened 3-channel N×N patches of the bundled colour photos;
+              ``"cifar10:<dir>"`` (the binary CIFAR-10 a user has), ``"celeba[<N>]:<dir>"`` (aligned CelebA
+              JPGs, N×N, default 64): rows channels last, patch_shape (h, w, 3); see :mod:`fond.data.color`;
             * ``"natural<N>"`` with 4 ≤ N ≤ 64 (e.g. ``"natural16"``): whitened N×N patches of the bundled
               photos (:func:`fond.data.natural.natural_patches`); N overrides ``patch_size``;
             * a path to a ``.npy`` file holding an (N, D) real array of patches (:func:`load_npy_patches`);
@@ -77,6 +84,16 @@ def load_data(
     if not isinstance(spec, str | Path):
         raise DataError(f"data spec must be a string, got {type(spec).__name__}")
     spec_str = str(spec)
+    from fond.data.color import load_color_data
+
+    color = load_color_data(spec_str, n_train=n_train, n_val=n_val, seed=seed)
+    if color is not None:
+        return color
+    if spec_str in ("mnist", "mnist-test"):
+        from fond.data.mnist import mnist_data
+
+        return mnist_data(n_train=n_train, n_val=n_val, seed=seed,
+                          val_split="test" if spec_str == "mnist-test" else "valid")
     match = _NATURAL_RE.fullmatch(spec_str)
     if match:
         size = int(match.group(1))

@@ -59,15 +59,19 @@ class PatchData:
     Attributes:
         train: float32 array (n_train, D), C-contiguous, finite.
         val: float32 array (n_val, D), C-contiguous, finite, same D as ``train``.
-        patch_shape: (height, width) of one patch with height * width == D, or None when the rows are
+        patch_shape: (height, width) of one patch with height * width == D, (height, width, 3) for colour
+            rows (channels last, see fond.data.color), or None when the rows are
             not images (e.g. a .npy file whose D is not a perfect square).
         name: short human-readable description of where the data came from.
+        train_labels, val_labels: integer class labels (n,) for labelled sets (MNIST), else None.
     """
 
     train: np.ndarray
     val: np.ndarray
-    patch_shape: tuple[int, int] | None
+    patch_shape: tuple[int, ...] | None
     name: str
+    train_labels: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for label, arr in (("train", self.train), ("val", self.val)):
@@ -83,6 +87,9 @@ class PatchData:
             raise DataError(
                 f"PatchData train and val widths differ ({self.train.shape[1]} vs {self.val.shape[1]})"
             )
+        for label, data, labels in (("train", self.train, self.train_labels), ("val", self.val, self.val_labels)):
+            if labels is not None and (not isinstance(labels, np.ndarray) or labels.shape != (data.shape[0],)):
+                raise DataError(f"PatchData.{label}_labels must be an array of shape ({data.shape[0]},)")
         if self.patch_shape is not None and math.prod(self.patch_shape) != self.train.shape[1]:
             raise DataError(
                 f"PatchData patch_shape {self.patch_shape} does not match row length {self.train.shape[1]}"
