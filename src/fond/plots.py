@@ -52,13 +52,26 @@ def _as_array(a: Any, name: str) -> np.ndarray:
 
 
 def _check_patch_shape(patch_shape: Any) -> tuple[int, int]:
+    """(height, width) of a grey patch_shape (h, w) or a colour one (h, w, 3); see ``_channels``."""
     try:
-        ph, pw = (int(s) for s in patch_shape)
+        dims = tuple(int(s) for s in patch_shape)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"patch_shape must be two positive integers, got {patch_shape!r}") from exc
-    if ph < 1 or pw < 1:
-        raise DataError(f"patch_shape must be two positive integers, got {patch_shape!r}")
-    return ph, pw
+        raise DataError(f"patch_shape must be two positive integers (or h, w, 3), got {patch_shape!r}") from exc
+    if len(dims) not in (2, 3) or min(dims) < 1 or (len(dims) == 3 and dims[2] != 3):
+        raise DataError(f"patch_shape must be two positive integers (or h, w, 3), got {patch_shape!r}")
+    return dims[0], dims[1]
+
+
+def _channels(patch_shape: Any) -> int:
+    """3 for a colour patch_shape (h, w, 3) — rows are (h, w, c) channels last — else 1."""
+    return 3 if len(tuple(patch_shape)) == 3 else 1
+
+
+def _as_image(values: np.ndarray, ph: int, pw: int, channels: int, scale: float) -> np.ndarray:
+    """A row as an image: grey (h, w) values / scale, or colour (h, w, 3) mapped to [0, 1] around 0.5."""
+    if channels == 1:
+        return values.reshape(ph, pw) / scale
+    return np.clip(0.5 + 0.5 * values.reshape(ph, pw, 3) / scale, 0.0, 1.0)
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -108,17 +121,20 @@ def _atom_order(weights: np.ndarray, order: str) -> np.ndarray:
     raise DataError(f"order must be 'norm' or 'index', got {order!r}")
 
 
-def _dictionary_mosaic(atoms: np.ndarray, patch_shape: tuple[int, int]) -> tuple[np.ndarray, int, int]:
-    """Tile atoms (D, n) into one image with 1-pixel NaN separators; each atom scaled to [-1, 1]."""
-    ph, pw = patch_shape
+def _dictionary_mosaic(atoms: np.ndarray, patch_shape: tuple[int, ...]) -> tuple[np.ndarray, int, int]:
+    """Tile atoms (D, n) into one image with 1-pixel NaN separators; each atom scaled to [-1, 1]
+    (colour atoms: RGB in [0, 1], 0.5 = zero, separators white)."""
+    ph, pw = patch_shape[:2]
+    channels = _channels(patch_shape)
     n = atoms.shape[1]
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    mosaic = np.full((nrows * (ph + 1) - 1, ncols * (pw + 1) - 1), np.nan)
+    shape = (nrows * (ph + 1) - 1, ncols * (pw + 1) - 1) + ((3,) if channels == 3 else ())
+    mosaic = np.full(shape, np.nan if channels == 1 else 1.0)
     for i in range(n):
-        a = atoms[:, i].reshape(ph, pw)
+        a = atoms[:, i]
         peak = np.max(np.abs(a))
-        tile = a / peak if peak > 0 else np.zeros_like(a)
+        tile = _as_image(a, ph, pw, channels, peak if peak > 0 else 1.0)
         r, c = divmod(i, ncols)
         mosaic[r * (ph + 1) : r * (ph + 1) + ph, c * (pw + 1) : c * (pw + 1) + pw] = tile
     return mosaic, nrows, ncols
@@ -143,11 +159,12 @@ def plot_dictionary(
     """
     w = _as_array(weights, "weights")
     ph, pw = _check_patch_shape(patch_shape)
+    channels = _channels(patch_shape)
     if w.ndim != 2:
         raise DataError(f"weights must be a 2-D (D, K) array, got shape {w.shape}")
     d, k = w.shape
-    if d != ph * pw:
-        raise DataError(f"weights has D={d} rows but patch_shape {ph}x{pw} needs D={ph * pw}")
+    if d != ph * pw * channels:
+        raise DataError(f"weights has D={d} rows but patch_shape {tuple(patch_shape)} needs D={ph * pw * channels}")
     if k == 0:
         raise DataError("weights has no atoms (K=0 columns)")
     if not np.all(np.isfinite(w)):
@@ -157,7 +174,7 @@ def plot_dictionary(
 
     idx = _atom_order(w, order)[: int(max_atoms)]
     n_dead = int(np.sum(np.linalg.norm(w, axis=0) == 0))
-    mosaic, nrows, ncols = _dictionary_mosaic(w[:, idx], (ph, pw))
+    mosaic, nrows, ncols = _dictionary_mosaic(w[:, idx], tuple(int(v) for v in patch_shape))
 
     aspect = mosaic.shape[0] / mosaic.shape[1]
     width = float(np.clip(0.75 * ncols * pw / 16 + 2.0, 5.0, 12.0))
@@ -175,8 +192,9 @@ def plot_dictionary(
     if title is None:
         title = f"Dictionary Φ: {len(idx)} of {k} atoms shown (D={d}, {n_dead} dead)"
     ax.set_title(title)
-    cbar = fig.colorbar(im, ax=ax, shrink=0.8)
-    cbar.set_label("weight / max|atom| (each atom scaled separately, dimensionless)")
+    if channels == 1:
+        cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+        cbar.set_label("weight / max|atom| (each atom scaled separately, dimensionless)")
     return _save_atomic(fig, path)
 
 
@@ -282,10 +300,12 @@ def plot_reconstructions(
     """
     xa = _as_array(x, "x")
     ph, pw = _check_patch_shape(patch_shape)
+    channels = _channels(patch_shape)
     if xa.ndim != 2 or xa.shape[0] == 0:
         raise DataError(f"x must be a non-empty 2-D (N, D) array, got shape {xa.shape}")
-    if xa.shape[1] != ph * pw:
-        raise DataError(f"x has D={xa.shape[1]} columns but patch_shape {ph}x{pw} needs D={ph * pw}")
+    if xa.shape[1] != ph * pw * channels:
+        raise DataError(f"x has D={xa.shape[1]} columns but patch_shape {tuple(patch_shape)} needs "
+                        f"D={ph * pw * channels}")
     if not np.all(np.isfinite(xa)):
         raise DataError("x contains non-finite values")
     if not isinstance(reconstructions, Mapping):
@@ -309,7 +329,10 @@ def plot_reconstructions(
         vmax = vmax if vmax > 0 else 1.0
         for i, (label, arr) in enumerate(rows):
             ax = axes[i, j]
-            ax.imshow(arr[j].reshape(ph, pw), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+            if channels == 3:
+                ax.imshow(_as_image(np.nan_to_num(arr[j]), ph, pw, 3, vmax), interpolation="nearest")
+            else:
+                ax.imshow(arr[j].reshape(ph, pw), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
