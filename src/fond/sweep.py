@@ -1,0 +1,262 @@
+"""Sweeps: a grid over models × β × T_train × seeds, trained and evaluated one run at a time, resumable.
+
+A sweep is described by a :class:`SweepConfig` (a JSON file or CLI flags). Each grid point is a run
+directory ``OUT/<model>_b<β>_t<T>_s<seed>`` holding the usual checkpoint, log and report; a run whose
+``done.json`` exists is skipped, and an interrupted one resumes from its checkpoint (``fond.train``).
+The results are gathered into ``OUT/sweep.csv`` and ``OUT/sweep.json`` (one row per run).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fond.checkpoint import atomic_write
+from fond.config import MODELS, PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
+from fond.errors import ConfigError
+
+__all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "RESULT_COLUMNS"]
+
+#: Columns of sweep.csv, in order.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "model", "beta", "t_train", "seed", "iterations", "data", "r2", "r2_rates", "zeros", "rate_distortion",
+    "convergence_step", "nelbo", "n_params", "diverged", "minutes", "run",
+)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _int_list(value, key: str, minimum: int) -> None:
+    _require(isinstance(value, list) and len(value) > 0, key, f"must be a non-empty list, got {value!r}")
+    for v in value:
+        _require(isinstance(v, int) and not isinstance(v, bool) and v >= minimum, key,
+                 f"entries must be integers ≥ {minimum}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of runs. ``betas`` / ``t_train`` None: the preset's value for each model.
+
+    models: model names (``fond.config.MODELS``). seeds: training seeds. iterations / batch_size: override
+    the preset's. latents: K. eval_steps: T_test. eval_samples: evaluate on the first N held-out inputs
+    (None: all). model_options: per model name, extra ``ModelConfig`` fields (e.g.
+    ``{"lca": {"method_options": {"sparsity": 0.5}}}``). time_limit_minutes: per run (None: the preset's).
+    """
+
+    models: list[str]
+    data: str = "natural16"
+    preset: str = "quick"
+    betas: list[float] | None = None
+    t_train: list[int] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    iterations: int | None = None
+    batch_size: int | None = None
+    latents: int = 512
+    decoder: str = "linear"
+    eval_steps: int = 1000
+    eval_samples: int | None = None
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    time_limit_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.models, list) and len(self.models) > 0, "models", "must be a non-empty list")
+        for name in self.models:
+            _require(name in MODELS, "models", f"unknown model {name!r}; expected one of {MODELS}")
+        _require(len(set(self.models)) == len(self.models), "models", "lists a model twice")
+        _require(self.preset in PRESETS, "preset", f"must be one of {PRESETS}, got {self.preset!r}")
+        _require(isinstance(self.data, str) and self.data != "", "data", "must be a data spec such as natural16")
+        if self.betas is not None:
+            _require(isinstance(self.betas, list) and len(self.betas) > 0, "betas", "must be a non-empty list")
+            for b in self.betas:
+                _require(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) and b >= 0,
+                         "betas", f"entries must be finite numbers ≥ 0, got {b!r}")
+        if self.t_train is not None:
+            _int_list(self.t_train, "t_train", 1)
+        _int_list(self.seeds, "seeds", 0)
+        for key in ("iterations", "batch_size", "eval_samples"):
+            value = getattr(self, key)
+            _require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), key,
+                     f"must be an integer ≥ 1 or null, got {value!r}")
+        for key in ("latents", "eval_steps"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
+                     f"must be an integer ≥ 1, got {value!r}")
+        _require(isinstance(self.model_options, dict), "model_options", "must be an object {model: {...}}")
+        for name, options in self.model_options.items():
+            _require(name in self.models, "model_options", f"names {name!r}, which is not in models")
+            _require(isinstance(options, dict), f"model_options.{name}", "must be an object")
+        _require(self.time_limit_minutes is None or (isinstance(self.time_limit_minutes, int | float)
+                                                     and self.time_limit_minutes > 0),
+                 "time_limit_minutes", "must be a positive number or null")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> SweepConfig:
+        return config_from_dict(cls, load_json(path), source=str(path))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def runs(self) -> list[RunSpec]:
+        """Every grid point, in order model × β × T_train × seed."""
+        specs = []
+        for model in self.models:
+            base = preset(self.preset, model, self.data)
+            for beta in self.betas or [base.beta]:
+                for steps in self.t_train or [base.steps]:
+                    for seed in self.seeds:
+                        specs.append(RunSpec(model=model, beta=float(beta), t_train=int(steps), seed=int(seed),
+                                             sweep=self))
+        return specs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a model with its β, T_train and seed."""
+
+    model: str
+    beta: float
+    t_train: int
+    seed: int
+    sweep: SweepConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_b{self.beta:g}_t{self.t_train}_s{self.seed}"
+
+    def train_config(self) -> TrainConfig:
+        cfg = preset(self.sweep.preset, self.model, self.sweep.data)
+        updates: dict[str, Any] = {"beta": self.beta, "steps": self.t_train, "seed": self.seed}
+        for key in ("iterations", "batch_size", "time_limit_minutes"):
+            if getattr(self.sweep, key) is not None:
+                updates[key] = getattr(self.sweep, key)
+        cfg = replace(cfg, **updates)
+        if self.sweep.iterations is not None:  # keep checkpoints and validation proportionate
+            cfg = replace(cfg, checkpoint_every=min(cfg.checkpoint_every, max(1, cfg.iterations // 5)),
+                          eval_every=min(cfg.eval_every, max(1, cfg.iterations // 3)))
+        return cfg
+
+    def model_config(self, n_inputs: int) -> ModelConfig:
+        from fond.config import preset_model_options
+
+        options = preset_model_options(self.sweep.preset, self.model)
+        extra = dict(self.sweep.model_options.get(self.model, {}))
+        family_options = {**options.pop("family_options", {}), **extra.pop("family_options", {})}
+        fields = {"decoder": self.sweep.decoder, **options, **extra}
+        return config_from_dict(ModelConfig, {"n_inputs": n_inputs, "n_latents": self.sweep.latents,
+                                              "model": self.model, "family_options": family_options, **fields},
+                                source=f"sweep run {self.name}")
+
+
+def run_experiment(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run in ``directory``; return its result row (``RESULT_COLUMNS``).
+
+    ``data``: the loaded ``PatchData`` (loaded from the sweep's spec if None). Writes the run's
+    checkpoint, metrics.jsonl, report/ and finally ``done.json`` (the row), which marks it finished.
+    """
+    from fond.data import load_data
+    from fond.evaluate import evaluate
+    from fond.report import write_report
+    from fond.train import train
+
+    directory = Path(directory)
+    cfg = spec.train_config()
+    if data is None:
+        data = load_data(spec.sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
+    started = time.perf_counter()
+    result = train(data, cfg, directory, model_config=spec.model_config(data.n_inputs), data_spec=spec.sweep.data,
+                   progress=progress)
+    x = data.val if spec.sweep.eval_samples is None else data.val[: spec.sweep.eval_samples]
+    evaluation = evaluate(result.model, x, spec.sweep.eval_steps, seed=0)
+    write_report(directory, result.model, evaluation, x, data.patch_shape)
+    _save_trace(directory / "report" / "trace.npz", evaluation.trace)
+    row = {"model": spec.model, "beta": spec.beta, "t_train": spec.t_train, "seed": spec.seed,
+           "iterations": result.iterations, "data": spec.sweep.data, **evaluation.summary(),
+           "minutes": round((time.perf_counter() - started) / 60.0, 2), "run": directory.name}
+    row = {key: row.get(key) for key in RESULT_COLUMNS}
+    atomic_write(directory / "done.json", json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def _save_trace(path: Path, trace: dict[str, Any]) -> None:
+    """The evaluation's per-step curves (arrays of length T_test) as .npz (no pickle), written atomically."""
+    import os
+
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **{k: np.asarray(v, dtype=float) for k, v in trace.items()})
+    os.replace(tmp, path)
+
+
+def read_results(out_dir: str | Path, sweep: SweepConfig | None = None) -> list[dict[str, Any]]:
+    """The rows of the finished runs under ``out_dir`` (those of ``sweep`` only, if given), in grid order."""
+    out_dir = Path(out_dir)
+    names = [spec.name for spec in sweep.runs()] if sweep is not None else sorted(
+        p.parent.name for p in out_dir.glob("*/done.json"))
+    rows = []
+    for name in names:
+        path = out_dir / name / "done.json"
+        if path.is_file():
+            rows.append(load_json(path))
+    return rows
+
+
+def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out_dir / "sweep.csv", buffer.getvalue())
+
+
+def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run every grid point of ``sweep`` not yet finished under ``out_dir``; write sweep.csv / sweep.json.
+
+    Runs go one at a time (distributed sweeps: issue 8). ``sweep.json`` (the config) is written first; a
+    different sweep config in the same folder is refused, so results of two grids never mix silently.
+    Returns every finished row (including ones from earlier invocations).
+    """
+    from fond.data import load_data
+
+    log = log or (lambda message: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "sweep-config.json"
+    if config_path.exists():
+        previous = SweepConfig.from_json(config_path)
+        if previous != sweep:
+            raise ConfigError(f"{out_dir} holds a different sweep (see {config_path}); use another --out")
+    else:
+        atomic_write(config_path, sweep.to_json())
+    data_cache: dict[tuple[int, int, int], Any] = {}
+    specs = sweep.runs()
+    for i, spec in enumerate(specs, 1):
+        directory = out_dir / spec.name
+        if (directory / "done.json").is_file():
+            log(f"[{i}/{len(specs)}] {spec.name}: done, skipped")
+            continue
+        cfg = spec.train_config()
+        key = (cfg.n_train, cfg.n_val, cfg.seed)
+        if key not in data_cache:
+            data_cache[key] = load_data(sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
+        log(f"[{i}/{len(specs)}] {spec.name}: training {cfg.iterations} iterations")
+        row = run_experiment(spec, directory, data=data_cache[key], progress=progress)
+        log(f"[{i}/{len(specs)}] {spec.name}: R² {row['r2']:.3f}, zeros {row['zeros']:.3f}, "
+            f"d {row['rate_distortion']:.3f} ({row['minutes']} min)")
+        _write_tables(out_dir, read_results(out_dir, sweep))
+    rows = read_results(out_dir, sweep)
+    _write_tables(out_dir, rows)
+    return rows

@@ -1,0 +1,104 @@
+"""Sweeps: the grid, resumption (finished runs skipped), the gathered table, and config validation."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fond.errors import ConfigError
+from fond.sweep import RESULT_COLUMNS, SweepConfig, read_results, run_sweep
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = (rng.poisson(0.3, (300, 6)) @ rng.standard_normal((6, 16)) + 0.1 * rng.standard_normal((300, 16)))
+    path = tmp_path_factory.mktemp("data") / "patches.npy"
+    np.save(path, (x / x.std()).astype(np.float32))
+    return path
+
+
+def _sweep(patches, **fields):
+    base = dict(models=["ipvae", "lca"], data=str(patches), betas=[1.0, 4.0], t_train=[2], seeds=[0],
+                iterations=3, batch_size=20, latents=6, eval_steps=5, eval_samples=10)
+    return SweepConfig(**{**base, **fields})
+
+
+def test_grid_is_the_cartesian_product(patches):
+    """Every model × β × T_train × seed appears once, with a distinct run folder."""
+    sweep = _sweep(patches, t_train=[2, 3], seeds=[0, 1])
+    names = [spec.name for spec in sweep.runs()]
+    assert len(names) == 2 * 2 * 2 * 2 == len(set(names))
+    assert "ipvae_b4_t3_s1" in names
+    spec = sweep.runs()[-1]
+    cfg = spec.train_config()
+    assert (cfg.beta, cfg.steps, cfg.seed, cfg.iterations, cfg.batch_size) == (spec.beta, 3, 1, 3, 20)
+
+
+def test_preset_values_fill_unswept_axes(patches):
+    """With no β or T_train given, each model gets its own preset value (iP-VAE β 24, T 16 on patches)."""
+    specs = SweepConfig(models=["ipvae", "lca"], data=str(patches)).runs()
+    assert [(s.model, s.beta, s.t_train) for s in specs] == [("ipvae", 24.0, 16), ("lca", 0.0, 100)]
+
+
+@pytest.mark.slow
+def test_sweep_runs_gathers_and_skips_finished_runs(patches, tmp_path):
+    """A second invocation trains nothing (resumable) and the CSV/JSON hold one row per run."""
+    sweep = _sweep(patches)
+    rows = run_sweep(sweep, tmp_path)
+    assert len(rows) == 4 and all(set(RESULT_COLUMNS) <= set(r) for r in rows)
+    with open(tmp_path / "sweep.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["run"] for r in table] == [s.name for s in sweep.runs()]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == rows
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/model.safetensors")}
+    messages = []
+    again = run_sweep(sweep, tmp_path, log=messages.append)
+    assert again == rows and all("skipped" in m for m in messages)
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/model.safetensors")}
+    (tmp_path / rows[0]["run"] / "done.json").unlink()  # an unfinished run is redone, the rest kept
+    messages.clear()
+    run_sweep(sweep, tmp_path, log=messages.append)
+    assert sum("skipped" in m for m in messages) == 3 and len(read_results(tmp_path, sweep)) == 4
+
+
+def test_a_different_sweep_in_the_same_folder_is_refused(patches, tmp_path):
+    """Two grids must never mix their rows in one table silently."""
+    (tmp_path / "sweep-config.json").write_text(_sweep(patches, betas=[2.0]).to_json())
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(_sweep(patches), tmp_path)
+
+
+@pytest.mark.parametrize("fields, key", [({"models": []}, "models"), ({"models": ["nope"]}, "models"),
+                                         ({"betas": [-1.0]}, "betas"), ({"t_train": [0]}, "t_train"),
+                                         ({"seeds": [1.5]}, "seeds"), ({"preset": "slow"}, "preset"),
+                                         ({"model_options": {"pvae": {}}}, "model_options")])
+def test_bad_sweep_configs_name_the_key(patches, fields, key):
+    """A bad grid fails before any training, naming the key."""
+    with pytest.raises(ConfigError, match=key):
+        _sweep(patches, **fields)
+
+
+def test_sweep_config_round_trips_json(patches, tmp_path):
+    """The config written beside the results reads back equal (it is what resumption compares)."""
+    sweep = _sweep(patches, model_options={"lca": {"method_options": {"sparsity": 0.2}}})
+    path = tmp_path / "s.json"
+    path.write_text(sweep.to_json())
+    assert SweepConfig.from_json(path) == sweep
+
+
+@pytest.mark.slow
+def test_sweep_command_prints_the_table(patches, tmp_path):
+    """`fond sweep` with flags trains the grid and prints one Markdown row per run."""
+    proc = subprocess.run([sys.executable, "-m", "fond", "sweep", "--models", "pc", "--beta", "0", "--data",
+                           str(patches), "--iterations", "2", "--batch-size", "20", "--latents", "5",
+                           "--eval-steps", "4", "--eval-samples", "8", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("| pc |") == 1 and (tmp_path / "sweep.csv").is_file()
+    bad = subprocess.run([sys.executable, "-m", "fond", "sweep", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "models" in bad.stderr
