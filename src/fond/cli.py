@@ -4,6 +4,9 @@
     fond train --model igvae-relu --decoder mlp --data natural16 --preset quick --out runs/igrelu-mlp
     fond eval runs/quick [--data SPEC] [--steps 1000] [--json]
     fond compare runs/quick runs/quick-igvae-relu runs/quick-igvae     # side-by-side Markdown table
+    fond sweep --models ipvae igvae-relu --beta 8 24 --t-train 8 16 --seeds 0 1 --out runs/sweep
+    fond analyze gabor runs/quick --out runs/quick/analysis            # also frontier, classify, ood, ...
+    fond reproduce --preset quick --out runs/reproduce                 # the paper's tables and figures
 
 User errors (bad data, bad config, bad checkpoint) print one line, ``fond: error: ...``, and exit 2.
 """
@@ -84,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="an option of a baseline method (e.g. sparsity=0.3, refine_steps=16)")
     tr.add_argument("--data", default="natural16",
-                    help="natural16 (bundled photos), a .npy file of patches (N×D) or a folder of images")
+                    help="natural16 (bundled photos), mnist (bundled digits), a .npy file of patches (N×D) or a "
+                         "folder of images")
     tr.add_argument("--preset", default="quick", choices=("quick", "paper"))
     tr.add_argument("--out", required=True, type=Path, help="run directory (resumed if it holds a checkpoint)")
     tr.add_argument("--config", type=Path, help="JSON file of TrainConfig overrides")
@@ -107,6 +111,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
 
+    sw = sub.add_parser("sweep", help="train and evaluate a grid of models × β × T_train × seeds (resumable)")
+    sw.add_argument("config", type=Path, nargs="?", help="JSON file of a SweepConfig (flags override its fields)")
+    sw.add_argument("--out", required=True, type=Path, help="sweep directory: one run folder per grid point")
+    sw.add_argument("--models", nargs="+", choices=MODEL_CHOICES, metavar="MODEL")
+    sw.add_argument("--beta", nargs="+", type=_nonneg_float, dest="betas", metavar="BETA")
+    sw.add_argument("--t-train", nargs="+", type=_positive_int, metavar="T")
+    sw.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
+    sw.add_argument("--data")
+    sw.add_argument("--preset", choices=("quick", "paper"))
+    sw.add_argument("--iterations", type=_positive_int)
+    sw.add_argument("--batch-size", type=_positive_int)
+    sw.add_argument("--latents", type=_positive_int)
+    sw.add_argument("--eval-steps", type=_positive_int)
+    sw.add_argument("--eval-samples", type=_positive_int)
+    sw.add_argument("--progress", action="store_true", help="show each run's progress bar")
+
+    an = sub.add_parser("analyze", help="one analysis of trained runs: numbers (JSON) and a figure (PNG)")
+    an.add_argument("kind", choices=("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency",
+                                     "serial", "tracking", "raster"))
+    an.add_argument("runs", type=Path, nargs="+", help="run directories (frontier: also sweep directories)")
+    an.add_argument("--out", required=True, type=Path, help="folder for KIND.json and KIND.png")
+    an.add_argument("--steps", type=_positive_int, default=1000, help="inference steps")
+    an.add_argument("--samples", type=_positive_int, default=500, help="held-out inputs (test digits)")
+    an.add_argument("--train-samples", type=_positive_int, default=5000, help="classify: training digits")
+    an.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="classify: inference seeds")
+
+    rp = sub.add_parser("reproduce", help="train the paper's comparisons, run every analysis, write index.md")
+    rp.add_argument("--preset", choices=("quick", "paper"), default="quick",
+                    help="quick: about an hour on 2 CPU cores; paper: the full protocol (GPU advised)")
+    rp.add_argument("--out", type=Path, default=Path("runs/reproduce"))
+
     cp = sub.add_parser("compare", help="print the evaluations of several runs side by side (Markdown table)")
     cp.add_argument("runs", type=Path, nargs="+", help="run directories evaluated by `fond train` or `fond eval`")
     return parser
@@ -115,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_config(args: argparse.Namespace):
     from fond.config import TrainConfig, config_from_dict, load_json, preset
 
-    cfg = preset(args.preset, args.model)
+    cfg = preset(args.preset, args.model, args.data)
     if args.config is not None:
         overrides = load_json(args.config)
         cfg = config_from_dict(TrainConfig, {**cfg.__dict__, **overrides}, source=str(args.config))
@@ -198,6 +233,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fond.config import config_from_dict, load_json
+    from fond.sweep import RESULT_COLUMNS, SweepConfig, run_sweep
+
+    fields = load_json(args.config) if args.config is not None else {}
+    if not isinstance(fields, dict):
+        raise FondError(f"{args.config}: expected a JSON object")
+    for key in ("models", "betas", "t_train", "seeds", "data", "preset", "iterations", "batch_size", "latents",
+                "eval_steps", "eval_samples"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    if "models" not in fields:
+        raise FondError("a sweep needs models: pass --models or a config file that lists them")
+    sweep = config_from_dict(SweepConfig, fields, source=str(args.config or "sweep flags"))
+    rows = run_sweep(sweep, args.out, progress=args.progress, log=lambda m: print(f"fond: {m}", file=sys.stderr))
+    shown = ("model", "beta", "t_train", "seed", "r2", "r2_rates", "zeros", "rate_distortion", "convergence_step",
+             "diverged")
+    print("| " + " | ".join(shown) + " |\n|" + "---|" * len(shown))
+    for row in rows:
+        print("| " + " | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) and k not in ("beta",) else str(row[k])
+                                for k in shown) + " |")
+    print(f"fond: {len(rows)} runs in {args.out / 'sweep.csv'} ({', '.join(RESULT_COLUMNS[:3])}, ...)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from fond.analysis.commands import run_analysis
+
+    path = run_analysis(args.kind, args.runs, args.out, steps=args.steps, samples=args.samples,
+                        seeds=args.seeds, train_samples=args.train_samples)
+    print(path.read_text(), end="")
+    print(f"fond: {args.kind}: {path} and {path.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from fond.reproduce import reproduce
+
+    index = reproduce(args.preset, args.out, log=lambda m: print(f"fond: {m}", file=sys.stderr, flush=True))
+    print(f"fond: report written to {index}", file=sys.stderr)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from fond.checkpoint import read_config
     from fond.config import ModelConfig, config_from_dict, load_json
@@ -243,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
+        if args.command == "analyze":
+            return cmd_analyze(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         return cmd_eval(args)
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)
@@ -254,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         hint = ""
-        if args.command == "train":
+        if args.command in ("train", "sweep", "reproduce"):
             hint = f"; progress is checkpointed in {args.out}: run the same command to resume"
         print(f"fond: interrupted{hint}", file=sys.stderr)
         return 130
