@@ -74,13 +74,14 @@ def _as_image(values: np.ndarray, ph: int, pw: int, channels: int, scale: float)
     return np.clip(0.5 + 0.5 * values.reshape(ph, pw, 3) / scale, 0.0, 1.0)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout Agg figure (no pyplot state)."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` as a PNG to ``path`` via a temporary file in the same directory and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +102,10 @@ def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:
 def _finite_min(a: np.ndarray) -> float | None:
     finite = a[np.isfinite(a)]
     return float(finite.min()) if finite.size else None
+
+
+_new_figure = new_figure
+_save_atomic = save_figure
 
 
 # --------------------------------------------------------------------------- dictionary

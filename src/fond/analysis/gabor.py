@@ -33,19 +33,18 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from scipy import ndimage
 from scipy.optimize import least_squares
 
 from fond.errors import ConfigError, DataError
+from fond.plots import new_figure as _new_figure
+from fond.plots import save_figure as _save_atomic
 
 __all__ = [
     "GaborFit",
@@ -60,7 +59,6 @@ __all__ = [
     "plot_tuning",
 ]
 
-DPI = 120
 DEFAULT_GRATING_FREQUENCY = 0.15  # cycles/pixel, used when a model has no linear dictionary to measure
 DEFAULT_FREQUENCY_MAX_ATOMS = 128  # atoms fitted to pick a model's grating frequency (bounds the cost)
 _TWO_PI = 2.0 * math.pi
@@ -116,27 +114,6 @@ def _wrap_phase(phase: float) -> float:
     return float(math.pi - ((math.pi - phase) % _TWO_PI))
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _json_float(value: float) -> float | None:

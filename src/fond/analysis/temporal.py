@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,14 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from scipy import ndimage, stats
 from torch import Tensor
 
 from fond.errors import ConfigError, DataError
 from fond.metrics import r2_per_sample
+from fond.plots import new_figure as _new_figure
+from fond.plots import save_figure as _save_atomic
 
 __all__ = [
     "response_latency",
@@ -58,7 +57,6 @@ __all__ = [
     "shifting_sequence",
 ]
 
-DPI = 120
 
 
 # --------------------------------------------------------------------------- helpers
@@ -129,28 +127,6 @@ def _none_if_nan(values: Any) -> Any:
         return None if not np.isfinite(arr) else float(arr)
     return [_none_if_nan(v) for v in arr]
 
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- response latency

@@ -26,10 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from fond.data.natural import (
-    _GATHER_CHUNK_ELEMENTS,
     _MIN_WHITEN_SIDE,
     BUNDLED_PHOTOS,
     MIN_PATCH_STD,
@@ -39,6 +37,7 @@ from fond.data.natural import (
     _check_f0,
     check_counts,
     derived_seeds,
+    sample_patches,
 )
 from fond.errors import DataError
 
@@ -237,47 +236,7 @@ def extract_color_patches(
         if im.shape[0] < size or im.shape[1] < size:
             raise DataError(f"image {i} of shape {im.shape} is smaller than the patch size {size}×{size}")
 
-    rng = np.random.default_rng(seed)
-    # windows[j][r, c, 0] is the (size, size, 3) patch with top-left corner (r, c): a view, no copy.
-    windows = [sliding_window_view(im, (size, size, 3)) for im in imgs]
-    n_cols = np.array([w.shape[1] for w in windows], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum([w.shape[0] * w.shape[1] for w in windows])]).astype(np.int64)
-    total = int(starts[-1])
-    d = size * size * 3
-    chunk = max(1, _GATHER_CHUNK_ELEMENTS // d)
-
-    def draw(m: int) -> np.ndarray:
-        flat = rng.integers(0, total, size=m, dtype=np.int64)
-        which = np.searchsorted(starts, flat, side="right") - 1
-        rows, cols = np.divmod(flat - starts[which], n_cols[which])
-        batch = np.empty((m, d), dtype=np.float32)
-        for j in np.unique(which):
-            sel = np.flatnonzero(which == j)
-            batch[sel] = windows[j][rows[sel], cols[sel], 0].reshape(-1, d)
-        return batch
-
-    kept: list[np.ndarray] = []
-    have = drawn = accepted = 0
-    budget = 50 * n + 1000 if min_std > 0 else n
-    while have < n and drawn < budget:
-        rate = max(accepted / drawn, 0.02) if drawn else 1.0
-        wanted = (math.ceil((n - have) / rate * 1.1) + 16) if min_std > 0 else n - have
-        m = min(chunk, budget - drawn, wanted)
-        batch = draw(m)
-        drawn += m
-        if min_std > 0:
-            batch = batch[batch.std(axis=1, dtype=np.float64) >= min_std]
-        accepted += batch.shape[0]
-        take = batch[: n - have]
-        if take.shape[0]:
-            kept.append(take)
-            have += take.shape[0]
-    if have < n:
-        raise DataError(
-            f"only {have} of {n} colour patches of size {size}×{size} have std ≥ {min_std} after {drawn} draws: "
-            "lower min_std or use higher-contrast images"
-        )
-    return np.ascontiguousarray(np.concatenate(kept)) if len(kept) > 1 else np.ascontiguousarray(kept[0])
+    return sample_patches(imgs, size, n, seed, min_std)
 
 
 def color_patch_data_from_images(

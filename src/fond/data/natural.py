@@ -359,13 +359,18 @@ def extract_patches(
         if im.shape[0] < size or im.shape[1] < size:
             raise DataError(f"image {i} of shape {im.shape} is smaller than the patch size {size}×{size}")
 
+    return sample_patches(imgs, size, n, seed, min_std)
+
+
+def sample_patches(imgs: Sequence[np.ndarray], size: int, n: int, seed: int, min_std: float) -> np.ndarray:
+    """The sampler behind :func:`extract_patches` for checked images (H, W) or (H, W, C): (n, size·size·C)."""
     rng = np.random.default_rng(seed)
-    windows = [sliding_window_view(im, (size, size)) for im in imgs]
+    windows = [sliding_window_view(im, (size, size, *im.shape[2:])) for im in imgs]
     n_cols = np.array([w.shape[1] for w in windows], dtype=np.int64)
     counts = np.array([w.shape[0] * w.shape[1] for w in windows], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     total = int(starts[-1])
-    d = size * size
+    d = size * size * int(np.prod(imgs[0].shape[2:], dtype=np.int64))
     chunk = max(1, _GATHER_CHUNK_ELEMENTS // d)
 
     def draw(m: int) -> np.ndarray:
