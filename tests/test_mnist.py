@@ -66,14 +66,14 @@ def test_garbage_archive_is_named(tmp_path):
 
 def test_mnist_data_is_seeded_labelled_and_sized(cache):
     """Same seed → same digits; labels stay aligned with images (checked against the raw split)."""
-    a = mnist_data(n_train=300, n_val=50, seed=4, cache_dir=cache)
-    b = mnist_data(n_train=300, n_val=50, seed=4, cache_dir=cache)
+    a = mnist_data(n_train=300, n_val=50, seed=4, centre=False, cache_dir=cache)
+    b = mnist_data(n_train=300, n_val=50, seed=4, centre=False, cache_dir=cache)
     np.testing.assert_array_equal(a.train, b.train)
     assert a.patch_shape == (28, 28) and a.train.shape == (300, 784) and a.val.shape == (50, 784)
     raw_images, raw_labels = load_mnist(cache)["train"]
     row = int(np.flatnonzero((raw_images == a.train[7]).all(1))[0])
     assert raw_labels[row] == a.train_labels[7]
-    test = mnist_data(n_train=10, n_val=20, val_split="test", cache_dir=cache)
+    test = mnist_data(n_train=10, n_val=20, val_split="test", centre=False, cache_dir=cache)
     np.testing.assert_array_equal(test.val_labels, load_mnist(cache)["test"][1][:20])
 
 
@@ -83,3 +83,25 @@ def test_load_data_names_mnist(monkeypatch, cache):
     assert load_data("mnist", n_train=20, n_val=5).train_labels.shape == (20,)
     with pytest.raises(DataError, match="val_split"):
         mnist_data(n_train=5, n_val=5, val_split="train", cache_dir=cache)
+
+
+def test_centred_digits_are_raw_digits_minus_the_training_mean(cache):
+    """Centring removes the mean digit (the mode that drives every neuron in phase) and nothing else."""
+    from fond.data.mnist import mnist_mean
+
+    raw = mnist_data(n_train=200, n_val=30, seed=2, centre=False, cache_dir=cache)
+    centred = mnist_data(n_train=200, n_val=30, seed=2, cache_dir=cache)
+    mean = mnist_mean(cache)
+    np.testing.assert_allclose(centred.train, raw.train - mean, atol=1e-6)
+    np.testing.assert_allclose(mean, load_mnist(cache)["train"][0].mean(0), atol=1e-6)
+    assert abs(float(load_mnist(cache)["train"][0].mean(0).sum() - mean.sum())) < 1e-3
+    np.testing.assert_array_equal(centred.train_labels, raw.train_labels)
+
+
+def test_raw_spec_keeps_pixels_in_unit_range(monkeypatch, cache):
+    """--data mnist-raw is the untouched [0, 1) digits; mnist-test takes val from the test split."""
+    monkeypatch.setenv("FOND_CACHE_DIR", str(cache))
+    raw = load_data("mnist-raw", n_train=20, n_val=5)
+    assert raw.train.min() >= 0 and raw.train.max() < 1
+    test = load_data("mnist-raw-test", n_train=5, n_val=5)
+    np.testing.assert_array_equal(test.val, load_mnist(cache)["test"][0][:5])

@@ -93,3 +93,14 @@ def test_evaluation_reports_every_set_and_ranks_models(tmp_path):
     assert plot_ood({"ipvae": result}, tmp_path / "ood.png").is_file()
     with pytest.raises(DataError, match="frames"):
         ood_evaluation(model, {"rotating": torch.zeros(3, 2, 784).numpy()}, steps=6)
+
+
+def test_centre_is_subtracted_from_every_set_after_transforming():
+    """Rotations act on raw digits (zero background); the centre is removed afterwards, from every set."""
+    centre = np.full(784, 0.25, np.float32)
+    plain = ood_sets(_bar(2), steps=3, sets=["rotated-90", "rotating"])
+    centred = ood_sets(_bar(2), steps=3, sets=["rotated-90", "rotating"], centre=centre)
+    for name in plain:
+        np.testing.assert_allclose(centred[name], plain[name] - 0.25, atol=1e-6)
+    with pytest.raises(DataError, match="784"):
+        ood_sets(_bar(2), sets=["mnist"], centre=np.zeros(5))

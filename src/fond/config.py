@@ -271,8 +271,8 @@ MNIST_QUICK_STEPS = 32
 
 
 def data_kind(spec: str | None) -> str:
-    """"mnist" for the MNIST data specs (``mnist``, ``mnist-test``), else "natural" (patches, user data)."""
-    return "mnist" if str(spec) in ("mnist", "mnist-test") else "natural"
+    """"mnist" for the MNIST data specs (``mnist``, ``mnist-test``, ``mnist-raw``...), else "natural"."""
+    return "mnist" if str(spec).startswith("mnist") else "natural"
 
 
 def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainConfig:

@@ -213,7 +213,8 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
     probe_results = _cached(out / "classification.json", probe)
 
     def out_of_distribution() -> dict[str, Any]:
-        sets = ood.ood_sets(mnist.val[: p.ood_samples], steps=p.eval_steps)
+        raw, centre = ood.mnist_test_inputs("mnist", p.ood_samples)
+        sets = ood.ood_sets(raw, steps=p.eval_steps, centre=centre)
         results = {}
         for name, model in mnist_models.items():
             if name in ("pc", "savae"):  # fixed-input solvers: no online set
@@ -229,7 +230,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
 
     log("online inference: serial dependence, tracking, spike raster")
     online = _cached(out / "online.json",
-                     lambda: _online(mnist_models["ipvae"], mnist.val, figures, temporal, p.eval_steps))
+                     lambda: _online(mnist_models["ipvae"], mnist.val, figures, temporal, p.eval_steps, ood))
     _raster(mnist_models["ipvae"], mnist.val[:1], figures / "raster.png", steps=min(200, p.eval_steps))
     plot_dictionary(mnist_models["ipvae"].dictionary.detach().numpy(), (28, 28), figures / "dictionary_mnist.png",
                     max_atoms=100, title="iP-VAE dictionary on MNIST (100 largest atoms)")
@@ -262,11 +263,15 @@ def _latency(model, stimuli, preset: ReproducePreset, figures: Path, temporal) -
     return result.to_dict()
 
 
-def _online(model, digits: np.ndarray, figures: Path, temporal, steps: int) -> dict[str, Any]:
-    labels_a, labels_b = digits[:50], digits[50:100]
+def _online(model, digits: np.ndarray, figures: Path, temporal, steps: int, ood, spec: str = "mnist") -> dict[str, Any]:
+    """Serial dependence between pairs of (model-ready) ``digits``; tracking of raw digits rotating 2° per step."""
+    half = min(50, len(digits) // 2)
+    labels_a, labels_b = digits[:half], digits[half:2 * half]
     serial = temporal.serial_dependence(model, labels_a, labels_b, steps_a=min(100, steps), steps_b=min(100, steps))
     temporal.plot_serial_dependence(serial, figures / "serial_dependence.png")
-    frames = temporal.rotating_sequence(digits[:50].reshape(-1, 28, 28), 2.0, min(180, steps))
+    raw, centre = ood.mnist_test_inputs(spec, 50)
+    frames = temporal.rotating_sequence(raw.reshape(-1, 28, 28), 2.0, min(180, steps))
+    frames = frames if centre is None else frames - centre
     track = temporal.tracking(model, frames)
     temporal.plot_tracking(track, figures / "tracking.png")
     return {"serial_dependence": serial.to_dict(), "tracking": track.to_dict()}

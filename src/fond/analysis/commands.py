@@ -99,20 +99,25 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
         _plot_convergence(traces, png, t_train=int(info.get("train", {}).get("steps", 16)))
         return _write(out, kind, summary)
     if kind in ("classify", "ood"):
-        models = {}
+        models, specs = {}, set()
         for run in runs:
             model, spec, load_data, _ = _model_and_data(run)
-            if spec not in ("mnist", "mnist-test"):
+            if not str(spec).startswith("mnist"):
                 raise FondError(f"{run}: {kind} needs a model trained on MNIST (this one: {spec})")
             models[run.name] = model
-        data = load_data("mnist-test", n_train=train_samples, n_val=samples, seed=0)
+            specs.add("mnist-raw" if "raw" in spec else "mnist")
+        if len(specs) > 1:
+            raise FondError(f"{kind}: the runs were trained on centred and raw MNIST; compare like with like")
+        spec = specs.pop()
+        data = load_data(f"{spec}-test", n_train=train_samples, n_val=samples, seed=0)
         if kind == "classify":
             results = {name: classification.classification_over_steps(
                 model, data.train, data.train_labels, data.val, data.val_labels, steps=steps, seeds=tuple(seeds))
                 for name, model in models.items()}
             classification.plot_classification(results, png)
             return _write(out, kind, {name: r.to_dict() for name, r in results.items()})
-        sets = ood.ood_sets(data.val, steps=steps)
+        raw, centre = ood.mnist_test_inputs(spec, samples)
+        sets = ood.ood_sets(raw, steps=steps, centre=centre)
         results = {}
         for name, model in models.items():
             usable = sets if model.config.model not in ("pc", "lca", "ista", "fista", "savae", "iavae") else {
@@ -139,12 +144,21 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
         temporal.plot_contrast_latency(result, png)
         return _write(out, kind, result.to_dict())
     if kind == "serial":
-        result = temporal.serial_dependence(model, data.val[:50], data.val[50:100], steps_a=100, steps_b=100)
+        half = min(50, len(data.val) // 2)
+        if half < 1:
+            raise FondError(f"serial dependence needs at least 2 held-out inputs, {spec} has {len(data.val)}")
+        result = temporal.serial_dependence(model, data.val[:half], data.val[half:2 * half], steps_a=min(steps, 100),
+                                            steps_b=min(steps, 100))
         temporal.plot_serial_dependence(result, png)
         return _write(out, kind, result.to_dict())
     if kind == "tracking":
         side = _patch_side(model)
-        frames = temporal.rotating_sequence(data.val[:50].reshape(-1, *side), 2.0, min(steps, 180))
+        if str(spec).startswith("mnist"):
+            raw, centre = ood.mnist_test_inputs(spec, 50)
+            frames = temporal.rotating_sequence(raw.reshape(-1, *side), 2.0, min(steps, 180))
+            frames = frames if centre is None else frames - centre
+        else:
+            frames = temporal.rotating_sequence(data.val[:50].reshape(-1, *side), 2.0, min(steps, 180))
         result = temporal.tracking(model, frames)
         temporal.plot_tracking(result, png)
         return _write(out, kind, result.to_dict())

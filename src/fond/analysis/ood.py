@@ -23,7 +23,7 @@ import torch
 
 from fond.errors import DataError
 
-__all__ = ["OOD_SETS", "ood_sets", "rotate_images", "shift_images", "digits_8x8", "natural_28",
+__all__ = ["OOD_SETS", "mnist_test_inputs", "ood_sets", "rotate_images", "shift_images", "digits_8x8", "natural_28",
            "rotating_frames", "OODResult", "ood_evaluation", "plot_ood", "ood_table"]
 
 SIDE = 28
@@ -100,11 +100,13 @@ def rotating_frames(images: np.ndarray, steps: int, degrees_per_step: float = 1.
 
 
 def ood_sets(images: np.ndarray, *, n: int | None = None, seed: int = 0, steps: int = 1000,
-             degrees_per_step: float = 1.0, sets: Sequence[str] = OOD_SETS) -> dict[str, np.ndarray]:
-    """The test sets named in ``sets`` built from held-out MNIST ``images`` (N, 784): {name: array}.
+             degrees_per_step: float = 1.0, sets: Sequence[str] = OOD_SETS,
+             centre: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The test sets named in ``sets`` built from held-out raw MNIST ``images`` (N, 784) in [0, 1].
 
     Static sets are (n, 784); ``rotating`` is (steps, min(n, 100), 784) (an online sequence; capped at
-    100 digits to bound memory: 1000 steps × 100 × 784 floats = 314 MB).
+    100 digits to bound memory: 1000 steps × 100 × 784 floats = 314 MB). centre: (784,) subtracted from
+    every set after it is built (the mean training digit, for models trained on centred MNIST).
     """
     images = _check_images(images)
     n = len(images) if n is None else min(int(n), len(images))
@@ -129,7 +131,21 @@ def ood_sets(images: np.ndarray, *, n: int | None = None, seed: int = 0, steps: 
             out[name] = rotating_frames(images[:100], steps, degrees_per_step)
         else:
             raise DataError(f"unknown OOD set {name!r}; expected one of {OOD_SETS} (rotated-<deg> for any angle)")
+    if centre is not None:
+        centre = np.asarray(centre, dtype=np.float32).reshape(-1)
+        if centre.shape != (SIDE * SIDE,):
+            raise DataError(f"centre must have 784 values, got {centre.shape}")
+        out = {name: (x - centre).astype(np.float32) for name, x in out.items()}
     return out
+
+
+def mnist_test_inputs(spec: str, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """For a model trained on data ``spec`` (mnist, mnist-raw, ...): the first ``n`` raw test digits (n, 784)
+    in [0, 1] and the centre to subtract from anything built from them (None for raw-trained models)."""
+    from fond.data.mnist import load_mnist, mnist_mean
+
+    raw = load_mnist()["test"][0][:n]
+    return raw, (None if "raw" in str(spec) else mnist_mean())
 
 
 @dataclass

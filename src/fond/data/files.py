@@ -28,6 +28,9 @@ from fond.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "NATURAL_SIZES", "load_data", "load_image_folder", "load_npy_patches"]
 
+#: Data specs of MNIST (centred or raw; validation from the valid or the test split).
+MNIST_SPECS: tuple[str, ...] = ("mnist", "mnist-test", "mnist-raw", "mnist-raw-test")
+
 #: File suffixes (compared case-insensitively) read from an image folder.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -63,8 +66,9 @@ def load_data(
 
     Args:
         spec: one of
-            * ``"mnist"``: MNIST digits (784 inputs in [0, 1), labels; train from the 50k training digits,
-              val from the 10k validation digits) or ``"mnist-test"`` (val from the 10k test digits), see
+            * ``"mnist"``: MNIST digits (784 inputs, the mean training digit subtracted, labels; train from
+              the 50k training digits, val from the 10k validation digits), ``"mnist-test"`` (val from the
+              10k test digits), ``"mnist-raw"`` / ``"mnist-raw-test"`` (pixels in [0, 1), not centred); see
               :func:`fond.data.mnist.mnist_data`;
             * ``"color<N>"`` (4 ≤ N ≤ 64): whitened 3-channel N×N patches of the bundled colour photos;
               ``"cifar10:<dir>"`` (the binary CIFAR-10 a user has), ``"celeba[<N>]:<dir>"`` (aligned CelebA
@@ -89,11 +93,11 @@ def load_data(
     color = load_color_data(spec_str, n_train=n_train, n_val=n_val, seed=seed)
     if color is not None:
         return color
-    if spec_str in ("mnist", "mnist-test"):
+    if spec_str in MNIST_SPECS:
         from fond.data.mnist import mnist_data
 
-        return mnist_data(n_train=n_train, n_val=n_val, seed=seed,
-                          val_split="test" if spec_str == "mnist-test" else "valid")
+        return mnist_data(n_train=n_train, n_val=n_val, seed=seed, centre="raw" not in spec_str,
+                          val_split="test" if "test" in spec_str else "valid")
     match = _NATURAL_RE.fullmatch(spec_str)
     if match:
         size = int(match.group(1))
