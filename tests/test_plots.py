@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fond import plots
+from fond.errors import DataError
 from fond.plots import (
     _atom_order,
     plot_dictionary,
@@ -236,3 +237,21 @@ def test_plotting_never_touches_pyplot(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
     _assert_png(tmp_path / "p.png", min_side=100)
+
+
+def test_colour_atoms_tile_channels_last(tmp_path):
+    """A colour atom is shown as the RGB image its (h, w, c) row encodes: a pure red atom tiles red."""
+    from fond.plots import _dictionary_mosaic
+
+    atoms = np.zeros((4 * 4 * 3, 2))
+    atoms[0::3, 0] = 1.0  # channel 0 (red) of every pixel of atom 0
+    atoms[2::3, 1] = -1.0  # negative blue in atom 1
+    mosaic, nrows, ncols = _dictionary_mosaic(atoms, (4, 4, 3))
+    assert mosaic.shape == (4, 9, 3) and (nrows, ncols) == (1, 2)
+    np.testing.assert_allclose(mosaic[0, 0], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(mosaic[0, 5], [0.5, 0.5, 0.0])
+    assert plots.plot_dictionary(atoms, (4, 4, 3), tmp_path / "c.png").is_file()
+    x = np.random.default_rng(0).standard_normal((3, 48))
+    assert plots.plot_reconstructions(x, {"r": x / 2}, (4, 4, 3), tmp_path / "r.png").is_file()
+    with pytest.raises(DataError, match="needs D=48"):
+        plots.plot_dictionary(atoms[:40], (4, 4, 3), tmp_path / "bad.png")

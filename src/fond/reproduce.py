@@ -56,6 +56,7 @@ class ReproducePreset:
     probe_train: int = 5000
     probe_test: int = 1000
     probe_seeds: tuple[int, ...] = (0, 1, 2)
+    probe_every: int = 50
     ood_samples: int = 300
     latency_steps: int = 100
     time_limit_minutes: float | None = None
@@ -64,7 +65,9 @@ class ReproducePreset:
 
 
 REPRODUCE_PRESETS = {
-    "quick": ReproducePreset("quick", "quick", natural_iterations=500, mnist_iterations=500, time_limit_minutes=8.0),
+    "quick": ReproducePreset("quick", "quick", natural_iterations=500, mnist_iterations=500, natural_eval_samples=500,
+                             mnist_eval_samples=500, probe_train=2000, probe_test=500, probe_seeds=(0, 1),
+                             probe_every=100, time_limit_minutes=8.0),
     "paper": ReproducePreset("paper", "paper", natural_iterations=None, mnist_iterations=None,
                              natural_eval_samples=5000, mnist_eval_samples=10000, probe_train=50000,
                              probe_test=10000, probe_seeds=(0, 1, 2, 3, 4), ood_samples=2000, latency_steps=200),
@@ -206,7 +209,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
             log(f"MNIST: classification from {name}'s code over inference steps")
             results[name] = classification.classification_over_steps(
                 model, mnist.train, mnist.train_labels, mnist.val[: p.probe_test], mnist.val_labels[: p.probe_test],
-                steps=p.eval_steps, every=50, seeds=p.probe_seeds)
+                steps=p.eval_steps, every=p.probe_every, seeds=p.probe_seeds)
         classification.plot_classification(results, figures / "classification.png")
         return {name: r.to_dict() for name, r in results.items()}
 
