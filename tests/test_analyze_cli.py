@@ -76,7 +76,7 @@ def test_orderings_report_what_the_numbers_say():
            "results": {m: {"final": {"shifted": {"r2_rates": v}}} for m, v in
                        (("ipvae", 0.5), ("savae", 0.6), ("pvae", 0.1))}}
     verdicts = {o["claim"]: o["holds"] for o in _orderings(
-        natural, {"effects": effects}, short, natural[0], 0.6, 0.8, {}, ood,
+        natural, {"effects": effects}, short, natural[0], natural[0], 0.6, 0.8, {}, ood,
         {"fits": {"fraction_well_fit": 0.7}}, {"spearman_rho": -0.9, "spearman_p": 0.001})}
     assert verdicts["every iterative model beats its amortized counterpart on the rate–distortion frontier"] is False
     assert verdicts["larger β → more zeros, lower R²"] is True
