@@ -420,9 +420,13 @@ def _write_index(out: Path, p: ReproducePreset, natural_rows, folders, best_natu
     def title(model):
         return MODEL_TITLES.get(model, model)
 
+    run_minutes = sum(float(r.get("minutes") or 0.0) for r in [*natural_rows, *mnist_rows])
     lines = [f"# fond reproduce — preset `{p.name}`", "",
-             f"Computed by `fond reproduce --preset {p.name} --out {out}` in {minutes:.0f} minutes on this machine "
-             f"(torch {torch.__version__}, {torch.get_num_threads()} threads). Every number and figure below comes "
+             f"Computed by `fond reproduce --preset {p.name} --out {out}` on this machine (torch "
+             f"{torch.__version__}, {torch.get_num_threads()} threads): training and evaluating the "
+             f"{len(natural_rows) + len(mnist_rows)} runs took {run_minutes:.0f} minutes, this invocation "
+             f"{minutes:.0f} minutes (finished runs and analyses of earlier invocations are reused). Every number "
+             "and figure below comes "
              "from this run; the paper's numbers (van Hateren patches / MNIST, GPU training) are shown beside ours. "
              f"Configuration: [reproduce-config.json](reproduce-config.json); each run's own config, log and report "
              "are in its folder.", ""]
@@ -488,9 +492,11 @@ def _write_index(out: Path, p: ReproducePreset, natural_rows, folders, best_natu
               "![ood](figures/ood.png)", "", "### Online inference", ""]
     serial = online.get("serial_dependence", {})
     track = online.get("tracking", {})
-    lines += [f"Serial dependence: after 100 steps on digit A, the code for digit B is pulled toward A's code "
-              f"(bias index, 0 = none, 1 = A's code) by {_fmt(serial.get('bias_index'))} on average over the B "
-              f"period, {_fmt(serial.get('final_bias'))} at its end. Tracking a digit rotating 2° per step: lag "
+    lines += [f"Serial dependence: after {serial.get('steps_a')} steps on digit A, the code for digit B is pulled "
+              f"toward A's code (bias index, 0 = none, 1 = A's code) by {_fmt(serial.get('initial_bias'))} at the "
+              f"first step of B, decaying to half by step {_fmt(serial.get('half_decay_step'))} and to "
+              f"{_fmt(serial.get('final_bias'))} after {serial.get('steps_b')} steps. Tracking a digit rotating 2° "
+              "per step: lag "
               f"index {_fmt(track.get('lag_index'))} (R² against the previous frame minus against the current one).",
               "", "![serial](figures/serial_dependence.png)", "![tracking](figures/tracking.png)",
               "![raster](figures/raster.png)", "![dictionary](figures/dictionary_mnist.png)", ""]
