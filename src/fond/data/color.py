@@ -37,7 +37,7 @@ from fond.data.natural import (
     _check_f0,
     check_counts,
     derived_seeds,
-    sample_patches,
+    extract_patches,
 )
 from fond.errors import DataError
 
@@ -171,33 +171,6 @@ def _whitened_color_photo(name: str, f0: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_color_images(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Validate one (H, W, 3) array or a sequence of them; float32 C-contiguous copies."""
-    if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4):
-            raise DataError(f"colour images must be (H, W, 3) arrays, got an array of shape {images.shape}")
-        seq: Sequence[np.ndarray] = [images] if images.ndim == 3 else list(images)
-    else:
-        try:
-            seq = list(images)
-        except TypeError:
-            raise DataError(f"colour images must be (H, W, 3) arrays, got {type(images).__name__}") from None
-    if not seq:
-        raise DataError("no images to extract patches from")
-    out = []
-    for i, im in enumerate(seq):
-        arr = np.asarray(im)
-        if arr.ndim != 3 or arr.shape[2] != 3:
-            raise DataError(f"image {i} has shape {arr.shape}: expected a colour image (H, W, 3)")
-        if arr.dtype.kind not in "biuf":
-            raise DataError(f"image {i} has non-numeric dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise DataError(f"image {i} (shape {arr.shape}) contains NaN or Inf")
-        out.append(arr)
-    return out
-
-
 def extract_color_patches(
     images: np.ndarray | Sequence[np.ndarray],
     size: int,
@@ -222,21 +195,7 @@ def extract_color_patches(
     Returns:
         float32 array (n, size * size * 3); row k is patch k flattened in (h, w, c) order (channels last).
     """
-    size = _at_least(size, 2, "patch size")
-    n = _at_least(n, 1, "number of patches")
-    seed = _at_least(seed, 0, "seed")
-    if (
-        isinstance(min_std, bool)
-        or not isinstance(min_std, int | float | np.floating | np.integer)
-        or not (math.isfinite(min_std) and min_std >= 0)
-    ):
-        raise DataError(f"min_std must be a finite number ≥ 0, got {min_std!r}")
-    imgs = _as_color_images(images)
-    for i, im in enumerate(imgs):
-        if im.shape[0] < size or im.shape[1] < size:
-            raise DataError(f"image {i} of shape {im.shape} is smaller than the patch size {size}×{size}")
-
-    return sample_patches(imgs, size, n, seed, min_std)
+    return extract_patches(images, size, n, seed, min_std, channels=3)
 
 
 def color_patch_data_from_images(

@@ -288,13 +288,18 @@ def check_counts(n_train: int, n_val: int) -> tuple[int, int]:
     return _at_least(n_train, 1, "n_train"), _at_least(n_val, 1, "n_val")
 
 
-def _as_images(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Validate ``images`` (one 2-D array or a sequence of them) and return float32 C-contiguous copies."""
-    expected = "images must be a 2-D array or a sequence of 2-D arrays"
+def _as_images(images: np.ndarray | Sequence[np.ndarray], channels: int | None = None) -> list[np.ndarray]:
+    """Validate ``images`` (one image or a sequence of them) and return float32 C-contiguous copies.
+
+    channels None: grey 2-D images (H, W); an integer C: images (H, W, C), channels last.
+    """
+    ndim = 2 if channels is None else 3
+    what = "a 2-D grayscale array" if channels is None else f"an (H, W, {channels}) array"
+    expected = f"images must be {what} or a sequence of them"
     if isinstance(images, np.ndarray):
-        if images.ndim == 2:
+        if images.ndim == ndim:
             seq: Sequence[np.ndarray] = [images]
-        elif images.ndim == 3:
+        elif images.ndim == ndim + 1:
             seq = list(images)
         else:
             raise DataError(f"{expected}, got an array of shape {images.shape}")
@@ -308,8 +313,8 @@ def _as_images(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     out = []
     for i, im in enumerate(seq):
         arr = np.asarray(im)
-        if arr.ndim != 2:
-            raise DataError(f"image {i} has shape {arr.shape}: expected a 2-D grayscale array")
+        if arr.ndim != ndim or (channels is not None and arr.shape[2] != channels):
+            raise DataError(f"image {i} has shape {arr.shape}: expected {what}")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"image {i} has non-numeric dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -325,8 +330,11 @@ def extract_patches(
     n: int,
     seed: int,
     min_std: float = 0.0,
+    *,
+    channels: int | None = None,
 ) -> np.ndarray:
-    """Draw ``n`` random size×size patches from one or more 2-D images.
+    """Draw ``n`` random size×size patches from one or more 2-D images (or (H, W, C) images: ``channels=C``,
+    rows flattened channels last).
 
     Every valid top-left position of every image is equally likely (so an image is chosen with
     probability proportional to its number of valid positions); positions are drawn with replacement
@@ -354,7 +362,7 @@ def extract_patches(
         or not (math.isfinite(min_std) and min_std >= 0)
     ):
         raise DataError(f"min_std must be a finite number ≥ 0, got {min_std!r}")
-    imgs = _as_images(images)
+    imgs = _as_images(images, channels)
     for i, im in enumerate(imgs):
         if im.shape[0] < size or im.shape[1] < size:
             raise DataError(f"image {i} of shape {im.shape} is smaller than the patch size {size}×{size}")
