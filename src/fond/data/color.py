@@ -38,6 +38,7 @@ from fond.data.natural import (
     check_counts,
     derived_seeds,
     extract_patches,
+    patch_data_from_images,
 )
 from fond.errors import DataError
 
@@ -215,17 +216,8 @@ def color_patch_data_from_images(
     ``seed``), patches with std < ``min_std`` rejected, then one global factor applied to both so that the
     training patches have overall std 1. patch_shape is (size, size, 3).
     """
-    n_train, n_val = check_counts(n_train, n_val)
-    seed_train, seed_val = derived_seeds(seed)
-    train = extract_color_patches(train_images, size, n_train, seed_train, min_std=min_std)
-    val = extract_color_patches(val_images, size, n_val, seed_val, min_std=min_std)
-    std = float(train.std(dtype=np.float64))
-    if not std > 0:
-        raise DataError(f"training patches of {name!r} have zero variance")
-    scale = np.float32(1.0 / std)
-    train *= scale
-    val *= scale
-    return PatchData(train=train, val=val, patch_shape=(size, size, 3), name=name)
+    return patch_data_from_images(train_images, val_images, size=size, n_train=n_train, n_val=n_val, seed=seed,
+                                  name=name, min_std=min_std, channels=3)
 
 
 def color_patches(

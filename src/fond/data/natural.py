@@ -448,8 +448,10 @@ def patch_data_from_images(
     seed: int,
     name: str,
     min_std: float = MIN_PATCH_STD,
+    channels: int | None = None,
 ) -> PatchData:
-    """Draw train patches from ``train_images`` and val patches from ``val_images`` (already whitened).
+    """Draw train patches from ``train_images`` and val patches from ``val_images`` (already whitened;
+    grey (H, W), or (H, W, C) with ``channels=C``: patch_shape (size, size, C), rows channels last).
 
     Patches with std < ``min_std`` are rejected (see :func:`extract_patches`); train and val use
     different seeds derived from ``seed``. All patches are then multiplied by one global factor chosen
@@ -457,15 +459,16 @@ def patch_data_from_images(
     """
     n_train, n_val = check_counts(n_train, n_val)
     seed_train, seed_val = derived_seeds(seed)
-    train = extract_patches(train_images, size, n_train, seed_train, min_std=min_std)
-    val = extract_patches(val_images, size, n_val, seed_val, min_std=min_std)
+    train = extract_patches(train_images, size, n_train, seed_train, min_std=min_std, channels=channels)
+    val = extract_patches(val_images, size, n_val, seed_val, min_std=min_std, channels=channels)
     std = float(train.std(dtype=np.float64))
     if not std > 0:
         raise DataError(f"training patches of {name!r} have zero variance")
     scale = np.float32(1.0 / std)
     train *= scale
     val *= scale
-    return PatchData(train=train, val=val, patch_shape=(size, size), name=name)
+    shape = (size, size) if channels is None else (size, size, channels)
+    return PatchData(train=train, val=val, patch_shape=shape, name=name)
 
 
 def natural_patches(
