@@ -81,6 +81,9 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
     if kind == "frontier":
         rows = _rows(runs)
         frontier.plot_frontier(rows, png)
+        if any(len({r.get(k) for r in rows if r["model"] == m}) > 1 for m in {r["model"] for r in rows}
+               for k in ("beta", "t_train")):
+            frontier.plot_effects(rows, out / "frontier_effects.png")  # R², zeros, d against β and T_train
         return _write(out, kind, {"table": frontier.frontier_table(rows), "effects": frontier.summarize_effects(rows)})
     if kind == "convergence":
         from fond.evaluate import evaluate
