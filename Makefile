@@ -2,12 +2,13 @@
 #   make demo   set up .venv, train the quick iP-VAE on bundled natural-image patches, evaluate, report
 #   make test   set up .venv and run the test suite
 #   make family train iP-, iG_relu- and iG-VAE with the quick preset and print them side by side
+#   make reproduce  the paper's comparisons and analyses, quick preset (~40 min): runs/reproduce/index.md
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/quick
 
-.PHONY: venv demo family test test-fast lint clean
+.PHONY: venv demo family reproduce test test-fast lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ family: venv
 	$(VENV)/bin/fond train --model igvae-relu --data natural16 --preset quick --out runs/quick-igvae-relu
 	$(VENV)/bin/fond train --model igvae --data natural16 --preset quick --out runs/quick-igvae
 	$(VENV)/bin/fond compare runs/quick runs/quick-igvae-relu runs/quick-igvae
+
+reproduce: venv
+	$(VENV)/bin/fond reproduce --preset quick --out runs/reproduce
 
 test: venv
 	$(PY) -m pytest -n 2 -q
