@@ -84,3 +84,22 @@ def test_sequence_length_must_match_steps():
     """One frame per step: a sequence of the wrong length is named, not silently truncated."""
     with pytest.raises(DataError, match="one frame per step"):
         _model("ipvae").infer(torch.zeros(4, B, D), 3)
+
+
+@torch.no_grad()
+def test_frame_t_drives_step_t():
+    """Online input must feed frame t to step t: compare with the step function applied frame by frame."""
+    from fond.dynamics import fond_step
+
+    model = _model("ipvae")
+    frames = torch.stack([_x(10), _x(11), _x(12)])
+    res = model.infer(frames, 3, seed=4, trace=False, record=[1, 2, 3])
+    parts, gen = model.components(), torch.Generator().manual_seed(4)
+    family, fp, decoder = parts.family, parts.family_params, parts.decoder
+    state = family.initial_state(fp, B)
+    sample = family.sample(state, fp, gen, None)
+    for t, frame in enumerate(frames):
+        pullback = decoder.operators(frame, parts.inv_variance).pullback(family.activation(sample.value, fp))
+        state = fond_step(family, fp, state, sample, pullback, parts.bias)
+        sample = family.sample(state, fp, gen, None)
+        torch.testing.assert_close(res.history["rates"][t], family.mean_code(state, fp), rtol=0, atol=0)
