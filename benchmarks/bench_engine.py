@@ -16,6 +16,7 @@ import argparse
 import time
 
 import torch
+from bench_decoders import _best  # a sibling script: benchmarks/ is on sys.path when run
 
 import fond
 
@@ -48,15 +49,6 @@ def straightforward_rollout(model, x: torch.Tensor, steps: int, generator: torch
     return u
 
 
-def best_time(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", help="trained iP-VAE run directory (default: random model)")
@@ -75,8 +67,8 @@ def main() -> None:
     b, k, steps = x.shape[0], model.n_latents, args.steps
     rate = matmul_rate(b, k)
     floor = 2.0 * b * k * k / rate
-    fast = best_time(lambda: model.infer(x, steps, seed=0, trace=False)) / steps
-    slow = best_time(lambda: straightforward_rollout(model, x, steps, torch.Generator().manual_seed(0))) / steps
+    fast = _best(lambda: model.infer(x, steps, seed=0, trace=False), 3) / steps
+    slow = _best(lambda: straightforward_rollout(model, x, steps, torch.Generator().manual_seed(0)), 3) / steps
     print(f"B = {b}, K = {k}, D = {model.n_inputs}, {steps} steps, {torch.get_num_threads()} threads; "
           f"matrix-product rate {rate / 1e9:.0f} GFLOP/s")
     print("| path | ms/step | vs floor | vs straightforward |")

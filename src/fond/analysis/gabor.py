@@ -43,6 +43,7 @@ from scipy import ndimage
 from scipy.optimize import least_squares
 
 from fond.errors import ConfigError, DataError
+from fond.plots import _as_array
 from fond.plots import new_figure as _new_figure
 from fond.plots import save_figure as _save_atomic
 
@@ -68,16 +69,6 @@ _PARAM_NAMES = ("x0", "y0", "theta", "frequency", "sigma_x", "sigma_y", "phase",
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_array(a: Any, name: str) -> np.ndarray:
-    """``a`` as a float64 NumPy array (torch tensors are detached and moved to the CPU first)."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-    try:
-        return np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{name} must be a numeric array, got {type(a).__name__}") from exc
 
 
 def _check_patch_shape(patch_shape: Any) -> tuple[int, int]:

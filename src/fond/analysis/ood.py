@@ -88,15 +88,11 @@ def natural_28(n: int, seed: int = 0) -> np.ndarray:
 
 
 def rotating_frames(images: np.ndarray, steps: int, degrees_per_step: float = 1.0) -> np.ndarray:
-    """An online input: frame t shows the images rotated by t·``degrees_per_step``: (steps, N, 784) float32.
+    """An online input: frame t shows the images rotated by t·``degrees_per_step``: (steps, N, 784) float32
+    (``fond.analysis.temporal.rotating_sequence`` on MNIST-shaped images)."""
+    from fond.analysis.temporal import rotating_sequence
 
-    Rotations repeat every 360°, so at most 360/|degrees_per_step| distinct frames are computed.
-    """
-    images = _check_images(images)
-    angles = (np.arange(steps) * float(degrees_per_step)) % 360.0
-    unique, index = np.unique(np.round(angles, 6), return_inverse=True)
-    table = np.stack([rotate_images(images, a) for a in unique])
-    return table[index]
+    return rotating_sequence(_check_images(images), degrees_per_step, steps).astype(np.float32, copy=False)
 
 
 def ood_sets(images: np.ndarray, *, n: int | None = None, seed: int = 0, steps: int = 1000,

@@ -668,9 +668,13 @@ def rotating_sequence(images: Any, degrees_per_step: float, steps: int, *, mode:
     rate = float(degrees_per_step)
     if not math.isfinite(rate):
         raise ConfigError(f"degrees_per_step must be finite, got {degrees_per_step!r}")
-    return _sequence(arr, steps,
-                     lambda image, t: ndimage.rotate(image, t * rate, reshape=False, order=1, mode=mode),
-                     lambda t: (t * rate) % 360.0 == 0.0)
+    n, h, w = arr.shape
+    # each distinct angle is rotated once, for the whole batch (a 1000-step sequence repeats every 360°)
+    angles, frame_angle = np.unique((np.arange(steps) * rate) % 360.0, return_inverse=True)
+    table = np.stack([arr.copy() if angle == 0.0 else
+                      ndimage.rotate(arr, angle, axes=(2, 1), reshape=False, order=1, mode=mode)
+                      for angle in angles])
+    return table[frame_angle].reshape(steps, n, h * w)
 
 
 def shifting_sequence(images: Any, pixels_per_step: float | Iterable[float], steps: int, *,
