@@ -98,3 +98,44 @@ def test_number_of_terms_covers_the_tail():
     n = n_terms_for(rates, tail=1e-3)
     assert stats.poisson(12.0).sf(n) < 1e-3 <= stats.poisson(12.0).sf(n - 1)
     assert n_terms_for(rates, tail=1e-3, max_terms=5) == 5
+
+
+@pytest.mark.parametrize("indicator", ["sigmoid", "cubic", "straight_through"])
+@pytest.mark.parametrize("n_terms", [None, 12])
+def test_compiled_relaxed_sampler_equals_the_autograd_reference_on_the_same_draws(indicator, n_terms):
+    """The training engine's fused sampler (count and ∂count/∂r in one pass, no (…, n) tensors kept) must
+    give the value and the gradient that autograd of the written-out estimator gives on the same uniforms."""
+    from fond.families.kernels import uniforms_reference
+    from fond.families.poisson import _relaxed_from_uniforms, _term_table
+    from fond.families.sampling import draw_key
+
+    rates = torch.exp(torch.empty(50, 40, dtype=torch.float64).uniform_(-6, 3.2,
+                                                                         generator=torch.Generator().manual_seed(1)))
+    rates.requires_grad_(True)
+    weights = torch.randn(50, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z = relaxed_poisson(rates, 0.3, torch.Generator().manual_seed(3), indicator=indicator, n_terms=n_terms)
+    (grad,) = torch.autograd.grad((z * weights).sum(), rates)
+
+    key1, key2 = draw_key(torch.Generator().manual_seed(3))  # the key relaxed_poisson drew
+    n = rates.numel()
+    limits, sizes = _term_table(1e-3, 1024, n_terms)
+    terms = torch.as_tensor(sizes)[torch.bucketize(rates.detach().reshape(-1), torch.as_tensor(limits))]
+    width = int(terms.max())
+    counters = (np.arange(width, dtype=np.uint64)[None, :] * np.uint64(n) + np.arange(n, dtype=np.uint64)[:, None])
+    uniforms = 1.0 - torch.from_numpy(uniforms_reference(int(key1), int(key2), counters))  # kernel: −log(1 − u)
+    beyond = torch.arange(width)[None, :] >= terms[:, None]
+    uniforms[beyond] = 1e-300  # an element's unused terms: arrival times far past 1, contributing nothing
+    ref = _relaxed_from_uniforms(rates.reshape(-1), uniforms, 0.3, indicator).reshape(rates.shape)
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), rates)
+    assert torch.allclose(z.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    assert float(grad.abs().sum()) > 1.0  # a real gradient, not two zeros agreeing
+
+
+def test_compiled_relaxed_sampler_keeps_one_tensor_for_backward():
+    """Memory: the fused sampler saves one tensor of the rates' shape for the backward pass, whatever n_terms."""
+    saved = []
+    rates = torch.full((100, 30), 2.0, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        relaxed_poisson(rates, 0.3, torch.Generator().manual_seed(0), n_terms=64)
+    assert sum(saved) == rates.numel()

@@ -187,7 +187,9 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
                 traces[row["model"]] = {k: npz[k] for k in npz.files}
     _plot_convergence(traces, figures / "convergence.png", t_train=best_ip["t_train"], steps=p.eval_steps)
     ip_trace = traces.get("ipvae", {})
-    r2_at_t = float(ip_trace["r2_rates"][best_ip["t_train"] - 1]) if ip_trace else float("nan")
+    # (an evaluation shorter than T_train, as in a tiny test budget, has no reading at t = T_train)
+    at_t = best_ip["t_train"] - 1
+    r2_at_t = float(ip_trace["r2_rates"][at_t]) if ip_trace and at_t < len(ip_trace["r2_rates"]) else float("nan")
     r2_final = float(ip_trace["r2_rates"][-1]) if ip_trace else float("nan")
 
     # 3. V1 properties of the natural-image iP-VAE ----------------------------------------------------

@@ -87,10 +87,14 @@ def _rate_limits(tail: float) -> list[tuple[int, float]]:
 _LIMITS_CACHE: dict[float, list[tuple[int, float]]] = {}
 
 
-def _relaxed_counts(rates: Tensor, n: int, temperature: float, generator, indicator: str) -> Tensor:
-    uniforms = torch.rand((*rates.shape, n), generator=generator, dtype=rates.dtype, device=rates.device)
+def _relaxed_from_uniforms(rates: Tensor, uniforms: Tensor, temperature: float, indicator: str) -> Tensor:
+    """The relaxed count written out with autograd, from explicit uniforms (rates.shape + (n,)).
+
+    The reference the compiled sampler is tested against (same draws → same value and gradient), and
+    the path for tensors off the CPU. Materialises (…, n) tensors for the backward pass.
+    """
     # −log U is Exp(1); tiny(U) guards log(0) without biasing (P(U < tiny) is ~1e-38).
-    exp1 = -torch.log(uniforms.clamp_min(torch.finfo(rates.dtype).tiny))
+    exp1 = -torch.log(uniforms.clamp_min(torch.finfo(uniforms.dtype).tiny))
     arrival_times = torch.cumsum(exp1, dim=-1) / rates.unsqueeze(-1)
     margin = 1.0 - arrival_times
     if temperature == 0.0 or indicator == "straight_through":
@@ -104,6 +108,44 @@ def _relaxed_counts(rates: Tensor, n: int, temperature: float, generator, indica
         return _cubic_step(scaled).sum(-1)
     soft = torch.sigmoid(scaled).sum(-1)
     return hard + (soft - soft.detach())
+
+
+_INDICATOR_CODES = {"sigmoid": 0, "cubic": 1, "straight_through": 2}
+
+
+class _CompiledRelaxedPoisson(torch.autograd.Function):
+    """Relaxed counts from the compiled kernel; the backward multiplies by ∂count/∂r computed alongside,
+    so nothing of size (…, n_terms) is kept for the backward pass (one tensor of the rates' shape)."""
+
+    @staticmethod
+    def forward(ctx, rates, temperature, key1, key2, limits, sizes, indicator):  # noqa: D102
+        from fond.families.kernels import relaxed_counts
+        from fond.families.sampling import kernel_threads
+
+        flat = rates.detach().reshape(-1).contiguous()
+        counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
+        kernel_threads()
+        relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
+                       indicator)
+        ctx.save_for_backward(derivative.view(rates.shape))
+        return counts.view(rates.shape)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative, None, None, None, None, None, None
+
+
+def _term_table(tail: float, max_terms: int, n_terms: int | None) -> tuple:
+    """(limits, sizes) for the kernel: element of rate r takes the first size whose limit covers r."""
+    import numpy as np
+
+    if n_terms is not None:
+        return np.zeros(0), np.array([n_terms], dtype=np.int64)
+    if tail not in _LIMITS_CACHE:
+        _LIMITS_CACHE[tail] = _rate_limits(tail)
+    table = [(n, r) for n, r in _LIMITS_CACHE[tail] if n < max_terms]
+    return np.array([r for _, r in table]), np.array([n for n, _ in table] + [max_terms], dtype=np.int64)
 
 
 def relaxed_poisson(
@@ -129,33 +171,42 @@ def relaxed_poisson(
     smallest of 4, 8, 16, … terms (up to ``max_terms``) whose truncation probability at its own rate is
     below ``tail``: most rates are tiny, so this costs a fraction of sizing every element for the batch's
     largest rate, with the same per-element truncation guarantee.
+
+    On CPU (float32/float64) one compiled pass (``fond.families.kernels.relaxed_counts``) computes the
+    count and its derivative in the rate together, term by term, and stops an element's terms once its
+    arrival times are past 1 + 40τ (later terms add < 1e-17 each); the backward pass is one product.
+    Elsewhere the same estimator is written out with torch ops (``_relaxed_from_uniforms``).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
     if indicator not in INDICATORS:
         raise ValueError(f"unknown indicator {indicator!r}: expected one of {INDICATORS}")
-    if n_terms is not None:
-        return _relaxed_counts(rates, n_terms, temperature, generator, indicator)
-    if tail not in _LIMITS_CACHE:
-        _LIMITS_CACHE[tail] = _rate_limits(tail)
-    flat = rates.reshape(-1)
-    detached = flat.detach().contiguous()
-    if not torch.isfinite(detached).all():
+    detached = rates.detach()
+    if detached.numel() and not torch.isfinite(detached).all():
         raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
-    sizes = [n for n, _ in _LIMITS_CACHE[tail] if n < max_terms] + [max_terms]
-    limits = torch.tensor([r for n, r in _LIMITS_CACHE[tail] if n < max_terms], dtype=detached.dtype)
-    bucket = torch.bucketize(detached, limits.to(detached.device))  # element i needs sizes[bucket[i]] terms
-    counts = torch.bincount(bucket, minlength=len(sizes)).tolist()
-    order = torch.argsort(bucket, stable=True)
+    if rates.device.type == "cpu" and rates.dtype in (torch.float32, torch.float64):
+        from fond.families.sampling import draw_key
+
+        limits, sizes = _term_table(tail, max_terms, n_terms)
+        key1, key2 = draw_key(generator)
+        if temperature == 0.0:
+            hard = _CompiledRelaxedPoisson.apply(detached, 1.0, key1, key2, limits, sizes, 2)
+            return hard + 0.0 * rates if rates.requires_grad else hard
+        return _CompiledRelaxedPoisson.apply(rates, float(temperature), key1, key2, limits, sizes,
+                                             _INDICATOR_CODES[indicator])
+    if n_terms is not None:
+        uniforms = torch.rand((*rates.shape, n_terms), generator=generator, dtype=rates.dtype, device=rates.device)
+        return _relaxed_from_uniforms(rates, uniforms, temperature, indicator)
+    limits, sizes = _term_table(tail, max_terms, None)
+    flat = rates.reshape(-1)
+    bucket = torch.bucketize(flat.detach(), torch.as_tensor(limits, dtype=flat.dtype, device=flat.device))
     out = torch.zeros_like(flat)
-    begin = 0
-    for n, count in zip(sizes, counts, strict=True):
-        if count == 0:
-            continue
-        index = order[begin:begin + count]
-        begin += count
-        out = out.index_copy(0, index, _relaxed_counts(flat.index_select(0, index), n, temperature, generator,
-                                                        indicator))
+    for b, n in enumerate(sizes.tolist()):
+        index = torch.nonzero(bucket == b).flatten()
+        if index.numel():
+            uniforms = torch.rand((index.numel(), n), generator=generator, dtype=rates.dtype, device=rates.device)
+            out = out.index_copy(0, index, _relaxed_from_uniforms(flat.index_select(0, index), uniforms, temperature,
+                                                                  indicator))
     return out.reshape(rates.shape)
 
 

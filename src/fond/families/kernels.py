@@ -1,0 +1,172 @@
+"""Compiled (numba) kernels for the Poisson samplers: one pass over the elements, no scratch tensors.
+
+Random numbers come from a counter-based generator, so every element can draw its own uniforms in any
+order on any number of threads and the result depends only on the key: the 64 random bits of counter c
+under the 128-bit key (k₁, k₂) are ``mix(mix(k₁ + (c + 1)·γ) ⊕ k₂)``, ``mix`` the SplitMix64 finaliser
+and γ its golden-ratio increment (for fixed k₁ the inner values are SplitMix64's stream, which passes
+BigCrush; the outer keyed mix keeps streams of different keys independent even where their counter
+ranges overlap). A uniform is the top 53 bits times 2⁻⁵³, on the grid of ``torch.rand(dtype=float64)``.
+Element i's j-th uniform has counter ``j·n + i`` (n elements), so the first uniform of every element
+comes from one contiguous counter range. The wrappers in ``fond.families.sampling`` and
+``fond.families.poisson`` draw the key from a ``torch.Generator``, which makes results reproducible from
+the generator's state and advances it, like any torch sampler.
+
+``uniforms_reference`` recomputes the stream in NumPy: tests use it to check the kernels draw what this
+docstring says and to run a slow reference implementation on the very same draws.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_ONE = np.uint64(1)
+_TO_UNIT = 2.0**-53
+
+#: indicator codes of ``relaxed_counts``
+SIGMOID, CUBIC, STRAIGHT_THROUGH = 0, 1, 2
+
+
+@nb.njit(inline="always")
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@nb.njit(inline="always")
+def _uniform(key1, key2, counter):
+    """A uniform on [0, 1) with 53 random bits: the counter's draw under the key."""
+    return float(_mix(_mix(key1 + (counter + _ONE) * GAMMA) ^ key2) >> _S11) * _TO_UNIT
+
+
+def uniforms_reference(key1: int, key2: int, counters: np.ndarray) -> np.ndarray:
+    """The kernels' uniforms for ``counters`` (uint64 array), computed in NumPy (slow; for tests)."""
+    with np.errstate(over="ignore"):
+        c = np.asarray(counters, dtype=np.uint64)
+
+        def mix(z):
+            z = (z ^ (z >> _S30)) * _M1
+            z = (z ^ (z >> _S27)) * _M2
+            return z ^ (z >> _S31)
+
+        bits = mix(mix(np.uint64(key1) + (c + _ONE) * GAMMA) ^ np.uint64(key2))
+    return (bits >> _S11).astype(np.float64) * _TO_UNIT
+
+
+@nb.njit(inline="always")
+def _ptrs(lam, key1, key2, counter, stride):
+    """Hörmann's transformed rejection with squeeze (PTRS, 1993), exact for λ ≥ 10 — NumPy's algorithm.
+
+    Uniforms at counter, counter + stride, …; returns the count."""
+    slam = math.sqrt(lam)
+    loglam = math.log(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    log_invalpha = math.log(1.1239 + 1.1328 / (b - 3.4))
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    while True:
+        u = _uniform(key1, key2, counter) - 0.5
+        v = _uniform(key1, key2, counter + stride)
+        counter += stride + stride
+        us = 0.5 - abs(u)
+        if us == 0.0:  # u = −0.5 exactly (probability 2⁻⁵³): the transform is undefined, draw again
+            continue
+        k = math.floor((2.0 * a / us + b) * u + lam + 0.43)
+        if us >= 0.07 and v <= vr:
+            return k
+        if k < 0.0 or (us < 0.013 and v > us):
+            continue
+        if math.log(v) + log_invalpha - math.log(a / (us * us) + b) <= -lam + k * loglam - math.lgamma(k + 1.0):
+            return k
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no cover - compiled
+    """Exact Poisson(rates[i]) → out[i] for a flat array (float32/float64, finite, ≥ 0).
+
+    r < cutoff: inverse CDF of one uniform U, X = #{k : F(k) ≤ U} with F accumulated in float64; U < 1 − r
+    (≤ e^{−r}) settles the most common case, a zero, without an exponential. r ≥ cutoff (≥ 10): PTRS.
+    ``reciprocals[k]`` = 1/k (a table: a multiplication instead of a division per term).
+    """
+    n = rates.size
+    stride = np.uint64(n)
+    for i in nb.prange(n):
+        r = float(rates[i])
+        counter = np.uint64(i)
+        if r >= cutoff:
+            out[i] = _ptrs(r, key1, key2, counter + stride, stride)
+            continue
+        u = _uniform(key1, key2, counter)
+        if u < 1.0 - r:
+            out[i] = 0.0
+            continue
+        p = math.exp(-r)
+        s = p
+        k = 0
+        while u >= s and p > 0.0:  # p → 0 ends the (probability ~1e-16) case of U above the summed CDF
+            k += 1
+            p *= r * reciprocals[k] if k < reciprocals.size else r / k
+            s += p
+        out[i] = k
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, sizes,
+                   indicator):  # pragma: no cover - compiled
+    """Relaxed Poisson counts and their derivative in the rate, for a flat array of rates.
+
+    Arrival times T_j = S_j / r, S_j = Σ_{i≤j} E_i (E_i = −log(1 − U_i), Exp(1)); the count is
+    Σ_j g((1 − T_j)/τ) over the element's own number of terms (the first of ``sizes`` whose ``limits``
+    entry — the largest rate whose Poisson tail beyond that size is below the chosen tail mass — covers
+    r; the last size otherwise), and ∂count/∂r = Σ_j g'((1 − T_j)/τ)·T_j/(τ r). g: SIGMOID σ, CUBIC the
+    smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
+    the sigmoid's derivative. Terms stop early once T_j > 1 + 40τ (sigmoid: every later term adds < 1e-17;
+    cubic: exactly 0); a zero rate gives count 0 and derivative 0.
+    """
+    n = rates.size
+    stride = np.uint64(n)
+    inv_tau = 1.0 / temperature
+    stop = 1.0 + (temperature if indicator == CUBIC else 40.0 * temperature)
+    n_sizes = limits.size
+    for i in nb.prange(n):
+        r = float(rates[i])
+        if r <= 0.0:
+            counts[i] = 0.0
+            derivative[i] = 0.0
+            continue
+        terms = sizes[n_sizes]
+        for b in range(n_sizes):
+            if r <= limits[b]:
+                terms = sizes[b]
+                break
+        arrival = 0.0
+        soft = 0.0
+        slope = 0.0
+        hard = 0.0
+        counter = np.uint64(i)
+        for _ in range(terms):
+            arrival += -math.log1p(-_uniform(key1, key2, counter))
+            counter += stride
+            t = arrival / r
+            x = (1.0 - t) * inv_tau
+            if indicator == CUBIC:
+                s = min(max(0.5 * x + 0.5, 0.0), 1.0)
+                soft += s * s * (3.0 - 2.0 * s)
+                slope += 3.0 * s * (1.0 - s) * t
+            else:
+                g = 1.0 / (1.0 + math.exp(-x))
+                soft += g
+                slope += g * (1.0 - g) * t
+                if t < 1.0:
+                    hard += 1.0
+            if t > stop:
+                break
+        counts[i] = hard if indicator == STRAIGHT_THROUGH else soft
+        derivative[i] = slope * inv_tau / r
