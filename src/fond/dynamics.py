@@ -95,6 +95,19 @@ def _state_step_norm(new_state: State, state: State) -> Tensor:
     return torch.cat([a - b for a, b in zip(new_state, state, strict=True)], dim=-1).norm(dim=-1)
 
 
+def _fused_engine(parts: Components, ops, x: Tensor):
+    """The fused evaluation engine for this family and decoder (``fond.engine``), or None for the generic step."""
+    from fond.decoders import LinearDecoderOperators
+    from fond.families.poisson import PoissonFamily
+
+    if (isinstance(parts.family, PoissonFamily) and isinstance(ops, LinearDecoderOperators)
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.is_grad_enabled()):
+        from fond.engine import PoissonLinearEngine
+
+        return PoissonLinearEngine(parts.family, parts.family_params, parts.bias, ops.gram)
+    return None
+
+
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
             trace: bool = True, record=None) -> InferenceResult:
     """Run ``steps`` steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
@@ -104,7 +117,8 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
     ``decoder.operators`` (for a linear decoder Φᵀx/σ² and ΦᵀΣ⁻¹Φ, so a step is one (B×K)·(K×K) product;
     recomputed per frame for an online input). ``trace`` records the per-step means of
     ``InferenceResult.trace``; ``record`` (1-based steps) keeps the mean code and sample after those steps
-    in ``InferenceResult.history``. Call under ``torch.no_grad()``.
+    in ``InferenceResult.history``. Call under ``torch.no_grad()``. Poisson latents with a linear decoder
+    run on the fused engine (``fond.engine``; same draws, same results to rounding).
     """
     from fond.models.common import Recorder
 
@@ -116,15 +130,22 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
     state = tuple(s.clone() for s in family.initial_state(fp, frame.shape[0]))
     sample = family.sample(state, fp, generator, None)
     decoded = family.activation(sample.value, fp)
+    engine = _fused_engine(parts, ops, x)
+    if engine is not None:
+        engine.start(state[0])
     records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
     for t in range(steps):
         if online and t > 0:
             frame = x[t]
             ops = decoder.operators(frame, parts.inv_variance)
-        new_state = fond_step(family, fp, state, sample, ops.pullback(decoded), parts.bias)
-        rates = family.mean_code(new_state, fp)
-        sample = family.sample(new_state, fp, generator, None)
-        decoded = family.activation(sample.value, fp)
+        if engine is not None:
+            rates, decoded = engine.step(decoded, ops.drive, generator)
+            new_state = (engine.potentials(),) if trace else state
+        else:
+            new_state = fond_step(family, fp, state, sample, ops.pullback(decoded), parts.bias)
+            rates = family.mean_code(new_state, fp)
+            sample = family.sample(new_state, fp, generator, None)
+            decoded = family.activation(sample.value, fp)
         recorder(t + 1, rates, decoded)
         if trace:
             reconstruction = decoder(decoded)
@@ -140,7 +161,12 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
             records["rate_max"].append(float(rates.max()))
             records["saturated"].append(float(family.saturated(new_state, fp).float().mean()))
         state = new_state
-    rates = family.mean_code(state, fp)
+    if engine is not None:
+        state = (engine.potentials(),)
+        decoded = decoded.clone()
+        rates = engine.rates.clone()
+    else:
+        rates = family.mean_code(state, fp)
     return InferenceResult(
         rates=rates,
         spikes=decoded,

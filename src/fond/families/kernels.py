@@ -170,3 +170,41 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
                 break
         counts[i] = hard if indicator == STRAIGHT_THROUGH else soft
         derivative[i] = slope * inv_tau / r
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceiling, floor_factor, cutoff,
+                      reciprocals):  # pragma: no cover - compiled
+    """One iP-VAE state update in rate space, then an exact Poisson draw, fused (flat arrays, in place).
+
+    With E = e^{−u}: the soft-clamped update u ← c − softplus(c − max(u + Δu, floor)), Δu = c −
+    softplus(c − max(d, floor)), becomes E ← min(E·(min(e^{−d}, e^{−floor}) + e^{−c}), e^{−floor}) + e^{−c}
+    (``floor_factor`` = e^{−floor}, ``ceiling`` = e^{−c}): no transcendental left once ``exp_neg_drive`` =
+    e^{−d} is given. Writes E to ``inv_rates``, r = 1/E to ``rates`` and a Poisson(r) count to ``spikes``
+    (the same algorithm and stream as ``poisson_counts``).
+    """
+    n = rates.size
+    stride = np.uint64(n)
+    for i in nb.prange(n):
+        e = min(float(exp_neg_drive[i]), floor_factor) + ceiling
+        e = min(float(inv_rates[i]) * e, floor_factor) + ceiling
+        inv_rates[i] = e
+        r = 1.0 / float(inv_rates[i])
+        rates[i] = r
+        r = float(rates[i])  # the stored (float32) rate is the one sampled
+        counter = np.uint64(i)
+        if r >= cutoff:
+            spikes[i] = _ptrs(r, key1, key2, counter + stride, stride)
+            continue
+        u = _uniform(key1, key2, counter)
+        if u < 1.0 - r:
+            spikes[i] = 0.0
+            continue
+        p = math.exp(-r)
+        s = p
+        k = 0
+        while u >= s and p > 0.0:
+            k += 1
+            p *= r * reciprocals[k] if k < reciprocals.size else r / k
+            s += p
+        spikes[i] = k
