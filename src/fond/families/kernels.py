@@ -87,6 +87,30 @@ def _ptrs(lam, key1, key2, counter, stride):
             return k
 
 
+@nb.njit(inline="always")
+def _inverse_cdf(r, u, reciprocals):
+    """#{k ≥ 0 : F(k) ≤ u} for Poisson(r), F accumulated in float64 (p_k = p_{k−1}·(r·(1/k))).
+
+    The first three levels are evaluated without branching on u (most counts are 0–3, and a data-dependent
+    loop exit costs a mispredicted branch per element); the loop takes over only beyond F(3).
+    """
+    p = math.exp(-r)
+    s = p
+    count = 0.0
+    for k in range(1, 4):
+        count += 1.0 if u >= s else 0.0
+        p *= r * reciprocals[k]
+        s += p
+    if u >= s:
+        k = 3
+        while u >= s and p > 0.0:  # p → 0 ends the (probability ~1e-16) case of u above the summed CDF
+            k += 1
+            p *= r * reciprocals[k] if k < reciprocals.size else r / k
+            s += p
+        count = float(k)
+    return count
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no cover - compiled
     """Exact Poisson(rates[i]) → out[i] for a flat array (float32/float64, finite, ≥ 0).
@@ -104,17 +128,7 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
             out[i] = _ptrs(r, key1, key2, counter + stride, stride)
             continue
         u = _uniform(key1, key2, counter)
-        if u < 1.0 - r:
-            out[i] = 0.0
-            continue
-        p = math.exp(-r)
-        s = p
-        k = 0
-        while u >= s and p > 0.0:  # p → 0 ends the (probability ~1e-16) case of U above the summed CDF
-            k += 1
-            p *= r * reciprocals[k] if k < reciprocals.size else r / k
-            s += p
-        out[i] = k
+        out[i] = 0.0 if u < 1.0 - r else _inverse_cdf(r, u, reciprocals)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
@@ -128,7 +142,8 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     r; the last size otherwise), and ∂count/∂r = Σ_j g'((1 − T_j)/τ)·T_j/(τ r). g: SIGMOID σ, CUBIC the
     smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
     the sigmoid's derivative. Terms stop early once T_j > 1 + 40τ (sigmoid: every later term adds < 1e-17;
-    cubic: exactly 0); a zero rate gives count 0 and derivative 0.
+    cubic: exactly 0); a zero rate gives count 0 and derivative 0. Counts and derivatives below 1e-30
+    are stored as 0 (float32 denormals slow every later matrix product down by an order of magnitude).
     """
     n = rates.size
     stride = np.uint64(n)
@@ -168,8 +183,11 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
                     hard += 1.0
             if t > stop:
                 break
-        counts[i] = hard if indicator == STRAIGHT_THROUGH else soft
-        derivative[i] = slope * inv_tau / r
+        count = hard if indicator == STRAIGHT_THROUGH else soft
+        slope *= inv_tau / r
+        # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
+        counts[i] = count if count >= 1e-30 else 0.0
+        derivative[i] = slope if abs(slope) >= 1e-30 else 0.0
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
@@ -197,14 +215,4 @@ def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceili
             spikes[i] = _ptrs(r, key1, key2, counter + stride, stride)
             continue
         u = _uniform(key1, key2, counter)
-        if u < 1.0 - r:
-            spikes[i] = 0.0
-            continue
-        p = math.exp(-r)
-        s = p
-        k = 0
-        while u >= s and p > 0.0:
-            k += 1
-            p *= r * reciprocals[k] if k < reciprocals.size else r / k
-            s += p
-        spikes[i] = k
+        spikes[i] = 0.0 if u < 1.0 - r else _inverse_cdf(r, u, reciprocals)

@@ -1,0 +1,255 @@
+"""Speed measured against the machine's floor and a straightforward implementation, in the same run.
+
+``fond bench`` (and ``benchmarks/bench_engine.py``) print, for the iP-VAE at the paper's sizes:
+
+* inference, ms per step of a rollout without trace: fond's engine; the **floor**, one (B×K)·(K×K)
+  product at the float32 matrix-product rate measured now (best of several products); and a
+  **straightforward** step as research code writes it — autograd on, three products (Φz, Φᵀ(x − Φz)/σ²,
+  and the reconstruction of a second sample for the loss), two ``torch.poisson`` draws;
+* training, ms per iteration (unroll of T_train steps + backward) and the peak resident memory the
+  iteration adds to its process (measured in a fresh subprocess per variant): fond's ``unroll_loss``
+  against a straightforward unroll — autograd through the same dynamics, two relaxed samples per step
+  drawn with ``n_exp`` arrival times for every element (the paper's code; all (B, K, n_exp) tensors kept
+  for the backward pass), three products per step.
+
+Times are best-of-``repeats`` wall clock; every ratio compares numbers taken in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BenchRow", "matmul_rate", "straightforward_rollout", "straightforward_unroll_loss", "run_bench",
+           "format_table"]
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall-clock seconds of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_rate(batch: int, k: int, repeats: int = 20) -> float:
+    """Best observed float32 FLOP/s of a (batch×k)·(k×k) product on this machine now."""
+    a, b = torch.randn(batch, k), torch.randn(k, k)
+    out = torch.empty(batch, k)
+    return 2.0 * batch * k * k / best_time(lambda: torch.mm(a, b, out=out), repeats)
+
+
+def straightforward_rollout(model, x: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+    """The evaluation step as a direct transcription: autograd on, three products and two Poisson draws."""
+    fp = model.family_params()
+    phi = model.dictionary  # (D, K), requires grad
+    inv_var = torch.exp(-2.0 * model.log_sigma())
+    eta = torch.exp(fp["log_step_size"])
+    bias = torch.exp(model.log_bias)
+    u = fp["u_init"].expand(x.shape[0], -1)
+    for _ in range(steps):
+        z = torch.poisson(torch.exp(u), generator=generator)
+        error = (x - z @ phi.T) * inv_var
+        u = torch.clamp(u + eta * (error @ phi - bias), max=model.family.clamp_final)
+        z_loss = torch.poisson(torch.exp(u), generator=generator)
+        _ = ((x - z_loss @ phi.T) ** 2).sum()  # the reconstruction a loss would use
+    return u
+
+
+def _unfused_relaxed(rates: Tensor, n_exp: int, temperature: float, generator: torch.Generator) -> Tensor:
+    uniforms = torch.rand((*rates.shape, n_exp), generator=generator)
+    arrivals = torch.cumsum(-torch.log(uniforms), dim=-1) / rates.unsqueeze(-1)
+    return torch.sigmoid((1.0 - arrivals) / temperature).sum(-1)
+
+
+def straightforward_unroll_loss(model, x: Tensor, steps: int, *, beta: float, temperature: float, n_exp: int,
+                                generator: torch.Generator) -> Tensor:
+    """The training unroll as research code writes it: per step a relaxed sample (n_exp arrival times for
+    every element) drives the update, a second one is decoded for the loss; three products per step."""
+    fp = model.family_params()
+    phi = model.dictionary
+    log_sigma = model.log_sigma()
+    inv_var = torch.exp(-2.0 * log_sigma)
+    eta = torch.exp(fp["log_step_size"])
+    bias = torch.exp(model.log_bias)
+    c = model.family.clamp_final
+    u = fp["u_init"].expand(x.shape[0], -1)
+    total = x.new_zeros(())
+    for _ in range(steps):
+        z = _unfused_relaxed(torch.exp(u), n_exp, temperature, generator)
+        error = (x - z @ phi.T) * inv_var
+        u_new = c - torch.nn.functional.softplus(c - (u + eta * (error @ phi - bias)))
+        z_loss = _unfused_relaxed(torch.exp(u_new), n_exp, temperature, generator)
+        nll = 0.5 * (((x - z_loss @ phi.T) ** 2) * inv_var).sum(-1) + log_sigma.sum()
+        rate = torch.exp(u_new)
+        kl = (rate * (torch.expm1(u - u_new) + (u_new - u))).sum(-1)
+        total = total + (nll + beta * kl).mean()
+        u = u_new
+    return total / steps
+
+
+@dataclass
+class BenchRow:
+    """One measured configuration: ms per step (inference) or per iteration (training), and ratios."""
+
+    kind: str
+    batch: int
+    latents: int
+    inputs: int
+    steps: int
+    fond_ms: float
+    floor_ms: float
+    baseline_ms: float
+    fond_peak_mb: float | None = None
+    baseline_peak_mb: float | None = None
+
+    @property
+    def vs_floor(self) -> float:
+        return self.fond_ms / self.floor_ms
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_ms / self.fond_ms
+
+
+def _model(run: str | None, inputs: int, latents: int):
+    import fond
+
+    if run:
+        model = fond.load(run)
+        if model.n_inputs != inputs or model.n_latents != latents:
+            raise ValueError(f"{run} has D = {model.n_inputs}, K = {model.n_latents}; asked for D = {inputs}, "
+                             f"K = {latents}")
+        return model
+    return fond.IPVAE(inputs, latents, init_scale=0.05, seed=0)
+
+
+def _inputs(run: str | None, batch: int, inputs: int, seed: int = 0) -> Tensor:
+    if run and inputs == 256:
+        from fond.data import load_data
+
+        return torch.as_tensor(load_data("natural16", n_train=10, n_val=batch).val)
+    return torch.randn(batch, inputs, generator=torch.Generator().manual_seed(seed))
+
+
+def _training_call(variant: str, model, x: Tensor, steps: int, beta: float, temperature: float,
+                   n_exp: int) -> Callable[[], None]:
+    def fond_iteration() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model.unroll_loss(x, steps, beta=beta, temperature=temperature, clamp_fraction=1.0,
+                                generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+
+    def baseline_iteration() -> None:
+        model.zero_grad(set_to_none=True)
+        loss = straightforward_unroll_loss(model, x, steps, beta=beta, temperature=temperature, n_exp=n_exp,
+                                           generator=torch.Generator().manual_seed(0))
+        loss.backward()
+
+    return fond_iteration if variant == "fond" else baseline_iteration
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _peak_child(spec: str) -> None:
+    """Subprocess entry: one training iteration of ``spec``'s variant; prints the peak RSS it added (MB)."""
+    args = json.loads(spec)
+    torch.set_num_threads(args["threads"])
+    model = _model(args["run"], args["inputs"], args["latents"])
+    x = _inputs(args["run"], args["batch"], args["inputs"])
+    call = _training_call(args["variant"], model, x, args["steps"], args["beta"], args["temperature"],
+                          args["n_exp"])
+    with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS (Linux ≥ 4.0)
+        f.write("5")
+    before = _status_mb("VmRSS")
+    call()
+    print(json.dumps({"peak_mb": max(0.0, _status_mb("VmHWM") - before)}))
+
+
+def _peak_mb(variant: str, **args) -> float | None:
+    spec = json.dumps({"variant": variant, "threads": torch.get_num_threads(), **args})
+    code = "import sys; from fond.bench import _peak_child; _peak_child(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def run_bench(run: str | None = None, *, inference_batch: int = 1000, train_batch: int = 200, latents: int = 512,
+              inputs: tuple[int, ...] = (256, 784), inference_steps: int = 100, train_steps: int = 16,
+              beta: float = 24.0, temperature: float = 0.5, n_exp: int = 30, repeats: int = 3,
+              memory: bool = True, log: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Measure every row of the table (see the module docstring). ``run``: a trained iP-VAE for realistic
+    rates (its D must be in ``inputs``; other D use a fresh model). Returns the rows."""
+    rows: list[BenchRow] = []
+    say = log or (lambda _msg: None)
+    for d in inputs:
+        try:
+            model, source = _model(run, d, latents), run
+        except ValueError:  # the run's D differs: a fresh model of this size
+            model, source = _model(None, d, latents), None
+        # inference
+        x = _inputs(source, inference_batch, d)
+        rate = matmul_rate(inference_batch, latents)
+        floor = 2.0 * inference_batch * latents * latents / rate
+        say(f"inference B={inference_batch} K={latents} D={d}: matrix-product rate {rate / 1e9:.0f} GFLOP/s")
+        with torch.no_grad():
+            fast = best_time(lambda: model.infer(x, inference_steps, seed=0, trace=False), repeats) / inference_steps
+        slow = best_time(lambda: straightforward_rollout(model, x, inference_steps, torch.Generator().manual_seed(0)),
+                         repeats) / inference_steps
+        rows.append(BenchRow("inference", inference_batch, latents, d, inference_steps, fast * 1e3, floor * 1e3,
+                             slow * 1e3))
+        # training
+        xt = _inputs(source, train_batch, d)
+        rate = matmul_rate(train_batch, latents)
+        # forward: Φz (B·K·D) and the pull-back (B·D·K) per step; backward: twice the forward's products
+        floor = 3 * 2 * (2.0 * train_batch * latents * d) * train_steps / rate
+        say(f"training B={train_batch} K={latents} D={d} T_train={train_steps}")
+        fast = best_time(_training_call("fond", model, xt, train_steps, beta, temperature, n_exp), repeats)
+        slow = best_time(_training_call("baseline", model, xt, train_steps, beta, temperature, n_exp), repeats)
+        peaks = {}
+        if memory:
+            for variant in ("fond", "baseline"):
+                peaks[variant] = _peak_mb(variant, run=source, inputs=d, latents=latents, batch=train_batch,
+                                          steps=train_steps, beta=beta, temperature=temperature, n_exp=n_exp)
+        rows.append(BenchRow("training", train_batch, latents, d, train_steps, fast * 1e3, floor * 1e3, slow * 1e3,
+                             peaks.get("fond"), peaks.get("baseline")))
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """A Markdown table of the rows, with the floor and straightforward-baseline ratios."""
+    lines = ["| kind | B | K | D | steps | fond ms | floor ms | fond / floor | straightforward ms | speed-up "
+             "| peak MB fond | peak MB straightforward | memory ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        unit = "/step" if r.kind == "inference" else "/iteration"
+        mem = ("", "", "")
+        if r.fond_peak_mb is not None and r.baseline_peak_mb is not None:
+            ratio = r.baseline_peak_mb / r.fond_peak_mb if r.fond_peak_mb > 0 else math.inf
+            mem = (f"{r.fond_peak_mb:.0f}", f"{r.baseline_peak_mb:.0f}", f"{ratio:.1f}×")
+        lines.append(f"| {r.kind} {unit} | {r.batch} | {r.latents} | {r.inputs} | {r.steps} | {r.fond_ms:.2f} | "
+                     f"{r.floor_ms:.2f} | {r.vs_floor:.1f}× | {r.baseline_ms:.2f} | {r.speedup:.1f}× | "
+                     f"{mem[0]} | {mem[1]} | {mem[2]} |")
+    return "\n".join(lines)
+
+
+def rows_to_json(rows: list[BenchRow]) -> list[dict]:
+    return [{**asdict(r), "vs_floor": r.vs_floor, "speedup": r.speedup} for r in rows]
