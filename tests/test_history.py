@@ -102,4 +102,5 @@ def test_frame_t_drives_step_t():
         pullback = decoder.operators(frame, parts.inv_variance).pullback(family.activation(sample.value, fp))
         state = fond_step(family, fp, state, sample, pullback, parts.bias)
         sample = family.sample(state, fp, gen, None)
-        torch.testing.assert_close(res.history["rates"][t], family.mean_code(state, fp), rtol=1e-5, atol=1e-6)  # fused engine: rounding differs
+        # (the fused engine computes the same clamps in rate space: equal up to float32 rounding)
+        torch.testing.assert_close(res.history["rates"][t], family.mean_code(state, fp), rtol=1e-5, atol=1e-6)

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -61,10 +62,17 @@ def straightforward_rollout(model, x: Tensor, steps: int, generator: torch.Gener
     for _ in range(steps):
         z = torch.poisson(torch.exp(u), generator=generator)
         error = (x - z @ phi.T) * inv_var
-        u = torch.clamp(u + eta * (error @ phi - bias), max=model.family.clamp_final)
+        u = _clamped_update(model.family, u, eta * (error @ phi - bias))
         z_loss = torch.poisson(torch.exp(u), generator=generator)
         _ = ((x - z_loss @ phi.T) ** 2).sum()  # the reconstruction a loss would use
     return u
+
+
+def _clamped_update(family, u: Tensor, du: Tensor) -> Tensor:
+    """The family's rule written out: soft upper clamp c − softplus(c − ·) after the floor, on Δu then on u."""
+    c, floor = family.clamp_final, family.floor
+    du = c - torch.nn.functional.softplus(c - du.clamp_min(floor))
+    return c - torch.nn.functional.softplus(c - (u + du).clamp_min(floor))
 
 
 def _unfused_relaxed(rates: Tensor, n_exp: int, temperature: float, generator: torch.Generator) -> Tensor:
@@ -83,13 +91,12 @@ def straightforward_unroll_loss(model, x: Tensor, steps: int, *, beta: float, te
     inv_var = torch.exp(-2.0 * log_sigma)
     eta = torch.exp(fp["log_step_size"])
     bias = torch.exp(model.log_bias)
-    c = model.family.clamp_final
     u = fp["u_init"].expand(x.shape[0], -1)
     total = x.new_zeros(())
     for _ in range(steps):
         z = _unfused_relaxed(torch.exp(u), n_exp, temperature, generator)
         error = (x - z @ phi.T) * inv_var
-        u_new = c - torch.nn.functional.softplus(c - (u + eta * (error @ phi - bias)))
+        u_new = _clamped_update(model.family, u, eta * (error @ phi - bias))
         z_loss = _unfused_relaxed(torch.exp(u_new), n_exp, temperature, generator)
         nll = 0.5 * (((x - z_loss @ phi.T) ** 2) * inv_var).sum(-1) + log_sigma.sum()
         rate = torch.exp(u_new)
@@ -136,10 +143,12 @@ def _model(run: str | None, inputs: int, latents: int):
 
 
 def _inputs(run: str | None, batch: int, inputs: int, seed: int = 0) -> Tensor:
-    if run and inputs == 256:
+    """Held-out natural patches (D = 256) or centred MNIST digits (D = 784) for a trained run; else noise."""
+    if run and inputs in (256, 784):
         from fond.data import load_data
 
-        return torch.as_tensor(load_data("natural16", n_train=10, n_val=batch).val)
+        spec = "natural16" if inputs == 256 else "mnist"
+        return torch.as_tensor(load_data(spec, n_train=10, n_val=batch).val, dtype=torch.float32)
     return torch.randn(batch, inputs, generator=torch.Generator().manual_seed(seed))
 
 
@@ -210,9 +219,8 @@ def run_bench(run: str | None = None, *, inference_batch: int = 1000, train_batc
         rate = matmul_rate(inference_batch, latents)
         floor = 2.0 * inference_batch * latents * latents / rate
         say(f"inference B={inference_batch} K={latents} D={d}: matrix-product rate {rate / 1e9:.0f} GFLOP/s")
-        with torch.no_grad():
-            fast = best_time(lambda: model.infer(x, inference_steps, seed=0, trace=False), repeats) / inference_steps
-        slow = best_time(lambda: straightforward_rollout(model, x, inference_steps, torch.Generator().manual_seed(0)),
+        fast = best_time(partial(model.infer, x, inference_steps, seed=0, trace=False), repeats) / inference_steps
+        slow = best_time(partial(straightforward_rollout, model, x, inference_steps, torch.Generator().manual_seed(0)),
                          repeats) / inference_steps
         rows.append(BenchRow("inference", inference_batch, latents, d, inference_steps, fast * 1e3, floor * 1e3,
                              slow * 1e3))

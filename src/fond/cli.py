@@ -144,7 +144,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="print the evaluations of several runs side by side (Markdown table)")
     cp.add_argument("runs", type=Path, nargs="+", help="run directories evaluated by `fond train` or `fond eval`")
+
+    bn = sub.add_parser("bench", help="time inference steps and training iterations against the machine's floor "
+                                      "and a straightforward implementation (Markdown table)")
+    bn.add_argument("run", type=Path, nargs="?",
+                    help="a trained iP-VAE run for realistic rates (default: a fresh model)")
+    bn.add_argument("--batch", type=_positive_int, default=1000, help="inference batch B")
+    bn.add_argument("--train-batch", type=_positive_int, default=200, help="training batch B")
+    bn.add_argument("--latents", type=_positive_int, default=512, help="K")
+    bn.add_argument("--inputs", type=_positive_int, nargs="+", default=[256, 784], help="D values to measure")
+    bn.add_argument("--steps", type=_positive_int, default=100, help="inference steps timed")
+    bn.add_argument("--train-steps", type=_positive_int, default=16, help="T_train of the timed iteration")
+    bn.add_argument("--n-exp", type=_positive_int, default=30,
+                    help="arrival times per element in the straightforward relaxed sampler (the paper's code)")
+    bn.add_argument("--repeats", type=_positive_int, default=3, help="timings per entry (the best is kept)")
+    bn.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    bn.add_argument("--json", type=Path, help="also write the rows as JSON here")
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fond.bench import format_table, rows_to_json, run_bench
+
+    if args.run is not None:
+        import fond
+        from fond.families.poisson import PoissonFamily
+
+        model = fond.load(args.run)
+        if not isinstance(getattr(model, "family", None), PoissonFamily) or model.dictionary is None:
+            raise FondError(f"{args.run}: fond bench measures iP-VAE runs with a linear decoder")
+    rows = run_bench(str(args.run) if args.run else None, inference_batch=args.batch, train_batch=args.train_batch,
+                     latents=args.latents, inputs=tuple(args.inputs), inference_steps=args.steps,
+                     train_steps=args.train_steps, n_exp=args.n_exp, repeats=args.repeats, memory=not args.no_memory,
+                     log=lambda msg: print(f"fond: {msg}", file=sys.stderr))
+    print(f"{torch_threads()} threads; times are the best of {args.repeats}")
+    print(format_table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows_to_json(rows), indent=2))
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _train_config(args: argparse.Namespace):
@@ -328,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_analyze(args)
         if args.command == "reproduce":
             return cmd_reproduce(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         return cmd_eval(args)
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)

@@ -109,7 +109,7 @@ def _fused_engine(parts: Components, ops, x: Tensor):
 
 
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-            trace: bool = True, record=None) -> InferenceResult:
+            trace: bool = True, record=None, fused: bool = True) -> InferenceResult:
     """Run ``steps`` steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
 
     x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t−1] drives step t (the trace's
@@ -118,7 +118,7 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
     recomputed per frame for an online input). ``trace`` records the per-step means of
     ``InferenceResult.trace``; ``record`` (1-based steps) keeps the mean code and sample after those steps
     in ``InferenceResult.history``. Call under ``torch.no_grad()``. Poisson latents with a linear decoder
-    run on the fused engine (``fond.engine``; same draws, same results to rounding).
+    run on the fused engine (``fond.engine``; same draws, same results to rounding) unless ``fused=False``.
     """
     from fond.models.common import Recorder
 
@@ -130,7 +130,7 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
     state = tuple(s.clone() for s in family.initial_state(fp, frame.shape[0]))
     sample = family.sample(state, fp, generator, None)
     decoded = family.activation(sample.value, fp)
-    engine = _fused_engine(parts, ops, x)
+    engine = _fused_engine(parts, ops, x) if fused else None
     if engine is not None:
         engine.start(state[0])
     records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}

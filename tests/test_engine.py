@@ -1,0 +1,120 @@
+"""The fused evaluation engine (``fond.engine``) against the generic FOND step on the same draws."""
+
+import numpy as np
+import pytest
+import torch
+
+from fond import IGVAE, IPVAE, IterativeVAE
+from fond.dynamics import _fused_engine, rollout
+
+
+def _model(scale: float = 0.3):
+    model = IPVAE(16, 24, seed=3, init_scale=scale).double()
+    with torch.no_grad():
+        model.log_bias.fill_(-1.5)
+    return model
+
+
+def _x(n=40, scale=1.0):
+    return torch.from_numpy(np.random.default_rng(0).standard_normal((n, 16)) * scale)
+
+
+def _both(model, x, steps, **kw):
+    parts = model.components()
+    with torch.no_grad():
+        fast = rollout(parts, x, steps, generator=torch.Generator().manual_seed(7), **kw)
+        slow = rollout(parts, x, steps, generator=torch.Generator().manual_seed(7), fused=False, **kw)
+    return fast, slow
+
+
+def test_fused_step_equals_the_generic_step_on_the_same_draws():
+    """The rate-space rewrite of the clamped update (E = e^{−u}) is exact: float64 rollouts of 60 steps give
+    the same spikes, rates, potentials and per-step trace as fond_step, draw for draw."""
+    fast, slow = _both(_model(), _x(), 60, record=[1, 30, 60])
+    assert torch.equal(fast.spikes, slow.spikes)
+    torch.testing.assert_close(fast.rates, slow.rates, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fast.state["u"], slow.state["u"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.history["rates"], slow.history["rates"], rtol=1e-12, atol=1e-14)
+    for key in slow.trace:
+        np.testing.assert_allclose(fast.trace[key], slow.trace[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    assert float(fast.spikes.sum()) > 0  # spiking, so the draws really were compared
+
+
+def test_fused_step_saturates_exactly_like_the_soft_clamps():
+    """Inputs 1000× too strong drive every neuron into both soft clamps and the hard floor: the engine's
+    bounds (rates ≤ e^c) must agree with the family's softplus clamps, not just stay finite."""
+    fast, slow = _both(_model(), _x(scale=1e3), 20)
+    c = _model().family.clamp(1.0)
+    assert float(fast.rates.max()) <= np.exp(c) * (1 + 1e-12)
+    floor = _model().family.floor  # the floor, then the upper soft clamp: floor − log(1 + e^{floor − c})
+    assert float(fast.state["u"].min()) >= floor - np.log1p(np.exp(floor - c)) - 1e-12
+    assert float(fast.state["u"].min()) < floor + 1e-6  # the floor was reached
+    torch.testing.assert_close(fast.state["u"], slow.state["u"], rtol=1e-10, atol=1e-10)
+    assert torch.equal(fast.spikes, slow.spikes)
+
+
+def test_fused_online_input_equals_generic():
+    """An online input changes the drive every frame; the engine must pick up each frame's drive."""
+    frames = torch.stack([_x(30) * s for s in (0.5, 1.0, 2.0, 1.0, 0.3)])
+    fast, slow = _both(_model(), frames, 5, trace=False, record=[1, 2, 3, 4, 5])
+    torch.testing.assert_close(fast.history["rates"], slow.history["rates"], rtol=1e-12, atol=1e-14)
+    assert torch.equal(fast.history["spikes"], slow.history["spikes"])
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    (lambda: IPVAE(16, 8), True),
+    (lambda: IterativeVAE(16, 8, model="ipvae", decoder="mlp", decoder_hidden=8), False),
+    (lambda: IGVAE(16, 8), False),
+])
+def test_engine_only_for_poisson_with_a_linear_decoder(model, expected):
+    """The engine is a specialisation: other families or decoders keep the generic step."""
+    m = model()
+    parts = m.components()
+    x = _x(4).float()
+    with torch.no_grad():
+        ops = parts.decoder.operators(x, parts.inv_variance)
+        assert (_fused_engine(parts, ops, x) is not None) == expected
+    with torch.enable_grad():  # with autograd on, the engine (which bypasses it) is never used
+        assert _fused_engine(parts, ops, x) is None
+
+
+def _reference_relaxed(rates, temperature, generator=None, *, indicator="sigmoid", n_terms=None, tail=1e-3,
+                       max_terms=1024):
+    """The slow path: autograd through the written-out relaxed sampler on the compiled kernel's own draws."""
+    from fond.families.kernels import uniforms_reference
+    from fond.families.poisson import _relaxed_from_uniforms, _term_table
+    from fond.families.sampling import draw_key
+
+    key1, key2 = draw_key(generator)
+    n = rates.numel()
+    limits, sizes = _term_table(tail, max_terms, n_terms)
+    terms = torch.as_tensor(sizes)[torch.bucketize(rates.detach().reshape(-1), torch.as_tensor(limits))]
+    width = int(terms.max())
+    counters = np.arange(width, dtype=np.uint64)[None, :] * np.uint64(n) + np.arange(n, dtype=np.uint64)[:, None]
+    uniforms = 1.0 - torch.from_numpy(uniforms_reference(int(key1), int(key2), counters))
+    uniforms[torch.arange(width)[None, :] >= terms[:, None]] = 1e-300
+    return _relaxed_from_uniforms(rates.reshape(-1), uniforms.to(rates.dtype), temperature, indicator).reshape(
+        rates.shape)
+
+
+def test_training_gradient_of_the_fast_path_equals_the_slow_path(monkeypatch):
+    """Issue 6: the training engine (compiled sampler, one saved tensor per sample) must give the BPTT gradient of
+    the unfused autograd implementation on the same random draws, for every parameter, over a 6-step unroll."""
+    import fond.families.poisson as poisson
+
+    model, x = _model(), _x(20)
+
+    def grads():
+        model.zero_grad()
+        out = model.unroll_loss(x, 6, beta=3.0, temperature=0.3, clamp_fraction=0.5,
+                                generator=torch.Generator().manual_seed(11))
+        out.loss.backward()
+        return float(out.loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    fast_loss, fast = grads()
+    monkeypatch.setattr(poisson, "relaxed_poisson", _reference_relaxed)
+    slow_loss, slow = grads()
+    assert fast_loss == pytest.approx(slow_loss, rel=1e-12)
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-9, atol=1e-12, msg=name)
+    assert float(fast["decoder.dictionary"].abs().sum()) > 0
