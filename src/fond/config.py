@@ -288,7 +288,8 @@ def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainCon
     schedule differs (β and clamp ramps stretched so the network does not fall silent, temperature
     annealed to near-hard spikes so 1000-step evaluation stays stable, T_train 32 for iP-VAE).
     MNIST (``data="mnist"``): batch 100, T_train/β 128/128 (iP-VAE), 64/64 (iG-VAE), 32/32 (iG_relu-VAE)
-    for ``paper`` (300 epochs of 50k digits); ``quick`` uses T_train 32 and β 32 for every iterative model (β/T_train as in the paper).
+    for ``paper`` (300 epochs of 50k digits); ``quick`` uses T_train 32 and β 32 for every iterative model
+    (β/T_train as in the paper).
     """
     _check_model_name(model)
     mnist = data_kind(data) == "mnist"
