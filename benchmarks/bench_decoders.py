@@ -12,7 +12,6 @@ ms per step (best of ``--repeats``) and the ratio to linear; then the same for o
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -20,12 +19,9 @@ import fond
 
 
 def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    from fond.bench import best_time
+
+    return best_time(fn, repeats)
 
 
 def main() -> None:

@@ -111,6 +111,15 @@ def _inverse_cdf(r, u, reciprocals):
     return count
 
 
+@nb.njit(inline="always")
+def _poisson_draw(r, key1, key2, counter, stride, cutoff, reciprocals):
+    """One exact Poisson(r) count from the element's counters (counter, counter + stride, …)."""
+    if r >= cutoff:
+        return _ptrs(r, key1, key2, counter + stride, stride)
+    u = _uniform(key1, key2, counter)
+    return 0.0 if u < 1.0 - r else _inverse_cdf(r, u, reciprocals)
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no cover - compiled
     """Exact Poisson(rates[i]) → out[i] for a flat array (float32/float64, finite, ≥ 0).
@@ -122,13 +131,7 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
     n = rates.size
     stride = np.uint64(n)
     for i in nb.prange(n):
-        r = float(rates[i])
-        counter = np.uint64(i)
-        if r >= cutoff:
-            out[i] = _ptrs(r, key1, key2, counter + stride, stride)
-            continue
-        u = _uniform(key1, key2, counter)
-        out[i] = 0.0 if u < 1.0 - r else _inverse_cdf(r, u, reciprocals)
+        out[i] = _poisson_draw(float(rates[i]), key1, key2, np.uint64(i), stride, cutoff, reciprocals)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
@@ -209,10 +212,5 @@ def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceili
         inv_rates[i] = e
         r = 1.0 / float(inv_rates[i])
         rates[i] = r
-        r = float(rates[i])  # the stored (float32) rate is the one sampled
-        counter = np.uint64(i)
-        if r >= cutoff:
-            spikes[i] = _ptrs(r, key1, key2, counter + stride, stride)
-            continue
-        u = _uniform(key1, key2, counter)
-        spikes[i] = 0.0 if u < 1.0 - r else _inverse_cdf(r, u, reciprocals)
+        # the stored (float32) rate is the one sampled
+        spikes[i] = _poisson_draw(float(rates[i]), key1, key2, np.uint64(i), stride, cutoff, reciprocals)
