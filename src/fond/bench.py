@@ -185,6 +185,9 @@ def _peak_child(spec: str) -> None:
     x = _inputs(args["run"], args["batch"], args["inputs"])
     call = _training_call(args["variant"], model, x, args["steps"], args["beta"], args["temperature"],
                           args["n_exp"])
+    # warm-up on two inputs: one-time costs (kernel compilation or cache load, torch's lazy init) stay out
+    _training_call(args["variant"], model, x[:2], 2, args["beta"], args["temperature"], args["n_exp"])()
+    model.zero_grad(set_to_none=True)
     with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS (Linux ≥ 4.0)
         f.write("5")
     before = _status_mb("VmRSS")
