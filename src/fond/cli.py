@@ -177,17 +177,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      latents=args.latents, inputs=tuple(args.inputs), inference_steps=args.steps,
                      train_steps=args.train_steps, n_exp=args.n_exp, repeats=args.repeats, memory=not args.no_memory,
                      log=lambda msg: print(f"fond: {msg}", file=sys.stderr))
-    print(f"{torch_threads()} threads; times are the best of {args.repeats}")
+    import torch
+
+    print(f"{torch.get_num_threads()} threads; times are the best of {args.repeats}")
     print(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows_to_json(rows), indent=2))
     return 0
 
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _train_config(args: argparse.Namespace):
@@ -361,19 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     previous = signal.signal(signal.SIGTERM, _terminate) if argv is None else None
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "sweep":
-            return cmd_sweep(args)
-        if args.command == "analyze":
-            return cmd_analyze(args)
-        if args.command == "reproduce":
-            return cmd_reproduce(args)
-        if args.command == "bench":
-            return cmd_bench(args)
-        return cmd_eval(args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "sweep": cmd_sweep,
+                    "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench}
+        return commands[args.command](args)
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)
         return 2
