@@ -143,15 +143,18 @@ def test_global_rng_untouched():
 
 # The kernel draws exactly the documented counter-based stream: zero counts are u < e^{-r} with u the reference
 # uniform of the element's counter, so the documentation of the generator is checked, not just its statistics.
-def test_kernel_uses_the_documented_stream():
+# Rates on both sides of the unrolled levels' switch (1.5) and the loop beyond them: every count must be
+# the inverse CDF of the element's own reference uniform.
+@pytest.mark.parametrize("rate", [0.7, 1.49, 1.5, 6.0, 19.0])
+def test_kernel_uses_the_documented_stream(rate):
     from fond.families import kernels
 
-    rates = np.full(50_000, 0.7, dtype=np.float64)
+    rates = np.full(50_000, rate, dtype=np.float64)
     out = np.empty_like(rates)
     key1, key2 = np.uint64(12345), np.uint64(67890)
     kernels.poisson_counts(rates, out, key1, key2, 20.0, sampling._RECIPROCALS)
     u = kernels.uniforms_reference(12345, 67890, np.arange(rates.size, dtype=np.uint64))
-    cdf = stats.poisson.cdf(np.arange(10), 0.7)
+    cdf = stats.poisson.cdf(np.arange(80), rate)
     expected = (u[:, None] >= cdf[None, :]).sum(1)
     assert np.array_equal(out, expected)
 

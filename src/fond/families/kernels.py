@@ -91,18 +91,26 @@ def _ptrs(lam, key1, key2, counter, stride):
 def _inverse_cdf(r, u, reciprocals):
     """#{k ≥ 0 : F(k) ≤ u} for Poisson(r), F accumulated in float64 (p_k = p_{k−1}·(r·(1/k))).
 
-    The first three levels are evaluated without branching on u (most counts are 0–3, and a data-dependent
-    loop exit costs a mispredicted branch per element); the loop takes over only beyond F(3).
+    The first levels are evaluated without branching on u (a data-dependent loop exit costs a mispredicted
+    branch per element): three for r < 1.5 (most counts 0–3), eight above; the loop takes over beyond.
     """
     p = math.exp(-r)
     s = p
     count = 0.0
-    for k in range(1, 4):
-        count += 1.0 if u >= s else 0.0
-        p *= r * reciprocals[k]
-        s += p
+    if r < 1.5:
+        for k in range(1, 4):
+            count += 1.0 if u >= s else 0.0
+            p *= r * reciprocals[k]
+            s += p
+        levels = 3
+    else:
+        for k in range(1, 9):
+            count += 1.0 if u >= s else 0.0
+            p *= r * reciprocals[k]
+            s += p
+        levels = 8
     if u >= s:
-        k = 3
+        k = levels
         while u >= s and p > 0.0:  # p → 0 ends the (probability ~1e-16) case of u above the summed CDF
             k += 1
             p *= r * reciprocals[k] if k < reciprocals.size else r / k
