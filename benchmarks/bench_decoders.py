@@ -16,12 +16,7 @@ import argparse
 import torch
 
 import fond
-
-
-def _best(fn, repeats: int) -> float:
-    from fond.bench import best_time
-
-    return best_time(fn, repeats)
+from fond.bench import best_time as _best
 
 
 def main() -> None:

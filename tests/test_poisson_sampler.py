@@ -152,7 +152,7 @@ def test_kernel_uses_the_documented_stream(rate):
     rates = np.full(50_000, rate, dtype=np.float64)
     out = np.empty_like(rates)
     key1, key2 = np.uint64(12345), np.uint64(67890)
-    kernels.poisson_counts(rates, out, key1, key2, 20.0, sampling._RECIPROCALS)
+    kernels.poisson_counts(rates, out, key1, key2, 20.0, sampling.RECIPROCALS)
     u = kernels.uniforms_reference(12345, 67890, np.arange(rates.size, dtype=np.uint64))
     cdf = stats.poisson.cdf(np.arange(80), rate)
     expected = (u[:, None] >= cdf[None, :]).sum(1)

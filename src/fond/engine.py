@@ -34,7 +34,7 @@ class PoissonLinearEngine:
     """
 
     def __init__(self, family, params, bias: Tensor, gram: Tensor) -> None:
-        from fond.families.sampling import _RECIPROCALS
+        from fond.families.sampling import RECIPROCALS, SMALL_RATE_CUTOFF
 
         step = torch.exp(params["log_step_size"]).reshape(())
         self.step_size = step
@@ -43,8 +43,8 @@ class PoissonLinearEngine:
         c = family.clamp(1.0)
         self.ceiling = math.exp(-c)
         self.floor_factor = math.exp(-family.floor)
-        self.reciprocals = _RECIPROCALS
-        self.cutoff = 20.0
+        self.reciprocals = RECIPROCALS
+        self.cutoff = SMALL_RATE_CUTOFF
         self._drive = None
         self._neg_drive: Tensor | None = None
 

@@ -24,14 +24,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_SMALL_RATE_CUTOFF", "MAX_SMALL_RATE_CUTOFF", "draw_key", "poisson_tail_cutoff", "sample_poisson"]
+__all__ = ["MIN_SMALL_RATE_CUTOFF", "MAX_SMALL_RATE_CUTOFF", "SMALL_RATE_CUTOFF", "RECIPROCALS", "draw_key",
+           "poisson_tail_cutoff", "sample_poisson"]
 
 #: ``small_rate_cutoff`` range: PTRS is exact only for r ≥ 10, and the inverse-CDF loop takes ≈ r
 #: iterations (measured: it beats PTRS per element up to r ≈ 20).
 MIN_SMALL_RATE_CUTOFF = 10.0
 MAX_SMALL_RATE_CUTOFF = 64.0
 
-_RECIPROCALS = np.concatenate([[0.0], 1.0 / np.arange(1, 257, dtype=np.float64)])
+#: default ``small_rate_cutoff``, shared with the fused evaluation step (``fond.engine``)
+SMALL_RATE_CUTOFF = 20.0
+#: 1/k for the inverse-CDF loop (a multiplication instead of a division per term)
+RECIPROCALS = np.concatenate([[0.0], 1.0 / np.arange(1, 257, dtype=np.float64)])
 
 
 def _validate_rates(rates: Tensor) -> tuple[float, float]:
@@ -69,7 +73,7 @@ def sample_poisson(
     rates: Tensor,
     generator: torch.Generator | None = None,
     *,
-    small_rate_cutoff: float = 20.0,
+    small_rate_cutoff: float = SMALL_RATE_CUTOFF,
 ) -> Tensor:
     """Exact Poisson(rates) draws, same shape/dtype/device as rates (float tensor of integer values).
 
@@ -100,7 +104,7 @@ def sample_poisson(
         out = torch.empty_like(flat)
         key1, key2 = draw_key(generator)
         kernel_threads()
-        poisson_counts(flat.numpy(), out.numpy(), key1, key2, float(small_rate_cutoff), _RECIPROCALS)
+        poisson_counts(flat.numpy(), out.numpy(), key1, key2, float(small_rate_cutoff), RECIPROCALS)
         return out.view(rates.shape).to(rates.dtype)
 
 
