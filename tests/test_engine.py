@@ -78,6 +78,86 @@ def test_engine_only_for_poisson_with_a_linear_decoder(model, expected):
         assert _fused_engine(parts, ops, x) is None
 
 
+needs_onednn = pytest.mark.skipif(not hasattr(torch.ops.onednn, "qlinear_prepack"),
+                                  reason="this torch build has no oneDNN quantised linear")
+
+
+@needs_onednn
+def test_limb_product_is_as_accurate_as_a_float32_product():
+    """Four int8 limbs with exact int32 sums must lose no more than float32 itself: the evaluation engine
+    swaps its one product for this one, so a coarser product would change every rollout."""
+    from fond.engine import LimbProduct
+
+    gen = torch.Generator().manual_seed(0)
+    k = 512
+    weight = torch.randn(k, k, generator=gen) * torch.logspace(-3, 1, k)[None, :]  # columns of very unequal size
+    counts = torch.poisson(torch.rand(200, k, generator=gen) * 3.0, generator=gen)
+    counts[0, :] = 255.0  # the largest count the uint8 matrix holds
+    exact = counts.double() @ weight.double()
+    limbs = LimbProduct(weight).accumulate(counts.to(torch.uint8), torch.zeros(200, k))
+    float_error = (counts @ weight - exact).abs()
+    limb_error = (limbs.double() - exact).abs()
+    scale = counts.double().abs() @ weight.double().abs()
+    assert float(limb_error.max()) <= 2.0 * float(float_error.max())
+    assert float((limb_error / scale).max()) < 1e-6
+    one_limb = LimbProduct(weight, limbs=1).accumulate(counts.to(torch.uint8), torch.zeros(200, k))
+    assert float((one_limb.double() - exact).abs().max()) > 100 * float(float_error.max())  # limbs matter
+
+
+def _engines(model, x, first_sample):
+    from fond.engine import PoissonLinearEngine
+
+    parts = model.components()
+    ops = parts.decoder.operators(x, parts.inv_variance)
+    out = []
+    for product in ("float", "limbs"):
+        engine = PoissonLinearEngine(parts.family, parts.family_params, parts.bias, ops.gram, product=product)
+        engine.start(parts.family.initial_state(parts.family_params, x.shape[0])[0])
+        out.append((engine, ops.drive))
+    return out
+
+
+@needs_onednn
+def test_limb_engine_steps_like_the_float_engine():
+    """Same draws, same state: the limb-product engine's rates agree with the float engine's to float32
+    rounding and its spikes are the same counts (a rounding-level rate change flips a count only when U
+    falls within ~1e-6 of a CDF level)."""
+    model = IPVAE(16, 64, seed=3, init_scale=0.05)
+    with torch.no_grad():
+        x = _x(300).float()
+        z = torch.poisson(torch.full((300, 64), 0.8), generator=torch.Generator().manual_seed(1))
+        (fe, drive), (le, _) = _engines(model, x, z)
+        for step in range(3):
+            zf = z if step == 0 else fe.spikes
+            zl = z if step == 0 else le.spikes
+            rf, sf = fe.step(zf, drive, torch.Generator().manual_seed(step))
+            rl, sl = le.step(zl, drive, torch.Generator().manual_seed(step))
+            assert le._small_valid and le.small_counts.dtype == torch.uint8
+            torch.testing.assert_close(rl, rf, rtol=1e-5, atol=1e-6)
+            assert float((sl != sf).float().mean()) < 1e-3
+            assert float(sf.sum()) > 0
+
+
+@needs_onednn
+def test_limb_engine_takes_the_float_product_for_counts_above_255():
+    """A uint8 spike matrix cannot hold a count of 300: such a step must use the float product (and say so
+    through the overflow count), not wrap the count around modulo 256."""
+    model = IPVAE(16, 32, seed=3, init_scale=0.3)
+    with torch.no_grad():
+        x = _x(20).float()
+        (fe, drive), (le, _) = _engines(model, x, None)
+        z = torch.zeros(20, 32)
+        z[3, 5] = 300.0  # too large for uint8
+        assert le._small(z) is None
+        rf, _ = fe.step(z, drive, torch.Generator().manual_seed(0))
+        rl, _ = le.step(z, drive, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(rl, rf, rtol=0, atol=0)  # both took the float product
+        le.inv_rates.fill_(1e-4)  # rates 1e4: counts far above 255 on the next draw
+        le.step(le.spikes, drive, torch.Generator().manual_seed(1))
+        assert not le._small_valid and float(le.spikes.max()) > 255
+        assert int(le.small_counts.max()) == 255  # saturated, never wrapped
+
+
 def _reference_relaxed(rates, temperature, generator=None, *, indicator="sigmoid", n_terms=None, tail=1e-3,
                        max_terms=1024):
     """The slow path: autograd through the written-out relaxed sampler on the compiled kernel's own draws."""

@@ -12,6 +12,13 @@ which is the family's rule u ← c − softplus(c − max(u + Δu, floor)), Δu 
 rewritten exactly (c − softplus(c − y) = −log(e^{−y} + e^{−c})). ``PoissonLinearEngine`` is what
 ``rollout`` uses when the family and the decoder's operators allow it; results equal the generic path
 to floating-point rounding on the same draws (``tests/test_engine.py``).
+
+The product. Spike counts are small integers, so z·W can run on the CPU's integer matrix units (AMX-INT8)
+with W split into four int8 limbs, W ≈ s·(q₁ + q₂/2⁷ + q₃/2¹⁴ + q₄/2²¹) per output column (s = max|W|/127):
+each limb's product is accumulated exactly in int32 and the four are scaled and summed in float32 — as
+accurate as a float32 product (W is kept to 2⁻²⁸ of its column maximum) and, on this machine, about four
+times faster (BENCHMARKS.md). ``LimbProduct`` does it; the engine uses it for float32 models on CPUs with
+AMX (``product="auto"``) and falls back to the float product for a step whose counts exceed 255.
 """
 
 from __future__ import annotations
@@ -21,7 +28,53 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["PoissonLinearEngine"]
+__all__ = ["LimbProduct", "PoissonLinearEngine", "limb_product_available"]
+
+#: int8 limbs W is split into (relative resolution 2⁻⁷ each; four keep 2⁻²⁸ of the column maximum)
+LIMBS = 4
+#: largest count the uint8 spike matrix holds; a step with a larger count uses the float product
+MAX_SMALL_COUNT = 255
+
+
+def limb_product_available() -> bool:
+    """Whether this CPU runs int8 products on AMX tiles and torch exposes oneDNN's quantised linear."""
+    try:
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")
+                and bool(torch.cpu._is_amx_tile_supported()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class LimbProduct:
+    """out += z·W for counts z (B, K) in uint8 and a float weight W (K, N), on int8 matrix units.
+
+    W's columns are split into ``LIMBS`` int8 limbs with power-of-two scales (s, s/2⁷, s/2¹⁴, …), each
+    limb's product accumulates exactly in int32 (|z·q| ≤ 255·127·K < 2²⁴ for K ≤ 512, so the conversion to
+    float32 is exact too) and is added to ``out`` with one oneDNN call (a "sum" post-op, in place).
+    """
+
+    def __init__(self, weight: Tensor, limbs: int = LIMBS) -> None:
+        if weight.ndim != 2 or weight.shape[0] > 512:
+            raise ValueError(f"LimbProduct needs a (K, N) weight with K ≤ 512, got {tuple(weight.shape)}")
+        columns = weight.detach().t().to(torch.float64)  # (N, K): oneDNN's linear computes z·Wᵀ
+        scale = (columns.abs().amax(1) / 127.0).to(torch.float32).to(torch.float64)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        residual = columns.clone()
+        self.packed, self.scales = [], []
+        for _ in range(limbs):
+            q = torch.round(residual / scale[:, None]).clamp_(-127, 127)
+            residual -= q * scale[:, None]
+            self.packed.append(torch.ops.onednn.qlinear_prepack(q.to(torch.int8).contiguous(), None))
+            self.scales.append(scale.to(torch.float32))
+            scale = scale / 128.0
+        self.zero_points = torch.zeros(weight.shape[1], dtype=torch.int64)
+
+    def accumulate(self, counts: Tensor, out: Tensor) -> Tensor:
+        """out (B, N) float32 += counts (B, K) uint8 · W, in place; returns out."""
+        for packed, scale in zip(self.packed, self.scales, strict=True):
+            torch.ops.onednn.qlinear_pointwise.binary(counts, 1.0, 0, packed, scale, self.zero_points, out, None,
+                                                      1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
+        return out
 
 
 class PoissonLinearEngine:
@@ -30,10 +83,12 @@ class PoissonLinearEngine:
     ``family``: a PoissonFamily; ``params``: its tensors (``log_step_size``); ``bias``: b (K,).
     ``start(u)`` takes the initial potentials (B, K); each ``step(z, drive)`` maps the previous sample z
     (B, K) and the current drive Φᵀx/σ² (B, K) to (rates, spikes) of the new state; ``potentials()``
-    returns u = −log E. Tensors are reused between steps: copy what you keep.
+    returns u = −log E. Tensors are reused between steps: copy what you keep. ``product``: "float" (one
+    addmm), "limbs" (``LimbProduct``; float32 only) or "auto" (limbs for float32 where
+    ``limb_product_available()``, else float).
     """
 
-    def __init__(self, family, params, bias: Tensor, gram: Tensor) -> None:
+    def __init__(self, family, params, bias: Tensor, gram: Tensor, product: str = "auto") -> None:
         from fond.families.sampling import RECIPROCALS, SMALL_RATE_CUTOFF
 
         step = torch.exp(params["log_step_size"]).reshape(())
@@ -47,12 +102,34 @@ class PoissonLinearEngine:
         self.cutoff = SMALL_RATE_CUTOFF
         self._drive = None
         self._neg_drive: Tensor | None = None
+        if product not in ("auto", "float", "limbs"):
+            raise ValueError(f"product must be 'auto', 'float' or 'limbs', got {product!r}")
+        if product == "auto":
+            small_enough = gram.shape[0] <= 512  # int32 sums of 255·127·K stay exact in float32
+            product = "limbs" if gram.dtype == torch.float32 and small_enough and limb_product_available() else "float"
+        if product == "limbs" and gram.dtype != torch.float32:
+            raise ValueError(f"the limb product needs a float32 model, got {gram.dtype}")
+        self.product = product
+        self.limbs = LimbProduct(self.scaled_gram) if product == "limbs" else None
 
     def start(self, u: Tensor) -> None:
         self.inv_rates = torch.exp(-u).contiguous()
         self.rates = torch.empty_like(self.inv_rates)
         self.spikes = torch.empty_like(self.inv_rates)
         self.work = torch.empty_like(self.inv_rates)
+        shape = self.inv_rates.shape if self.limbs is not None else (0,)
+        self.small_counts = torch.empty(shape, dtype=torch.uint8)
+        self._small_valid = False
+
+    def _small(self, z: Tensor) -> Tensor | None:
+        """z as uint8 counts if the limb product can take it, else None."""
+        if self.limbs is None:
+            return None
+        if z is self.spikes:
+            return self.small_counts if self._small_valid else None
+        if bool(((z >= 0) & (z <= MAX_SMALL_COUNT) & (z == torch.round(z))).all()):  # e.g. the initial sample
+            return z.to(torch.uint8)
+        return None
 
     def step(self, z: Tensor, drive: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         from fond.families.kernels import poisson_rate_step
@@ -61,13 +138,20 @@ class PoissonLinearEngine:
         if drive is not self._drive:  # −η(drive − b), once per input frame
             self._drive = drive
             self._neg_drive = (self.step_size * (self.bias - drive)).contiguous()
-        torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)  # −d
+        small = self._small(z)
+        if small is not None:
+            self.work.copy_(self._neg_drive)
+            self.limbs.accumulate(small, self.work)  # −d
+        else:
+            torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)  # −d
         self.work.exp_()
         key1, key2 = draw_key(generator)
         kernel_threads()
-        poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(), self.rates.view(-1).numpy(),
-                          self.spikes.view(-1).numpy(), key1, key2, self.ceiling, self.floor_factor, self.cutoff,
-                          self.reciprocals)
+        overflow = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
+                                     self.rates.view(-1).numpy(), self.spikes.view(-1).numpy(),
+                                     self.small_counts.view(-1).numpy(), key1, key2, self.ceiling, self.floor_factor,
+                                     self.cutoff, self.reciprocals)
+        self._small_valid = self.limbs is not None and overflow == 0
         return self.rates, self.spikes
 
     def potentials(self) -> Tensor:

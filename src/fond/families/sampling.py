@@ -8,8 +8,9 @@ exponential arrival times a truncated (relaxed) sampler needs.
 
 Algorithm (CPU). Element i with rate r < ``small_rate_cutoff`` is inverted from ONE uniform U with
 53 random bits (the grid of ``torch.rand(dtype=float64)``): X = #{k ≥ 0 : F(k) ≤ U}, F the Poisson(r)
-CDF accumulated in float64 from p_k = p_{k−1}·r/k. Since e^{−r} ≥ 1 − r, U < 1 − r proves X = 0
-without an exponential — most elements stop there. Rates ≥ the cutoff use Hörmann's transformed
+CDF accumulated in float64 from p_k = p_{k−1}·r/k, evaluated in SIMD passes without branching on the
+data: the first 12 levels for every element with r < 6, then the first 32 for the (≈ 5 %) elements left,
+then a scalar loop for the rest (see ``kernels.CHUNK``). Rates ≥ the cutoff use Hörmann's transformed
 rejection with squeeze (PTRS, exact for r ≥ 10; NumPy's large-rate algorithm). So every count is
 Poisson(r) up to the float64 rounding of the CDF (≲ 1e-15 absolute). The uniforms come from a
 counter-based generator keyed by 126 random bits drawn from the given ``torch.Generator``: the same
