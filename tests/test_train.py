@@ -136,3 +136,20 @@ def test_quick_ipvae_preset_unrolls_32_steps_on_natural_images_only():
     assert preset("quick", "ipvae").steps == 32
     assert preset("quick", "igvae").steps == 16 and preset("quick", "igvae-relu").steps == 16
     assert preset("quick", "ipvae", "mnist").steps == 32 and preset("paper", "ipvae").steps == 16
+
+
+def test_run_configuration_reads_back_what_the_run_was_trained_with(tmp_path):
+    """`fond train --resume DIR` rebuilds the run from its checkpoint alone: the stored train and model
+    configurations must read back equal, or the resumed run would be refused (or, worse, differ)."""
+    from fond.train import run_configuration
+
+    mc = ModelConfig(n_inputs=16, n_latents=12, init_scale=0.05, family_options={"clamp_final": 6.0})
+    cfg = _cfg(iterations=6, time_limit_minutes=3.0)
+    train(_data(), cfg, tmp_path / "r", model_config=mc, data_spec="synthetic.npy", progress=False, stop_at=3)
+    (tmp_path / "r" / "config.json").unlink()  # not needed: the checkpoint is self-contained
+    got_cfg, got_mc, data_info = run_configuration(tmp_path / "r")
+    assert got_cfg == cfg and got_mc == mc and data_info["spec"] == "synthetic.npy"
+    resumed = train(_data(), got_cfg, tmp_path / "r", model_config=got_mc, data_spec="synthetic.npy", progress=False)
+    assert resumed.iterations == 6
+    with pytest.raises(fond.FondError, match="no checkpoint to resume"):
+        run_configuration(tmp_path)
