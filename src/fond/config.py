@@ -216,6 +216,7 @@ class TrainConfig:
     n_val: int = 5_000
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.preset, str), "preset", f"expected a name, got {self.preset!r}")
         for key in ("steps", "iterations", "batch_size", "checkpoint_every", "eval_every", "log_every",
                     "eval_steps", "eval_samples", "n_train", "n_val"):
             value = getattr(self, key)
@@ -341,13 +342,22 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
         raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
     if cls is ModelConfig:
         data = _migrate_model_keys(data)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    known = {f.name for f in fields}
+    unknown = sorted((str(key) for key in set(data) - known), key=str)
     if unknown:
         raise ConfigError(f"{source}: unknown config key '{unknown[0]}'")
+    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing config key '{missing[0]}'")
     try:
         return cls(**data)
-    except TypeError as exc:  # a required key is missing
+    except ConfigError as exc:  # name the file the bad value came from
+        if source == "config" or str(exc).startswith(f"{source}:"):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
+    except TypeError as exc:  # a value of a type the checks did not foresee
         raise ConfigError(f"{source}: {exc}") from None
 
 

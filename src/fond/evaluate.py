@@ -59,11 +59,15 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
 
     Per-step curves are averaged over chunks weighted by chunk size; chunk i uses seed ``seed + i``.
     """
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    from fond.models.common import check_steps, make_generator, numeric_tensor
+
+    x = numeric_tensor(x, "evaluation data")
     if x.ndim != 2 or x.shape[0] == 0:
         raise DataError(f"evaluation data must have shape (N ≥ 1, D), got {tuple(x.shape)}")
-    if chunk_size < 1:
-        raise DataError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    check_steps(steps)
+    make_generator(seed, None)  # an integer seed, checked before any chunk runs
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise DataError(f"chunk_size must be an integer ≥ 1, got {chunk_size!r}")
     n = x.shape[0]
     sums: dict[str, np.ndarray] = {}
     rate_max = 0.0

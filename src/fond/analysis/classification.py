@@ -199,7 +199,10 @@ def confidence_interval(accuracy: Any, level: float = CONFIDENCE_LEVEL) -> tuple
     half-width = t_{(1+level)/2, n−1} · s / √n with s the sample standard deviation (ddof = 1). With a single
     seed there is no spread to estimate: the interval is reported as [mean, mean] (never NaN).
     """
-    acc = np.asarray(accuracy, dtype=np.float64)
+    try:
+        acc = np.asarray(accuracy, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"accuracy must be a numeric array (n_seeds, S), got {type(accuracy).__name__}") from None
     if acc.ndim == 1:
         acc = acc[:, None]
     if acc.ndim != 2 or acc.shape[0] == 0 or acc.shape[1] == 0:
@@ -271,6 +274,8 @@ class ClassificationResult:
 def chance_level(labels: Any) -> float:
     """Largest class frequency of ``labels`` (N,): the accuracy of always predicting the majority class."""
     array = np.asarray(labels)
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise DataError(f"labels must be a non-empty 1-D array, got shape {array.shape}")
     _, counts = np.unique(array, return_counts=True)
     return float(counts.max() / array.shape[0])
 

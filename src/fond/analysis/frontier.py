@@ -105,8 +105,11 @@ def pareto_front(r2: Any, zeros: Any) -> np.ndarray:
     r2, zeros: (N,) finite, higher is better on both. Point i is dominated when some j is at least as good on both
     axes and strictly better on one; exact duplicates therefore do not dominate each other and are all kept.
     """
-    r2 = np.asarray(r2, dtype=np.float64)
-    zeros = np.asarray(zeros, dtype=np.float64)
+    try:
+        r2 = np.asarray(r2, dtype=np.float64)
+        zeros = np.asarray(zeros, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("r2 and zeros must be 1-D numeric arrays") from None
     if r2.ndim != 1 or zeros.ndim != 1 or r2.shape != zeros.shape:
         raise DataError(f"r2 and zeros must be 1-D of equal length, got shapes {r2.shape} and {zeros.shape}")
     if r2.size == 0:

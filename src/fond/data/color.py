@@ -22,18 +22,21 @@ from __future__ import annotations
 import functools
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fond.data.natural import (
+    _MAX_WHITEN_VALUE,
     _MIN_WHITEN_SIDE,
     BUNDLED_PHOTOS,
     MIN_PATCH_STD,
     PatchData,
     _as_index,
     _at_least,
+    _check_eps,
     _check_f0,
     check_counts,
     derived_seeds,
@@ -134,8 +137,13 @@ def whiten_color(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.nd
     if min(arr.shape[:2]) < _MIN_WHITEN_SIDE:
         raise DataError(f"image of shape {arr.shape} is too small to whiten (need ≥ {_MIN_WHITEN_SIDE} px a side)")
     f0 = _check_f0(f0)
+    eps = _check_eps(eps)
     if not np.isfinite(arr).all():
         raise DataError(f"image of shape {arr.shape} contains NaN or Inf")
+    largest = float(np.abs(arr).max())
+    if largest > _MAX_WHITEN_VALUE:
+        raise DataError(f"image of shape {arr.shape} has values too large to whiten (max |x| = {largest:.3g} > "
+                        f"{_MAX_WHITEN_VALUE:.0e}): rescale it")
     centred = arr - arr.mean(axis=(0, 1), keepdims=True)
     if not np.any(centred):
         raise DataError(f"image of shape {arr.shape} is constant: nothing to whiten")
@@ -428,15 +436,16 @@ def load_celeba(
     from the held-out ones (fewer if there are fewer) with seeds derived from ``seed``; only those files are
     read. Each image is converted to RGB, centre-cropped to its largest central square (178×218 aligned faces
     → the central 178×178) and resized to size×size with ``skimage.transform.resize`` (bilinear, Gaussian
-    anti-aliasing when shrinking).
+    anti-aliasing when shrinking). A chosen file that cannot be decoded is skipped and counted, as in an image
+    folder (``warnings.warn`` and the data set's ``name``); a split left with no readable file is refused.
 
     Returns:
         PatchData with train (n_train', size² · 3), val (n_val', size² · 3) float32 raw pixels in [0, 1]
         (no whitening), rows in (h, w, c) order, patch_shape (size, size, 3).
 
     Raises:
-        DataError: missing or image-less folder, fewer than two images, a bad ``size``, or a chosen file that
-            cannot be decoded (the message names it).
+        DataError: missing or image-less folder, fewer than two images, a bad ``size``, or a split none of
+            whose chosen files can be decoded (the message names them).
     """
     size = _as_index(size, "CelebA image size")
     if size not in CELEBA_SIZES:
@@ -449,20 +458,38 @@ def load_celeba(
     n_held = max(1, math.ceil(_CELEBA_VAL_FRACTION * len(files)))
     pools = (files[:-n_held], files[-n_held:])
 
-    def take(pool: list[Path], n: int, seed_: int) -> np.ndarray:
+    unreadable: list[str] = []
+
+    def take(pool: list[Path], n: int, seed_: int, split: str) -> np.ndarray:
         chosen = np.random.default_rng(seed_).choice(len(pool), size=min(n, len(pool)), replace=False)
         out = np.empty((len(chosen), size * size * 3), dtype=np.float32)
-        for k, i in enumerate(chosen):
-            out[k] = _square_resize(_read_rgb(pool[int(i)]), size).reshape(-1)
-        return out
+        k, bad = 0, []
+        for i in chosen:
+            try:
+                rgb = _read_rgb(pool[int(i)])
+            except DataError:  # undecodable or empty: skipped and counted, as in an image folder
+                bad.append(pool[int(i)].name)
+                continue
+            out[k] = _square_resize(rgb, size).reshape(-1)
+            k += 1
+        unreadable.extend(bad)
+        if k == 0:
+            raise DataError(f"CelebA folder '{folder}': none of the {len(chosen)} {split} image(s) chosen is "
+                            f"readable ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        return np.ascontiguousarray(out[:k])
 
-    train = take(pools[0], n_train, seed_train)
-    val = take(pools[1], n_val, seed_val)
+    train = take(pools[0], n_train, seed_train, "training")
+    val = take(pools[1], n_val, seed_val, "validation")
+    skipped = ""
+    if unreadable:
+        listed = f"{', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''}"
+        warnings.warn(f"CelebA folder '{folder}': skipped {len(unreadable)} unreadable ({listed})", stacklevel=2)
+        skipped = f", skipped {len(unreadable)} unreadable"
     return PatchData(
         train=train,
         val=val,
         patch_shape=(size, size, 3),
-        name=f"CelebA {size}×{size} ({len(train)} train, {len(val)} val of {len(files)} files)",
+        name=f"CelebA {size}×{size} ({len(train)} train, {len(val)} val of {len(files)} files{skipped})",
     )
 
 

@@ -172,7 +172,8 @@ def load_npy_patches(
         raise DataError(f"data file '{path}' holds rows of length 0: need D ≥ 1")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"data file '{path}' contains NaN or Inf")
-    data = arr.astype(np.float32)
+    with np.errstate(over="ignore"):
+        data = arr.astype(np.float32)
     if not np.isfinite(data).all():
         raise DataError(f"data file '{path}' has values too large for float32")
 
@@ -277,7 +278,8 @@ def load_image_folder(
         warnings.warn(f"image folder '{folder}': skipped " + "; ".join(skipped), stacklevel=2)
     if not images:
         if len(unreadable) == len(files):
-            raise DataError(f"image folder '{folder}': none of its {len(files)} image file(s) is readable")
+            raise DataError(f"image folder '{folder}': none of its {len(files)} image file(s) is readable "
+                            f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''})")
         raise DataError(f"image folder '{folder}' has no usable image: skipped " + "; ".join(skipped))
 
     if len(images) >= 2:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import os
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ MIN_PATCH_STD = 0.25
 
 #: Smallest image side (pixels) that :func:`whiten` accepts.
 _MIN_WHITEN_SIDE = 8
+#: Largest |value| whiten accepts: the image's mean and variance are computed in float64 and must not overflow.
+_MAX_WHITEN_VALUE = 1e150
 
 #: Upper bound on the number of float32 elements gathered in one batch of candidate patches (64 MiB).
 _GATHER_CHUNK_ELEMENTS = 1 << 24
@@ -209,6 +212,14 @@ def _check_f0(f0: object) -> float:
     return value
 
 
+def _check_eps(eps: object) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating | np.integer) or not (
+        math.isfinite(eps) and eps >= 0
+    ):
+        raise DataError(f"whitening eps must be a finite number ≥ 0, got {eps!r}")
+    return float(eps)
+
+
 def whiten(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
     """Olshausen–Field whitening of one grayscale image.
 
@@ -241,9 +252,14 @@ def whiten(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
             f"image of shape {arr.shape} is too small to whiten (need ≥ {_MIN_WHITEN_SIDE} px a side)"
         )
     f0 = _check_f0(f0)
+    eps = _check_eps(eps)
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise DataError(f"image of shape {arr.shape} contains NaN or Inf")
+    largest = float(np.abs(arr).max())
+    if largest > _MAX_WHITEN_VALUE:
+        raise DataError(f"image of shape {arr.shape} has values too large to whiten (max |x| = {largest:.3g} > "
+                        f"{_MAX_WHITEN_VALUE:.0e}): rescale it")
     centred = arr - arr.mean()
     if not np.any(centred):
         raise DataError(f"image of shape {arr.shape} is constant: nothing to whiten")
@@ -317,9 +333,12 @@ def _as_images(images: np.ndarray | Sequence[np.ndarray], channels: int | None =
             raise DataError(f"image {i} has shape {arr.shape}: expected {what}")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"image {i} has non-numeric dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise DataError(f"image {i} (shape {arr.shape}) contains NaN or Inf")
+        with np.errstate(over="ignore"):
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise DataError(f"image {i} (shape {arr.shape}) has values too large for float32")
         out.append(arr)
     return out
 
@@ -370,15 +389,33 @@ def extract_patches(
     return sample_patches(imgs, size, n, seed, min_std)
 
 
+def _physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_fits_in_memory(n: int, d: int) -> None:
+    """DataError when n float32 rows of d values cannot fit in this machine's memory (instead of an OOM kill)."""
+    need = n * d * 4
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise DataError(f"{n} patches of {d} values need {need / 1e9:.3g} GB, more than this machine's "
+                        f"{have / 1e9:.3g} GB of memory: ask for fewer")
+
+
 def sample_patches(imgs: Sequence[np.ndarray], size: int, n: int, seed: int, min_std: float) -> np.ndarray:
     """The sampler behind :func:`extract_patches` for checked images (H, W) or (H, W, C): (n, size·size·C)."""
+    d = size * size * int(np.prod(imgs[0].shape[2:], dtype=np.int64))
+    _check_fits_in_memory(n, d)
     rng = np.random.default_rng(seed)
     windows = [sliding_window_view(im, (size, size, *im.shape[2:])) for im in imgs]
     n_cols = np.array([w.shape[1] for w in windows], dtype=np.int64)
     counts = np.array([w.shape[0] * w.shape[1] for w in windows], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     total = int(starts[-1])
-    d = size * size * int(np.prod(imgs[0].shape[2:], dtype=np.int64))
     chunk = max(1, _GATHER_CHUNK_ELEMENTS // d)
 
     def draw(m: int) -> np.ndarray:

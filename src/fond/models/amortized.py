@@ -38,7 +38,15 @@ from fond.families.base import Sample, State
 from fond.families.gaussian import GaussianFamily, soft_clamp_symmetric
 from fond.families.poisson import PoissonFamily, soft_clamp_upper
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import ModelBase, Recorder, check_input, check_input_sequence, check_steps
+from fond.models.common import (
+    ModelBase,
+    Recorder,
+    check_input,
+    check_input_sequence,
+    check_loss_args,
+    check_steps,
+    make_generator,
+)
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["AmortizedVAE", "PRIOR_STATE_KEYS"]
@@ -96,9 +104,14 @@ class AmortizedVAE(ModelBase):
     def encode(self, x: Tensor, clamp_fraction: float = 1.0) -> State:
         """The posterior q(z | x) as a family state: ``(u,)`` (Poisson) or ``(μ, log σ)`` (Gaussian), (B, K) each.
 
-        x: (B, D), already checked. ``clamp_fraction``: how far the family's clamp bounds have ramped
-        (1 = final, as in evaluation); see the module docstring for the clamps.
+        x: (B, D) inputs (checked like ``infer``'s). ``clamp_fraction``: how far the family's clamp bounds have
+        ramped (1 = final, as in evaluation); see the module docstring for the clamps.
         """
+        check_loss_args(1, 0.0, 1.0, clamp_fraction, None)
+        return self._encode(check_input(x, self.n_inputs, like=self.input_like), clamp_fraction)
+
+    def _encode(self, x: Tensor, clamp_fraction: float = 1.0) -> State:
+        """``encode`` for an input already checked."""
         raw = self.encoder(x)
         family = self.family
         if isinstance(family, PoissonFamily):
@@ -120,10 +133,10 @@ class AmortizedVAE(ModelBase):
         mean of NLL + β·KL, times 256/D (the iterative models' scaling). ``rate_max``: the largest mean
         code (rate e^u, or f(μ)) in the batch.
         """
-        check_steps(steps)
-        x = check_input(x, self.n_inputs)
+        check_loss_args(steps, beta, temperature, clamp_fraction, generator)
+        x = check_input(x, self.n_inputs, like=self.input_like)
         family, fp = self.family, self.family_params()
-        state = self.encode(x, clamp_fraction)
+        state = self._encode(x, clamp_fraction)
         sample = family.sample(state, fp, generator, temperature)
         reconstruction = self.decoder(family.activation(sample.value, fp))
         nll = gaussian_nll(x, reconstruction, self.log_sigma())
@@ -148,9 +161,9 @@ class AmortizedVAE(ModelBase):
         not depend on it. record: 1-based steps whose mean code and sample to keep in ``result.history``.
         """
         check_steps(steps)
-        x = check_input_sequence(x, self.n_inputs, steps).to(self.log_sigma_x.dtype)
+        x = check_input_sequence(x, self.n_inputs, steps, like=self.input_like)
         online = x.ndim == 3
-        gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+        gen = make_generator(seed, generator)
         family, fp, decoder = self.family, self.family_params(), self.decoder
         log_sigma = self.log_sigma()
         recorder = Recorder(record, steps)
@@ -159,7 +172,7 @@ class AmortizedVAE(ModelBase):
         for t in range(steps):
             frame = x[t] if online else x
             if t == 0 or online:
-                previous, state = state, self.encode(frame)
+                previous, state = state, self._encode(frame)
                 rates = family.mean_code(state, fp)
                 if trace:
                     kl = family.kl(state, self.prior_state(frame.shape[0])).sum(-1)

@@ -8,24 +8,68 @@ from torch import Tensor
 
 from fond.errors import DataError
 
-__all__ = ["check_input", "check_input_sequence", "check_record", "check_steps", "reject_sequence", "Recorder",
-           "ModelBase"]
+__all__ = ["check_input", "check_input_sequence", "check_loss_args", "check_record", "check_steps", "input_bound",
+           "make_generator", "numeric_tensor", "reject_sequence", "Recorder", "ModelBase"]
 
 
-def check_input(x, n_inputs: int) -> Tensor:
-    """``x`` as a floating tensor of shape (B ≥ 1, n_inputs) with finite values, else ``DataError``."""
-    if not isinstance(x, Tensor):
-        try:
-            x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError, RuntimeError):
-            raise DataError(f"input must be a numeric array, got {type(x).__name__}") from None
-    if not (x.is_floating_point()):
-        raise DataError(f"input must be floating point, got dtype {x.dtype}")
+_ARRAY_KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "M": "dates", "m": "time deltas",
+                "V": "raw records"}
+
+
+def numeric_tensor(x, what: str = "input") -> Tensor:
+    """``x`` as a tensor without copying where possible; non-numeric input raises ``DataError``."""
+    if isinstance(x, Tensor):
+        return x
+    if x is None or isinstance(x, str | bytes | dict | set):
+        raise DataError(f"{what} must be a numeric array, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a numeric array, got a ragged or non-numeric {type(x).__name__}") from None
+    if arr.dtype.kind not in "biufc":
+        held = _ARRAY_KINDS.get(arr.dtype.kind, f"dtype {arr.dtype}")
+        raise DataError(f"{what} must be a numeric array, got {type(x).__name__} of {held}")
+    try:
+        return torch.as_tensor(arr)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"{what} must be a float32 or float64 array, got dtype {arr.dtype}") from None
+
+
+def input_bound(dtype: torch.dtype) -> float:
+    """The largest |x| a model computing in ``dtype`` accepts: finfo.max^¼, so that squared residuals summed over
+    pixels and divided by σ_x² stay finite (float32: 4.3e9; float64: 1.3e77)."""
+    return float(torch.finfo(dtype).max) ** 0.25
+
+
+def check_input(x, n_inputs: int, *, like: Tensor | None = None) -> Tensor:
+    """``x`` as a floating tensor of shape (B ≥ 1, n_inputs) with finite values, else ``DataError``.
+
+    like: a tensor of the model (a parameter); ``x`` must be on its device and is converted to its dtype, and
+    values too large to square in that dtype (``input_bound``) are refused instead of overflowing to NaN.
+    """
+    x = numeric_tensor(x)
+    if x.layout != torch.strided:
+        raise DataError(f"input must be a dense tensor, got layout {x.layout}")
+    if not x.is_floating_point():
+        hint = " (convert it with x.float())" if not x.is_complex() else ""
+        raise DataError(f"input must be floating point, got dtype {x.dtype}{hint}")
     if x.ndim != 2 or x.shape[1] != n_inputs or x.shape[0] == 0:
         raise DataError(f"input must have shape (batch ≥ 1, {n_inputs}), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise DataError("input contains NaN or Inf")
-    return x
+    if like is not None and x.device != like.device:
+        raise DataError(f"input is on device '{x.device}', the model on '{like.device}': move one of them "
+                        f"(x.to('{like.device}'))")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise DataError(f"input contains NaN or Inf ({bad} of {x.numel()} values)")
+    dtype = like.dtype if like is not None and like.is_floating_point() else x.dtype
+    bound = input_bound(dtype)
+    largest = float(x.abs().max())
+    if largest > bound:
+        kind = str(dtype).removeprefix("torch.")
+        raise DataError(f"input values too large: max |x| = {largest:.3g} exceeds {bound:.3g} for a {kind} model; "
+                        "rescale the data (e.g. to unit variance)")
+    return x.to(dtype)
 
 
 def check_steps(steps) -> int:
@@ -33,6 +77,40 @@ def check_steps(steps) -> int:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise DataError(f"steps must be an integer ≥ 1, got {steps!r}")
     return steps
+
+
+def make_generator(seed, generator) -> torch.Generator:
+    """``generator`` if given (a ``torch.Generator``), else a new one seeded by the integer ``seed``."""
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise DataError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return generator
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+    if not -(2**63) <= int(seed) < 2**64:
+        raise DataError(f"seed must fit in 64 bits, got {seed}")
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _number(value) -> float | None:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    return float(value)
+
+
+def check_loss_args(steps, beta, temperature, clamp_fraction, generator) -> None:
+    """The arguments of ``unroll_loss`` other than ``x``: one-line ``DataError`` naming the bad one."""
+    check_steps(steps)
+    checks = (("beta", beta, lambda v: v >= 0, "≥ 0"), ("temperature", temperature, lambda v: v > 0, "> 0"),
+              ("clamp_fraction", clamp_fraction, lambda v: 0 <= v <= 1, "in [0, 1]"))
+    for name, value, ok, rule in checks:
+        number = _number(value)
+        if number is None or not np.isfinite(number) or not ok(number):
+            raise DataError(f"{name} must be a finite number {rule}, got {value!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise DataError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
 
 class ModelBase(torch.nn.Module):
@@ -55,6 +133,11 @@ class ModelBase(torch.nn.Module):
             raise TypeError(f"{type(self).__name__} needs n_inputs (or a ModelConfig)")
         options.setdefault("model", self.default_model)
         return ModelConfig(n_inputs=n_inputs, n_latents=n_latents, **options)
+
+    @property
+    def input_like(self) -> Tensor:
+        """A parameter whose device and dtype inputs take (``check_input``'s ``like``)."""
+        return next(self.parameters())
 
     @property
     def n_inputs(self) -> int:
@@ -132,15 +215,16 @@ class Recorder:
                 "spikes": torch.stack(self._spikes)}
 
 
-def check_input_sequence(x, n_inputs: int, steps: int) -> Tensor:
+def check_input_sequence(x, n_inputs: int, steps: int, *, like: Tensor | None = None) -> Tensor:
     """An input (B, D) or an online input sequence (steps, B, D), checked like ``check_input``."""
-    if isinstance(x, Tensor | np.ndarray) and getattr(x, "ndim", 0) == 3:
-        if x.shape[0] != steps:
+    x = numeric_tensor(x)
+    if x.ndim == 3:
+        if x.shape[0] != steps or x.shape[1] == 0 or x.shape[2] != n_inputs:
             raise DataError(f"an input sequence must have one frame per step: shape ({steps}, B, {n_inputs}), "
                             f"got {tuple(x.shape)}")
-        frames = check_input(x.reshape(-1, x.shape[-1]), n_inputs)
+        frames = check_input(x.reshape(-1, x.shape[-1]), n_inputs, like=like)
         return frames.reshape(x.shape[0], x.shape[1], n_inputs)
-    return check_input(x, n_inputs)
+    return check_input(x, n_inputs, like=like)
 
 
 def reject_sequence(x, name: str) -> None:

@@ -64,7 +64,15 @@ from fond.decoders import make_decoder
 from fond.errors import ConfigError
 from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import ModelBase, Recorder, check_input, check_steps, reject_sequence
+from fond.models.common import (
+    ModelBase,
+    Recorder,
+    check_input,
+    check_loss_args,
+    check_steps,
+    make_generator,
+    reject_sequence,
+)
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
@@ -199,7 +207,8 @@ class _HybridVAE(ModelBase):
     # -- parameters --------------------------------------------------------------------------------
     # -- the pieces of one step ----------------------------------------------------------------------
     def initial_state(self, x: Tensor) -> State:
-        """The encoder's guess (μ₀, ξ₀) for x (B, D), through the family's tanh soft clamps."""
+        """The encoder's guess (μ₀, ξ₀) for x (B, D) (checked as in ``infer``), through the family's soft clamps."""
+        x = check_input(x, self.n_inputs, like=self.input_like)
         mu, xi = self.encoder(x).chunk(2, dim=-1)
         return (soft_clamp_symmetric(mu, self.family.mu_clamp),
                 soft_clamp_symmetric(xi, self.family.log_sigma_clamp))
@@ -260,8 +269,8 @@ class _HybridVAE(ModelBase):
         ``temperature`` and ``clamp_fraction`` are accepted for the trainer and ignored (Gaussian samples at
         τ = 1, fixed bounds). Records ``beta`` as the KL weight that ``infer`` refines with.
         """
-        check_steps(steps)
-        x = check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
+        check_loss_args(steps, beta, temperature, clamp_fraction, generator)
+        x = check_input(x, self.n_inputs, like=self.input_like)
         with torch.no_grad():
             self.refine_beta.fill_(float(beta))
         with torch.enable_grad():
@@ -286,9 +295,9 @@ class _HybridVAE(ModelBase):
         """
         check_steps(steps)
         reject_sequence(x, self.config.model)
-        x = check_input(x, self.n_inputs).to(self.log_sigma_x.dtype)
+        x = check_input(x, self.n_inputs, like=self.input_like)
         recorder = Recorder(record, steps)
-        gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+        gen = make_generator(seed, generator)
         fp = {name: p.detach() for name, p in self.family_params().items()}
         log_sigma, beta = self.log_sigma(), float(self.refine_beta)
         mu, xi = self.initial_state(x)

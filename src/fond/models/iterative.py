@@ -15,7 +15,14 @@ from torch import Tensor, nn
 from fond.config import ModelConfig
 from fond.decoders import make_decoder
 from fond.dynamics import Components, rollout, unroll
-from fond.models.common import ModelBase, check_input, check_input_sequence, check_steps
+from fond.models.common import (
+    ModelBase,
+    check_input,
+    check_input_sequence,
+    check_loss_args,
+    check_steps,
+    make_generator,
+)
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
@@ -61,7 +68,8 @@ class IterativeVAE(ModelBase):
         ``temperature``: of the relaxed sampler (Poisson, Bernoulli; Gaussians sample at τ = 1).
         ``clamp_fraction``: how far the clamp bounds have ramped (1 = final). See ``fond.dynamics.unroll``.
         """
-        x = check_input(x, self.n_inputs)
+        check_loss_args(steps, beta, temperature, clamp_fraction, generator)
+        x = check_input(x, self.n_inputs, like=self.input_like)
         return unroll(self.components(), x, steps, beta=beta, temperature=temperature,
                       clamp_fraction=clamp_fraction, generator=generator)
 
@@ -79,8 +87,8 @@ class IterativeVAE(ModelBase):
         temperature-1 draws (Gaussian).
         """
         check_steps(steps)
-        x = check_input_sequence(x, self.n_inputs, steps).to(self.log_sigma_x.dtype)
-        gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+        x = check_input_sequence(x, self.n_inputs, steps, like=self.input_like)
+        gen = make_generator(seed, generator)
         return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record)
 
 

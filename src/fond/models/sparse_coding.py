@@ -8,7 +8,8 @@ per input,
 from a = 0, and differ only in the dynamics:
 
 * ``LCA`` (locally competitive algorithm, Rozell et al. 2008), Euler steps of the membrane equation
-  τ u̇ = Φᵀx − u − (ΦᵀΦ − I)a with a = soft-threshold_λ(u); ``step_size`` is dt/τ (default 0.1).
+  τ u̇ = Φᵀx − u − (ΦᵀΦ − I)a with a = soft-threshold_λ(u); ``step_size`` is dt/τ (default 0.1), capped at
+  1/L (L below) so that the Euler step stays stable (see ``LCA``).
 * ``ISTA``: a ← soft_{λη}(a + ηΦᵀ(x − Φa)) with η = ``step_size``/L, L the largest eigenvalue of ΦᵀΦ
   (``step_size`` is a fraction of the classic 1/L, default 1).
 * ``FISTA`` (Beck & Teboulle 2009): ISTA's step taken from an extrapolated point y with the momentum
@@ -39,7 +40,15 @@ from fond.config import ModelConfig
 from fond.decoders import LinearDecoder
 from fond.errors import ConfigError
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import ModelBase, Recorder, check_input, check_steps, reject_sequence
+from fond.models.common import (
+    ModelBase,
+    Recorder,
+    check_input,
+    check_loss_args,
+    check_steps,
+    make_generator,
+    reject_sequence,
+)
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["SparseCodingOptions", "MAPCoding", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
@@ -71,7 +80,7 @@ class SparseCodingOptions:
     """Options of LCA / ISTA / FISTA (``ModelConfig.method_options``).
 
     sparsity: λ of ½‖x − Φa‖² + λ‖a‖₁ (default 0.5, LCA's λ in the paper); ``Lasso(alpha=λ/D)``.
-    step_size: LCA: dt/τ of the Euler step (default 0.1). ISTA / FISTA: the step as a fraction of 1/L,
+    step_size: LCA: dt/τ of the Euler step (default 0.1; capped at 1/L). ISTA / FISTA: the step as a fraction of 1/L,
     L = the largest eigenvalue of ΦᵀΦ (1 = the classic 1/L step, the default). Must lie in (0, 1].
     """
 
@@ -162,8 +171,9 @@ class MAPCoding(ModelBase):
         energy being minimised plus D/2·log 2π), rate_max = max |a|, saturated = 0.
         """
         check_steps(steps)
+        make_generator(seed, generator)  # validated for the shared interface, then unused
         reject_sequence(x, self.config.model)
-        x, drive, gram = self._prepare(check_input(x, self.n_inputs))
+        x, drive, gram = self._prepare(check_input(x, self.n_inputs, like=self.dictionary))
         recorder = Recorder(record, steps)
         phi = self.dictionary.detach()
         zero_log_sigma = x.new_zeros(self.n_inputs)
@@ -206,8 +216,8 @@ class MAPCoding(ModelBase):
         arrays with the batch means of the reconstruction term ½‖x − a*Φᵀ‖² (the unit-variance Gaussian
         NLL without its constant) and of the prior term; ``rate_max`` = max |a*|.
         """
-        check_steps(steps)
-        x = check_input(x, self.n_inputs)
+        check_loss_args(steps, beta, temperature, clamp_fraction, generator)
+        x = check_input(x, self.n_inputs, like=self.dictionary)
         with torch.no_grad():
             _, code = self._solve(x, steps)
             prior = self.penalty(code)
@@ -253,13 +263,19 @@ class SparseCoding(MAPCoding):
 class LCA(SparseCoding):
     """Locally competitive algorithm (Rozell et al. 2008): u ← u + (dt/τ)(Φᵀx − u − (ΦᵀΦ − I)a), a = soft_λ(u).
 
-    State: the potential u (``state["u"]``); the code a = soft-threshold_λ(u). ``step_size`` = dt/τ (0.1).
+    State: the potential u (``state["u"]``); the code a = soft-threshold_λ(u). ``step_size`` = dt/τ (0.1),
+    capped at 1/L, L = λ_max(ΦᵀΦ) (per batch). On the active set one step is u ← (I − (dt/τ)ΦᵀΦ)u + …, which
+    runs off to Inf/NaN once (dt/τ)·L > 2, and unit-norm atoms do not prevent that: K atoms sharing a common
+    component of weight c (e.g. the mean image of raw digits) give L ≈ c²K, and a random dictionary has
+    L ≈ (1 + √(K/D))², ≈ 4 for K = D (so step_size 1 diverged). The cap changes nothing while L ≤ 1/step_size
+    (10 by default; a random 2×-overcomplete dictionary has L ≈ 6, the quick natural16 LCA run 9.4) and
+    keeps the fixed point; tests/test_numerical_safety.py checks both.
     """
 
     default_model = "lca"
 
     def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Step]:
-        rate, lam = self.options.step(0.1), self.sparsity
+        rate, lam = min(self.options.step(0.1), 1.0 / float(largest_eigenvalue(gram))), self.sparsity
         u = torch.zeros_like(drive)
         a = torch.zeros_like(drive)
         yield {"u": u}, a
