@@ -58,6 +58,17 @@ def fond_step(family: Family, family_params: Mapping[str, Tensor], state: State,
     return family.descend(state, direction, family_params, clamp_fraction)
 
 
+#: bound on each element of ∂loss/∂state flowing back through the unroll. Once a population bursts to the
+#: clamp, ∂L/∂u grows ~1.7× per step backwards; over T_train 128 it overflows float32 and meets the saturated
+#: clamp's zero derivative (inf·0 = NaN). Unsaturated unrolls stay orders of magnitude below the bound, so
+#: their gradient is unchanged (tests/test_numerical_safety.py); the trainer's norm clip acts afterwards.
+STATE_GRADIENT_BOUND = 1e6
+
+
+def _bound_state_gradient(grad: Tensor) -> Tensor:
+    return grad.clamp(-STATE_GRADIENT_BOUND, STATE_GRADIENT_BOUND)
+
+
 def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float,
            generator: torch.Generator | None = None) -> UnrollLoss:
     """Unroll ``steps`` steps with relaxed samples from the initial state; return the BPTT objective.
@@ -65,7 +76,8 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     Each step samples z_t from q_t once; that sample is decoded for the step's NLL and also drives the
     next update (one sample shared where the paper's code draws two: the same expected objective, half
     the sampling). Per step: NLL(x | g(f(z_t))) + β·KL(q_t ‖ q_{t−1}); the loss is the batch mean of the
-    mean over steps, times 256/D (the paper's scaling).
+    mean over steps, times 256/D (the paper's scaling). The gradient reaching each state is bounded
+    elementwise by ``STATE_GRADIENT_BOUND`` (only active in an exploding unroll).
     """
     family, fp, decoder = parts.family, parts.family_params, parts.decoder
     inv_variance = parts.inv_variance
@@ -78,6 +90,9 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     for _ in range(steps):
         new_state = fond_step(family, fp, state, sample, pull((x - reconstruction) * inv_variance), parts.bias,
                               clamp_fraction)
+        for tensor in new_state:
+            if tensor.requires_grad:
+                tensor.register_hook(_bound_state_gradient)
         sample = family.sample(new_state, fp, generator, temperature)
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
         nll = gaussian_nll(x, reconstruction, parts.log_sigma)
