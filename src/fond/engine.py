@@ -146,7 +146,7 @@ class PoissonLinearEngine:
             torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)  # −d
         self.work.exp_()
         key1, key2 = draw_key(generator)
-        kernel_threads()
+        kernel_threads(self.rates.numel())
         overflow = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
                                      self.rates.view(-1).numpy(), self.spikes.view(-1).numpy(),
                                      self.small_counts.view(-1).numpy(), key1, key2, self.ceiling, self.floor_factor,

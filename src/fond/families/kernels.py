@@ -32,12 +32,15 @@ _TO_UNIT = 2.0**-53
 #: indicator codes of ``relaxed_counts``
 SIGMOID, CUBIC, STRAIGHT_THROUGH = 0, 1, 2
 
-#: The exact samplers run in two vectorised passes over chunks of ``CHUNK`` elements (SIMD, no branch on
-#: the data), then a scalar pass over what is left: pass 1 inverts the CDF over ``FAST_LEVELS`` levels for
-#: every element with r < ``FAST_RATE``; pass 2 gathers the rest (≈ 5 % on a trained model) and inverts over
-#: ``WIDE_LEVELS`` levels for r < min(cutoff, ``WIDE_RATE``); the scalar ``_poisson_draw`` (PTRS from the
-#: cutoff) finishes the few that remain. Every pass applies the same rule X = #{k : F(k) ≤ U} to the same U.
-FAST_LEVELS, FAST_RATE = 12, 6.0
+#: The exact samplers run vectorised passes over chunks of ``CHUNK`` elements (SIMD, no branch on the
+#: data), each over a fixed number of CDF levels, then a scalar pass over what is left: pass 1 takes every
+#: element and the first ``FAST_LEVELS`` levels for r < ``FAST_RATE`` (on a trained iP-VAE most rates are
+#: far below 1); pass 2 gathers the rest (≈ 20 %) and takes ``MID_LEVELS`` levels for r < ``MID_RATE``;
+#: pass 3 gathers what is still open (≈ 5 %) and takes ``WIDE_LEVELS`` levels for r < min(cutoff,
+#: ``WIDE_RATE``); the scalar ``_poisson_draw`` (PTRS from the cutoff) finishes the few that remain. Every
+#: pass applies the same rule X = #{k : F(k) ≤ U} to the same U.
+FAST_LEVELS, FAST_RATE = 4, 1.0
+MID_LEVELS, MID_RATE = 12, 6.0
 WIDE_LEVELS, WIDE_RATE = 32, 20.0
 CHUNK = 8192
 #: e^{−j/16}, j = 0 … 16·WIDE_RATE: ``_exp_neg``'s table
@@ -175,18 +178,28 @@ def _levels(r, u, levels, limit):
 
 
 @nb.njit(error_model="numpy")
-def _fast_pass(rates, out, key1, key2, counter0, unresolved):  # pragma: no cover - compiled
-    """Pass 1 over one chunk (vectorised): counts settled by the first FAST_LEVELS levels."""
+def _fast_pass(rates, out, key1, key2, counter0, uniforms, unresolved):  # pragma: no cover - compiled
+    """Pass 1 over one chunk (vectorised): counts settled by the first FAST_LEVELS levels; keeps U."""
     for i in range(unresolved.size):
-        count, flag = _levels(float(rates[i]), _uniform(key1, key2, counter0 + np.uint64(i)), FAST_LEVELS,
-                              FAST_RATE)
+        u = _uniform(key1, key2, counter0 + np.uint64(i))
+        count, flag = _levels(float(rates[i]), u, FAST_LEVELS, FAST_RATE)
         out[i] = count
+        uniforms[i] = u
         unresolved[i] = flag
 
 
 @nb.njit(error_model="numpy")
+def _mid_pass(rates, uniforms, out, unresolved):  # pragma: no cover - compiled
+    """Pass 2 over gathered elements (vectorised): MID_LEVELS levels for r < MID_RATE."""
+    for j in range(unresolved.size):
+        count, flag = _levels(rates[j], uniforms[j], MID_LEVELS, MID_RATE)
+        out[j] = count
+        unresolved[j] = flag
+
+
+@nb.njit(error_model="numpy")
 def _wide_pass(rates, uniforms, out, unresolved, limit):  # pragma: no cover - compiled
-    """Pass 2 over gathered elements (vectorised): WIDE_LEVELS levels for r < limit."""
+    """Pass 3 over gathered elements (vectorised): WIDE_LEVELS levels for r < limit."""
     for j in range(unresolved.size):
         count, flag = _levels(rates[j], uniforms[j], WIDE_LEVELS, limit)
         out[j] = count
@@ -194,31 +207,51 @@ def _wide_pass(rates, uniforms, out, unresolved, limit):  # pragma: no cover - c
 
 
 @nb.njit(error_model="numpy")
-def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals,
-                  unresolved):  # pragma: no cover - compiled
-    """Passes 2 and 3 for the elements of a chunk that pass 1 left unresolved."""
-    index = np.empty(unresolved.size, np.int64)
+def _compact(flags, index):  # pragma: no cover - compiled
+    """index[:m] = positions of the true flags (branch-free); returns m."""
     m = 0
-    for i in range(unresolved.size):  # branch-free compaction
+    for i in range(flags.size):
         index[m] = i
-        m += unresolved[i]
+        m += flags[i]
+    return m
+
+
+@nb.njit(error_model="numpy")
+def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals, uniforms,
+                  unresolved):  # pragma: no cover - compiled
+    """Passes 2, 3 and the scalar pass for the elements of a chunk that pass 1 left unresolved."""
+    index = np.empty(unresolved.size, np.int64)
+    m = _compact(unresolved, index)
     if m == 0:
         return
-    r_left = np.empty(m)
-    u_left = np.empty(m)
-    count_left = np.empty(m)
-    still = np.empty(m, np.bool_)
+    r_mid = np.empty(m)
+    u_mid = np.empty(m)
+    count_mid = np.empty(m)
+    open_mid = np.empty(m, np.bool_)
     for j in range(m):
-        i = index[j]
-        r_left[j] = rates[i]
-        u_left[j] = _uniform(key1, key2, counter0 + np.uint64(i))
-    _wide_pass(r_left, u_left, count_left, still, min(cutoff, WIDE_RATE))
+        r_mid[j] = rates[index[j]]
+        u_mid[j] = uniforms[index[j]]
+    _mid_pass(r_mid, u_mid, count_mid, open_mid)
+    index_wide = np.empty(m, np.int64)
+    m_wide = _compact(open_mid, index_wide)
+    if m_wide > 0:
+        r_wide = np.empty(m_wide)
+        u_wide = np.empty(m_wide)
+        count_wide = np.empty(m_wide)
+        open_wide = np.empty(m_wide, np.bool_)
+        for j in range(m_wide):
+            r_wide[j] = r_mid[index_wide[j]]
+            u_wide[j] = u_mid[index_wide[j]]
+        _wide_pass(r_wide, u_wide, count_wide, open_wide, min(cutoff, WIDE_RATE))
+        for j in range(m_wide):
+            jm = index_wide[j]
+            if open_wide[j]:
+                count_mid[jm] = _poisson_draw(r_wide[j], key1, key2, counter0 + np.uint64(index[jm]), stride, cutoff,
+                                              reciprocals)
+            else:
+                count_mid[jm] = count_wide[j]
     for j in range(m):
-        i = index[j]
-        if still[j]:
-            out[i] = _poisson_draw(r_left[j], key1, key2, counter0 + np.uint64(i), stride, cutoff, reciprocals)
-        else:
-            out[i] = count_left[j]
+        out[index[j]] = count_mid[j]
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
@@ -235,8 +268,10 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
         a = c * CHUNK
         b = min(n, a + CHUNK)
         unresolved = np.empty(b - a, np.bool_)
-        _fast_pass(rates[a:b], out[a:b], key1, key2, np.uint64(a), unresolved)
-        _finish_chunk(rates[a:b], out[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, unresolved)
+        uniforms = np.empty(b - a)
+        _fast_pass(rates[a:b], out[a:b], key1, key2, np.uint64(a), uniforms, unresolved)
+        _finish_chunk(rates[a:b], out[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, uniforms,
+                      unresolved)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
@@ -300,7 +335,7 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
 
 @nb.njit(error_model="numpy")
 def _rate_fast_pass(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceiling, floor_factor, counter0,
-                    unresolved):  # pragma: no cover - compiled
+                    uniforms, unresolved):  # pragma: no cover - compiled
     """``poisson_rate_step``'s update fused with pass 1 over one chunk (vectorised)."""
     for i in range(unresolved.size):
         e = min(float(exp_neg_drive[i]), floor_factor) + ceiling
@@ -308,8 +343,10 @@ def _rate_fast_pass(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceiling
         inv_rates[i] = e
         rates[i] = 1.0 / float(inv_rates[i])
         # the stored (float32) rate is the one sampled
-        count, flag = _levels(float(rates[i]), _uniform(key1, key2, counter0 + np.uint64(i)), FAST_LEVELS, FAST_RATE)
+        u = _uniform(key1, key2, counter0 + np.uint64(i))
+        count, flag = _levels(float(rates[i]), u, FAST_LEVELS, FAST_RATE)
         spikes[i] = count
+        uniforms[i] = u
         unresolved[i] = flag
 
 
@@ -333,9 +370,11 @@ def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, small_counts, key
         a = c * CHUNK
         b = min(n, a + CHUNK)
         unresolved = np.empty(b - a, np.bool_)
+        uniforms = np.empty(b - a)
         _rate_fast_pass(exp_neg_drive[a:b], inv_rates[a:b], rates[a:b], spikes[a:b], key1, key2, ceiling,
-                        floor_factor, np.uint64(a), unresolved)
-        _finish_chunk(rates[a:b], spikes[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, unresolved)
+                        floor_factor, np.uint64(a), uniforms, unresolved)
+        _finish_chunk(rates[a:b], spikes[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, uniforms,
+                      unresolved)
         if with_small:
             overflow += _saturate(spikes[a:b], small_counts[a:b])
     return overflow

@@ -124,7 +124,7 @@ class _CompiledRelaxedPoisson(torch.autograd.Function):
 
         flat = rates.detach().reshape(-1).contiguous()
         counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
-        kernel_threads()
+        kernel_threads(flat.numel())
         relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
                        indicator)
         ctx.save_for_backward(derivative.view(rates.shape))

@@ -63,11 +63,18 @@ def draw_key(generator: torch.Generator | None) -> tuple[np.uint64, np.uint64]:
     return np.uint64(int(key[0])), np.uint64(int(key[1]))
 
 
-def kernel_threads() -> None:
-    """Run the compiled kernels on as many threads as torch uses (numba has its own pool)."""
+#: below this many elements a kernel runs on one thread: waking a second pool (numba's, beside torch's) costs
+#: more than it saves, and on a busy machine the two pools' spinning threads fight over the cores
+SERIAL_KERNEL_SIZE = 16384
+
+
+def kernel_threads(size: int) -> None:
+    """Run the compiled kernels on as many threads as torch uses (numba has its own pool), or on one for
+    arrays of fewer than ``SERIAL_KERNEL_SIZE`` elements."""
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = 1 if size < SERIAL_KERNEL_SIZE else torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
 def sample_poisson(
@@ -104,7 +111,7 @@ def sample_poisson(
         flat = work.reshape(-1).contiguous()
         out = torch.empty_like(flat)
         key1, key2 = draw_key(generator)
-        kernel_threads()
+        kernel_threads(flat.numel())
         poisson_counts(flat.numpy(), out.numpy(), key1, key2, float(small_rate_cutoff), RECIPROCALS)
         return out.view(rates.shape).to(rates.dtype)
 
