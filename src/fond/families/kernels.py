@@ -46,6 +46,8 @@ CHUNK = 8192
 #: e^{−j/16}, j = 0 … 16·WIDE_RATE: ``_exp_neg``'s table
 _EXP_STEP = 16.0
 _EXP_TABLE = np.exp(-np.arange(int(WIDE_RATE * _EXP_STEP) + 1) / _EXP_STEP)
+#: (−1)^k / k!, the Taylor coefficients of e^{−f}
+_NEG_TAYLOR = np.array([(-1.0) ** k / math.factorial(k) for k in range(10)])
 _LEVEL_RECIPROCALS = np.concatenate([[0.0], 1.0 / np.arange(1, WIDE_LEVELS + 1, dtype=np.float64)])
 
 
@@ -150,15 +152,9 @@ def _exp_neg(r):
     the multiple of 1/16 below r times a degree-9 Taylor polynomial of the rest (relative error ≤ 2.3e-16)."""
     j = int(r * _EXP_STEP)
     f = r - j * (1.0 / _EXP_STEP)
-    q = 1.0 - f * (1.0 / 9.0)
-    q = 1.0 - f * (1.0 / 8.0) * q
-    q = 1.0 - f * (1.0 / 7.0) * q
-    q = 1.0 - f * (1.0 / 6.0) * q
-    q = 1.0 - f * (1.0 / 5.0) * q
-    q = 1.0 - f * (1.0 / 4.0) * q
-    q = 1.0 - f * (1.0 / 3.0) * q
-    q = 1.0 - f * 0.5 * q
-    q = 1.0 - f * q
+    q = _NEG_TAYLOR[9]
+    for k in range(8, -1, -1):  # Horner: one multiply-add per term
+        q = q * f + _NEG_TAYLOR[k]
     return _EXP_TABLE[j] * q
 
 
@@ -177,7 +173,7 @@ def _levels(r, u, levels, limit):
     return count, (r >= limit) | (u >= s)
 
 
-@nb.njit(error_model="numpy")
+@nb.njit(error_model="numpy", fastmath={"contract"})
 def _fast_pass(rates, out, key1, key2, counter0, uniforms, unresolved):  # pragma: no cover - compiled
     """Pass 1 over one chunk (vectorised): counts settled by the first FAST_LEVELS levels; keeps U."""
     for i in range(unresolved.size):
@@ -188,7 +184,7 @@ def _fast_pass(rates, out, key1, key2, counter0, uniforms, unresolved):  # pragm
         unresolved[i] = flag
 
 
-@nb.njit(error_model="numpy")
+@nb.njit(error_model="numpy", fastmath={"contract"})
 def _mid_pass(rates, uniforms, out, unresolved):  # pragma: no cover - compiled
     """Pass 2 over gathered elements (vectorised): MID_LEVELS levels for r < MID_RATE."""
     for j in range(unresolved.size):
@@ -197,7 +193,7 @@ def _mid_pass(rates, uniforms, out, unresolved):  # pragma: no cover - compiled
         unresolved[j] = flag
 
 
-@nb.njit(error_model="numpy")
+@nb.njit(error_model="numpy", fastmath={"contract"})
 def _wide_pass(rates, uniforms, out, unresolved, limit):  # pragma: no cover - compiled
     """Pass 3 over gathered elements (vectorised): WIDE_LEVELS levels for r < limit."""
     for j in range(unresolved.size):
@@ -333,7 +329,7 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
         derivative[i] = slope if abs(slope) >= 1e-30 else 0.0
 
 
-@nb.njit(error_model="numpy")
+@nb.njit(error_model="numpy", fastmath={"contract"})
 def _rate_fast_pass(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceiling, floor_factor, counter0,
                     uniforms, unresolved):  # pragma: no cover - compiled
     """``poisson_rate_step``'s update fused with pass 1 over one chunk (vectorised)."""
