@@ -320,3 +320,27 @@ def test_vectorisable_exponential_matches_libm_to_double_precision():
                         np.random.default_rng(0).uniform(0, WIDE_RATE, 100_000)])
     relative = np.abs(many(r) / np.exp(-r) - 1.0)
     assert float(relative.max()) < 4e-16
+
+
+def test_wide_vector_choice_only_on_avx512_and_only_when_not_opted_out():
+    """The 512-bit preference is set for numba only on AVX-512 hosts, before numba loads, and never against
+    the user's own NUMBA_CPU_FEATURES or the FOND_NUMBA_256_BIT opt-out."""
+    import os
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+
+    probe = "import os, fond.families.kernels; print(os.environ.get('NUMBA_CPU_FEATURES', 'unset'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_FEATURES", "FOND_NUMBA_256_BIT")}
+
+    def features(**extra):
+        done = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True,
+                              check=True)
+        return done.stdout.strip()
+
+    host = llvm.get_host_cpu_features().flatten()
+    expected = host + ",-prefer-256-bit" if "+avx512f" in host.split(",") else "unset"
+    assert features() == expected
+    assert features(FOND_NUMBA_256_BIT="1") == "unset"
+    assert features(NUMBA_CPU_FEATURES="+avx2") == "+avx2"

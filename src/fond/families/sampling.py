@@ -71,6 +71,7 @@ SERIAL_KERNEL_SIZE = 16384
 def kernel_threads(size: int) -> None:
     """Run the compiled kernels on as many threads as torch uses (numba has its own pool), or on one for
     arrays of fewer than ``SERIAL_KERNEL_SIZE`` elements."""
+    import fond.families.kernels  # noqa: F401, I001  (numba's vector-width choice is made there, before numba loads)
     import numba
 
     threads = 1 if size < SERIAL_KERNEL_SIZE else torch.get_num_threads()
