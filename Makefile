@@ -10,6 +10,8 @@ RUN    ?= runs/quick
 
 .PHONY: venv demo family reproduce test test-fast lint clean
 
+# requirements.lock pins the core, test and `ray` extra packages (the Ray backend's tests run in CI too;
+# `pip install fond` alone needs no Ray).
 $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

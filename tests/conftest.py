@@ -18,3 +18,13 @@ def tiny_model():
 def tiny_data():
     rng = np.random.default_rng(0)
     return rng.standard_normal((64, 16)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def sweep_patches(tmp_path_factory):
+    """A .npy file of 300 sparse-coded 16-dimensional inputs: data for tiny sweeps (local and Ray)."""
+    rng = np.random.default_rng(0)
+    x = (rng.poisson(0.3, (300, 6)) @ rng.standard_normal((6, 16)) + 0.1 * rng.standard_normal((300, 16)))
+    path = tmp_path_factory.mktemp("data") / "patches.npy"
+    np.save(path, (x / x.std()).astype(np.float32))
+    return path

@@ -120,6 +120,10 @@ LIBRARY = [
     ("infer-list-of-strings", lambda e: e.ipvae.infer([["a"] * D], 2), DataError, "got list of strings"),
     ("infer-ragged-list", lambda e: e.ipvae.infer([[1.0] * D, [1.0]], 2), DataError, "ragged"),
     ("infer-none", lambda e: e.igvae.infer(None, 2), DataError, "numeric array, got NoneType"),
+    ("poisson-kl-strings", lambda e: fond.poisson_kl("a", "b"), DataError, "must be numeric tensors or arrays"),
+    ("poisson-kl-integers", lambda e: fond.poisson_kl(torch.ones(2, dtype=torch.int64), torch.ones(2)), DataError,
+     "must be floating point"),
+    ("load-none", lambda e: fond.load(None), CheckpointError, "model directory must be a path, got NoneType"),
     # other arguments of infer / encode / unroll_loss / evaluate
     ("infer-zero-steps", lambda e: e.ipvae.infer(_x(), 0), DataError, "steps must be an integer ≥ 1, got 0"),
     ("infer-float-steps", lambda e: e.lca.infer(_x(), 2.5), DataError, "got 2.5"),

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from fond.errors import ConfigError
@@ -13,12 +12,8 @@ from fond.sweep import RESULT_COLUMNS, SweepConfig, read_results, run_sweep
 
 
 @pytest.fixture(scope="module")
-def patches(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = (rng.poisson(0.3, (300, 6)) @ rng.standard_normal((6, 16)) + 0.1 * rng.standard_normal((300, 16)))
-    path = tmp_path_factory.mktemp("data") / "patches.npy"
-    np.save(path, (x / x.std()).astype(np.float32))
-    return path
+def patches(sweep_patches):
+    return sweep_patches
 
 
 def _sweep(patches, **fields):
@@ -102,3 +97,39 @@ def test_sweep_command_prints_the_table(patches, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fond", "sweep", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "models" in bad.stderr
+
+
+def test_yaml_sweep_files_read_like_json(patches, tmp_path):
+    """A .yaml / .yml grid (comments, flow or block lists, null) gives the same SweepConfig as its JSON."""
+    sweep = _sweep(patches, eval_samples=None, model_options={"lca": {"method_options": {"sparsity": 0.2}}})
+    (tmp_path / "s.json").write_text(sweep.to_json())
+    text = (f"# the grid\nmodels:\n  - ipvae\n  - lca\ndata: {patches}\nbetas: [1, 4.0]\nt_train: [2]\nseeds: [0]\n"
+            "iterations: 3\nbatch_size: 20\nlatents: 6\neval_steps: 5\neval_samples: null\n"
+            "model_options:\n  lca: {method_options: {sparsity: 0.2}}\n")
+    for name in ("s.yaml", "s.yml"):
+        (tmp_path / name).write_text(text)
+        assert SweepConfig.from_file(tmp_path / name) == SweepConfig.from_file(tmp_path / "s.json") == sweep
+
+
+@pytest.mark.parametrize("text, message", [("models: [lca]\nbetaz: [1]\n", "unknown config key 'betaz'"),
+                                           ("models: [lca]\nbetas: [-1]\n", "config key 'betas'"),
+                                           ("models: [lca]\nlatents: many\n", "config key 'latents'"),
+                                           ("betas: [1]\n", "missing config key 'models'"),
+                                           ("models: [lca\n", "not valid YAML"),
+                                           ("- lca\n", "expected a mapping"),
+                                           ("", "expected a mapping")])
+def test_bad_yaml_sweep_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        SweepConfig.from_file(path)
+
+
+def test_sweep_command_reads_yaml_and_rejects_bad_keys_in_one_line(tmp_path, capsys):
+    from fond.cli import main
+
+    path = tmp_path / "grid.yml"
+    path.write_text("models: [lca]\nbeta: [1]\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"fond: error: {path}: unknown config key 'beta'\n"
+    assert not (tmp_path / "out").exists()

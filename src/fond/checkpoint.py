@@ -203,9 +203,13 @@ def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, A
 
 def read_config(directory: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a model directory, checked for format."""
+    if not isinstance(directory, str | os.PathLike):
+        raise CheckpointError(f"model directory must be a path, got {type(directory).__name__}")
     directory = Path(directory)
     if not directory.exists():
         raise CheckpointError(f"{directory}: no such directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory (a model is a run folder with config.json)")
     path = directory / "config.json"
     try:
         data = json.loads(path.read_text())
@@ -226,8 +230,8 @@ def load_model(directory: str | Path) -> torch.nn.Module:
     """Rebuild a model from ``directory`` (``config.json`` + ``model.safetensors``), never unpickling."""
     from fond.models import build_model
 
-    directory = Path(directory)
     data = read_config(directory)
+    directory = Path(directory)
     try:
         config = config_from_dict(ModelConfig, data.get("model"), source=str(directory / "config.json"))
     except ConfigError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import warnings
@@ -90,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="natural16 (bundled photos), mnist (bundled digits), a .npy file of patches (N×D) or a "
                          "folder of images")
     tr.add_argument("--preset", default="quick", choices=("quick", "paper"))
-    tr.add_argument("--out", required=True, type=Path, help="run directory (resumed if it holds a checkpoint)")
+    tr.add_argument("--out", type=Path,
+                    help="run directory (resumed if it holds a checkpoint of the same configuration)")
+    tr.add_argument("--resume", type=Path, metavar="DIR",
+                    help="finish the interrupted run in DIR with the configuration stored in its checkpoint "
+                         "(instead of --out and the options that set the configuration)")
     tr.add_argument("--config", type=Path, help="JSON file of TrainConfig overrides")
     tr.add_argument("--latents", type=_positive_int, default=512, help="K, number of neurons")
     tr.add_argument("--beta", type=_nonneg_float, help="KL weight β (default: the preset's)")
@@ -112,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
 
     sw = sub.add_parser("sweep", help="train and evaluate a grid of models × β × T_train × seeds (resumable)")
-    sw.add_argument("config", type=Path, nargs="?", help="JSON file of a SweepConfig (flags override its fields)")
+    sw.add_argument("config", type=Path, nargs="?",
+                    help="JSON or YAML (.yaml/.yml) file of a SweepConfig (flags override its fields)")
     sw.add_argument("--out", required=True, type=Path, help="sweep directory: one run folder per grid point")
     sw.add_argument("--models", nargs="+", choices=MODEL_CHOICES, metavar="MODEL")
     sw.add_argument("--beta", nargs="+", type=_nonneg_float, dest="betas", metavar="BETA")
@@ -125,7 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--latents", type=_positive_int)
     sw.add_argument("--eval-steps", type=_positive_int)
     sw.add_argument("--eval-samples", type=_positive_int)
-    sw.add_argument("--progress", action="store_true", help="show each run's progress bar")
+    sw.add_argument("--progress", action="store_true", help="show each run's progress bar (local backend)")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="local: one run at a time in this process; ray: each run a Ray task (pip install fond[ray])")
+    sw.add_argument("--address", help="ray: the cluster to join (auto, HOST:6379, ray://HOST:10001; default: "
+                                      "RAY_ADDRESS, else a local Ray instance)")
+    sw.add_argument("--cpus-per-run", type=_nonneg_float, metavar="N", help="ray: CPUs per run (default 1)")
+    sw.add_argument("--gpus-per-run", type=_nonneg_float, metavar="N", help="ray: GPUs per run (default 0)")
+    sw.add_argument("--ray-cpus", type=_positive_int, metavar="N",
+                    help="ray: CPUs of the local Ray instance (default: all of this machine's)")
 
     an = sub.add_parser("analyze", help="one analysis of trained runs: numbers (JSON) and a figure (PNG)")
     an.add_argument("kind", choices=("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency",
@@ -199,10 +213,22 @@ def _train_config(args: argparse.Namespace):
     return replace(cfg, **{k: v for k, v in updates.items() if v is not None})
 
 
+def load_data(spec, **kwargs):
+    """``fond.data.load_data`` with its warnings (skipped files) held back until it succeeds: data it refuses
+    gets the one error line, which names what was skipped, not the warnings that led to it as well."""
+    from fond.data import load_data as load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load(spec, **kwargs)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return data
+
+
 def _load_run_data(spec: str, run_info: dict, seed: int):
     """The run's own split when ``spec`` is the data it was trained on, else ``spec`` loaded afresh."""
     from fond.config import TrainConfig, config_from_dict
-    from fond.data import load_data
 
     if spec == run_info.get("data", {}).get("spec") and "train" in run_info:
         cfg = config_from_dict(TrainConfig, run_info["train"])
@@ -223,11 +249,61 @@ def _evaluate_and_report(run_dir: Path, model, data, steps: int, samples: int | 
     return result
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from fond.config import ModelConfig, preset_model_options
-    from fond.data import load_data
-    from fond.train import train
+#: ``fond train`` options that set the run's configuration (taken from the checkpoint with --resume)
+_TRAIN_CONFIG_OPTIONS = ("model", "decoder", "decoder_hidden", "encoder", "encoder_hidden", "sparsity", "family_option",
+                         "method_option", "data", "preset", "config", "latents", "beta", "steps", "iterations",
+                         "batch_size", "seed")
 
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"fond: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _resume_run(args: argparse.Namespace):
+    """``fond train --resume DIR``: the run's data, train and model configuration, from its checkpoint."""
+    from fond.train import run_configuration
+
+    defaults = vars(build_parser().parse_args(["train", "--resume", "x"]))
+    given = [key for key in _TRAIN_CONFIG_OPTIONS if getattr(args, key) != defaults[key]]
+    if args.out is not None or given:
+        flag = "--out" if args.out is not None else "--" + given[0].replace("_", "-")
+        raise FondError(f"--resume DIR takes the configuration from the run's checkpoint; drop {flag}")
+    cfg, model_cfg, data_info = run_configuration(args.resume)
+    spec = data_info.get("spec")
+    if not isinstance(spec, str):
+        raise FondError(f"{args.resume}: its checkpoint does not record the training data")
+    args.out, args.model, args.decoder = args.resume, model_cfg.model, model_cfg.decoder
+    return cfg, model_cfg, load_data(spec, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed), spec
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fond.distributed import close, context_from_env
+
+    args.distributed = context_from_env()  # torchrun: join the process group (else a single process)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _cmd_train(args)
+    finally:
+        close(args.distributed)
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    """A progress line on stderr, from rank 0 only under torchrun."""
+    if args.distributed.is_main:
+        print(message, file=sys.stderr)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fond.config import ModelConfig, preset_model_options
+
+    if args.resume is not None:
+        cfg, model_cfg, data, spec = _resume_run(args)
+        _say(args, f"fond: resuming {args.model} ({args.decoder} decoder) in {args.out}: {cfg.iterations} "
+                   f"iterations, T_train {cfg.steps}, β {cfg.beta}")
+        return _train_and_report(args, cfg, model_cfg, data, spec)
+    if args.out is None:
+        raise FondError("fond train needs --out DIR (a new run, or one to continue) or --resume DIR")
     cfg = _train_config(args)
     data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
     options = preset_model_options(args.preset, args.model)
@@ -239,15 +315,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                             decoder=args.decoder, decoder_hidden=args.decoder_hidden, encoder=args.encoder,
                             encoder_hidden=args.encoder_hidden, family_options=family_options,
                             method_options=method_options, **options)
-    print(f"fond: training {args.model} ({args.decoder} decoder) on {data.name}: {data.train.shape[0]} train / "
-          f"{data.val.shape[0]} "
-          f"held-out inputs of dimension {data.n_inputs}; preset {cfg.preset}, {cfg.iterations} iterations, "
-          f"T_train {cfg.steps}, β {cfg.beta}", file=sys.stderr)
-    result = train(data, cfg, args.out, model_config=model_cfg, data_spec=args.data,
-                   progress=not args.no_progress)
-    print(f"fond: trained {result.iterations} iterations in {result.seconds / 60:.1f} min -> {args.out}",
-          file=sys.stderr)
-    if args.no_eval:
+    ranks = f" on {args.distributed.world_size} processes" if args.distributed.distributed else ""
+    _say(args, f"fond: training {args.model} ({args.decoder} decoder) on {data.name}{ranks}: {data.train.shape[0]} "
+               f"train / {data.val.shape[0]} held-out inputs of dimension {data.n_inputs}; preset {cfg.preset}, "
+               f"{cfg.iterations} iterations, T_train {cfg.steps}, β {cfg.beta}")
+    return _train_and_report(args, cfg, model_cfg, data, args.data)
+
+
+def _train_and_report(args: argparse.Namespace, cfg, model_cfg, data, spec: str) -> int:
+    from fond.train import train
+
+    result = train(data, cfg, args.out, model_config=model_cfg, data_spec=spec, progress=not args.no_progress,
+                   distributed=args.distributed)
+    _say(args, f"fond: trained {result.iterations} iterations in {result.seconds / 60:.1f} min -> {args.out}")
+    if args.no_eval or not args.distributed.is_main:  # rank 0 evaluates and writes the report
         return 0
     evaluation = _evaluate_and_report(args.out, result.model, data, args.eval_steps, None, 0, True)
     _print_summary(evaluation.summary(), as_json=False)
@@ -274,12 +355,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fond.config import config_from_dict, load_json
-    from fond.sweep import RESULT_COLUMNS, SweepConfig, run_sweep
+    from fond.config import config_from_dict
+    from fond.sweep import RESULT_COLUMNS, SweepConfig, load_sweep_file, run_sweep
 
-    fields = load_json(args.config) if args.config is not None else {}
-    if not isinstance(fields, dict):
-        raise FondError(f"{args.config}: expected a JSON object")
+    ray_flags = {"--address": args.address, "--cpus-per-run": args.cpus_per_run,
+                 "--gpus-per-run": args.gpus_per_run, "--ray-cpus": args.ray_cpus}
+    if args.backend == "local":
+        given = [flag for flag, value in ray_flags.items() if value is not None]
+        if given:
+            raise FondError(f"{given[0]} applies to --backend ray only")
+    fields = load_sweep_file(args.config) if args.config is not None else {}
     for key in ("models", "betas", "t_train", "seeds", "data", "preset", "iterations", "batch_size", "latents",
                 "eval_steps", "eval_samples"):
         if getattr(args, key) is not None:
@@ -287,7 +372,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if "models" not in fields:
         raise FondError("a sweep needs models: pass --models or a config file that lists them")
     sweep = config_from_dict(SweepConfig, fields, source=str(args.config or "sweep flags"))
-    rows = run_sweep(sweep, args.out, progress=args.progress, log=lambda m: print(f"fond: {m}", file=sys.stderr))
+
+    def log(message: str) -> None:
+        print(f"fond: {message}", file=sys.stderr, flush=True)
+
+    failures: dict[str, str] = {}
+    if args.backend == "ray":
+        from fond.sweep_ray import run_sweep_ray
+
+        rows, failures = run_sweep_ray(sweep, args.out, address=args.address,
+                                       cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
+                                       gpus_per_run=args.gpus_per_run or 0.0, ray_cpus=args.ray_cpus, log=log)
+    else:
+        rows = run_sweep(sweep, args.out, progress=args.progress, log=log)
     shown = ("model", "beta", "t_train", "seed", "r2", "r2_rates", "zeros", "rate_distortion", "convergence_step",
              "diverged")
     print("| " + " | ".join(shown) + " |\n|" + "---|" * len(shown))
@@ -296,6 +393,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                 for k in shown) + " |")
     print(f"fond: {len(rows)} runs in {args.out / 'sweep.csv'} ({', '.join(RESULT_COLUMNS[:3])}, ...)",
           file=sys.stderr)
+    if failures:
+        for name, error in failures.items():
+            print(f"fond: error: run {name} failed: {error}", file=sys.stderr)
+        print(f"fond: {len(failures)} of {len(sweep.runs())} runs failed; fix the cause and run the same command "
+              "again: finished runs are skipped", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -357,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     previous = signal.signal(signal.SIGTERM, _terminate) if argv is None else None
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "sweep": cmd_sweep,
                     "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench}
@@ -364,18 +469,34 @@ def main(argv: list[str] | None = None) -> int:
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
+        text = str(exc)
+        if not isinstance(exc, MemoryError) and "can't allocate memory" not in text and "out of memory" not in text:
+            raise
+        wanted = re.search(r"tried to allocate (\d+) bytes", text)
+        size = f" ({int(wanted.group(1)) / 1e9:.3g} GB asked for)" if wanted else ""
+        print(f"fond: error: out of memory{size}: use fewer inputs or latents (--batch-size, --latents, --samples)",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:  # stdout closed early (e.g. `fond eval DIR --json | head`): not an error
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from fond.train import TrainingInterrupted
+
+        if args.command == "train" and isinstance(exc, TrainingInterrupted):
+            hint = f"; resume with `fond train --resume {args.out}`" if exc.checkpoint is not None else ""
+            print(f"fond: {exc}{hint}", file=sys.stderr)
+            return 130
         hint = ""
-        if args.command in ("train", "sweep", "reproduce"):
+        if args.command in ("train", "sweep", "reproduce") and args.out is not None:
             hint = f"; progress is checkpointed in {args.out}: run the same command to resume"
         print(f"fond: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

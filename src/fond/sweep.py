@@ -1,9 +1,11 @@
 """Sweeps: a grid over models × β × T_train × seeds, trained and evaluated one run at a time, resumable.
 
-A sweep is described by a :class:`SweepConfig` (a JSON file or CLI flags). Each grid point is a run
+A sweep is described by a :class:`SweepConfig` (a JSON or YAML file, or CLI flags). Each grid point is a run
 directory ``OUT/<model>_b<β>_t<T>_s<seed>`` holding the usual checkpoint, log and report; a run whose
 ``done.json`` exists is skipped, and an interrupted one resumes from its checkpoint (``fond.train``).
 The results are gathered into ``OUT/sweep.csv`` and ``OUT/sweep.json`` (one row per run).
+:func:`run_sweep` runs the grid here, one run at a time; ``fond.sweep_ray.run_sweep_ray`` submits each
+unfinished run as a Ray task and gathers the same table.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 from fond.checkpoint import atomic_write
 from fond.config import MODELS, PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
-from fond.errors import ConfigError
+from fond.errors import ConfigError, read_bytes
 
-__all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "RESULT_COLUMNS"]
+__all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "load_sweep_file",
+           "RESULT_COLUMNS"]
 
 #: Columns of sweep.csv, in order.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -103,6 +106,11 @@ class SweepConfig:
     def from_json(cls, path: str | Path) -> SweepConfig:
         return config_from_dict(cls, load_json(path), source=str(path))
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> SweepConfig:
+        """A sweep from a JSON file or, for ``.yaml`` / ``.yml``, a YAML file with the same keys."""
+        return config_from_dict(cls, load_sweep_file(path), source=str(path))
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
@@ -155,6 +163,35 @@ class RunSpec:
         return config_from_dict(ModelConfig, {"n_inputs": n_inputs, "n_latents": self.sweep.latents,
                                               "model": self.model, "family_options": family_options, **fields},
                                 source=f"sweep run {self.name}")
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def load_sweep_file(path: str | Path) -> dict[str, Any]:
+    """The object in a sweep file: YAML (``.yaml`` / ``.yml``, safe loading only) or JSON (anything else).
+
+    Errors are one line naming the file (missing, not text, not parseable, not a mapping);
+    the keys and values are checked by :class:`SweepConfig` (via ``config_from_dict``).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in YAML_SUFFIXES:
+        return load_json(path)
+    import yaml
+
+    raw = read_bytes(path, ConfigError)
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sweep keys (models, betas, ...), "
+                          f"got {type(data).__name__}")
+    return data
 
 
 def run_experiment(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False) -> dict[str, Any]:
@@ -221,17 +258,11 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(out_dir / "sweep.csv", buffer.getvalue())
 
 
-def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run every grid point of ``sweep`` not yet finished under ``out_dir``; write sweep.csv / sweep.json.
+def prepare_sweep_dir(sweep: SweepConfig, out_dir: str | Path) -> Path:
+    """Create ``out_dir`` and record the sweep's config there (``sweep-config.json``), or check it is the same.
 
-    Runs go one at a time (distributed sweeps: issue 8). ``sweep.json`` (the config) is written first; a
-    different sweep config in the same folder is refused, so results of two grids never mix silently.
-    Returns every finished row (including ones from earlier invocations).
+    A different sweep config in the same folder is refused, so results of two grids never mix silently.
     """
-    from fond.data import load_data
-
-    log = log or (lambda message: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "sweep-config.json"
@@ -241,11 +272,43 @@ def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False
             raise ConfigError(f"{out_dir} holds a different sweep (see {config_path}); use another --out")
     else:
         atomic_write(config_path, sweep.to_json())
+    return out_dir
+
+
+def gather(sweep: SweepConfig, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Write ``sweep.csv`` / ``sweep.json`` from the finished runs of ``sweep`` under ``out_dir``; return the rows."""
+    rows = read_results(out_dir, sweep)
+    _write_tables(Path(out_dir), rows)
+    return rows
+
+
+def is_finished(out_dir: str | Path, spec: RunSpec) -> bool:
+    return (Path(out_dir) / spec.name / "done.json").is_file()
+
+
+def describe_row(row: dict[str, Any]) -> str:
+    return (f"R² {row['r2']:.3f}, zeros {row['zeros']:.3f}, d {row['rate_distortion']:.3f} "
+            f"({row['minutes']} min)")
+
+
+def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run every grid point of ``sweep`` not yet finished under ``out_dir``; write sweep.csv / sweep.json.
+
+    Runs go one at a time, in this process (``fond.sweep_ray.run_sweep_ray``: as Ray tasks). The config is
+    written first to ``sweep-config.json``; a different sweep config in the same folder is refused, so
+    results of two grids never mix silently. Returns every finished row (including ones from earlier
+    invocations).
+    """
+    from fond.data import load_data
+
+    log = log or (lambda message: None)
+    out_dir = prepare_sweep_dir(sweep, out_dir)
     data_cache: dict[tuple[int, int, int], Any] = {}
     specs = sweep.runs()
     for i, spec in enumerate(specs, 1):
         directory = out_dir / spec.name
-        if (directory / "done.json").is_file():
+        if is_finished(out_dir, spec):
             log(f"[{i}/{len(specs)}] {spec.name}: done, skipped")
             continue
         cfg = spec.train_config()
@@ -254,9 +317,6 @@ def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False
             data_cache[key] = load_data(sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
         log(f"[{i}/{len(specs)}] {spec.name}: training {cfg.iterations} iterations")
         row = run_experiment(spec, directory, data=data_cache[key], progress=progress)
-        log(f"[{i}/{len(specs)}] {spec.name}: R² {row['r2']:.3f}, zeros {row['zeros']:.3f}, "
-            f"d {row['rate_distortion']:.3f} ({row['minutes']} min)")
-        _write_tables(out_dir, read_results(out_dir, sweep))
-    rows = read_results(out_dir, sweep)
-    _write_tables(out_dir, rows)
-    return rows
+        log(f"[{i}/{len(specs)}] {spec.name}: {describe_row(row)}")
+        gather(sweep, out_dir)
+    return gather(sweep, out_dir)

@@ -215,7 +215,8 @@ def _mid_pass(rates, uniforms, out, unresolved):  # pragma: no cover - compiled
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _wide_pass(rates, uniforms, out, unresolved, limit):  # pragma: no cover - compiled
-    """Pass 3 over gathered elements (vectorised): WIDE_LEVELS levels for r < limit."""
+    """Pass 3 over gathered elements (vectorised): WIDE_LEVELS levels for r < limit. (One function per
+    tier: the number of levels must be a compile-time constant for LLVM to unroll and vectorise.)"""
     for j in range(unresolved.size):
         count, flag = _levels(rates[j], uniforms[j], WIDE_LEVELS, limit)
         out[j] = count

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fond.errors import DataError
 from fond.families.base import Family, Params, Sample, State, register_family
 from fond.families.sampling import poisson_tail_cutoff, sample_poisson
 
@@ -45,6 +46,13 @@ def poisson_kl(u: Tensor, u_prior: Tensor, form: KLForm = "exact") -> Tensor:
     r·(1 + e^Δ(Δ − 1)) = e^Δ · KL, offered only for bit-faithful replication of its training runs.
     Both vanish iff u = u₀. Shapes broadcast; the result has the broadcast shape.
     """
+    if not (isinstance(u, Tensor) and isinstance(u_prior, Tensor)):
+        try:
+            u, u_prior = torch.as_tensor(u), torch.as_tensor(u_prior)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError("poisson_kl: u and u_prior must be numeric tensors or arrays") from None
+    if not (u.is_floating_point() and u_prior.is_floating_point()):
+        raise DataError(f"poisson_kl: u and u_prior must be floating point, got {u.dtype} and {u_prior.dtype}")
     delta = u - u_prior
     rate = torch.exp(u)
     if form == "exact":
