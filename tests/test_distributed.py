@@ -30,6 +30,7 @@ WORKER = textwrap.dedent('''
     from fond.train import train
 
     out, report, stop_at, fixed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "fixed"
+    iterations = int(sys.argv[5]) if len(sys.argv) > 5 else 4
     if fixed:  # the sampler's randomness fixed: the relaxed sample is its mean
         poisson.relaxed_poisson = lambda rates, temperature, generator, **options: rates
     ctx = context_from_env()
@@ -50,7 +51,7 @@ WORKER = textwrap.dedent('''
             setattr(os, name, lambda path, *a, _real=real, **k: (
                 writes.append(str(path)) if inside(path) else None, _real(path, *a, **k))[1])
     data = load_data("natural16", n_train=400, n_val=50, seed=0)
-    cfg = replace(preset("quick", "ipvae", "natural16"), iterations=4, batch_size=8, steps=3, eval_every=4,
+    cfg = replace(preset("quick", "ipvae", "natural16"), iterations=iterations, batch_size=8, steps=3, eval_every=4,
                   checkpoint_every=1, log_every=1, eval_steps=5, eval_samples=20, n_train=400, n_val=50, seed=0)
     params = {}
     def record(done, model):
@@ -65,14 +66,16 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _run(tmp_path: Path, out: Path, report: Path, *, ranks: int, stop_at: int = 0, fixed: bool = True) -> None:
+def _run(tmp_path: Path, out: Path, report: Path, *, ranks: int, stop_at: int = 0, fixed: bool = True,
+         iterations: int = 4, expect_failure: bool = False) -> str:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    done = subprocess.run([*launcher, str(script), str(out), str(report), str(stop_at), "fixed" if fixed else "-"],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([*launcher, str(script), str(out), str(report), str(stop_at), "fixed" if fixed else "-",
+                           str(iterations)], capture_output=True, text=True, timeout=300, env=env)
+    assert (done.returncode != 0) == expect_failure, done.stderr[-3000:]
+    return done.stderr
 
 
 def _by_step(report: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -117,6 +120,10 @@ def test_resume_under_torchrun_ends_where_the_uninterrupted_run_ends(tmp_path):
     assert final and all(k in resumed for k in final)
     for key in final:
         torch.testing.assert_close(resumed[key], full[key], rtol=1e-6, atol=1e-7, msg=key)
+    # a run folder holding another configuration is refused by every rank (none waits forever for rank 0)
+    stderr = _run(tmp_path, tmp_path / "split", tmp_path / "other", ranks=2, fixed=False, iterations=6,
+                  expect_failure=True)
+    assert "different configuration" in stderr
 
 
 @pytest.mark.slow

@@ -486,14 +486,19 @@ def train(
     optimizer = torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     start = 0
     checkpoint = directory / CHECKPOINT
-    # rank 0 resumes first (it may set a corrupt checkpoint aside); the other ranks then read what it kept
+    if _checkpoint_candidates(directory) and not resume:
+        raise FondError(f"{directory} already holds a run; use another --out or resume it")
+    # rank 0 resumes first (it may set a corrupt checkpoint aside), then the others read what it kept; a
+    # failure on any rank stops every rank (collectively: no rank is left waiting for the others)
     for turn in ((0, 1) if ctx.distributed else (0,)):
+        failure: FondError | None = None
         if (turn == 0) == main and _checkpoint_candidates(directory):
-            if not resume:
-                raise FondError(f"{directory} already holds a run; use another --out or resume it")
-            start = _resume(directory, model, optimizer, model_config, cfg)
-        if ctx.distributed:
-            dist.barrier()
+            try:
+                start = _resume(directory, model, optimizer, model_config, cfg)
+            except FondError as exc:
+                failure = exc
+        if any_rank(failure is not None, ctx):
+            raise failure or FondError(f"{directory}: another process could not resume this run")
     if main:
         directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(directory)
