@@ -34,6 +34,8 @@ __all__ = ["LimbProduct", "PoissonLinearEngine", "limb_product_available"]
 LIMBS = 4
 #: largest count the uint8 spike matrix holds; a step with a larger count uses the float product
 MAX_SMALL_COUNT = 255
+#: largest K for the limb product: int32 sums of 255·127·K stay exact in float32 (< 2²⁴)
+MAX_LIMB_INPUTS = 512
 
 
 def limb_product_available() -> bool:
@@ -54,8 +56,9 @@ class LimbProduct:
     """
 
     def __init__(self, weight: Tensor, limbs: int = LIMBS) -> None:
-        if weight.ndim != 2 or weight.shape[0] > 512:
-            raise ValueError(f"LimbProduct needs a (K, N) weight with K ≤ 512, got {tuple(weight.shape)}")
+        if weight.ndim != 2 or weight.shape[0] > MAX_LIMB_INPUTS:
+            raise ValueError(f"LimbProduct needs a (K, N) weight with K ≤ {MAX_LIMB_INPUTS}, got "
+                             f"{tuple(weight.shape)}")
         columns = weight.detach().t().to(torch.float64)  # (N, K): oneDNN's linear computes z·Wᵀ
         scale = (columns.abs().amax(1) / 127.0).to(torch.float32).to(torch.float64)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -105,8 +108,8 @@ class PoissonLinearEngine:
         if product not in ("auto", "float", "limbs"):
             raise ValueError(f"product must be 'auto', 'float' or 'limbs', got {product!r}")
         if product == "auto":
-            small_enough = gram.shape[0] <= 512  # int32 sums of 255·127·K stay exact in float32
-            product = "limbs" if gram.dtype == torch.float32 and small_enough and limb_product_available() else "float"
+            fits = gram.dtype == torch.float32 and gram.shape[0] <= MAX_LIMB_INPUTS
+            product = "limbs" if fits and limb_product_available() else "float"
         if product == "limbs" and gram.dtype != torch.float32:
             raise ValueError(f"the limb product needs a float32 model, got {gram.dtype}")
         self.product = product
