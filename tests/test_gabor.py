@@ -21,11 +21,10 @@ from fond.analysis.gabor import (
     fit_dictionary,
     fit_gabor,
     gabor_patch,
-    grating_tuning,
-    gratings,
     plot_gabor_summary,
-    plot_tuning,
 )
+from fond.analysis.stimuli import gratings
+from fond.analysis.tuning import grating_tuning, plot_tuning
 from fond.errors import ConfigError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,10 +14,8 @@ from fond.analysis.ood import (
     ood_sets,
     ood_table,
     plot_ood,
-    rotate_images,
-    rotating_frames,
-    shift_images,
 )
+from fond.analysis.stimuli import rotate_images, rotating_frames, shift_images
 from fond.config import ModelConfig
 from fond.errors import DataError
 from fond.models import build_model

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from fond.analysis.stimuli import rotating_sequence, shifting_sequence
 from fond.analysis.temporal import (
     contrast_latency,
     plot_contrast_latency,
     plot_serial_dependence,
     plot_tracking,
     response_latency,
-    rotating_sequence,
     serial_dependence,
-    shifting_sequence,
     tracking,
 )
 from fond.errors import ConfigError, DataError

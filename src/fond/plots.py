@@ -2,8 +2,8 @@
 
 Every function renders with the object-oriented Agg API (``matplotlib.figure.Figure`` plus
 ``FigureCanvasAgg``), so nothing touches pyplot's global state or the configured backend, and
-writes a PNG atomically: the figure goes to a hidden temporary file in the destination directory,
-which is then moved into place with :func:`os.replace`. Readers therefore see either the previous
+writes a PNG atomically through :func:`fond.run.atomic_write` (a hidden temporary file in the
+destination directory, fsynced, then renamed into place). Readers therefore see either the previous
 file or the complete new one, never a half-written PNG. Missing parent directories are created and
 the written :class:`pathlib.Path` is returned.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fond.errors import DataError
+from fond.run import atomic_write
+from fond.validate import float_array, patch_dims
 
 __all__ = [
+    "new_figure",
+    "plot_convergence",
     "plot_dictionary",
     "plot_inference_curves",
     "plot_reconstructions",
+    "plot_spike_raster",
     "plot_training_curves",
+    "save_figure",
 ]
 
 DPI = 120
@@ -41,25 +46,9 @@ _INFERENCE_KEYS = ("r2", "r2_rates", "zeros", "du_norm", "nelbo")
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_array(a: Any, name: str) -> np.ndarray:
-    """Return ``a`` as a float64 NumPy array; torch tensors are detached and moved to the CPU first."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-    try:
-        return np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{name} must be a numeric array, got {type(a).__name__}") from exc
-
-
 def _check_patch_shape(patch_shape: Any) -> tuple[int, int]:
     """(height, width) of a grey patch_shape (h, w) or a colour one (h, w, 3); see ``_channels``."""
-    try:
-        dims = tuple(int(s) for s in patch_shape)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"patch_shape must be two positive integers (or h, w, 3), got {patch_shape!r}") from exc
-    if len(dims) not in (2, 3) or min(dims) < 1 or (len(dims) == 3 and dims[2] != 3):
-        raise DataError(f"patch_shape must be two positive integers (or h, w, 3), got {patch_shape!r}")
-    return dims[0], dims[1]
+    return patch_dims(patch_shape, colour=True)[:2]
 
 
 def _channels(patch_shape: Any) -> int:
@@ -82,30 +71,13 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        # "xb" creates the file with the process umask (unlike mkstemp's 0600) and never clobbers.
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``fig`` as a PNG to ``path`` through ``fond.run.atomic_write`` (temp file, fsync, rename)."""
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
 def _finite_min(a: np.ndarray) -> float | None:
     finite = a[np.isfinite(a)]
     return float(finite.min()) if finite.size else None
-
-
-_new_figure = new_figure
-_save_atomic = save_figure
 
 
 # --------------------------------------------------------------------------- dictionary
@@ -162,7 +134,7 @@ def plot_dictionary(
     near-square grid with 1-pixel coloured separators; ``order="norm"`` shows the largest-L2-norm
     atoms first (dead atoms last), ``order="index"`` keeps the given order.
     """
-    w = _as_array(weights, "weights")
+    w = float_array(weights, "weights")
     ph, pw = _check_patch_shape(patch_shape)
     channels = _channels(patch_shape)
     if w.ndim != 2:
@@ -183,7 +155,7 @@ def plot_dictionary(
 
     aspect = mosaic.shape[0] / mosaic.shape[1]
     width = float(np.clip(0.75 * ncols * pw / 16 + 2.0, 5.0, 12.0))
-    fig = _new_figure(width, max(3.5, width * aspect * 0.92 + 0.9))
+    fig = new_figure(width, max(3.5, width * aspect * 0.92 + 0.9))
     ax = fig.add_subplot()
     cmap = colormaps["gray"].with_extremes(bad=_SEPARATOR_COLOUR)
     im = ax.imshow(mosaic, cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
@@ -200,7 +172,7 @@ def plot_dictionary(
     if channels == 1:
         cbar = fig.colorbar(im, ax=ax, shrink=0.8)
         cbar.set_label("weight / max|atom| (each atom scaled separately, dimensionless)")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- inference curves
@@ -222,7 +194,7 @@ def plot_inference_curves(
     """
     if not isinstance(trace, Mapping):
         raise DataError(f"trace must be a mapping of name -> 1-D array, got {type(trace).__name__}")
-    curves = {key: _as_array(trace[key], f"trace[{key!r}]") for key in _INFERENCE_KEYS if key in trace}
+    curves = {key: float_array(trace[key], f"trace[{key!r}]") for key in _INFERENCE_KEYS if key in trace}
     if not curves:
         raise DataError(f"trace has none of the keys {', '.join(_INFERENCE_KEYS)}; got {sorted(trace)}")
     for key, arr in curves.items():
@@ -241,7 +213,7 @@ def plot_inference_curves(
         panels.append("r2")
     panels += [key for key in ("zeros", "du_norm", "nelbo") if key in curves]
 
-    fig = _new_figure(3.8 * len(panels) + 0.4, 3.6)
+    fig = new_figure(3.8 * len(panels) + 0.4, 3.6)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "r2":
@@ -283,7 +255,7 @@ def plot_inference_curves(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="best")
     fig.suptitle(title if title is not None else f"Inference over T={n_steps} steps")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- reconstructions
@@ -303,7 +275,7 @@ def plot_reconstructions(
     reconstruction that is too faint or too strong is visible as such (values beyond are clipped).
     Non-finite reconstruction pixels are drawn in the separator colour rather than rejected.
     """
-    xa = _as_array(x, "x")
+    xa = float_array(x, "x")
     ph, pw = _check_patch_shape(patch_shape)
     channels = _channels(patch_shape)
     if xa.ndim != 2 or xa.shape[0] == 0:
@@ -316,7 +288,7 @@ def plot_reconstructions(
     if not isinstance(reconstructions, Mapping):
         raise DataError(f"reconstructions must be a mapping label -> (N, D) array, "
                         f"got {type(reconstructions).__name__}")
-    recs = {str(label): _as_array(r, f"reconstructions[{label!r}]") for label, r in reconstructions.items()}
+    recs = {str(label): float_array(r, f"reconstructions[{label!r}]") for label, r in reconstructions.items()}
     for label, r in recs.items():
         if r.shape != xa.shape:
             raise DataError(f"reconstructions[{label!r}] has shape {r.shape}, expected {xa.shape} like x")
@@ -326,7 +298,7 @@ def plot_reconstructions(
     rows = [("input", xa)] + list(recs.items())
 
     cell = 1.0
-    fig = _new_figure(max(4.0, cell * ncols + 1.2), cell * len(rows) + 0.8)
+    fig = new_figure(max(4.0, cell * ncols + 1.2), cell * len(rows) + 0.8)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     cmap = colormaps["gray"].with_extremes(bad=_SEPARATOR_COLOUR)
     for j in range(ncols):
@@ -348,7 +320,7 @@ def plot_reconstructions(
         f"Reconstructions of {ncols} of {xa.shape[0]} patches ({ph}×{pw} px); "
         "grey scale per column ±max|input| (input units)"
     )
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- training curves
@@ -395,7 +367,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     if not any(s[0].size for s in series.values()):
         raise DataError("records contain no finite loss, nll, kl, beta or temperature values")
 
-    fig = _new_figure(11.0, 3.8)
+    fig = new_figure(11.0, 3.8)
     ax_loss, ax_beta = fig.subplots(1, 2, squeeze=True)
     for key, style in (("loss", "-"), ("nll", "--"), ("kl", ":")):
         s, v = series[key]
@@ -434,4 +406,53 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     ax_beta.set_title("schedules")
     ax_beta.grid(True, alpha=0.3)
     fig.suptitle(f"Training log ({len(records)} records)")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- several models, one input
+
+
+def plot_convergence(traces: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str], *, t_train: int,
+                     steps: int = 1000) -> Path:
+    """Per-step curves of several models side by side: R² of the mean code (clipped to [−0.2, 1]), fraction of
+    zeros and ‖Δ state‖ (log y) against the inference step (log x), one line per model.
+
+    traces: model name → trace with 1-D ``r2_rates``, ``zeros`` and ``du_norm`` (one value per step). A dashed
+    line marks ``t_train`` (the steps unrolled in training); ``steps`` is named in the title.
+    """
+    fig = new_figure(12.0, 3.6)
+    axes = fig.subplots(1, 3)
+    for name, trace in traces.items():
+        t = np.arange(1, len(trace["r2_rates"]) + 1)
+        axes[0].plot(t, np.clip(trace["r2_rates"], -0.2, 1.0), label=name)
+        axes[1].plot(t, trace["zeros"], label=name)
+        axes[2].plot(t, np.maximum(trace["du_norm"], 1e-8), label=name)
+    for ax, label in zip(axes, ("R² (mean code)", "fraction of zeros", "‖Δ state‖"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("inference step")
+        ax.set_ylabel(label)
+        ax.axvline(t_train, color="grey", ls="--", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Convergence over {steps} inference steps (dashed: T_train = {t_train})")
+    return save_figure(fig, path)
+
+
+def plot_spike_raster(spikes: Any, path: str | os.PathLike[str], *, n_neurons: int = 64,
+                      title: str = "spike raster for one input (marker size = spike count, capped at 5)") -> Path:
+    """A raster of the ``n_neurons`` most active neurons: ``spikes`` (steps, K) counts after each inference
+    step for one input; a mark at (step, neuron) for every non-zero count, its size growing with the count."""
+    counts_all = float_array(spikes, "spikes")
+    if counts_all.ndim != 2:
+        raise DataError(f"spikes must be a 2-D (steps, K) array, got shape {counts_all.shape}")
+    order = np.argsort(-counts_all.sum(0))[:n_neurons]
+    chosen = counts_all[:, order]
+    fig = new_figure(8.0, 4.0)
+    ax = fig.add_subplot()
+    t, k = np.nonzero(chosen.T > 0)[::-1]
+    ax.scatter(t + 1, k, s=2 + 3 * np.minimum(chosen[t, k], 5), c="k", marker="|")
+    ax.set_xlabel("inference step")
+    ax.set_ylabel(f"neuron (the {len(order)} most active)")
+    ax.set_title(title)
+    return save_figure(fig, path)

@@ -85,15 +85,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=2, default=_plain) + "\n")
+    from fond.analysis.summary import json_default
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    atomic_write(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 def _cached(path: Path, compute: Callable[[], Any]) -> Any:
@@ -130,7 +124,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
     the path of ``out/index.md``."""
     from fond.analysis import classification, frontier, gabor, ood, temporal
     from fond.data import load_data
-    from fond.plots import plot_dictionary
+    from fond.plots import plot_convergence, plot_dictionary, plot_spike_raster
     from fond.sweep import run_sweep
 
     if isinstance(preset, ReproducePreset):
@@ -185,7 +179,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
         if path.is_file():
             with np.load(path) as npz:
                 traces[row["model"]] = {k: npz[k] for k in npz.files}
-    _plot_convergence(traces, figures / "convergence.png", t_train=best_ip["t_train"], steps=p.eval_steps)
+    plot_convergence(traces, figures / "convergence.png", t_train=best_ip["t_train"], steps=p.eval_steps)
     ip_trace = traces.get("ipvae", {})
     # (an evaluation shorter than T_train, as in a tiny test budget, has no reading at t = T_train)
     at_t = best_ip["t_train"] - 1
@@ -241,7 +235,9 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
     log("online inference: serial dependence, tracking, spike raster")
     online = _cached(out / "online.json",
                      lambda: _online(mnist_models["ipvae"], mnist.val, figures, temporal, p.eval_steps, ood))
-    _raster(mnist_models["ipvae"], mnist.val[:1], figures / "raster.png", steps=min(200, p.eval_steps))
+    plot_spike_raster(temporal.spike_raster(mnist_models["ipvae"], mnist.val[:1], min(200, p.eval_steps)),
+                      figures / "raster.png",
+                      title="iP-VAE spike raster for one MNIST digit (marker size = spike count, capped at 5)")
     plot_dictionary(mnist_models["ipvae"].dictionary.detach().numpy(), (28, 28), figures / "dictionary_mnist.png",
                     max_atoms=100, title="iP-VAE dictionary on MNIST (100 largest atoms)")
 
@@ -272,8 +268,10 @@ def _gabor(model, figures: Path, gabor, steps: int, x: np.ndarray) -> dict[str, 
     used = np.argsort(-rates, kind="stable")[:GABOR_ATOMS]
     summary = gabor.fit_dictionary(phi[:, used], (16, 16))
     gabor.plot_gabor_summary(summary, figures / "gabor.png")
-    tuning = gabor.grating_tuning(model, (16, 16), steps=min(200, steps))
-    gabor.plot_tuning(tuning, figures / "tuning.png")
+    from fond.analysis.tuning import grating_tuning, plot_tuning
+
+    tuning = grating_tuning(model, (16, 16), steps=min(200, steps))
+    plot_tuning(tuning, figures / "tuning.png")
     return {"fits": summary.to_dict(include_fits=False), "tuning": tuning.to_dict(include_neurons=False)}
 
 
@@ -290,51 +288,13 @@ def _online(model, digits: np.ndarray, figures: Path, temporal, steps: int, ood,
     serial = temporal.serial_dependence(model, labels_a, labels_b, steps_a=min(100, steps), steps_b=min(100, steps))
     temporal.plot_serial_dependence(serial, figures / "serial_dependence.png")
     raw, centre = ood.mnist_test_inputs(spec, 50)
-    frames = temporal.rotating_sequence(raw.reshape(-1, 28, 28), 2.0, min(180, steps))
+    from fond.analysis.stimuli import rotating_sequence
+
+    frames = rotating_sequence(raw.reshape(-1, 28, 28), 2.0, min(180, steps))
     frames = frames if centre is None else frames - centre
     track = temporal.tracking(model, frames)
     temporal.plot_tracking(track, figures / "tracking.png")
     return {"serial_dependence": serial.to_dict(), "tracking": track.to_dict()}
-
-
-def _raster(model, x: np.ndarray, path: Path, steps: int = 200, n_neurons: int = 64) -> None:
-    """Spike counts of the most active neurons for one input over the first ``steps`` steps."""
-    from fond.plots import _new_figure, _save_atomic
-
-    res = model.infer(torch.as_tensor(x), steps, seed=0, trace=False, record=range(1, steps + 1))
-    spikes = res.history["spikes"][:, 0].numpy()  # (steps, K)
-    order = np.argsort(-spikes.sum(0))[:n_neurons]
-    fig = _new_figure(8.0, 4.0)
-    ax = fig.add_subplot()
-    t, k = np.nonzero(spikes[:, order].T > 0)[::-1]
-    counts = spikes[:, order][t, k]
-    ax.scatter(t + 1, k, s=2 + 3 * np.minimum(counts, 5), c="k", marker="|")
-    ax.set_xlabel("inference step")
-    ax.set_ylabel(f"neuron (the {len(order)} most active)")
-    ax.set_title("iP-VAE spike raster for one MNIST digit (marker size = spike count, capped at 5)")
-    _save_atomic(fig, path)
-
-
-def _plot_convergence(traces: dict[str, dict[str, np.ndarray]], path: Path, t_train: int, steps: int = 1000) -> None:
-    from fond.plots import _new_figure, _save_atomic
-
-    fig = _new_figure(12.0, 3.6)
-    axes = fig.subplots(1, 3)
-    for name, trace in traces.items():
-        steps = np.arange(1, len(trace["r2_rates"]) + 1)
-        axes[0].plot(steps, np.clip(trace["r2_rates"], -0.2, 1.0), label=name)
-        axes[1].plot(steps, trace["zeros"], label=name)
-        axes[2].plot(steps, np.maximum(trace["du_norm"], 1e-8), label=name)
-    for ax, label in zip(axes, ("R² (mean code)", "fraction of zeros", "‖Δ state‖"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel("inference step")
-        ax.set_ylabel(label)
-        ax.axvline(t_train, color="grey", ls="--", lw=0.8)
-        ax.grid(alpha=0.3)
-    axes[2].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Convergence over {steps} inference steps (dashed: T_train = {t_train})")
-    _save_atomic(fig, path)
 
 
 def _numbers(values) -> str:

@@ -33,7 +33,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fond.errors import ConfigError, DataError
-from fond.plots import _new_figure, _save_atomic
+from fond.plots import new_figure, save_figure
+from fond.validate import integer, positive_int
 
 __all__ = [
     "ClassificationResult",
@@ -50,12 +51,6 @@ CONFIDENCE_LEVEL = 0.95
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _features_array(features: Any, name: str) -> np.ndarray:
@@ -123,7 +118,7 @@ def probe_accuracy(train_features: Any, train_labels: Any, test_features: Any, t
     ``max_iter``); see the module docstring for why features are standardised. ``seed`` is the estimator's
     ``random_state`` (lbfgs itself is deterministic). Test classes unseen in training simply count as errors.
     """
-    max_iter = _positive_int(max_iter, "max_iter")
+    max_iter = positive_int(max_iter, "max_iter")
     train = _features_array(train_features, "train_features")
     test = _features_array(test_features, "test_features")
     if train.shape[1] != test.shape[1]:
@@ -149,10 +144,10 @@ def _record_steps(record_steps: Iterable[int], steps: int) -> list[int]:
         raise ConfigError(f"record_steps must be an iterable of steps, got {record_steps!r}") from exc
     if not values:
         raise ConfigError("record_steps is empty")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= steps:
-            raise ConfigError(f"record_steps must be integers in [1, {steps}], got {value!r}")
-    return sorted({int(v) for v in values})
+    checked = {integer(value, "each of record_steps", minimum=1) for value in values}
+    if max(checked) > steps:
+        raise ConfigError(f"record_steps must be integers in [1, {steps}], got {max(checked)}")
+    return sorted(checked)
 
 
 def features_over_steps(model, x: Any, steps: int, record_steps: Iterable[int], *, seed: int = 0,
@@ -166,8 +161,8 @@ def features_over_steps(model, x: Any, steps: int, record_steps: Iterable[int], 
     ``result.history["rates"]`` (S, B, K) of the chunks is concatenated along the sample axis.
     Memory: S · N · K · 4 bytes.
     """
-    steps = _positive_int(steps, "steps")
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    steps = positive_int(steps, "steps")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     wanted = _record_steps(record_steps, steps)
     x = _as_input_tensor(x, "x")
     expected_steps = np.asarray(wanted, dtype=np.int64)
@@ -221,8 +216,8 @@ def confidence_interval(accuracy: Any, level: float = CONFIDENCE_LEVEL) -> tuple
 
 def record_schedule(steps: int, every: int) -> list[int]:
     """Steps at which the code is read: 1, every, 2·every, …, and always ``steps`` itself (sorted, unique)."""
-    steps = _positive_int(steps, "steps")
-    every = _positive_int(every, "every")
+    steps = positive_int(steps, "steps")
+    every = positive_int(every, "every")
     return sorted({1, steps, *range(every, steps + 1, every)})
 
 
@@ -292,12 +287,9 @@ def classification_over_steps(model, train_x: Any, train_y: Any, test_x: Any, te
     schedule = record_schedule(steps, every)
     if isinstance(seeds, numbers.Integral):
         seeds = (seeds,)
-    seeds = tuple(seeds)
+    seeds = tuple(integer(s, "each of seeds") for s in seeds)
     if not seeds:
         raise ConfigError("seeds is empty")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-            raise ConfigError(f"seeds must be integers, got {s!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     train_x = _as_input_tensor(train_x, "train_x")
@@ -338,7 +330,7 @@ def plot_classification(results: Mapping[str, ClassificationResult], path: str |
     from matplotlib import colormaps
 
     colours = colormaps["tab10"]
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     chances: list[float] = []
     for i, (name, result) in enumerate(results.items()):
@@ -358,4 +350,4 @@ def plot_classification(results: Mapping[str, ClassificationResult], path: str |
     ax.set_title(f"linear probe on the mean code ({int(100 * CONFIDENCE_LEVEL)} % CI over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fond.errors import DataError, FondError
 
@@ -23,10 +22,10 @@ ANALYSES: tuple[str, ...] = ("frontier", "convergence", "classify", "ood", "gabo
 
 
 def _write(out: Path, kind: str, data: Any) -> Path:
+    from fond.analysis.summary import json_default
     from fond.checkpoint import atomic_write
-    from fond.reproduce import _plain
 
-    return atomic_write(out / f"{kind}.json", json.dumps(data, indent=2, default=_plain) + "\n")
+    return atomic_write(out / f"{kind}.json", json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 def _rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -71,7 +70,8 @@ def _patch_side(model) -> tuple[int, int]:
 def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 1000, samples: int = 500,
                  seeds: Sequence[int] = (0, 1, 2), train_samples: int = 5000) -> Path:
     """Run analysis ``kind`` on ``runs``; return the JSON path (the PNG sits beside it)."""
-    from fond.analysis import classification, frontier, gabor, ood, temporal
+    from fond.analysis import classification, frontier, gabor, ood, stimuli, temporal, tuning
+    from fond.plots import plot_convergence, plot_spike_raster
 
     if kind not in ANALYSES:
         raise FondError(f"unknown analysis {kind!r}; expected one of {ANALYSES}")
@@ -88,7 +88,6 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
     if kind == "convergence":
         from fond.evaluate import evaluate
         from fond.metrics import convergence_step
-        from fond.reproduce import _plot_convergence
 
         traces, summary = {}, {}
         for run in runs:
@@ -99,7 +98,7 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
             summary[run.name] = {"convergence_step": convergence_step(trace["r2"]),
                                  "r2_rates_at": {str(t): float(trace["r2_rates"][t - 1])
                                                  for t in (1, 16, 64, 256, steps) if t <= steps}}
-        _plot_convergence(traces, png, t_train=int(info.get("train", {}).get("steps", 16)))
+        plot_convergence(traces, png, t_train=int(info.get("train", {}).get("steps", 16)))
         return _write(out, kind, summary)
     if kind in ("classify", "ood"):
         models, specs = {}, set()
@@ -138,8 +137,8 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
         gabor.plot_gabor_summary(summary, png)
         return _write(out, kind, summary.to_dict())
     if kind == "tuning":
-        result = gabor.grating_tuning(model, _patch_side(model), steps=min(steps, 200))
-        gabor.plot_tuning(result, png)
+        result = tuning.grating_tuning(model, _patch_side(model), steps=min(steps, 200))
+        tuning.plot_tuning(result, png)
         return _write(out, kind, result.to_dict())
     data = load_data(spec, n_train=10, n_val=max(samples, 100), seed=0)
     if kind == "latency":
@@ -158,18 +157,15 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
         side = _patch_side(model)
         if str(spec).startswith("mnist"):
             raw, centre = ood.mnist_test_inputs(spec, 50)
-            frames = temporal.rotating_sequence(raw.reshape(-1, *side), 2.0, min(steps, 180))
+            frames = stimuli.rotating_sequence(raw.reshape(-1, *side), 2.0, min(steps, 180))
             frames = frames if centre is None else frames - centre
         else:
-            frames = temporal.rotating_sequence(data.val[:50].reshape(-1, *side), 2.0, min(steps, 180))
+            frames = stimuli.rotating_sequence(data.val[:50].reshape(-1, *side), 2.0, min(steps, 180))
         result = temporal.tracking(model, frames)
         temporal.plot_tracking(result, png)
         return _write(out, kind, result.to_dict())
-    from fond.reproduce import _raster
-
-    _raster(model, data.val[:1], png, steps=min(steps, 200))
-    res = model.infer(torch.as_tensor(data.val[:1]), min(steps, 200), trace=False, record=range(1, min(steps, 200) + 1))
-    spikes = res.history["spikes"][:, 0].numpy()
+    spikes = temporal.spike_raster(model, data.val[:1], min(steps, 200))
+    plot_spike_raster(spikes, png)
     return _write(out, kind, {"steps": int(spikes.shape[0]), "total_spikes": float(spikes.sum()),
                               "active_neurons": int((spikes.sum(0) > 0).sum()),
                               "mean_rate_per_step": float(np.mean(spikes))})

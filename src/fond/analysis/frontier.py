@@ -12,7 +12,6 @@ Everything returned is JSON-ready; figures are written atomically (Agg, ``matplo
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,8 @@ from scipy import stats
 
 from fond.errors import DataError
 from fond.metrics import rate_distortion_distance
-from fond.plots import _new_figure, _save_atomic
+from fond.plots import new_figure, save_figure
+from fond.validate import finite_float
 
 __all__ = [
     "pareto_front",
@@ -45,15 +45,6 @@ ISO_D_STEP = 0.2
 # --------------------------------------------------------------------------- validation
 
 
-def _finite_float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DataError(f"{what} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise DataError(f"{what} is {value} (must be finite)")
-    return value
-
-
 def _check_points(points: Any, name: str = "points") -> list[dict[str, Any]]:
     """Validated copies of ``points`` with float r2/zeros (and float beta/t_train when present and not None)."""
     if isinstance(points, Mapping) or not isinstance(points, Sequence) or isinstance(points, str | bytes):
@@ -71,15 +62,15 @@ def _check_points(points: Any, name: str = "points") -> list[dict[str, Any]]:
         if not isinstance(model, str) or not model:
             raise DataError(f"{name}[{i}]['model'] must be a non-empty string, got {model!r}")
         row = dict(point)
-        row["r2"] = _finite_float(point["r2"], f"{name}[{i}]['r2']")
-        row["zeros"] = _finite_float(point["zeros"], f"{name}[{i}]['zeros']")
+        row["r2"] = finite_float(point["r2"], f"{name}[{i}]['r2']", error=DataError)
+        row["zeros"] = finite_float(point["zeros"], f"{name}[{i}]['zeros']", error=DataError)
         if row["r2"] > 1.0:
             raise DataError(f"{name}[{i}]['r2'] = {row['r2']} exceeds 1 (R² ≤ 1 by definition)")
         if not 0.0 <= row["zeros"] <= 1.0:
             raise DataError(f"{name}[{i}]['zeros'] = {row['zeros']} is not a fraction in [0, 1]")
         for key in FACTORS:
             if point.get(key) is not None:
-                row[key] = _finite_float(point[key], f"{name}[{i}][{key!r}]")
+                row[key] = finite_float(point[key], f"{name}[{i}][{key!r}]", error=DataError)
         checked.append(row)
     return checked
 
@@ -244,7 +235,7 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     models = _model_order(checked)
     colours = _colours(models + [m for m in _model_order(reference) if m not in models] if reference else models)
 
-    fig = _new_figure(6.5, 5.0)
+    fig = new_figure(6.5, 5.0)
     ax = fig.add_subplot()
     everything = checked + reference
     all_r2 = np.array([p["r2"] for p in everything])
@@ -276,7 +267,7 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     ax.set_ylabel("R² (reconstruction)")
     ax.set_title("rate–distortion frontier (ideal corner: top right)")
     ax.legend(fontsize="small", loc="lower left")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_effects(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -294,7 +285,7 @@ def plot_effects(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         raise DataError("no model has two distinct values of 'beta' or 't_train' to plot effects against")
 
     metrics = (("r2", "R²"), ("zeros", "fraction of zeros"), ("d", "rate–distortion d"))
-    fig = _new_figure(11.0, 3.2 * len(factors))
+    fig = new_figure(11.0, 3.2 * len(factors))
     axes = fig.subplots(len(factors), len(metrics), squeeze=False)
     for row, factor in enumerate(factors):
         for col, (metric, label) in enumerate(metrics):
@@ -316,4 +307,4 @@ def plot_effects(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
         axes[row, 0].legend(fontsize="small")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)

@@ -1,14 +1,11 @@
-"""V1 properties of a learned code: Gabor fits of dictionary atoms and orientation tuning to gratings.
+"""V1 properties of a learned code: Gabor fits of dictionary atoms.
 
 DESIGN.md §3 says the learned dictionary is Gabor-like (localised, oriented, band-pass). This module measures it:
-
-* :func:`gabor_patch` renders a 2-D Gabor; :func:`fit_gabor` fits one to an atom (bounded least squares from
-  a few deterministic starts); :func:`fit_dictionary` fits every column of a (D, K) dictionary and summarises the
-  well-fit atoms (orientation, spatial frequency, envelope size, aspect ratio); :func:`plot_gabor_summary`
-  draws their histograms.
-* :func:`gratings` builds sinusoidal gratings; :func:`grating_tuning` shows them to a model (any object with
-  the shared ``infer`` interface) and reads orientation tuning curves, preferred orientations and orientation
-  selectivity from the rates; :func:`plot_tuning` draws the tuning curves of the most responsive neurons.
+:func:`gabor_patch` renders a 2-D Gabor; :func:`fit_gabor` fits one to an atom (bounded least squares from a few
+deterministic starts); :func:`fit_dictionary` fits every column of a (D, K) dictionary and summarises the well-fit
+atoms (orientation, spatial frequency, envelope size, aspect ratio); :func:`plot_gabor_summary` draws their
+histograms. Orientation tuning to gratings is :mod:`fond.analysis.tuning`; the gratings themselves are built in
+:mod:`fond.analysis.stimuli`.
 
 Conventions shared by every function here:
 
@@ -42,88 +39,34 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import least_squares
 
+from fond.analysis.summary import histogram, median_or_none
 from fond.errors import ConfigError, DataError
-from fond.plots import _as_array
-from fond.plots import new_figure as _new_figure
-from fond.plots import save_figure as _save_atomic
+from fond.plots import new_figure, save_figure
+from fond.validate import finite_float, float_array, patch_dims, positive_int
 
 __all__ = [
+    "DEFAULT_GRATING_FREQUENCY",
     "GaborFit",
     "GaborSummary",
-    "TuningResult",
     "fit_dictionary",
     "fit_gabor",
     "gabor_patch",
-    "grating_tuning",
-    "gratings",
     "plot_gabor_summary",
-    "plot_tuning",
 ]
 
-DEFAULT_GRATING_FREQUENCY = 0.15  # cycles/pixel, used when a model has no linear dictionary to measure
-DEFAULT_FREQUENCY_MAX_ATOMS = 128  # atoms fitted to pick a model's grating frequency (bounds the cost)
+DEFAULT_GRATING_FREQUENCY = 0.15  # cycles/pixel, the first guess of a fit and a model's default grating frequency
 _TWO_PI = 2.0 * math.pi
 _MAX_FREQUENCY = 0.75  # cycles/pixel: above the diagonal Nyquist limit 1/√2
 _EARLY_STOP_R2 = 0.995  # restarts stop once a start explains this much variance
 _PARAM_NAMES = ("x0", "y0", "theta", "frequency", "sigma_x", "sigma_y", "phase", "amplitude", "offset")
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_patch_shape(patch_shape: Any) -> tuple[int, int]:
-    try:
-        values = tuple(patch_shape)
-        h, w = (int(s) for s in values)
-        if any(int(s) != s for s in values):
-            raise ValueError
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"patch_shape must be two positive integers, got {patch_shape!r}") from exc
-    if h < 1 or w < 1:
-        raise DataError(f"patch_shape must be two positive integers, got {patch_shape!r}")
-    return h, w
-
-
-def _finite_float(value: Any, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a finite number, got {value!r}") from exc
-    if not math.isfinite(out):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return out
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
-    return int(value)
+# --------------------------------------------------------------------------- the Gabor
 
 
 def _wrap_phase(phase: float) -> float:
     """``phase`` wrapped to (−π, π]."""
     return float(math.pi - ((math.pi - phase) % _TWO_PI))
-
-
-
-
-def _json_float(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _histogram(values: np.ndarray, edges: np.ndarray) -> dict[str, list]:
-    """Counts of ``values`` in bins ``edges``; values past the last edge go to the last bin."""
-    clipped = np.clip(values, edges[0], edges[-1])
-    counts, _ = np.histogram(clipped, bins=edges)
-    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
-
-
-def _median(values: np.ndarray) -> float | None:
-    return float(np.median(values)) if values.size else None
-
-
-# --------------------------------------------------------------------------- the Gabor
 
 
 def _gabor_and_jacobian(params: np.ndarray, xx: np.ndarray, yy: np.ndarray,
@@ -169,8 +112,8 @@ def gabor_patch(shape: Sequence[int], *, x0: float, y0: float, theta: float, fre
     radians (0: a cosine peak there). amplitude, offset: in the units of the output. See the module docstring
     for the formula.
     """
-    h, w = _check_patch_shape(shape)
-    values = [_finite_float(v, n) for v, n in zip(
+    h, w = patch_dims(shape)
+    values = [finite_float(v, n) for v, n in zip(
         (x0, y0, theta, frequency, sigma_x, sigma_y, phase, amplitude, offset), _PARAM_NAMES, strict=True)]
     if values[4] <= 0 or values[5] <= 0:
         raise ConfigError(f"sigma_x and sigma_y must be > 0, got {sigma_x!r} and {sigma_y!r}")
@@ -329,12 +272,12 @@ def fit_gabor(atom: Any, *, n_starts: int = 4, seed: int = 0) -> GaborFit:
     atom: (h, w) finite array (or a torch tensor) with some spatial variation, else ``DataError``.
     About 5–40 ms for a 16×16 atom.
     """
-    a = _as_array(atom, "atom")
+    a = float_array(atom, "atom")
     if a.ndim != 2 or min(a.shape) < 2:
         raise DataError(f"atom must be a 2-D array of at least 2×2 pixels, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
         raise DataError("atom contains NaN or infinite values")
-    n_starts = _positive_int(n_starts, "n_starts")
+    n_starts = positive_int(n_starts, "n_starts")
     centred = a - a.mean()
     scale = float(np.sqrt(np.mean(centred**2)))
     if not scale > 1e-12 * max(1.0, float(np.abs(a).max())):
@@ -438,19 +381,19 @@ class GaborSummary:
             "n_skipped": self.n_skipped,
             "n_well_fit": int(self.well_fit.sum()),
             "fraction_well_fit": self.fraction_well_fit,
-            "median_r2": _median(fitted_r2),
-            "median_frequency": _median(self.frequency),
-            "median_size": _median(self.size),
-            "median_aspect_ratio": _median(self.aspect_ratio),
+            "median_r2": median_or_none(fitted_r2),
+            "median_frequency": median_or_none(self.frequency),
+            "median_size": median_or_none(self.size),
+            "median_aspect_ratio": median_or_none(self.aspect_ratio),
             "mean_orientation_deg": (math.degrees(np.angle(resultant) / 2) % 180.0) if self.orientation.size
             else None,
             "orientation_concentration": float(abs(resultant)),
             "histograms": {
-                "orientation_deg": _histogram(orientation_deg, np.linspace(0.0, 180.0, 13)),
-                "frequency": _histogram(self.frequency, np.linspace(0.0, _MAX_FREQUENCY, 16)),
-                "size": _histogram(self.size, np.linspace(0.0, float(max(h, w)), 13)),
-                "aspect_ratio": _histogram(self.aspect_ratio, np.linspace(0.0, 4.0, 17)),
-                "r2": _histogram(fitted_r2, np.linspace(0.0, 1.0, 21)),
+                "orientation_deg": histogram(orientation_deg, np.linspace(0.0, 180.0, 13)),
+                "frequency": histogram(self.frequency, np.linspace(0.0, _MAX_FREQUENCY, 16)),
+                "size": histogram(self.size, np.linspace(0.0, float(max(h, w)), 13)),
+                "aspect_ratio": histogram(self.aspect_ratio, np.linspace(0.0, 4.0, 17)),
+                "r2": histogram(fitted_r2, np.linspace(0.0, 1.0, 21)),
             },
         }
         if include_fits:
@@ -468,8 +411,8 @@ def fit_dictionary(dictionary: Any, patch_shape: Sequence[int], *, min_r2: float
     unbiased subset). Atoms whose norm about their mean is ≤ ``rel_norm_tol`` × the largest column norm
     (dead or constant atoms) are skipped and count as not well fit. n_starts: see :func:`fit_gabor`.
     """
-    h, w = _check_patch_shape(patch_shape)
-    phi = _as_array(dictionary, "dictionary")
+    h, w = patch_dims(patch_shape)
+    phi = float_array(dictionary, "dictionary")
     if phi.ndim != 2:
         raise DataError(f"dictionary must be a 2-D (D, K) array, got shape {phi.shape}")
     if phi.shape[0] != h * w:
@@ -478,12 +421,12 @@ def fit_dictionary(dictionary: Any, patch_shape: Sequence[int], *, min_r2: float
         raise DataError("dictionary has no columns")
     if not np.all(np.isfinite(phi)):
         raise DataError("dictionary contains NaN or infinite values")
-    min_r2 = _finite_float(min_r2, "min_r2")
+    min_r2 = finite_float(min_r2, "min_r2")
     if min_r2 > 1.0:
         raise ConfigError(f"min_r2 must be ≤ 1, got {min_r2}")
     if max_atoms is not None:
-        max_atoms = _positive_int(max_atoms, "max_atoms")
-    rel_norm_tol = _finite_float(rel_norm_tol, "rel_norm_tol")
+        max_atoms = positive_int(max_atoms, "max_atoms")
+    rel_norm_tol = finite_float(rel_norm_tol, "rel_norm_tol")
 
     n = phi.shape[1] if max_atoms is None else min(max_atoms, phi.shape[1])
     indices = np.arange(n)
@@ -520,7 +463,7 @@ def plot_gabor_summary(summary: GaborSummary, path: str | os.PathLike[str]) -> P
         ("size", "envelope size √(σₓσᵧ) (pixels)", "well-fit atoms"),
         ("aspect_ratio", "aspect ratio σᵧ/σₓ", "well-fit atoms"),
     ]
-    fig = _new_figure(3.2 * len(panels), 3.0)
+    fig = new_figure(3.2 * len(panels), 3.0)
     axes = fig.subplots(1, len(panels))
     for ax, (key, xlabel, ylabel) in zip(axes, panels, strict=True):
         edges = np.asarray(hist[key]["edges"])
@@ -537,251 +480,4 @@ def plot_gabor_summary(summary: GaborSummary, path: str | os.PathLike[str]) -> P
     n_good = int(summary.well_fit.sum())
     fig.suptitle(f"Gabor fits: {n_good}/{summary.n_atoms} atoms well fit "
                  f"({100 * summary.fraction_well_fit:.1f} %, r² ≥ {summary.min_r2:g}; {summary.n_skipped} skipped)")
-    return _save_atomic(fig, path)
-
-
-# --------------------------------------------------------------------------- gratings and tuning
-
-
-def _vector(values: Any, name: str) -> np.ndarray:
-    arr = _as_array(values, name)
-    arr = arr.reshape(-1) if arr.ndim == 0 else arr
-    if arr.ndim != 1 or arr.size == 0:
-        raise DataError(f"{name} must be a non-empty 1-D sequence, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"{name} contains NaN or infinite values")
-    return arr
-
-
-def gratings(patch_shape: Sequence[int], orientations: Any, frequency: float, phases: Any,
-             contrast: float = 1.0) -> np.ndarray:
-    """Sinusoidal gratings, float64 (n_orientations·n_phases, h·w), rows flattened row-major.
-
-    Row ``i·n_phases + j`` is  contrast·cos(2π·frequency·((x − cx)·cos θ_i + (y − cy)·sin θ_i) + φ_j)  minus its
-    own spatial mean, with x the column, y the row, (cx, cy) = ((w − 1)/2, (h − 1)/2) the patch centre,
-    θ_i = orientations[i] the wave vector's direction in radians (see the module docstring) and
-    φ_j = phases[j] radians. ``contrast`` is therefore the sinusoid's peak amplitude in pixel units
-    (values span ±contrast; RMS contrast/√2) before the mean is removed; the mean removal changes nothing
-    when the patch holds a whole number of cycles, and otherwise shifts the values by a small constant.
-    frequency in (0, 0.5] cycles/pixel; contrast ≥ 0.
-    """
-    h, w = _check_patch_shape(patch_shape)
-    theta = _vector(orientations, "orientations")
-    phi = _vector(phases, "phases")
-    frequency = _finite_float(frequency, "frequency")
-    if not 0.0 < frequency <= 0.5:
-        raise ConfigError(f"frequency must be in (0, 0.5] cycles/pixel, got {frequency}")
-    contrast = _finite_float(contrast, "contrast")
-    if contrast < 0:
-        raise ConfigError(f"contrast must be ≥ 0, got {contrast}")
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    xx, yy = xx.ravel() - (w - 1) / 2.0, yy.ravel() - (h - 1) / 2.0
-    u = np.cos(theta)[:, None] * xx + np.sin(theta)[:, None] * yy  # (n_o, D)
-    wave = contrast * np.cos(_TWO_PI * frequency * u[:, None, :] + phi[None, :, None])  # (n_o, n_p, D)
-    wave = wave - wave.mean(axis=2, keepdims=True)
-    return wave.reshape(theta.size * phi.size, h * w)
-
-
-@dataclass(frozen=True)
-class TuningResult:
-    """Orientation tuning of a model's neurons to drifting gratings.
-
-    orientations: (n_o,) radians in [0, π) (wave-vector direction). phases: (n_p,) radians. frequency:
-    cycles/pixel, with frequency_source "given", "dictionary" (median of the well-fit atoms) or "default".
-    contrast: peak grating amplitude (see :func:`gratings`). steps, seed: of ``model.infer``.
-    responses: (n_o, n_p, K) rates after ``steps``. response_measure: "rates" or "|rates|" (see
-    :func:`grating_tuning`). tuning: (n_o, K) that measure of the responses averaged over phases.
-    preferred_orientation: (K,) radians in [0, π), the angle of the doubled-angle vector sum (NaN for a
-    silent neuron). osi: (K,) orientation selectivity index 1 − circular variance
-    = |Σ_o r_o e^{2iθ_o}| / Σ_o r_o, in [0, 1] (0 for a silent neuron). It is computed on the tuning curve
-    shifted up by its minimum where that is negative (signed codes such as iG-VAE's μ), unchanged otherwise.
-    responsive: (K,) bool, the neuron responds to some orientation. peak_response: (K,) max of the tuning curve.
-    """
-
-    orientations: np.ndarray
-    phases: np.ndarray
-    frequency: float
-    frequency_source: str
-    contrast: float
-    steps: int
-    seed: int
-    response_measure: str
-    responses: np.ndarray
-    tuning: np.ndarray
-    preferred_orientation: np.ndarray
-    osi: np.ndarray
-    responsive: np.ndarray
-    peak_response: np.ndarray
-
-    @property
-    def n_neurons(self) -> int:
-        return int(self.tuning.shape[1])
-
-    def most_responsive(self, n: int) -> np.ndarray:
-        """Indices of the ``n`` neurons with the largest peak response, strongest first."""
-        return np.argsort(-self.peak_response, kind="stable")[: max(0, int(n))]
-
-    def to_dict(self, *, include_neurons: bool = True) -> dict[str, Any]:
-        """JSON-ready population summary (and, if asked, each neuron's preferred orientation and OSI).
-
-        Histograms: OSI of responsive neurons, 0–1 in 0.1 bins; preferred orientation of responsive neurons,
-        one bin per stimulus orientation step over 0–180°. population_tuning: the mean tuning curve over
-        neurons (an orientation bias of the whole population shows up here).
-        """
-        osi = self.osi[self.responsive]
-        pref_deg = np.degrees(self.preferred_orientation[self.responsive])
-        n_o = self.orientations.size
-        out: dict[str, Any] = {
-            "frequency": float(self.frequency),
-            "frequency_source": self.frequency_source,
-            "contrast": float(self.contrast),
-            "steps": int(self.steps),
-            "seed": int(self.seed),
-            "response_measure": self.response_measure,
-            "n_orientations": int(n_o),
-            "n_phases": int(self.phases.size),
-            "orientations_deg": [float(v) for v in np.degrees(self.orientations)],
-            "n_neurons": self.n_neurons,
-            "n_responsive": int(self.responsive.sum()),
-            "osi_median": _median(osi),
-            "osi_mean": float(osi.mean()) if osi.size else None,
-            "osi_quartiles": [float(q) for q in np.percentile(osi, [25, 75])] if osi.size else None,
-            "fraction_osi_above_0.3": float((osi > 0.3).mean()) if osi.size else None,
-            "population_tuning": [float(v) for v in self.tuning.mean(axis=1)],
-            "histograms": {
-                "osi": _histogram(osi, np.linspace(0.0, 1.0, 11)),
-                "preferred_orientation_deg": _histogram(pref_deg, np.linspace(0.0, 180.0, n_o + 1)),
-            },
-        }
-        if include_neurons:
-            out["neurons"] = {
-                "preferred_orientation_deg": [_json_float(math.degrees(v)) for v in self.preferred_orientation],
-                "osi": [float(v) for v in self.osi],
-                "peak_response": [float(v) for v in self.peak_response],
-            }
-        return out
-
-
-def _orientation_statistics(tuning: np.ndarray, orientations: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(preferred orientation, OSI, responsive) of each column of an (n_o, K) tuning matrix."""
-    shifted = tuning - np.minimum(tuning.min(axis=0, keepdims=True), 0.0)
-    total = shifted.sum(axis=0)
-    resultant = np.exp(2j * orientations) @ shifted  # (K,)
-    responsive = total > 1e-12 * max(1.0, float(np.abs(tuning).max()))
-    safe_total = np.where(responsive, total, 1.0)
-    osi = np.where(responsive, np.clip(np.abs(resultant) / safe_total, 0.0, 1.0), 0.0)
-    preferred = np.where(responsive, (np.angle(resultant) / 2.0) % math.pi, math.nan)
-    return preferred, osi, responsive
-
-
-def _model_dtype(model: Any):
-    import torch
-
-    try:
-        for parameter in model.parameters():
-            if parameter.is_floating_point():
-                return parameter.dtype
-    except (AttributeError, TypeError):
-        pass
-    return torch.float32
-
-
-def _default_frequency(model: Any, patch_shape: tuple[int, int]) -> tuple[float, str]:
-    """The median frequency of the well-fit atoms of the model's linear dictionary, else the default."""
-    phi = getattr(model, "dictionary", None)
-    if phi is not None:
-        summary = fit_dictionary(phi, patch_shape, max_atoms=DEFAULT_FREQUENCY_MAX_ATOMS)
-        frequency = summary.frequency[summary.frequency > 0]
-        if frequency.size:
-            return float(np.clip(np.median(frequency), 1e-3, 0.5)), "dictionary"
-    return DEFAULT_GRATING_FREQUENCY, "default"
-
-
-def grating_tuning(model: Any, patch_shape: Sequence[int], *, n_orientations: int = 16, frequency: float | None = None,
-                   n_phases: int = 8, contrast: float = 1.0, steps: int = 200, seed: int = 0,
-                   magnitude: bool | None = None) -> TuningResult:
-    """Orientation tuning curves of a model's neurons to drifting gratings.
-
-    Shows ``n_orientations`` orientations θ = π·i/n_orientations at ``n_phases`` evenly spaced phases each
-    (a drifting grating visits every phase) as one batch to ``model.infer(x, steps, seed=seed, trace=False)``
-    and averages ``result.rates`` over phases into an (n_orientations, K) tuning matrix; see
-    :class:`TuningResult` for the per-neuron statistics. model: any object with the shared interface whose
-    ``n_inputs`` is h·w. frequency: cycles/pixel; None picks the median spatial frequency of the well-fit atoms
-    of ``model.dictionary`` (first 128 atoms, see :func:`fit_dictionary`) when the model has a linear
-    dictionary with well-fit atoms, else 0.15. contrast: peak amplitude of the gratings in input units
-    (:func:`gratings`); the model's inputs are z-scored patches, so 1 is a typical contrast.
-    magnitude: average |rates| over phases instead of the rates. None (default) does so exactly when some
-    rate is negative: a signed code (iG-VAE's μ, LCA/ISTA/FISTA coefficients) that is odd in the input answers
-    the grating at phase φ + π with the negated code, so its phase average is zero whatever its tuning.
-    Non-negative codes (Poisson rates, ReLU) are averaged as they are.
-    """
-    import torch
-
-    h, w = _check_patch_shape(patch_shape)
-    n_inputs = getattr(model, "n_inputs", None)
-    if n_inputs is not None and int(n_inputs) != h * w:
-        raise DataError(f"model has n_inputs = {n_inputs} but patch_shape {h}×{w} gives {h * w} pixels")
-    n_orientations = _positive_int(n_orientations, "n_orientations")
-    n_phases = _positive_int(n_phases, "n_phases")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise DataError(f"steps must be an integer ≥ 1, got {steps!r}")
-    if frequency is None:
-        frequency, source = _default_frequency(model, (h, w))
-    else:
-        source = "given"
-    orientations = math.pi * np.arange(n_orientations) / n_orientations
-    phases = _TWO_PI * np.arange(n_phases) / n_phases
-    stimuli = gratings((h, w), orientations, frequency, phases, contrast=contrast)
-    x = torch.as_tensor(stimuli, dtype=_model_dtype(model))
-    result = model.infer(x, int(steps), seed=int(seed), trace=False)
-    rates = _as_array(result.rates, "model rates")
-    if rates.ndim != 2 or rates.shape[0] != stimuli.shape[0]:
-        raise DataError(f"model rates must have shape ({stimuli.shape[0]}, K), got {rates.shape}")
-    if not np.all(np.isfinite(rates)):
-        raise DataError("model returned NaN or infinite rates for the gratings (diverged inference?)")
-    responses = rates.reshape(n_orientations, n_phases, rates.shape[1])
-    if magnitude is None:
-        magnitude = bool((rates < 0).any())
-    tuning = (np.abs(responses) if magnitude else responses).mean(axis=1)
-    preferred, osi, responsive = _orientation_statistics(tuning, orientations)
-    return TuningResult(
-        orientations=orientations, phases=phases, frequency=float(frequency), frequency_source=source,
-        contrast=float(contrast), steps=int(steps), seed=int(seed),
-        response_measure="|rates|" if magnitude else "rates", responses=responses, tuning=tuning,
-        preferred_orientation=preferred, osi=osi, responsive=responsive, peak_response=tuning.max(axis=0),
-    )
-
-
-def plot_tuning(result: TuningResult, path: str | os.PathLike[str], n_neurons: int = 16) -> Path:
-    """One PNG of polar tuning curves of the ``n_neurons`` most responsive neurons (largest peak response).
-
-    Orientation is π-periodic, so each curve is drawn over the full circle (θ and θ + π); the red spoke marks
-    the preferred orientation. Each panel's title gives the neuron index, its OSI and its peak response (the
-    radial scale). Returns the written path.
-    """
-    if not isinstance(result, TuningResult):
-        raise DataError(f"result must be a TuningResult, got {type(result).__name__}")
-    n_neurons = _positive_int(n_neurons, "n_neurons")
-    chosen = result.most_responsive(min(n_neurons, result.n_neurons))
-    cols = min(4, len(chosen))
-    rows = math.ceil(len(chosen) / cols)
-    fig = _new_figure(2.6 * cols, 2.7 * rows + 0.4)
-    angles = np.concatenate([result.orientations, result.orientations + math.pi, result.orientations[:1] + _TWO_PI])
-    for slot, k in enumerate(chosen):
-        ax = fig.add_subplot(rows, cols, slot + 1, projection="polar")
-        curve = result.tuning[:, k]
-        ax.plot(angles, np.concatenate([curve, curve, curve[:1]]), color="#4a6fa5", marker=".")
-        top = float(np.max(np.abs(curve))) or 1.0
-        ax.set_yticklabels([])
-        if result.responsive[k]:
-            pref = result.preferred_orientation[k]
-            for spoke in (pref, pref + math.pi):
-                ax.plot([spoke, spoke], [0.0, top], color="#c0392b", linewidth=1.2)
-        ax.set_title(f"#{k}  OSI {result.osi[k]:.2f}  peak {result.peak_response[k]:.3g}", fontsize="small")
-        ax.set_xticks(np.radians([0, 45, 90, 135, 180, 225, 270, 315]))
-        ax.set_xticklabels(["0°", "", "90°", "", "180°", "", "270°", ""], fontsize="x-small")
-        ax.tick_params(axis="y", labelsize="xx-small")
-    fig.suptitle(f"Orientation tuning, phase mean of {result.response_measure} ({result.frequency:.3g} cycles/pixel, "
-                 f"contrast {result.contrast:g}, {result.steps} steps; {len(chosen)} most responsive of "
-                 f"{result.n_neurons})")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)

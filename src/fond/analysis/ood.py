@@ -6,12 +6,12 @@ to ±6 pixels), ``digits8x8`` (scikit-learn's 8×8 digits, upscaled into MNIST's
 margin), ``natural`` (grey patches of the bundled photos, rescaled to [0, 1]) and ``rotating`` (online
 input: the digit turns by ``degrees_per_step`` at every inference step, so the posterior must track it).
 Each set is rolled out with ``fond.evaluate.evaluate`` and its reconstruction quality is reported
-against the inference step (R² from the sample and from the mean code).
+against the inference step (R² from the sample and from the mean code). The rotations and shifts are built by
+:mod:`fond.analysis.stimuli`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,45 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fond.analysis.stimuli import DIGIT_SIDE, digit_images, rotate_images, rotating_frames, shift_images
 from fond.errors import DataError
+from fond.plots import new_figure, save_figure
 
-__all__ = ["OOD_SETS", "mnist_test_inputs", "ood_sets", "rotate_images", "shift_images", "digits_8x8", "natural_28",
-           "rotating_frames", "OODResult", "ood_evaluation", "plot_ood", "ood_table"]
+__all__ = ["OOD_SETS", "mnist_test_inputs", "ood_sets", "digits_8x8", "natural_28", "OODResult", "ood_evaluation",
+           "plot_ood", "ood_table"]
 
-SIDE = 28
 OOD_SETS: tuple[str, ...] = ("mnist", "rotated-45", "rotated-90", "shifted", "digits8x8", "natural", "rotating")
-
-
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 2 and images.shape[1] == SIDE * SIDE:
-        images = images.reshape(-1, SIDE, SIDE)
-    if images.ndim != 3 or images.shape[1:] != (SIDE, SIDE) or images.shape[0] == 0:
-        raise DataError(f"expected MNIST images (N, 28, 28) or (N, 784), got shape {images.shape}")
-    if not np.isfinite(images).all():
-        raise DataError("images contain NaN or Inf")
-    return images
-
-
-def rotate_images(images: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate each (28, 28) image about its centre by ``degrees`` (counter-clockwise, bilinear, zero fill);
-    returns (N, 784) in [0, 1]."""
-    from scipy.ndimage import rotate
-
-    images = _check_images(images)
-    out = rotate(images, float(degrees), axes=(2, 1), reshape=False, order=1, mode="constant", cval=0.0)
-    return np.clip(out, 0.0, 1.0).reshape(len(images), -1).astype(np.float32)
-
-
-def shift_images(images: np.ndarray, max_shift: int = 6, seed: int = 0) -> np.ndarray:
-    """Translate each image by integer offsets drawn uniformly from ±``max_shift`` pixels per axis (zero fill)."""
-    images = _check_images(images)
-    rng = np.random.default_rng(seed)
-    out = np.zeros_like(images)
-    for i, (dy, dx) in enumerate(rng.integers(-max_shift, max_shift + 1, size=(len(images), 2))):
-        src = images[i, max(0, -dy):SIDE - max(0, dy), max(0, -dx):SIDE - max(0, dx)]
-        out[i, max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
-    return out.reshape(len(images), -1)
 
 
 def digits_8x8(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +40,7 @@ def digits_8x8(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndar
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.images))[:n]
     small = digits.images[order] / 16.0
-    out = np.zeros((len(order), SIDE, SIDE), dtype=np.float32)
+    out = np.zeros((len(order), DIGIT_SIDE, DIGIT_SIDE), dtype=np.float32)
     for i, image in enumerate(small):
         out[i, 4:24, 4:24] = resize(image, (20, 20), order=1, anti_aliasing=False)
     return np.clip(out, 0.0, 1.0).reshape(len(order), -1), digits.target[order]
@@ -82,17 +51,9 @@ def natural_28(n: int, seed: int = 0) -> np.ndarray:
     from fond.data.natural import BUNDLED_PHOTOS, extract_patches, load_photo
 
     photos = [load_photo(name) for name in BUNDLED_PHOTOS]
-    patches = extract_patches(photos, SIDE, n, seed=seed, min_std=0.02)
+    patches = extract_patches(photos, DIGIT_SIDE, n, seed=seed, min_std=0.02)
     low, high = patches.min(1, keepdims=True), patches.max(1, keepdims=True)
     return ((patches - low) / np.maximum(high - low, 1e-6)).astype(np.float32)
-
-
-def rotating_frames(images: np.ndarray, steps: int, degrees_per_step: float = 1.0) -> np.ndarray:
-    """An online input: frame t shows the images rotated by t·``degrees_per_step``: (steps, N, 784) float32
-    (``fond.analysis.temporal.rotating_sequence`` on MNIST-shaped images)."""
-    from fond.analysis.temporal import rotating_sequence
-
-    return rotating_sequence(_check_images(images), degrees_per_step, steps).astype(np.float32, copy=False)
 
 
 def ood_sets(images: np.ndarray, *, n: int | None = None, seed: int = 0, steps: int = 1000,
@@ -104,7 +65,7 @@ def ood_sets(images: np.ndarray, *, n: int | None = None, seed: int = 0, steps: 
     100 digits to bound memory: 1000 steps × 100 × 784 floats = 314 MB). centre: (784,) subtracted from
     every set after it is built (the mean training digit, for models trained on centred MNIST).
     """
-    images = _check_images(images)
+    images = digit_images(images)
     n = len(images) if n is None else min(int(n), len(images))
     images = images[:n]
     out: dict[str, np.ndarray] = {}
@@ -129,7 +90,7 @@ def ood_sets(images: np.ndarray, *, n: int | None = None, seed: int = 0, steps: 
             raise DataError(f"unknown OOD set {name!r}; expected one of {OOD_SETS} (rotated-<deg> for any angle)")
     if centre is not None:
         centre = np.asarray(centre, dtype=np.float32).reshape(-1)
-        if centre.shape != (SIDE * SIDE,):
+        if centre.shape != (DIGIT_SIDE * DIGIT_SIDE,):
             raise DataError(f"centre must have 784 values, got {centre.shape}")
         out = {name: (x - centre).astype(np.float32) for name, x in out.items()}
     return out
@@ -188,14 +149,12 @@ def ood_table(results: Mapping[str, OODResult], key: str = "r2_rates") -> dict[s
 
 def plot_ood(results: Mapping[str, OODResult], path: str | os.PathLike[str], key: str = "r2_rates") -> Path:
     """One panel per test set: R² (``key``) against the inference step (log axis), one line per model."""
-    from fond.plots import _new_figure, _save_atomic
-
     sets = list(next(iter(results.values())).curves) if results else []
     if not sets:
         raise DataError("no OOD results to plot")
     ncols = min(4, len(sets))
     nrows = -(-len(sets) // ncols)
-    fig = _new_figure(3.2 * ncols, 2.6 * nrows + 0.4)
+    fig = new_figure(3.2 * ncols, 2.6 * nrows + 0.4)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, name in zip(axes, sets, strict=False):
         for model, res in results.items():
@@ -211,10 +170,5 @@ def plot_ood(results: Mapping[str, OODResult], path: str | os.PathLike[str], key
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
     fig.suptitle("Out-of-distribution reconstruction against inference step (models trained on MNIST)")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
-
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    from fond.checkpoint import atomic_write
-
-    return atomic_write(path, json.dumps(data, indent=2) + "\n")

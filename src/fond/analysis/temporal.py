@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,15 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.ticker import NullLocator
-from scipy import ndimage, stats
+from scipy import stats
 from torch import Tensor
 
+from fond.analysis.stimuli import contrast_series, pair_sequence
+from fond.analysis.summary import none_if_nan
 from fond.errors import ConfigError, DataError
 from fond.metrics import r2_per_sample
-from fond.plots import new_figure as _new_figure
-from fond.plots import save_figure as _save_atomic
+from fond.plots import new_figure, save_figure
+from fond.validate import finite_float, float_array, positive_int
 
 __all__ = [
     "response_latency",
@@ -53,26 +55,10 @@ __all__ = [
     "TrackingResult",
     "tracking",
     "plot_tracking",
-    "rotating_sequence",
-    "shifting_sequence",
+    "spike_raster",
 ]
 
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_float_array(a: Any, name: str) -> np.ndarray:
-    """``a`` (array-like or tensor) as a finite float64 NumPy array, else ``DataError``."""
-    if isinstance(a, Tensor):
-        a = a.detach().cpu().numpy()
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a numeric array, got {type(a).__name__}") from None
-    if not np.isfinite(arr).all():
-        raise DataError(f"{name} contains NaN or Inf")
-    return arr
 
 
 def _as_input(x: Any, name: str, ndim: int) -> Tensor:
@@ -91,17 +77,8 @@ def _as_input(x: Any, name: str, ndim: int) -> Tensor:
     return x.detach()
 
 
-def _check_steps(steps: Any, name: str, minimum: int = 1) -> int:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < minimum:
-        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {steps!r}")
-    return steps
-
-
 def _check_fraction(fraction: Any) -> float:
-    try:
-        value = float(fraction)
-    except (TypeError, ValueError):
-        raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}") from None
+    value = finite_float(fraction, "fraction")
     if not 0.0 < value <= 1.0:
         raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
     return value
@@ -118,15 +95,6 @@ def _recorded_rates(result: Any, expected_steps: Sequence[int]) -> np.ndarray:
     rates = history["rates"]
     rates = rates.detach().cpu().numpy() if isinstance(rates, Tensor) else np.asarray(rates)
     return rates.astype(np.float64)
-
-
-def _none_if_nan(values: Any) -> Any:
-    """Plain floats (lists) for JSON, with NaN replaced by None."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim == 0:
-        return None if not np.isfinite(arr) else float(arr)
-    return [_none_if_nan(v) for v in arr]
-
 
 
 # --------------------------------------------------------------------------- response latency
@@ -152,7 +120,7 @@ def response_latency(curve: Any, fraction: float = 0.5, *, baseline: float | Non
     ``ConfigError`` for ``fraction`` outside (0, 1].
     """
     fraction = _check_fraction(fraction)
-    values = _as_float_array(curve, "curve")
+    values = float_array(curve, "curve", finite=True)
     if values.ndim != 1 or values.size == 0:
         raise DataError(f"curve must be a non-empty 1-D array, got shape {values.shape}")
     if baseline is None:
@@ -233,20 +201,20 @@ class LatencyResult:
         """Plain JSON-ready numbers (NaN → None)."""
         return {
             "contrasts": [float(c) for c in self.contrasts],
-            "latency_median": _none_if_nan(self.median),
-            "latency_q25": _none_if_nan(self.q25),
-            "latency_q75": _none_if_nan(self.q75),
-            "latencies": _none_if_nan(self.latencies),
-            "curve_latencies": _none_if_nan(self.curve_latencies),
-            "curves": _none_if_nan(self.curves),
-            "baselines": _none_if_nan(self.baselines),
+            "latency_median": none_if_nan(self.median),
+            "latency_q25": none_if_nan(self.q25),
+            "latency_q75": none_if_nan(self.q75),
+            "latencies": none_if_nan(self.latencies),
+            "curve_latencies": none_if_nan(self.curve_latencies),
+            "curves": none_if_nan(self.curves),
+            "baselines": none_if_nan(self.baselines),
             "onset_step": int(self.onset_step),
             "fraction": float(self.fraction),
             "steps": self.steps,
             "neurons": self.neurons,
             "n_selected": [int(n) for n in self.n_selected],
-            "spearman_rho": _none_if_nan(self.spearman_rho),
-            "spearman_p": _none_if_nan(self.spearman_p),
+            "spearman_rho": none_if_nan(self.spearman_rho),
+            "spearman_p": none_if_nan(self.spearman_p),
             "falls_with_contrast": self.falls_with_contrast,
         }
 
@@ -302,19 +270,12 @@ def contrast_latency(model: Any, stimuli: Any, contrasts: Any, *, steps: int = 1
     summarised per contrast by the median and interquartile range over stimuli. ``spearman_rho`` < 0
     (``falls_with_contrast``): the latency falls with contrast, as in the paper.
     """
-    _check_steps(steps, "steps")
-    _check_steps(n_responsive, "n_responsive")
+    steps = positive_int(steps, "steps")
+    n_responsive = positive_int(n_responsive, "n_responsive")
     fraction = _check_fraction(fraction)
     x = _as_input(stimuli, "stimuli", 2)
-    levels = _as_float_array(contrasts, "contrasts")
-    if levels.ndim != 1 or np.unique(levels).size < 2:
-        raise ConfigError(f"contrasts must be a 1-D sequence of at least two distinct values, got {levels.tolist()}")
-    if (levels <= 0).any():
-        raise ConfigError(f"contrasts must be positive, got {levels.tolist()}")
-    levels = np.sort(levels)
+    levels, batch = contrast_series(x, contrasts)
     n_contrasts, n_stimuli = levels.size, x.shape[0]
-    scale = torch.as_tensor(levels, dtype=x.dtype).reshape(-1, 1, 1)
-    batch = (scale * x.unsqueeze(0)).reshape(n_contrasts * n_stimuli, x.shape[1])
     recorded = range(1, steps + 1)
     result = model.infer(batch, steps, seed=seed, trace=False, record=recorded)
     rates = _recorded_rates(result, recorded)  # (steps, C·N, K)
@@ -325,7 +286,7 @@ def contrast_latency(model: Any, stimuli: Any, contrasts: Any, *, steps: int = 1
         known = initial_rates(model, 1)
         prestimulus_rates = None if known is None else known[0]
     if prestimulus_rates is not None:
-        before = _as_float_array(prestimulus_rates, "prestimulus_rates").reshape(-1)
+        before = float_array(prestimulus_rates, "prestimulus_rates", finite=True).reshape(-1)
         if before.size != k:
             raise DataError(f"prestimulus_rates must have {k} values (one per neuron), got {before.size}")
         onset_step = 0
@@ -386,7 +347,7 @@ def plot_contrast_latency(result: LatencyResult, path: str | os.PathLike[str]) -
     """Two panels: the averaged response curves normalised to their peaks ((r − baseline)/(peak − baseline)),
     coloured by contrast with the latency of each curve marked, and the median latency (IQR bars) vs contrast.
     Returns the written path."""
-    fig = _new_figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     left, right = fig.subplots(1, 2)
     cmap = colormaps["viridis"]
     n = len(result.contrasts)
@@ -420,7 +381,7 @@ def plot_contrast_latency(result: LatencyResult, path: str | os.PathLike[str]) -
     rho = "n/a" if not np.isfinite(result.spearman_rho) else f"{result.spearman_rho:.2f}"
     p = "n/a" if not np.isfinite(result.spearman_p) else f"{result.spearman_p:.2g}"
     right.set_title(f"median latency (IQR)\nSpearman ρ = {rho}, p = {p}", fontsize=10)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- serial dependence
@@ -492,18 +453,14 @@ def serial_dependence(model: Any, stim_a: Any, stim_b: Any, *, steps_a: int = 50
     A model that does not take a 3-D online input raises its own ``DataError`` (propagated). A pair whose
     responses coincide (‖r_A − r_B(s)‖ = 0) has no defined bias and raises ``DataError``.
     """
-    _check_steps(steps_a, "steps_a")
-    _check_steps(steps_b, "steps_b")
+    steps_a = positive_int(steps_a, "steps_a")
+    steps_b = positive_int(steps_b, "steps_b")
     a = _as_input(stim_a, "stim_a", 2)
-    b = _as_input(stim_b, "stim_b", 2)
-    if a.shape != b.shape:
-        raise DataError(f"stim_a and stim_b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    b = b.to(a.dtype)
-    sequence = torch.cat([a.unsqueeze(0).expand(steps_a, -1, -1), b.unsqueeze(0).expand(steps_b, -1, -1)])
+    b = _as_input(stim_b, "stim_b", 2).to(a.dtype)
+    sequence = pair_sequence(a, b, steps_a, steps_b)
     recorded_ab = range(steps_a, steps_a + steps_b + 1)
     after_a_then_b = _recorded_rates(
-        model.infer(sequence.contiguous(), steps_a + steps_b, seed=seed, trace=False, record=recorded_ab),
-        recorded_ab)
+        model.infer(sequence, steps_a + steps_b, seed=seed, trace=False, record=recorded_ab), recorded_ab)
     recorded_b = range(1, steps_b + 1)
     b_alone = _recorded_rates(model.infer(b, steps_b, seed=seed, trace=False, record=recorded_b), recorded_b)
     r_a, r_ab = after_a_then_b[0], after_a_then_b[1:]  # (B, K), (steps_b, B, K)
@@ -523,7 +480,7 @@ def serial_dependence(model: Any, stim_a: Any, stim_b: Any, *, steps_a: int = 50
 
 def plot_serial_dependence(result: SerialDependenceResult, path: str | os.PathLike[str]) -> Path:
     """The bias index over the B period (mean over pairs, interquartile band) and the history effect's size."""
-    fig = _new_figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     left, right = fig.subplots(1, 2)
     q25, q75 = np.percentile(result.bias, [25, 75], axis=1)
     left.fill_between(result.steps, q25, q75, color="tab:blue", alpha=0.25, lw=0, label="interquartile range")
@@ -537,7 +494,7 @@ def plot_serial_dependence(result: SerialDependenceResult, path: str | os.PathLi
     right.set_xlabel("step into B")
     right.set_ylabel("‖r_AB − r_B‖ (mean over pairs)")
     right.set_title("size of the history effect", fontsize=10)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- tracking
@@ -575,11 +532,11 @@ class TrackingResult:
         """Plain JSON-ready numbers (NaN → None)."""
         return {
             "steps": int(self.steps.size),
-            "r2_current": _none_if_nan(self.r2_current),
-            "r2_previous": _none_if_nan(self.r2_previous),
-            "mean_r2_current": _none_if_nan(self.mean_r2_current),
-            "mean_r2_previous": _none_if_nan(self.mean_r2_previous),
-            "lag_index": _none_if_nan(self.lag_index),
+            "r2_current": none_if_nan(self.r2_current),
+            "r2_previous": none_if_nan(self.r2_previous),
+            "mean_r2_current": none_if_nan(self.mean_r2_current),
+            "mean_r2_previous": none_if_nan(self.mean_r2_previous),
+            "lag_index": none_if_nan(self.lag_index),
         }
 
 
@@ -613,7 +570,7 @@ def tracking(model: Any, frames: Any, *, seed: int = 0) -> TrackingResult:
 def plot_tracking(result: TrackingResult, path: str | os.PathLike[str]) -> Path:
     """R² of the reconstruction per step against the current and the previous frame (axis clipped at −1 when
     the R² falls below it). Returns the written path."""
-    fig = _new_figure(6.5, 4.0)
+    fig = new_figure(6.5, 4.0)
     ax = fig.subplots()
     ax.plot(result.steps, result.r2_current, color="tab:blue", lw=1.5, label="vs current frame")
     ax.plot(result.steps, result.r2_previous, color="tab:orange", lw=1.5, ls="--", label="vs previous frame")
@@ -625,78 +582,15 @@ def plot_tracking(result: TrackingResult, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("R² of g(rates)" + (" (axis clipped at −1)" if clipped else ""))
     ax.set_title(f"tracking a changing input (lag index {result.lag_index:+.3f})")
     ax.legend(fontsize=8)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
-# --------------------------------------------------------------------------- moving inputs
+# --------------------------------------------------------------------------- spike raster
 
 
-def _check_images(images: Any) -> np.ndarray:
-    if isinstance(images, Tensor):
-        images = images.detach().cpu().numpy()
-    arr = np.asarray(images)
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(f"images must be a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise DataError(f"images must have shape (B, h, w), got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise DataError("images contain NaN or Inf")
-    return arr
-
-
-def _sequence(images: np.ndarray, steps: int, transform, is_identity) -> np.ndarray:
-    n, h, w = images.shape
-    out = np.empty((steps, n, h * w), dtype=images.dtype)
-    for t in range(steps):
-        for i in range(n):
-            out[t, i] = (images[i].copy() if is_identity(t) else transform(images[i], t)).reshape(-1)
-    return out
-
-
-def rotating_sequence(images: Any, degrees_per_step: float, steps: int, *, mode: str = "constant") -> np.ndarray:
-    """Frames of images rotating about their centres: (B, h, w) → (steps, B, h·w).
-
-    Frame t (0-based, the input of step t + 1) is each image rotated by t·``degrees_per_step`` degrees
-    (counter-clockwise) with ``scipy.ndimage.rotate(reshape=False, order=1, mode=mode)``; corners rotated in
-    from outside are filled per ``mode`` (default 0). Angles that are whole turns give exact copies. The
-    dtype is the images' (float64 for integer images).
-    """
-    arr = _check_images(images)
-    _check_steps(steps, "steps")
-    rate = float(degrees_per_step)
-    if not math.isfinite(rate):
-        raise ConfigError(f"degrees_per_step must be finite, got {degrees_per_step!r}")
-    n, h, w = arr.shape
-    # each distinct angle is rotated once, for the whole batch (a 1000-step sequence repeats every 360°)
-    angles, frame_angle = np.unique((np.arange(steps) * rate) % 360.0, return_inverse=True)
-    table = np.stack([arr.copy() if angle == 0.0 else
-                      ndimage.rotate(arr, angle, axes=(2, 1), reshape=False, order=1, mode=mode)
-                      for angle in angles])
-    return table[frame_angle].reshape(steps, n, h * w)
-
-
-def shifting_sequence(images: Any, pixels_per_step: float | Iterable[float], steps: int, *,
-                      mode: str = "constant") -> np.ndarray:
-    """Frames of images translating at constant velocity: (B, h, w) → (steps, B, h·w).
-
-    ``pixels_per_step``: a number (shift along the width, to the right) or a pair (rows down, columns
-    right). Frame t (0-based) is each image shifted by t·``pixels_per_step`` with
-    ``scipy.ndimage.shift(order=1, mode=mode)``; pixels shifted in are filled per ``mode`` (default 0,
-    "grid-wrap" wraps around). Frame 0 is an exact copy. The dtype is the images' (float64 for integers).
-    """
-    arr = _check_images(images)
-    _check_steps(steps, "steps")
-    try:
-        velocity = np.broadcast_to(np.asarray(pixels_per_step, dtype=np.float64), (2,)).copy()
-    except (TypeError, ValueError):
-        raise ConfigError(f"pixels_per_step must be a number or a pair (rows, columns), "
-                          f"got {pixels_per_step!r}") from None
-    if np.ndim(pixels_per_step) == 0:
-        velocity = np.array([0.0, float(pixels_per_step)])
-    if not np.isfinite(velocity).all():
-        raise ConfigError(f"pixels_per_step must be finite, got {pixels_per_step!r}")
-    return _sequence(arr, steps, lambda image, t: ndimage.shift(image, t * velocity, order=1, mode=mode),
-                     lambda t: t == 0 or not velocity.any())
-
+def spike_raster(model: Any, x: Any, steps: int = 200, *, seed: int = 0) -> np.ndarray:
+    """The spike counts (steps, K) of the first input of ``x`` (B, D) after each inference step 1..steps
+    (``result.history["spikes"]`` of ``model.infer(x, steps, seed=seed, record=1..steps)``)."""
+    steps = positive_int(steps, "steps")
+    result = model.infer(torch.as_tensor(x), steps, seed=seed, trace=False, record=range(1, steps + 1))
+    return result.history["spikes"][:, 0].numpy()
