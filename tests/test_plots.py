@@ -255,3 +255,19 @@ def test_colour_atoms_tile_channels_last(tmp_path):
     assert plots.plot_reconstructions(x, {"r": x / 2}, (4, 4, 3), tmp_path / "r.png").is_file()
     with pytest.raises(DataError, match="needs D=48"):
         plots.plot_dictionary(atoms[:40], (4, 4, 3), tmp_path / "bad.png")
+
+
+def test_convergence_of_several_models_writes_one_png(tmp_path, trace):
+    """One line per model on three panels; the title names the evaluation length (not an array)."""
+    short = {key: value[:100] for key, value in trace.items()}
+    out = plots.plot_convergence({"a": trace, "b": short}, tmp_path / "conv.png", t_train=16, steps=1000)
+    _assert_png(out)
+    _assert_no_temp_files(tmp_path, {"conv.png"})
+
+
+def test_spike_raster_marks_the_most_active_neurons(tmp_path, rng):
+    """Counts (steps, K) give a PNG; anything but a 2-D array is refused in one line."""
+    spikes = rng.poisson(0.3, size=(50, 80)).astype(np.float32)
+    _assert_png(plots.plot_spike_raster(spikes, tmp_path / "raster.png", n_neurons=16))
+    with pytest.raises(DataError, match="spikes must be a 2-D"):
+        plots.plot_spike_raster(spikes[0], tmp_path / "bad.png")
