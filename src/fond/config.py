@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fond.errors import ConfigError, read_bytes
+from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
 
-__all__ = ["ModelConfig", "TrainConfig", "MODELS", "MODEL_FAMILIES", "DECODERS", "PRESETS", "PRESET_BETA", "preset",
-           "preset_model_options", "load_json", "config_from_dict", "data_kind", "MNIST_STEPS_BETA"]
+__all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS", "PRESETS",
+           "preset", "preset_model_options", "load_json", "config_from_dict", "data_kind"]
 
 PRESETS: tuple[str, ...] = ("quick", "paper")
 
@@ -33,46 +34,14 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-#: model name -> (family, the family options that define the model)
-MODEL_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ipvae": ("poisson", {}),
-    "igvae": ("gaussian", {"nonlinearity": "identity"}),
-    "igvae-relu": ("gaussian", {"nonlinearity": "relu"}),
-    "ibvae": ("bernoulli", {}),
-    # amortized VAEs (one encoder pass) and hybrid iterative-amortized VAEs
-    "pvae": ("poisson", {}),
-    "gvae": ("gaussian", {"nonlinearity": "identity"}),
-    "gvae-relu": ("gaussian", {"nonlinearity": "relu"}),
-    "savae": ("gaussian", {"nonlinearity": "identity"}),
-    "iavae": ("gaussian", {"nonlinearity": "identity"}),
-}
-#: inference methods without a distribution family: point estimates with their own options
-#: (``method_options``, validated by the dataclass named here, imported on demand)
-METHOD_OPTIONS: dict[str, str] = {
-    "pc": "fond.models.predictive_coding:PredictiveCodingOptions",
-    "lca": "fond.models.sparse_coding:SparseCodingOptions",
-    "ista": "fond.models.sparse_coding:SparseCodingOptions",
-    "fista": "fond.models.sparse_coding:SparseCodingOptions",
-}
-#: hybrid models' own options
-METHOD_OPTIONS.update({"savae": "fond.models.hybrid:SemiAmortizedOptions",
-                       "iavae": "fond.models.hybrid:IterativeAmortizedOptions"})
-ITERATIVE_MODELS: tuple[str, ...] = ("ipvae", "igvae", "igvae-relu", "ibvae")
-AMORTIZED_MODELS: tuple[str, ...] = ("pvae", "gvae", "gvae-relu")
-MODELS: tuple[str, ...] = (*MODEL_FAMILIES, "pc", "lca", "ista", "fista")
+#: the paper's models (every name ``fond.registry.model_names()`` lists is a model, plug-ins' included)
+MODELS: tuple[str, ...] = BUILTIN_MODELS
+AMORTIZED_MODELS: tuple[str, ...] = tuple(name for name in MODELS if model_spec(name).kind == "amortized")
+POINT_ESTIMATE_MODELS: tuple[str, ...] = tuple(name for name in MODELS if model_spec(name).point_estimate)
 DECODERS: tuple[str, ...] = ("linear", "mlp", "conv")
 ENCODERS: tuple[str, ...] = ("linear", "mlp", "conv")
 
 
-def method_options_class(model: str):
-    """The options dataclass of a method in METHOD_OPTIONS, or None."""
-    import importlib
-
-    target = METHOD_OPTIONS.get(model)
-    if target is None:
-        return None
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
 #: keys that older configs kept at the top level and that now belong to the Poisson family's options
 _LEGACY_POISSON_KEYS = ("u_init_low", "u_init_high", "clamp_init", "clamp_final", "floor", "kl", "indicator",
                         "n_exp_tail", "max_terms")
@@ -121,30 +90,34 @@ class ModelConfig:
         _require(self.encoder in ENCODERS, "encoder", f"unknown encoder {self.encoder!r}; expected one of {ENCODERS}")
         _require(isinstance(self.family_options, dict), "family_options", "must be a JSON object")
         _require(isinstance(self.method_options, dict), "method_options", "must be a JSON object")
-        options_class = method_options_class(self.model) if isinstance(self.model, str) else None
-        if options_class is None:
+        spec = self.spec
+        if spec.method_options is None:
             _require(not self.method_options, "method_options", f"model {self.model!r} takes none")
         else:
             self.method  # noqa: B018  (validates the method's options)
-        if self.model in METHOD_OPTIONS and self.model not in MODEL_FAMILIES:
+        if spec.linear_decoder_only:
             _require(self.decoder == "linear", "decoder", f"model {self.model!r} learns a linear dictionary only")
+        if spec.family is None:
             _require(not self.family_options, "family_options", f"model {self.model!r} has no family")
             return
-        if self.model not in MODEL_FAMILIES:
-            from fond.families.base import family_names
-
-            _require(self.model in family_names(), "model",
-                     f"unknown model {self.model!r}; expected one of {MODELS} or a family {family_names()}")
-        fixed = MODEL_FAMILIES.get(self.model, (self.model, {}))[1]
+        fixed = spec.family_options
         for key, value in self.family_options.items():
             _require(key not in fixed or fixed[key] == value, f"family_options.{key}",
                      f"is fixed to {fixed.get(key)!r} by model {self.model!r}")
         self.family  # noqa: B018  (validates the family's options)
 
     @property
+    def spec(self) -> ModelSpec:
+        """The model's registry entry (``fond.registry.ModelSpec``)."""
+        try:
+            return model_spec(self.model)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'model': {exc}") from None
+
+    @property
     def method(self):
         """The baseline method's validated options (a dataclass), or None for the FOND models."""
-        cls = method_options_class(self.model)
+        cls = self.spec.method_options_class()
         if cls is None:
             return None
         known = {f.name for f in dataclasses.fields(cls)}
@@ -155,19 +128,18 @@ class ModelConfig:
 
     @property
     def family_name(self) -> str | None:
-        if self.model in METHOD_OPTIONS and self.model not in MODEL_FAMILIES:
-            return None
-        return MODEL_FAMILIES.get(self.model, (self.model, {}))[0]
+        """The registered name of the model's distribution family; None for methods without one."""
+        return self.spec.family
 
     @property
     def family(self):
         """The model's distribution family (a ``fond.families.Family``) with its options; None for PC/LCA."""
         from fond.families.base import make_family
 
-        if self.family_name is None:
+        spec = self.spec
+        if spec.family is None:
             return None
-        name, fixed = MODEL_FAMILIES.get(self.model, (self.model, {}))
-        return make_family(name, {**fixed, **self.family_options})
+        return make_family(spec.family, {**spec.family_options, **self.family_options})
 
 
 @dataclass(frozen=True)
@@ -243,38 +215,6 @@ class TrainConfig:
                  "time_limit_minutes", "must be a positive number or null")
 
 
-#: β of the natural-image presets (DESIGN.md §2.4): 24 for iP-VAE, 8 for the Gaussian models
-#: The iterative models' loss is a mean over T_train = 16 steps of NLL + β·KL(q_t ‖ q_{t−1}); the per-step
-#: KLs add up to about the KL from the initial state, so their β acts like β/16 on an amortized model's
-#: single KL to the prior. The amortized and hybrid presets use that equivalent β (24/16 for P-VAE, 8/16
-#: for the Gaussian ones): with the iterative value, a quick amortized P-VAE collapses to silence.
-PRESET_BETA: dict[str, float] = {"ipvae": 24.0, "igvae": 8.0, "igvae-relu": 8.0, "ibvae": 8.0, "pvae": 1.5,
-                                  "gvae": 0.5, "gvae-relu": 0.5, "savae": 0.5, "iavae": 0.5}
-#: point-estimate methods learn their dictionary on converged codes: T_train is the number of inference
-#: steps run (without gradient) before each dictionary update, and β is unused (λ is their knob)
-POINT_ESTIMATE_MODELS: tuple[str, ...] = ("pc", "lca", "ista", "fista")
-POINT_ESTIMATE_STEPS = 100
-
-
-def _check_model_name(model: str) -> None:
-    from fond.families.base import family_names
-
-    if model not in MODELS and model not in family_names():
-        raise ConfigError(f"unknown model {model!r}; expected one of {MODELS}")
-
-
-#: MNIST (DESIGN.md §3): the paper's T_train / β per model, batch 100. β/T_train = 1 throughout, so the
-#: amortized and hybrid models (one KL to the prior) get β = 1 and the quick preset, which cuts T_train to
-#: 32 to fit 2 CPU cores, keeps that ratio (β 32).
-MNIST_STEPS_BETA: dict[str, tuple[int, float]] = {"ipvae": (128, 128.0), "igvae": (64, 64.0),
-                                                  "igvae-relu": (32, 32.0), "ibvae": (64, 64.0)}
-MNIST_QUICK_STEPS = 32
-#: T_train of the quick preset for iP-VAE on natural images. With the issue-6 engines 1500 iterations at
-#: T_train 32 train in 6.7 min on 2 cores and reach R² 0.829 / zeros 0.792 at t = 1000 (d 0.269); at
-#: T_train 16 (3.3 min) R² stays at 0.78 whatever β (12–24) or length (up to 5000 iterations) — BENCHMARKS.md.
-QUICK_IPVAE_NATURAL_STEPS = 32
-
-
 def data_kind(spec: str | None) -> str:
     """"mnist" for the MNIST data specs (``mnist``, ``mnist-test``, ``mnist-raw``...), else "natural"."""
     return "mnist" if str(spec).startswith("mnist") else "natural"
@@ -290,22 +230,12 @@ def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainCon
     annealed to near-hard spikes so 1000-step evaluation stays stable, T_train 32 for iP-VAE).
     MNIST (``data="mnist"``): batch 100, T_train/β 128/128 (iP-VAE), 64/64 (iG-VAE), 32/32 (iG_relu-VAE)
     for ``paper`` (300 epochs of 50k digits); ``quick`` uses T_train 32 and β 32 for every iterative model
-    (β/T_train as in the paper).
+    (β/T_train as in the paper). T_train and β per model and data kind come from the model's registry
+    entry (``fond.registry.ModelSpec.presets``).
     """
-    _check_model_name(model)
-    mnist = data_kind(data) == "mnist"
-    beta = PRESET_BETA.get(model, 8.0)
-    steps = 16
-    if mnist:
-        steps, beta = MNIST_STEPS_BETA.get(model, (1, 1.0))
-        if name == "quick" and model in MNIST_STEPS_BETA:
-            steps, beta = MNIST_QUICK_STEPS, float(MNIST_QUICK_STEPS)
-        if model not in MNIST_STEPS_BETA:  # amortized / hybrid: the one-KL equivalent β/T_train = 1
-            steps = 16
-    if name == "quick" and not mnist and model == "ipvae":
-        steps = QUICK_IPVAE_NATURAL_STEPS
-    if model in POINT_ESTIMATE_MODELS:
-        beta, steps = 0.0, POINT_ESTIMATE_STEPS
+    kind = data_kind(data)
+    steps, beta = model_spec(model).preset_values(kind).for_preset(name)
+    mnist = kind == "mnist"
     batch, n_train = (100, 50_000) if mnist else (200, None)
     if name == "paper":
         cfg = TrainConfig(preset="paper", steps=steps, beta=beta, iterations=150_000, batch_size=batch,
@@ -326,13 +256,14 @@ def preset_model_options(name: str, model: str = "ipvae") -> dict[str, Any]:
     ``quick`` lowers iP-VAE's final soft clamp from the paper's 10 to 6 (rates ≤ e⁶ ≈ 400 spikes per
     step): a model trained for minutes instead of hours occasionally lets a population overshoot into a
     synchronous burst during a 1000-step rollout (a few inputs in a thousand, every neuron pinned at
-    e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100).
+    e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100). The options
+    come from the model's registry entry (``fond.registry.ModelSpec.quick_family_options``).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
-    _check_model_name(model)
-    if name == "quick" and MODEL_FAMILIES.get(model, (model,))[0] == "poisson":
-        return {"family_options": {"clamp_final": 6.0}}
+    quick = model_spec(model).quick_family_options
+    if name == "quick" and quick:
+        return {"family_options": dict(quick)}
     return {}
 
 

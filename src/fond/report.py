@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from fond import registry
 from fond.checkpoint import atomic_write
 from fond.evaluate import Evaluation
 
@@ -21,16 +22,14 @@ PAPER_NATURAL = {
 }
 PAPER_NATURAL.update({"lca": {"rate_distortion": 0.282}, "pvae": {"rate_distortion": 0.379},
                       "gvae-relu": {"rate_distortion": 0.649}, "gvae": {"rate_distortion": 1.021}})
-MODEL_TITLES = {"ipvae": "iP-VAE", "igvae": "iG-VAE", "igvae-relu": "iG_relu-VAE", "ibvae": "iB-VAE",
-                "pvae": "P-VAE (amortized)", "gvae": "G-VAE (amortized)", "gvae-relu": "G_relu-VAE (amortized)",
-                "savae": "SA-VAE (semi-amortized)", "iavae": "IA-VAE (iterative amortized)",
-                "pc": "predictive coding", "lca": "LCA", "ista": "ISTA", "fista": "FISTA"}
+#: the paper's models' display titles (a view of the registry: ``fond.registry.model_title`` knows every model)
+MODEL_TITLES = {name: registry.model_title(name) for name in registry.BUILTIN_MODELS}
 
 
 def model_title(model) -> str:
-    """A display name: "iP-VAE", "iG_relu-VAE (mlp decoder)", ..."""
+    """A display name: "iP-VAE", "iG_relu-VAE (mlp decoder)", ... (the title of the model's registry entry)."""
     config = model.config
-    title = MODEL_TITLES.get(config.model, config.model)
+    title = registry.model_title(config.model)
     return title if config.decoder == "linear" else f"{title} ({config.decoder} decoder)"
 
 

@@ -29,6 +29,7 @@ import torch
 
 from fond.checkpoint import atomic_write
 from fond.errors import ConfigError
+from fond.registry import model_spec
 
 __all__ = ["ReproducePreset", "REPRODUCE_PRESETS", "reproduce"]
 
@@ -221,7 +222,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
         sets = ood.ood_sets(raw, steps=p.eval_steps, centre=centre)
         results = {}
         for name, model in mnist_models.items():
-            if name in ("pc", "savae"):  # fixed-input solvers: no online set
+            if not model_spec(name).accepts_online_input:  # fixed-input solvers: no online set
                 results[name] = ood.ood_evaluation(model, {k: v for k, v in sets.items() if v.ndim == 2},
                                                    p.eval_steps)
             else:
@@ -377,10 +378,8 @@ def _orderings(best_natural, frontier_summary, t_rows, main_ip, best_ip, r2_at_t
 def _write_index(out: Path, p: ReproducePreset, natural_rows, folders, best_natural, beta_rows, t_rows, mnist_rows,
                  probe_results, ood_results, gabor_summary, latency, online, orderings, r2_at_t, r2_final,
                  minutes) -> Path:
-    from fond.report import MODEL_TITLES, PAPER_NATURAL
-
-    def title(model):
-        return MODEL_TITLES.get(model, model)
+    from fond.registry import model_title as title
+    from fond.report import PAPER_NATURAL
 
     run_minutes = sum(float(r.get("minutes") or 0.0) for r in [*natural_rows, *mnist_rows])
     lines = [f"# fond reproduce — preset `{p.name}`", "",

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fond.checkpoint import atomic_write
-from fond.config import MODELS, PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
+from fond.config import PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
 from fond.errors import ConfigError, read_bytes
+from fond.registry import model_spec
 
 __all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "load_sweep_file",
            "RESULT_COLUMNS"]
@@ -50,7 +51,7 @@ def _int_list(value, key: str, minimum: int) -> None:
 class SweepConfig:
     """A grid of runs. ``betas`` / ``t_train`` None: the preset's value for each model.
 
-    models: model names (``fond.config.MODELS``). seeds: training seeds. iterations / batch_size: override
+    models: model names (``fond.registry.model_names()``). seeds: training seeds. iterations / batch_size: override
     the preset's. latents: K. eval_steps: T_test. eval_samples: evaluate on the first N held-out inputs
     (None: all). model_options: per model name, extra ``ModelConfig`` fields (e.g.
     ``{"lca": {"method_options": {"sparsity": 0.5}}}``). time_limit_minutes: per run (None: the preset's).
@@ -74,7 +75,10 @@ class SweepConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.models, list) and len(self.models) > 0, "models", "must be a non-empty list")
         for name in self.models:
-            _require(name in MODELS, "models", f"unknown model {name!r}; expected one of {MODELS}")
+            try:
+                model_spec(name)
+            except ConfigError as exc:
+                raise ConfigError(f"config key 'models': {exc}") from None
         _require(len(set(self.models)) == len(self.models), "models", "lists a model twice")
         _require(self.preset in PRESETS, "preset", f"must be one of {PRESETS}, got {self.preset!r}")
         _require(isinstance(self.data, str) and self.data != "", "data", "must be a data spec such as natural16")

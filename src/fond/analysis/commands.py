@@ -122,8 +122,7 @@ def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 100
         sets = ood.ood_sets(raw, steps=steps, centre=centre)
         results = {}
         for name, model in models.items():
-            usable = sets if model.config.model not in ("pc", "lca", "ista", "fista", "savae", "iavae") else {
-                k: v for k, v in sets.items() if v.ndim == 2}
+            usable = sets if model.config.spec.accepts_online_input else {k: v for k, v in sets.items() if v.ndim == 2}
             results[name] = ood.ood_evaluation(model, usable, steps)
         ood.plot_ood(results, png)
         return _write(out, kind, {"results": {k: v.to_dict() for k, v in results.items()}, **ood.ood_table(results)})

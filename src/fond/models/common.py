@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from fond.errors import DataError
+from fond.registry import model_spec
 
 __all__ = ["check_input", "check_input_sequence", "check_loss_args", "check_record", "check_steps", "input_bound",
            "make_generator", "numeric_tensor", "reject_sequence", "Recorder", "ModelBase"]
@@ -228,7 +229,8 @@ def check_input_sequence(x, n_inputs: int, steps: int, *, like: Tensor | None = 
 
 
 def reject_sequence(x, name: str) -> None:
-    """Raise ``DataError`` for a 3-D online input given to a model that takes a fixed input only."""
-    if getattr(x, "ndim", 2) == 3:
+    """Raise ``DataError`` for a 3-D online input given to model ``name`` if its registry entry says it takes a
+    fixed input only (``ModelSpec.accepts_online_input``: the one place that capability is written)."""
+    if getattr(x, "ndim", 2) == 3 and not model_spec(name).accepts_online_input:
         raise DataError(f"model {name!r} takes a fixed input (B, D); online input sequences (steps, B, D) need an "
                         "iterative or amortized model")
