@@ -82,3 +82,164 @@ def test_plain_family_models_keep_their_presets():
 
 
 HERE = Path(__file__).parent
+#: the family and fixed family options of every built-in model before the registry (config.MODEL_FAMILIES)
+FAMILIES = {"ipvae": ("poisson", {}), "igvae": ("gaussian", {"nonlinearity": "identity"}),
+            "igvae-relu": ("gaussian", {"nonlinearity": "relu"}), "ibvae": ("bernoulli", {}), "pvae": ("poisson", {}),
+            "gvae": ("gaussian", {"nonlinearity": "identity"}), "gvae-relu": ("gaussian", {"nonlinearity": "relu"}),
+            "savae": ("gaussian", {"nonlinearity": "identity"}), "iavae": ("gaussian", {"nonlinearity": "identity"}),
+            "pc": (None, {}), "lca": (None, {}), "ista": (None, {}), "fista": (None, {})}
+TITLES = {"ipvae": "iP-VAE", "igvae": "iG-VAE", "igvae-relu": "iG_relu-VAE", "ibvae": "iB-VAE",
+          "pvae": "P-VAE (amortized)", "gvae": "G-VAE (amortized)", "gvae-relu": "G_relu-VAE (amortized)",
+          "savae": "SA-VAE (semi-amortized)", "iavae": "IA-VAE (iterative amortized)", "pc": "predictive coding",
+          "lca": "LCA", "ista": "ISTA", "fista": "FISTA"}
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_every_builtin_model_has_a_spec_that_builds_and_round_trips(model, tmp_path):
+    """Each paper model: its spec names its class, family, fixed options and title as before; the
+    ModelConfig round-trips through JSON and build_model builds the spec's class."""
+    from fond.config import config_from_dict
+    from fond.models import build_model
+    from fond.registry import BUILTIN_MODELS, model_spec
+
+    assert BUILTIN_MODELS == PAPER_MODELS
+    spec = model_spec(model)
+    assert (spec.family, dict(spec.family_options)) == FAMILIES[model] and spec.title == TITLES[model]
+    config = ModelConfig(n_inputs=16, n_latents=8, model=model, encoder="linear")
+    assert config.family_name == spec.family and config_from_dict(ModelConfig, dataclasses.asdict(config)) == config
+    if spec.family is not None:
+        assert {k: getattr(config.family, k) for k in FAMILIES[model][1]} == FAMILIES[model][1]
+    assert type(build_model(config)) is spec.load_class()
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_online_input_capability_is_what_the_model_does(model):
+    """accepts_online_input is the one statement of the capability: a model that has it infers an input
+    sequence (steps, B, D); one that has not refuses it in one line (iavae, like savae, refuses it)."""
+    import torch
+
+    from fond.errors import DataError
+    from fond.models import build_model
+    from fond.registry import model_spec
+
+    model_ = build_model(ModelConfig(n_inputs=16, n_latents=8, model=model, encoder="linear", encoder_hidden=8))
+    frames = torch.randn(3, 2, 16)
+    if model_spec(model).accepts_online_input:
+        assert model_.infer(frames, 3).rates.shape == (2, 8)
+    else:
+        with pytest.raises(DataError, match="fixed input"):
+            model_.infer(frames, 3)
+    assert model_spec(model).accepts_online_input == (model not in ("savae", "iavae", *POINT))
+
+
+def test_unknown_model_is_one_line_listing_the_known_ones(capsys, tmp_path):
+    """model_spec, ModelConfig and `fond train --model` name the unknown model and list the known ones."""
+    from fond.cli import main
+    from fond.errors import ConfigError
+    from fond.registry import model_spec
+
+    with pytest.raises(ConfigError, match=r"unknown model 'vae'; expected one of ipvae, igvae, .*fista"):
+        model_spec("vae")
+    with pytest.raises(ConfigError, match="config key 'model': unknown model 'vae'"):
+        ModelConfig(n_inputs=4, n_latents=2, model="vae")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--model", "vae", "--out", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1
+    assert "invalid choice: 'vae'" in lines[0] and "ipvae" in lines[0] and "fista" in lines[0]
+
+
+def test_spec_checks_and_registration_conflicts():
+    """A spec with an unknown kind is refused in one line; a second spec under a taken name is a ValueError."""
+    from fond.errors import ConfigError
+    from fond.registry import ModelSpec, model_spec, register_model
+
+    with pytest.raises(ConfigError, match="unknown kind 'magic'"):
+        ModelSpec("x", kind="magic")
+    with pytest.raises(ConfigError, match="family options need a family"):
+        ModelSpec("x", family_options={"a": 1})
+    assert register_model(model_spec("ipvae")) is model_spec("ipvae")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(ModelSpec("ipvae", family="poisson"))
+
+
+@pytest.fixture
+def train_overrides(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text('{"batch_size": 50, "steps": 3, "eval_every": 3, "eval_steps": 4, "eval_samples": 20, '
+                    '"checkpoint_every": 3}')
+    return path
+
+
+def test_plugin_family_trains_from_the_command_line_and_loads_back(tmp_path, sweep_patches, train_overrides):
+    """`fond --plugin FILE train --model FAMILY` trains a family the plug-in registers, with no other edit:
+    the run folder loads back with fond.load (the plug-in's family, same inference) and the report names it."""
+    import torch
+
+    import fond
+    from fond.cli import main
+    from fond.registry import model_names, model_spec
+
+    out = tmp_path / "run"
+    code = main(["--plugin", str(HERE / "plugin_family.py"), "train", "--model", "fixed-gauss", "--data",
+                 str(sweep_patches), "--iterations", "3", "--latents", "8", "--config", str(train_overrides),
+                 "--eval-steps", "5", "--no-progress", "--out", str(out)])
+    assert code == 0
+    model = fond.load(out)
+    assert model.config.model == "fixed-gauss" and type(model.family).__name__ == "FixedGaussianFamily"
+    x = torch.randn(4, 16)
+    assert torch.isfinite(model.infer(x, 5, seed=1).rates).all()
+    assert "fixed-gauss" in (out / "report" / "report.md").read_text()
+    assert {"fixed-gauss", "fixed-gauss-wide"} <= set(model_names())
+    assert model_spec("fixed-gauss").model_class == "fond.models.iterative:IterativeVAE"
+
+
+def test_plugin_spec_sets_title_presets_and_fixed_options(tmp_path, sweep_patches, train_overrides):
+    """A plug-in's own ModelSpec: its presets and fixed family options apply, its title heads the report."""
+    import fond
+    from fond.cli import main
+    from fond.registry import load_plugins
+
+    load_plugins([str(HERE / "plugin_family.py")])
+    assert (preset("quick", "fixed-gauss-wide").steps, preset("quick", "fixed-gauss-wide").beta) == (4, 2.0)
+    with pytest.raises(Exception, match="family_options.sigma"):
+        ModelConfig(n_inputs=16, n_latents=4, model="fixed-gauss-wide", family_options={"sigma": 1.0})
+    out = tmp_path / "wide"
+    assert main(["train", "--model", "fixed-gauss-wide", "--data", str(sweep_patches), "--iterations", "3",
+                 "--latents", "4", "--config", str(train_overrides), "--eval-steps", "5", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert fond.load(out).family.sigma == 2.0
+    assert "iFG-VAE (wide)" in (out / "report" / "report.md").read_text()
+
+
+def test_plugins_from_the_environment_and_entry_points(tmp_path, monkeypatch, capsys):
+    """FOND_PLUGINS (comma-separated modules) is read when a name is not known; an entry point of group
+    fond.plugins naming a function is called once; a plug-in that fails to import is one line."""
+    import subprocess
+    import sys
+
+    from fond import registry
+    from fond.cli import main
+
+    env = {"FOND_PLUGINS": " plugin_family ,", "PYTHONPATH": str(HERE), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", "from fond.registry import model_spec; "
+                           "print(model_spec('fixed-gauss-wide').title)"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "iFG-VAE (wide)", proc.stderr
+    calls = []
+
+    class Entry:
+        name, value = "test", "tests.fake:hook"
+
+        def load(self):
+            return lambda: calls.append(1)
+
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [Entry()])
+    assert registry.load_plugins() == ("tests.fake:hook",) and registry.load_plugins() == () and calls == [1]
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [])
+    assert main(["--plugin", "no_such_plugin_module", "eval", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fond: error: plug-in 'no_such_plugin_module'")
+    with pytest.raises(registry.ConfigError, match=r"plug-in 'no_such_plugin_module': cannot load "
+                                                   r"\(ModuleNotFoundError"):
+        registry.load_plugins(["no_such_plugin_module"])

@@ -24,8 +24,6 @@ from pathlib import Path
 
 from fond.errors import FondError
 
-MODEL_CHOICES = ("ipvae", "igvae", "igvae-relu", "ibvae", "pvae", "gvae", "gvae-relu", "savae", "iavae", "pc", "lca",
-                 "ista", "fista")
 DECODER_CHOICES = ("linear", "mlp", "conv")
 
 
@@ -60,6 +58,16 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _model_name(text: str) -> str:
+    """A model name the registry knows (built-in, registered family or plug-in); else one line listing them."""
+    from fond.registry import model_names, model_spec
+
+    try:
+        return model_spec(text).name
+    except FondError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(model_names())})") from None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line: ``fond: error: ...`` (exit 2)."""
 
@@ -68,14 +76,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fond.registry import models_by_kind
+
     parser = _Parser(prog="fond", description="Brain-like variational inference (FOND).")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (dotted name or .py file) first: a plug-in registering families or "
+                             "models; repeatable (also FOND_PLUGINS=MOD,... and entry points 'fond.plugins')")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tr = sub.add_parser("train", help="train a model, evaluate it at 1000 steps and write its report")
-    tr.add_argument("--model", default="ipvae", choices=MODEL_CHOICES,
-                    help="FOND: ipvae (Poisson), igvae (Gaussian), igvae-relu (Gaussian, relu·gain), ibvae "
-                         "(Bernoulli); amortized: pvae, gvae, gvae-relu; hybrid: savae, iavae; predictive coding: "
-                         "pc; sparse coding: lca, ista, fista")
+    tr.add_argument("--model", default="ipvae", type=_model_name,
+                    help=f"{models_by_kind()}; or a registered family or plug-in model (see --plugin)")
     tr.add_argument("--decoder", default="linear", choices=DECODER_CHOICES,
                     help="linear dictionary, or a nonlinear decoder (pull-back by vector-Jacobian product)")
     tr.add_argument("--decoder-hidden", type=_positive_int, default=512,
@@ -120,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config", type=Path, nargs="?",
                     help="JSON or YAML (.yaml/.yml) file of a SweepConfig (flags override its fields)")
     sw.add_argument("--out", required=True, type=Path, help="sweep directory: one run folder per grid point")
-    sw.add_argument("--models", nargs="+", choices=MODEL_CHOICES, metavar="MODEL")
+    sw.add_argument("--models", nargs="+", type=_model_name, metavar="MODEL")
     sw.add_argument("--beta", nargs="+", type=_nonneg_float, dest="betas", metavar="BETA")
     sw.add_argument("--t-train", nargs="+", type=_positive_int, metavar="T")
     sw.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
@@ -423,7 +434,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fond.checkpoint import read_config
     from fond.config import ModelConfig, config_from_dict, load_json
-    from fond.report import MODEL_TITLES
+    from fond.registry import model_title
 
     rows = ["| model | decoder | parameters | R² (sample) | R² (mean) | zeros | rate–distortion d | "
             "convergence step | diverged | run |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -434,7 +445,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise FondError(f"{run}: no evaluation yet ({path} missing); run `fond eval {run}` first")
         e = load_json(path)
         try:
-            rows.append(f"| {MODEL_TITLES.get(config.model, config.model)} | {config.decoder} | {e['n_params']:,} | "
+            rows.append(f"| {model_title(config.model)} | {config.decoder} | {e['n_params']:,} | "
                         f"{e['r2']:.3f} | {e['r2_rates']:.3f} | {e['zeros']:.3f} | {e['rate_distortion']:.3f} | "
                         f"{e['convergence_step']} | {'yes' if e['diverged'] else 'no'} | {run} |")
         except (KeyError, TypeError, ValueError):
@@ -455,7 +466,21 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print("WARNING: the rollout diverged (states at the clamp, non-finite values or mean-code R² < 0)")
 
 
+def _plugin_modules(argv: list[str] | None) -> list[str]:
+    """The ``--plugin`` modules of the command line, read before the full parse (they may register models)."""
+    early = _Parser(prog="fond", add_help=False, allow_abbrev=False)
+    early.add_argument("--plugin", action="append", default=[])
+    return early.parse_known_args(sys.argv[1:] if argv is None else argv)[0].plugin
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fond.registry import load_plugins
+
+    try:
+        load_plugins(_plugin_modules(argv))
+    except FondError as exc:
+        print(f"fond: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
