@@ -20,6 +20,15 @@ class CheckpointError(FondError):
     """A checkpoint directory is missing, truncated, tampered with or belongs to another model."""
 
 
+class StorageError(FondError):
+    """A file could not be written (full disk, read-only folder, permissions...): the message names the file
+    and the cause; the file's previous content is left as it was."""
+
+
+class RunInUseError(FondError):
+    """Another process holds the lock of a run folder (it is training or writing into it)."""
+
+
 def read_bytes(path, error: type[FondError]) -> bytes:
     """The contents of ``path``; a missing or unreadable file raises ``error`` with a one-line message."""
     try:

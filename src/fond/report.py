@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from fond import registry
-from fond.checkpoint import atomic_write
 from fond.evaluate import Evaluation
+from fond.run import RunFolder, atomic_write, write_json
 
 __all__ = ["write_report"]
 
@@ -66,11 +66,10 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
     title = title or model_title(model)
     family = getattr(model, "family", None)
     counts = family is not None and family.integer_samples
-    directory = Path(directory)
-    out = directory / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(directory)
+    out = folder.report_dir  # created by the first write
     summary = evaluation.summary()
-    atomic_write(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+    write_json(folder.eval_path, summary)
     figures = []
     if patch_shape is not None:
         what = "dictionary Φ" if model.dictionary is not None else "decoder atoms g(e_k) − g(0)"
@@ -86,7 +85,7 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
             np.asarray(x_eval[:n]), {("spikes" if counts else "sample"): res.reconstruction.numpy(),
                                      ("rates" if counts else "mean"): res.reconstruction_from_rates.numpy()},
             patch_shape, out / "reconstructions.png", n=n))
-    records = _read_metrics(directory / "metrics.jsonl")
+    records = _read_metrics(folder.metrics_path)
     if records:
         figures.append(plots.plot_training_curves(records, out / "training.png"))
 
@@ -109,4 +108,4 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
         lines += ["", "**Warning: the rollout diverged** (states at the clamp, non-finite values or mean-code R² < 0)."]
     lines += ["", "Convergence step: first step at which R² reaches 99 % of its final value.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
-    return atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    return atomic_write(folder.report_path, "\n".join(lines) + "\n")

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fond.checkpoint import atomic_write
 from fond.config import PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
 from fond.errors import ConfigError, read_bytes
 from fond.registry import model_spec
+from fond.run import atomic_write, write_npz
 
 __all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "load_sweep_file",
            "RESULT_COLUMNS"]
@@ -230,14 +230,9 @@ def run_experiment(spec: RunSpec, directory: str | Path, *, data=None, progress:
 
 def _save_trace(path: Path, trace: dict[str, Any]) -> None:
     """The evaluation's per-step curves (arrays of length T_test) as .npz (no pickle), written atomically."""
-    import os
-
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **{k: np.asarray(v, dtype=float) for k, v in trace.items()})
-    os.replace(tmp, path)
+    write_npz(path, {k: np.asarray(v, dtype=float) for k, v in trace.items()})
 
 
 def read_results(out_dir: str | Path, sweep: SweepConfig | None = None) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ flattened row-major to 784 inputs; labels are integers 0–9. The package itself
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from fond.data.natural import PatchData, check_counts
-from fond.errors import DataError
+from fond.errors import DataError, StorageError
+from fond.run import write_npz
 
 __all__ = ["MNIST_SHAPE", "SPLITS", "load_mnist", "mnist_archive", "mnist_data", "mnist_mean", "read_mnist_pickle"]
 
@@ -107,18 +109,12 @@ def load_mnist(cache_dir: str | Path | None = None) -> dict[str, tuple[np.ndarra
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a corrupt cache is rebuilt below
     splits = read_mnist_pickle(mnist_archive())
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".mnist.{os.getpid()}.npz"
-        arrays = {}
-        for name, (images, labels) in splits.items():
-            arrays[f"{name}_images"] = np.rint(images * 256.0).astype(np.uint8)  # exact: pixels are uint8 / 256
-            arrays[f"{name}_labels"] = labels.astype(np.uint8)
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, cached)
-    except OSError:
-        pass
+    arrays = {}
+    for name, (images, labels) in splits.items():
+        arrays[f"{name}_images"] = np.rint(images * 256.0).astype(np.uint8)  # exact: pixels are uint8 / 256
+        arrays[f"{name}_labels"] = labels.astype(np.uint8)
+    with contextlib.suppress(StorageError):  # no cache (read-only or full disk): read the archive next time
+        write_npz(cached, arrays)
     return splits
 
 
