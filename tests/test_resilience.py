@@ -17,10 +17,11 @@ import pytest
 import torch
 
 import fond
-from fond.checkpoint import load_model, load_tensors, save_tensors
+from fond.checkpoint import load_tensors, save_tensors
 from fond.config import ModelConfig, TrainConfig
 from fond.data import PatchData
 from fond.errors import CheckpointError, FondError
+from fond.resume import load_model
 from fond.train import CHECKPOINT, PREVIOUS_CHECKPOINT, TrainingDiverged, TrainingInterrupted, train
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ recurrent spiking network; Gaussian ones ``IGVAE`` (optionally relu·gain); Bern
     result.rates, result.spikes, result.trace["r2"]
 """
 
-from fond.checkpoint import load_model as load
 from fond.errors import CheckpointError, ConfigError, DataError, FondError
 from fond.families.base import Family, register_family
 from fond.families.poisson import poisson_kl
 from fond.models import IBVAE, IGVAE, IPVAE, InferenceResult, IterativeVAE
+from fond.resume import load_model as load
 
 __all__ = ["IPVAE", "IGVAE", "IBVAE", "IterativeVAE", "InferenceResult", "Family", "register_family", "load",
            "poisson_kl", "FondError", "DataError", "ConfigError",

@@ -1,17 +1,18 @@
-"""Saving and loading without pickle: tensors in safetensors, everything else in JSON.
+"""Tensor files without pickle: safetensors + JSON, checksummed, with one-line errors for bad files.
 
-A model directory holds ``config.json`` (the ``ModelConfig`` and provenance) and ``model.safetensors``.
-A training run directory additionally holds ``checkpoint.safetensors``: parameters, optimizer state and
-the trainer's position (in the file's JSON metadata), and ``checkpoint.prev.safetensors``, the checkpoint
-before it. Every file is written to a temporary name in the same directory, flushed to disk (``fsync``)
-and renamed over the old one, and the directory is synced, so a crash mid-write leaves the previous file
-intact. Tensor files carry a SHA-256 of their metadata and tensors: a truncated, corrupt or tampered file
-is refused with a one-line ``CheckpointError`` naming the file and the problem. Nothing is ever unpickled.
+``save_tensors`` / ``load_tensors`` write and read a safetensors file whose header carries JSON metadata and
+a SHA-256 of the metadata and tensors: a truncated, corrupt or tampered file is refused with a one-line
+``CheckpointError`` naming the file and the problem, and nothing is ever unpickled. ``check_tensors``
+compares loaded tensors with the ones a model expects. ``save_model`` / ``read_config`` write and read a
+model's files in a run folder (``config.json`` + ``model.safetensors``; names from ``fond.run.RunFolder``).
+Every file goes through ``fond.run.atomic_write`` (temp file, fsync, rename, fsync of the folder).
+
+This module knows tensors and files, not models: rebuilding a model from its folder is
+``fond.resume.load_model`` (``fond.load``), a training checkpoint's contents are ``fond.resume``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,80 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fond.config import ModelConfig, config_from_dict
-from fond.errors import CheckpointError, ConfigError, read_bytes
+from fond.errors import CheckpointError, read_bytes
+from fond.run import RunFolder, atomic_write
 
-__all__ = ["atomic_write", "save_model", "load_model", "save_tensors", "load_tensors", "check_tensors",
-           "remove_stale_temporaries", "FORMAT"]
+__all__ = ["save_model", "read_config", "save_tensors", "load_tensors", "check_tensors", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fond-model"
 FORMAT_VERSION = 1
-
-_TMP_MARK = ".tmp-"
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, data: bytes | str, *, keep_previous: str | Path | None = None) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, flush + fsync, rename, fsync
-    of the directory. With ``keep_previous``, the file ``path`` held is first renamed to ``keep_previous``
-    (so at every instant one of the two names holds a complete file). A failed write removes its temp file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    payload = data.encode() if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the temp files ``atomic_write`` left in ``directory`` when its process was killed mid-write
-    (those of processes still alive are kept). Returns the paths removed."""
-    removed = []
-    directory = Path(directory)
-    if not directory.is_dir():
-        return removed
-    for path in directory.glob(f".*{_TMP_MARK}*"):
-        pid_text = path.name.rpartition(_TMP_MARK)[2]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        if os.name == "posix":
-            try:
-                os.kill(int(pid_text), 0)
-                continue  # the writer is alive (or the pid was reused): leave it
-            except ProcessLookupError:
-                pass
-            except OSError:
-                continue
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path)
-    return removed
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
@@ -114,7 +48,8 @@ def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None, *,
                  keep_previous: str | Path | None = None) -> Path:
     """Atomically write ``tensors`` (contiguous CPU copies) and JSON ``metadata`` to a safetensors file, with
-    a SHA-256 of both in the header; ``keep_previous``: see ``atomic_write``."""
+    a SHA-256 of both in the header; ``keep_previous``: see ``fond.run.atomic_write``. A failed write
+    raises a one-line ``StorageError`` and leaves the file ``path`` held intact."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta_json = json.dumps(metadata or {})
     meta = {"json": meta_json, "sha256": _digest(flat, meta_json)}
@@ -194,11 +129,11 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` for ``model`` into ``directory``."""
-    directory = Path(directory)
+    folder = RunFolder(directory)
     config = {"format": FORMAT, "version": FORMAT_VERSION, "model": asdict(model.config), **(extra or {})}
-    save_tensors(directory / "model.safetensors", dict(model.state_dict()), {"model": config["model"]})
-    _write_if_changed(directory / "config.json", json.dumps(config, indent=2) + "\n")
-    return directory
+    save_tensors(folder.model_path, dict(model.state_dict()), {"model": config["model"]})
+    _write_if_changed(folder.config_path, json.dumps(config, indent=2) + "\n")
+    return folder.path
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -210,36 +145,13 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory}: no such directory")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (a model is a run folder with config.json)")
-    path = directory / "config.json"
+    path = RunFolder(directory).config_path
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{directory}: not a fond model directory (no config.json)") from None
+        raise CheckpointError(f"{directory}: not a fond model directory (no {path.name})") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable or not JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fond model config (missing format '{FORMAT}')")
     return data
-
-
-#: tensors renamed since the first release (the dictionary moved into the decoder module)
-_LEGACY_TENSOR_NAMES = {"dictionary": "decoder.dictionary"}
-
-
-def load_model(directory: str | Path) -> torch.nn.Module:
-    """Rebuild a model from ``directory`` (``config.json`` + ``model.safetensors``), never unpickling."""
-    from fond.models import build_model
-
-    data = read_config(directory)
-    directory = Path(directory)
-    try:
-        config = config_from_dict(ModelConfig, data.get("model"), source=str(directory / "config.json"))
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
-    model = build_model(config)
-    path = directory / "model.safetensors"
-    tensors, _ = load_tensors(path)
-    tensors = {_LEGACY_TENSOR_NAMES.get(k, k): v for k, v in tensors.items()}
-    check_tensors(path, tensors, model.state_dict())
-    model.load_state_dict(tensors)
-    return model

@@ -348,7 +348,7 @@ def _train_and_report(args: argparse.Namespace, cfg, model_cfg, data, spec: str)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fond.checkpoint import load_model
+    from fond.resume import load_model
     from fond.train import read_run
 
     run_info = read_run(args.run)

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fond.checkpoint import atomic_write
 from fond.errors import ConfigError
 from fond.registry import model_spec
+from fond.run import atomic_write
 
 __all__ = ["ReproducePreset", "REPRODUCE_PRESETS", "reproduce"]
 
@@ -110,7 +110,7 @@ def _sweep(models, data, preset: ReproducePreset, iterations, eval_samples, **fi
 
 
 def _load(run_dir: Path):
-    from fond.checkpoint import load_model
+    from fond.resume import load_model
 
     return load_model(run_dir)
 

@@ -1,11 +1,12 @@
 """Learning to infer: backpropagation through the unrolled FOND dynamics (DESIGN.md §2.4).
 
 ``train(...)`` runs the schedule a ``TrainConfig`` describes on a ``PatchData`` split and writes, into
-the run directory: ``config.json`` + ``model.safetensors`` (the model, loadable by ``fond.load``),
-``checkpoint.safetensors`` (model, optimizer state and position, with the model and training configuration
-in its metadata: an interrupted run resumes from it alone), ``checkpoint.prev.safetensors`` (the checkpoint
-before it, used if the newest is unreadable), ``metrics.jsonl`` (one JSON row per logged iteration) and, if
-TensorBoard is installed, event files.
+the run folder (``fond.run.RunFolder``, whose lock it holds while it trains): ``config.json`` +
+``model.safetensors`` (the model, loadable by ``fond.load``), ``checkpoint.safetensors`` (model, optimizer
+state and position, with the model and training configuration in its metadata: an interrupted run resumes
+from it alone; see ``fond.resume``), ``checkpoint.prev.safetensors`` (the checkpoint before it, used if the
+newest is unreadable), ``metrics.jsonl`` (one JSON row per logged iteration) and, if TensorBoard is
+installed, event files.
 
 All randomness is a pure function of (seed, iteration): the batch order, the samplers' streams and the
 validation rollouts are drawn from generators seeded by ``_stream_seed``; the learning rate, β, τ and clamp
@@ -14,7 +15,8 @@ and the iteration are the whole state, and a resumed run, however it was stopped
 with the parameters of an uninterrupted one. SIGINT/SIGTERM are deferred to the end of the iteration, the
 completed iterations are checkpointed and ``TrainingInterrupted`` is raised. A non-finite loss or gradient
 stops training before the update (``TrainingDiverged``), and a checkpoint is never written with non-finite
-parameters.
+parameters. A checkpoint that cannot be written (full disk, read-only folder) stops training with a one-line
+``StorageError``; the previous checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,29 +38,17 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from fond.checkpoint import (
-    atomic_write,
-    check_tensors,
-    load_tensors,
-    read_config,
-    remove_stale_temporaries,
-    save_model,
-    save_tensors,
-)
-from fond.config import ModelConfig, TrainConfig, config_from_dict
+from fond.checkpoint import save_model
+from fond.config import ModelConfig, TrainConfig
 from fond.data import PatchData
 from fond.distributed import SINGLE, DistributedContext, any_rank, shard_rows
-from fond.errors import CheckpointError, ConfigError, FondError
+from fond.errors import FondError, StorageError
 from fond.models import build_model
+from fond.resume import read_run, resume_from_checkpoint, run_configuration, write_checkpoint
+from fond.run import CHECKPOINT, PREVIOUS_CHECKPOINT, RunFolder, atomic_write
 
 __all__ = ["train", "Schedule", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "run_configuration",
-           "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
-
-#: the newest checkpoint of a run directory, and the one before it (kept until the next is safely written)
-CHECKPOINT = "checkpoint.safetensors"
-PREVIOUS_CHECKPOINT = "checkpoint.prev.safetensors"
-CHECKPOINT_FORMAT = "fond-checkpoint"
-_OPTIMIZER_SLOTS = ("step", "exp_avg", "exp_inf")  # Adamax's per-parameter state
+           "read_run", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
 
 
 class TrainingDiverged(FondError):
@@ -176,152 +165,11 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, An
     return groups
 
 
-def _optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    names = {id(p): n for n, p in model.named_parameters()}
-    out = {}
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            out[f"optim.{names[id(param)]}.{key}"] = torch.as_tensor(value)
-    return out
-
-
-def _expected_checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"model.{k}": v for k, v in model.state_dict().items()}
-
-
-def _restore(path: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Module,
-             optimizer: torch.optim.Optimizer) -> None:
-    """Check every tensor of a checkpoint (names, shapes, finiteness) before touching the model or optimizer,
-    then load them; a one-line ``CheckpointError`` naming the file and the first problem otherwise."""
-    params = dict(model.named_parameters())
-    model_tensors = {k: v for k, v in tensors.items() if k.startswith("model.")}
-    other = sorted(k for k in tensors if not k.startswith(("model.", "optim.")))
-    if other:
-        raise CheckpointError(f"{path}: unexpected tensor '{other[0]}' (not a fond training checkpoint?)")
-    check_tensors(path, model_tensors, _expected_checkpoint_tensors(model))
-    optim: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if not key.startswith("optim."):
-            continue
-        name, _, slot = key[len("optim."):].rpartition(".")
-        if name not in params:
-            raise CheckpointError(f"{path}: optimizer state for unknown parameter '{name}' (wrong model?)")
-        if slot not in _OPTIMIZER_SLOTS:
-            raise CheckpointError(f"{path}: unknown optimizer state '{key}'")
-        shape = () if slot == "step" else params[name].shape
-        if value.shape != shape:
-            raise CheckpointError(f"{path}: optimizer state '{key}' has shape {tuple(value.shape)}, the model "
-                                  f"needs {tuple(shape)} (wrong model?)")
-        if not torch.isfinite(value).all():
-            raise CheckpointError(f"{path}: optimizer state '{key}' holds NaN or Inf")
-        optim.setdefault(name, {})[slot] = value
-    for name, slots in optim.items():
-        if len(slots) != len(_OPTIMIZER_SLOTS):
-            lacking = next(s for s in _OPTIMIZER_SLOTS if s not in slots)
-            raise CheckpointError(f"{path}: missing optimizer state 'optim.{name}.{lacking}'")
-    model.load_state_dict({k[len("model."):]: v for k, v in model_tensors.items()})
-    optimizer.state.clear()
-    for name, slots in optim.items():
-        optimizer.state[params[name]] = {slot: value.clone() for slot, value in slots.items()}
-
-
-def _normalised(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A checkpoint's tensors and metadata; ``CheckpointError`` if unreadable or without a position."""
-    tensors, meta = load_tensors(path)
-    iteration = meta.get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
-        raise CheckpointError(f"{path}: no valid training position in its metadata (iteration {iteration!r})")
-    if not isinstance(meta.get("train"), dict):
-        raise CheckpointError(f"{path}: no training configuration in its metadata")
-    return tensors, meta
-
-
-def _saved_model_config(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    saved = meta.get("model")
-    if saved is None:  # checkpoints written before the model config was stored in them
-        saved = read_config(directory).get("model")
-    return saved
-
-
-def _check_same_configuration(directory: Path, path: Path, meta: dict[str, Any], model_config: ModelConfig,
-                              cfg: TrainConfig) -> None:
-    """Refuse (``FondError`` naming the first differing key) a checkpoint of another configuration."""
-    for section, saved, now in (("model", _saved_model_config(directory, meta), asdict(model_config)),
-                                ("train", meta.get("train"), asdict(cfg))):
-        now = _normalised(now)
-        if saved == now:
-            continue
-        saved = saved if isinstance(saved, dict) else {}
-        key = next((k for k in list(now) + list(saved) if saved.get(k) != now.get(k)), "?")
-        raise FondError(f"{directory} holds a run with a different configuration ({section}.{key} is "
-                        f"{saved.get(key)!r} in {path.name}, {now.get(key)!r} now); use another --out")
-
-
-def _checkpoint_candidates(directory: Path) -> list[Path]:
-    return [p for p in (directory / CHECKPOINT, directory / PREVIOUS_CHECKPOINT) if p.exists()]
-
-
-def run_configuration(directory: str | Path) -> tuple[TrainConfig, ModelConfig, dict[str, Any]]:
-    """The training and model configuration and the data description (``spec``, sizes) of the run in
-    ``directory``, from its newest readable checkpoint (for ``fond train --resume DIR``)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such run directory")
-    candidates = _checkpoint_candidates(directory)
-    if not candidates:
-        raise CheckpointError(f"{directory}: no checkpoint to resume ({CHECKPOINT} not found)")
-    problems = []
-    for path in candidates:
-        try:
-            _, meta = _read_checkpoint(path)
-            source = str(path)
-            cfg = config_from_dict(TrainConfig, meta["train"], source=source)
-            model_config = config_from_dict(ModelConfig, _saved_model_config(directory, meta), source=source)
-        except (CheckpointError, ConfigError) as exc:
-            problems.append(str(exc))
-            continue
-        return cfg, model_config, meta.get("data") or {}
-    raise CheckpointError(f"{directory}: no usable checkpoint: " + "; ".join(problems))
-
-
-def _resume(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            model_config: ModelConfig, cfg: TrainConfig) -> int:
-    """Load the newest checkpoint that reads and validates and return its iteration. An unusable newest one
-    is reported (one-line warning naming it and the problem), set aside as ``*.corrupt`` and the previous
-    one used; a checkpoint of another configuration is refused."""
-    problems: list[tuple[Path, str]] = []
-    for path in _checkpoint_candidates(directory):
-        try:
-            tensors, meta = _read_checkpoint(path)
-        except CheckpointError as exc:
-            problems.append((path, str(exc)))
-            continue
-        _check_same_configuration(directory, path, meta, model_config, cfg)
-        iteration = meta["iteration"]
-        try:
-            if iteration > cfg.iterations:
-                raise CheckpointError(f"{path}: iteration {iteration} is beyond the schedule's {cfg.iterations}")
-            _restore(path, tensors, model, optimizer)
-        except CheckpointError as exc:
-            problems.append((path, str(exc)))
-            continue
-        for bad, problem in problems:
-            aside = bad.with_name(bad.name + ".corrupt")
-            os.replace(bad, aside)  # so the next checkpoint does not rotate it over the good one
-            warnings.warn(f"{problem}; resuming from {path} (iteration {iteration}), the unusable file is "
-                          f"kept as {aside.name}", stacklevel=3)
-        return iteration
-    raise CheckpointError(f"{directory}: no usable checkpoint: " + "; ".join(p for _, p in problems))
-
-
 class _Logger:
-    def __init__(self, directory: Path, start_iteration: int) -> None:
-        self.path = directory / "metrics.jsonl"
+    """``metrics.jsonl`` (and TensorBoard, if installed) of rank 0: one JSON row per logged iteration."""
+
+    def __init__(self, folder: RunFolder, start_iteration: int) -> None:
+        self.path = folder.metrics_path
         if self.path.exists():  # drop rows of iterations the checkpoint we resume from does not hold
             kept = []
             for line in self.path.read_text(errors="replace").splitlines():
@@ -333,25 +181,32 @@ class _Logger:
                 if isinstance(step, int) and step <= start_iteration:
                     kept.append(line)
             atomic_write(self.path, "".join(line + "\n" for line in kept))
-        self.handle = open(self.path, "a")
+        try:
+            self.handle = open(self.path, "a")
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional
         except Exception:  # noqa: BLE001 - tensorboard absent or broken: log to JSONL only
             SummaryWriter = None  # noqa: N806
         if SummaryWriter is not None:
-            self.writer = SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=start_iteration)
+            self.writer = SummaryWriter(log_dir=str(folder.tensorboard_dir), purge_step=start_iteration)
 
     def log(self, row: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(row) + "\n")
-        self.handle.flush()
+        try:
+            self.handle.write(json.dumps(row) + "\n")
+            self.handle.flush()
+        except OSError as exc:  # e.g. a full disk
+            raise StorageError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         if self.writer is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
-        self.handle.close()
+        with contextlib.suppress(OSError):  # a row that could not be flushed was reported by log
+            self.handle.close()
         if self.writer is not None:
             self.writer.close()
 
@@ -396,15 +251,6 @@ def _nonfinite_parameter(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _save_checkpoint(directory: Path, model, optimizer, iteration: int, run_info: dict[str, Any]) -> None:
-    """The checkpoint (the old one kept as ``checkpoint.prev.safetensors``), then the model files."""
-    tensors = _expected_checkpoint_tensors(model)
-    tensors.update(_optimizer_tensors(model, optimizer))
-    meta = {"format": CHECKPOINT_FORMAT, "iteration": iteration, "model": asdict(model.config), **run_info}
-    save_tensors(directory / CHECKPOINT, tensors, meta, keep_previous=directory / PREVIOUS_CHECKPOINT)
-    save_model(model, directory, extra=run_info)
-
-
 class _UnrollLoss(torch.nn.Module):
     """``model.unroll_loss`` as a module's forward, so DistributedDataParallel can wrap it."""
 
@@ -441,6 +287,258 @@ def _global_means(ctx: DistributedContext, *values) -> list[float]:
     return [float(v) for v in stacked.cpu()]
 
 
+@contextlib.contextmanager
+def _writer_lock(folder: RunFolder, ctx: DistributedContext) -> Iterator[None]:
+    """Rank 0 (the only writer) holds the run folder's lock for the block; if it cannot take it (another
+    process writes there, or the folder is read-only) every rank stops with that one-line error."""
+    with contextlib.ExitStack() as stack:
+        failure: FondError | None = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(folder.lock())
+            except FondError as exc:
+                failure = exc
+        if any_rank(failure is not None, ctx):
+            raise failure or FondError(f"{folder.path}: the process writing this run could not lock it")
+        yield
+
+
+def _resume_every_rank(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       model_config: ModelConfig, cfg: TrainConfig, ctx: DistributedContext, allowed: bool) -> int:
+    """The iteration the run continues from: 0 for a new run, else that of the checkpoint loaded into
+    ``model`` and ``optimizer`` (``fond.resume.resume_from_checkpoint``). Rank 0 resumes first (it may set a
+    corrupt checkpoint aside), then the others read what it kept; a failure on any rank stops every rank
+    (collectively: no rank is left waiting for the others)."""
+    if folder.checkpoints() and not allowed:
+        raise FondError(f"{folder.path} already holds a run; use another --out or resume it")
+    start = 0
+    for turn in ((0, 1) if ctx.distributed else (0,)):
+        failure: FondError | None = None
+        if (turn == 0) == ctx.is_main and folder.checkpoints():
+            try:
+                start = resume_from_checkpoint(folder, model, optimizer, model_config, cfg)
+            except FondError as exc:
+                failure = exc
+        if any_rank(failure is not None, ctx):
+            raise failure or FondError(f"{folder.path}: another process could not resume this run")
+    return start
+
+
+def _run_info(cfg: TrainConfig, data: PatchData, data_spec: str | None) -> dict[str, Any]:
+    """What a checkpoint and ``config.json`` record beside the model: the training config and the data."""
+    return {"train": asdict(cfg), "data": {"spec": data_spec or data.name, "patch_shape": data.patch_shape,
+                                           "n_train": int(data.train.shape[0]), "n_val": int(data.val.shape[0])}}
+
+
+class _TrainingRun:
+    """One ``train`` call under way: the model and optimizer, how far training got (``completed``
+    iterations), how far the checkpoint on disk goes (``last_saved``), and the log (rank 0's; nothing on
+    other ranks)."""
+
+    def __init__(self, folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 cfg: TrainConfig, ctx: DistributedContext, run_info: dict[str, Any], start: int) -> None:
+        self.folder, self.model, self.optimizer = folder, model, optimizer
+        self.cfg, self.ctx, self.run_info = cfg, ctx, run_info
+        self.schedule = Schedule(cfg)
+        self.shard = shard_rows(cfg.batch_size, ctx)
+        self.completed = self.last_saved = start
+        self.logger: _Logger | _NullLogger = _NullLogger()
+        self.began = time.monotonic()
+        # with DDP the forward goes through the wrapper (gradient all-reduce); the model itself is shared
+        self.unroll = (DistributedDataParallel(_UnrollLoss(model), device_ids=None, find_unused_parameters=True)
+                       if ctx.distributed else model.unroll_loss)
+
+    # ---- saving and stopping ------------------------------------------------------------------------------
+
+    def last_good(self) -> str:
+        """The newest checkpoint on disk, as messages name it."""
+        if self.last_saved == 0:
+            return "none (nothing was checkpointed)"
+        return f"{self.folder.checkpoint_path} (iteration {self.last_saved})"
+
+    def save(self) -> None:
+        """Checkpoint the completed iterations, then the model files (rank 0 writes). Non-finite parameters
+        are never written (``TrainingDiverged``); a failed write (``StorageError``) names the last good one."""
+        bad = _nonfinite_parameter(self.model)
+        if bad is not None:
+            raise TrainingDiverged(f"parameter '{bad}' became non-finite by step {self.completed}/"
+                                   f"{self.cfg.iterations}; not saved; last good checkpoint: {self.last_good()}")
+        if self.ctx.is_main:
+            try:
+                write_checkpoint(self.folder, self.model, self.optimizer, self.completed, self.run_info)
+            except StorageError as exc:
+                raise StorageError(f"{exc}; last good checkpoint: {self.last_good()}") from None
+            save_model(self.model, self.folder.path, extra=self.run_info)
+        self.last_saved = self.completed
+
+    def diverged(self, what: str, step: int) -> TrainingDiverged:
+        """Checkpoint the good iterations before ``step`` (if the parameters are finite), name them."""
+        if self.completed > self.last_saved and _nonfinite_parameter(self.model) is None:
+            self.save()
+        return TrainingDiverged(f"{what} at step {step}/{self.cfg.iterations} (update not applied); last good "
+                                f"checkpoint: {self.last_good()}")
+
+    def interruption(self, *, twice: bool) -> TrainingInterrupted:
+        """What a stop by SIGINT/SIGTERM reports: the checkpoint and its iteration (a second signal stopped
+        at once, possibly mid-update, so nothing more was saved)."""
+        path, saved = self.folder.checkpoint_path, self.last_saved
+        if twice:
+            if not saved:
+                return TrainingInterrupted("interrupted twice: stopped at once, nothing was checkpointed", None, 0)
+            return TrainingInterrupted(f"interrupted twice: stopped at once without saving; {path} (iteration "
+                                       f"{saved}) is intact", path, saved)
+        if not saved:
+            return TrainingInterrupted("interrupted before the first iteration completed; nothing to checkpoint",
+                                       None, 0)
+        return TrainingInterrupted(f"interrupted after {saved} of {self.cfg.iterations} iterations; saved in "
+                                   f"{path}", path, saved)
+
+    # ---- one iteration ------------------------------------------------------------------------------------
+
+    def forward(self, iteration: int, batch: torch.Tensor, **schedule: float) -> Any:
+        """The unrolled loss of ``batch`` (an ``UnrollLoss``) with the sampler stream of ``iteration``;
+        ``TrainingDiverged`` on every rank if it is non-finite or the forward pass failed on any rank."""
+        gen = torch.Generator().manual_seed(_stream_seed(self.cfg.seed, _sampler_stream(self.ctx), iteration))
+        out, failure = None, None
+        try:
+            out = self.unroll(batch, self.cfg.steps, generator=gen, **schedule)
+            if not torch.isfinite(out.loss):
+                failure = "the loss became non-finite"
+        except FloatingPointError as exc:  # e.g. the Poisson sampler refusing a non-finite rate
+            failure = f"the forward pass failed ({exc})"
+        if any_rank(failure is not None, self.ctx):
+            raise self.diverged(failure or "another process's forward pass failed", iteration + 1)
+        return out
+
+    def step(self, iteration: int, x_train: torch.Tensor) -> tuple[Any, dict[str, float]]:
+        """Iteration ``iteration`` (0-based): schedule, forward, backward, clipping, the log row (before the
+        update: see ``_Logger``), the update. Returns the ``UnrollLoss`` and the schedule's values."""
+        cfg, schedule, done = self.cfg, self.schedule, iteration + 1
+        beta, tau = schedule.beta(iteration), schedule.temperature(iteration)
+        clamp_fraction, lr = schedule.clamp_fraction(iteration), schedule.lr(iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = x_train[_batch_indices(cfg.seed, iteration, len(x_train), cfg.batch_size)[self.shard]]
+        out = self.forward(iteration, batch, beta=beta, temperature=tau, clamp_fraction=clamp_fraction)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        max_norm = cfg.grad_clip * (3.0 if schedule.warming_up(iteration) else 1.0)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self.diverged("the gradient became non-finite", done)
+        values = {"beta": beta, "temperature": tau, "clamp_fraction": clamp_fraction, "lr": lr}
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            loss, nll, kl = _global_means(self.ctx, out.loss.detach(), out.nll.mean(), out.kl.mean())
+            self.logger.log({"step": done, "loss": loss, "nll": nll, "kl": kl, **values, "grad_norm": grad_norm,
+                             "rate_max": out.rate_max, "step_size": _step_sizes(self.model),
+                             "seconds": time.monotonic() - self.began})
+        self.update(done)
+        return out, values
+
+    def update(self, done: int) -> None:
+        """Apply the optimizer step (and the model's ``after_update``, e.g. unit-norm atoms); parameters gone
+        non-finite stop training with nothing more saved."""
+        self.optimizer.step()
+        if hasattr(self.model, "after_update"):
+            with torch.no_grad():
+                self.model.after_update()
+        bad = _nonfinite_parameter(self.model)
+        if bad is not None:  # finite loss and gradient, yet the update overflowed: nothing more is saved
+            raise TrainingDiverged(f"parameter '{bad}' became non-finite in the update of step {done}/"
+                                   f"{self.cfg.iterations}; not saved; last good checkpoint: {self.last_good()}")
+        self.completed = done
+
+    def validate(self, done: int, x_eval: torch.Tensor) -> None:
+        """Log the validation rollout's final R², rate R² and zeros."""
+        res = self.model.infer(x_eval, self.cfg.eval_steps, seed=self.cfg.seed)
+        self.logger.log({"step": done, "eval_steps": self.cfg.eval_steps, "eval_r2": float(res.trace["r2"][-1]),
+                         "eval_r2_rates": float(res.trace["r2_rates"][-1]),
+                         "eval_zeros": float(res.trace["zeros"][-1])})
+
+    def stop_early(self, done: int, stop_at: int | None) -> bool:
+        """Whether to stop after ``done`` iterations, short of the schedule: ``stop_at`` or the time limit
+        (decided collectively) reached."""
+        cfg = self.cfg
+        if stop_at is not None and stop_at <= done < cfg.iterations:
+            return True
+        limit = cfg.time_limit_minutes
+        if (limit is not None and done < cfg.iterations
+                and any_rank(time.monotonic() - self.began > 60.0 * limit, self.ctx)):
+            warnings.warn(f"time limit of {limit} min reached at iteration {done}/{cfg.iterations}; "
+                          "stopping (resume to finish the schedule)", stacklevel=5)
+            return True
+        return False
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+
+    def loop(self, x_train: torch.Tensor, x_eval: torch.Tensor, bar: Any, interrupt: threading.Event,
+             stop_at: int | None, on_iteration: Callable[[int, torch.nn.Module], None] | None) -> bool:
+        """Iterate to the end of the schedule (or an early stop: returns True); a signal (``interrupt`` set on
+        any rank) raises ``KeyboardInterrupt`` at the next iteration boundary."""
+        cfg, stopped_early = self.cfg, False
+        for iteration in range(self.completed, cfg.iterations):
+            if any_rank(interrupt.is_set(), self.ctx):
+                raise KeyboardInterrupt
+            done = iteration + 1
+            out, values = self.step(iteration, x_train)
+            if on_iteration is not None:
+                on_iteration(done, self.model)
+            if self.ctx.is_main and (done % cfg.eval_every == 0 or done == cfg.iterations):
+                self.validate(done, x_eval)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(out.loss.detach()):.3g}", beta=f"{values['beta']:.3g}",
+                                temp=f"{values['temperature']:.3g}", refresh=False)
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                self.save()
+            if self.stop_early(done, stop_at):
+                stopped_early = True
+                break
+        if any_rank(interrupt.is_set(), self.ctx):
+            raise KeyboardInterrupt
+        return stopped_early
+
+    def run(self, data: PatchData, *, progress: bool, stop_at: int | None,
+            on_iteration: Callable[[int, torch.nn.Module], None] | None) -> TrainResult:
+        """Train on ``data.train`` (validating on ``data.val``) from ``completed`` to the end of the schedule
+        or an early stop; the completed iterations are checkpointed however it ends, except by a second
+        signal (``TrainingInterrupted``) or non-finite parameters (``TrainingDiverged``)."""
+        cfg, main = self.cfg, self.ctx.is_main
+        x_train = torch.from_numpy(np.ascontiguousarray(data.train))
+        x_eval = torch.from_numpy(np.ascontiguousarray(data.val[: cfg.eval_samples]))
+        if main:
+            self.logger = _Logger(self.folder, self.completed)
+        self.began = time.monotonic()
+        stopped_early, interrupted = False, None
+        bar = _progress_bar(cfg.iterations, self.completed) if progress and main else None
+        with _deferred_interrupts() as interrupt_requested:
+            try:
+                stopped_early = self.loop(x_train, x_eval, bar, interrupt_requested, stop_at, on_iteration)
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+            finally:
+                if bar is not None:
+                    bar.close()
+                self.logger.close()
+            if isinstance(interrupted, _SecondInterrupt):  # possibly mid-update: keep the last checkpoint as is
+                raise self.interruption(twice=True) from None
+            if self.completed != self.last_saved:
+                self.save()
+            if interrupt_requested.is_set() and interrupted is None:  # a signal in the last iteration or save
+                interrupted = KeyboardInterrupt()
+        if interrupted is not None:
+            raise self.interruption(twice=False) from None
+        return TrainResult(directory=self.folder.path, iterations=self.completed, stopped_early=stopped_early,
+                           seconds=time.monotonic() - self.began, model=self.model)
+
+
+def _progress_bar(total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=True)
+
+
 def train(
     data: PatchData,
     train_config: TrainConfig,
@@ -466,180 +564,27 @@ def train(
     signal stops at once without saving (the last checkpoint stays intact). ``TrainingDiverged``: the loss
     or a gradient went non-finite (the update is not applied; the iterations before it are checkpointed).
 
+    The run folder is locked while training (``RunFolder.lock``): a folder another process writes
+    (``RunInUseError``) or a read-only one (``StorageError``) is refused up front in one line; a checkpoint
+    that cannot be written stops training with a one-line ``StorageError``, the previous one intact.
+
     ``distributed``: this process's place in a data-parallel group (``fond.distributed.context_from_env``
     under torchrun): each rank trains on its shard of every global batch through DistributedDataParallel,
-    only rank 0 writes files. ``on_iteration(done, model)`` is called after every applied update.
+    only rank 0 writes files (and holds the lock). ``on_iteration(done, model)`` is called after every
+    applied update.
     """
-    cfg = train_config
-    ctx = distributed or SINGLE
-    main = ctx.is_main
-    shard = shard_rows(cfg.batch_size, ctx)
-    directory = Path(out_dir)
+    cfg, ctx, folder = train_config, distributed or SINGLE, RunFolder(out_dir)
     model_config = model_config or ModelConfig(n_inputs=data.n_inputs, n_latents=n_latents)
     if model_config.n_inputs != data.n_inputs:
         raise FondError(f"model expects {model_config.n_inputs} inputs but the data has {data.n_inputs}")
-    run_info = {"train": asdict(cfg), "data": {"spec": data_spec or data.name, "patch_shape": data.patch_shape,
-                                               "n_train": int(data.train.shape[0]),
-                                               "n_val": int(data.val.shape[0])}}
-
+    run_info = _run_info(cfg, data, data_spec)
     model = build_model(model_config, seed=cfg.seed)
     optimizer = torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    start = 0
-    checkpoint = directory / CHECKPOINT
-    if _checkpoint_candidates(directory) and not resume:
-        raise FondError(f"{directory} already holds a run; use another --out or resume it")
-    # rank 0 resumes first (it may set a corrupt checkpoint aside), then the others read what it kept; a
-    # failure on any rank stops every rank (collectively: no rank is left waiting for the others)
-    for turn in ((0, 1) if ctx.distributed else (0,)):
-        failure: FondError | None = None
-        if (turn == 0) == main and _checkpoint_candidates(directory):
-            try:
-                start = _resume(directory, model, optimizer, model_config, cfg)
-            except FondError as exc:
-                failure = exc
-        if any_rank(failure is not None, ctx):
-            raise failure or FondError(f"{directory}: another process could not resume this run")
-    if main:
-        directory.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(directory)
-        if start > 0:  # the model files follow the checkpoint we resume from, whatever a kill left
-            save_model(model, directory, extra=run_info)
-    # with DDP the forward goes through the wrapper (gradient all-reduce); the model itself is shared
-    unroll = (DistributedDataParallel(_UnrollLoss(model), device_ids=None, find_unused_parameters=True)
-              if ctx.distributed else model.unroll_loss)
-
-    schedule = Schedule(cfg)
-    x_train = torch.from_numpy(np.ascontiguousarray(data.train))
-    x_eval = torch.from_numpy(np.ascontiguousarray(data.val[: cfg.eval_samples]))
-    logger = _Logger(directory, start) if main else _NullLogger()
-    began = time.monotonic()
-    stopped_early = False
-    interrupted: KeyboardInterrupt | None = None
-    last_saved = start
-    completed = start
-    bar = None
-
-    def last_good() -> str:
-        return f"{checkpoint} (iteration {last_saved})" if last_saved > 0 else "none (nothing was checkpointed)"
-
-    def save() -> None:
-        nonlocal last_saved
-        bad = _nonfinite_parameter(model)
-        if bad is not None:
-            raise TrainingDiverged(f"parameter '{bad}' became non-finite by step {completed}/{cfg.iterations}; "
-                                   f"not saved; last good checkpoint: {last_good()}")
-        if main:
-            _save_checkpoint(directory, model, optimizer, completed, run_info)
-        last_saved = completed
-
-    def diverged(what: str, step: int) -> TrainingDiverged:
-        """Checkpoint the good iterations before ``step`` (if the parameters are finite), name them."""
-        if completed > last_saved and _nonfinite_parameter(model) is None:
-            save()
-        return TrainingDiverged(f"{what} at step {step}/{cfg.iterations} (update not applied); last good "
-                                f"checkpoint: {last_good()}")
-
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.iterations, initial=start, desc="train", dynamic_ncols=True, leave=True)
-    with _deferred_interrupts() as interrupt_requested:
-        try:
-            for iteration in range(start, cfg.iterations):
-                if any_rank(interrupt_requested.is_set(), ctx):
-                    raise KeyboardInterrupt
-                done = iteration + 1
-                beta, tau = schedule.beta(iteration), schedule.temperature(iteration)
-                clamp_fraction, lr = schedule.clamp_fraction(iteration), schedule.lr(iteration)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = x_train[_batch_indices(cfg.seed, iteration, len(x_train), cfg.batch_size)[shard]]
-                gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, _sampler_stream(ctx), iteration))
-                failure = None
-                try:
-                    out = unroll(batch, cfg.steps, beta=beta, temperature=tau, clamp_fraction=clamp_fraction,
-                                 generator=gen)
-                    if not torch.isfinite(out.loss):
-                        failure = "the loss became non-finite"
-                except FloatingPointError as exc:  # e.g. the Poisson sampler refusing a non-finite rate
-                    failure = f"the forward pass failed ({exc})"
-                if any_rank(failure is not None, ctx):
-                    raise diverged(failure or "another process's forward pass failed", done)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                max_norm = cfg.grad_clip * (3.0 if schedule.warming_up(iteration) else 1.0)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                if not math.isfinite(grad_norm):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise diverged("the gradient became non-finite", done)
-                if done % cfg.log_every == 0 or done == cfg.iterations:  # logged before the update: see _Logger
-                    loss, nll, kl = _global_means(ctx, out.loss.detach(), out.nll.mean(), out.kl.mean())
-                    logger.log({"step": done, "loss": loss, "nll": nll, "kl": kl, "beta": beta, "temperature": tau,
-                                "clamp_fraction": clamp_fraction, "lr": lr, "grad_norm": grad_norm,
-                                "rate_max": out.rate_max, "step_size": _step_sizes(model),
-                                "seconds": time.monotonic() - began})
-                optimizer.step()
-                if hasattr(model, "after_update"):  # e.g. sparse coding renormalises its atoms
-                    with torch.no_grad():
-                        model.after_update()
-                bad = _nonfinite_parameter(model)
-                if bad is not None:  # finite loss and gradient, yet the update overflowed: nothing more is saved
-                    raise TrainingDiverged(f"parameter '{bad}' became non-finite in the update of step {done}/"
-                                           f"{cfg.iterations}; not saved; last good checkpoint: {last_good()}")
-                completed = done
-                if on_iteration is not None:
-                    on_iteration(done, model)
-                if main and (done % cfg.eval_every == 0 or done == cfg.iterations):
-                    res = model.infer(x_eval, cfg.eval_steps, seed=cfg.seed)
-                    logger.log({"step": done, "eval_steps": cfg.eval_steps, "eval_r2": float(res.trace["r2"][-1]),
-                                "eval_r2_rates": float(res.trace["r2_rates"][-1]),
-                                "eval_zeros": float(res.trace["zeros"][-1])})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{float(out.loss.detach()):.3g}", beta=f"{beta:.3g}", temp=f"{tau:.3g}",
-                                    refresh=False)
-                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                    save()
-                if stop_at is not None and done >= stop_at and done < cfg.iterations:
-                    stopped_early = True
-                    break
-                limit = cfg.time_limit_minutes
-                if (limit is not None and done < cfg.iterations
-                        and any_rank(time.monotonic() - began > 60.0 * limit, ctx)):
-                    warnings.warn(f"time limit of {limit} min reached at iteration {done}/{cfg.iterations}; "
-                                  "stopping (resume to finish the schedule)", stacklevel=2)
-                    stopped_early = True
-                    break
-            if any_rank(interrupt_requested.is_set(), ctx):
-                raise KeyboardInterrupt
-        except KeyboardInterrupt as exc:
-            interrupted = exc
-        finally:
-            if bar is not None:
-                bar.close()
-            logger.close()
-        if isinstance(interrupted, _SecondInterrupt):  # possibly mid-update: keep the last checkpoint as it is
-            raise TrainingInterrupted(f"interrupted twice: stopped at once without saving; {checkpoint} "
-                                      f"(iteration {last_saved}) is intact" if last_saved else
-                                      "interrupted twice: stopped at once, nothing was checkpointed",
-                                      checkpoint if last_saved else None, last_saved) from None
-        if completed != last_saved:
-            save()
-        if interrupt_requested.is_set() and interrupted is None:  # a signal during the last iteration or save
-            interrupted = KeyboardInterrupt()
-    if interrupted is not None:
-        if last_saved == 0:
-            raise TrainingInterrupted("interrupted before the first iteration completed; nothing to checkpoint",
-                                      None, 0) from None
-        raise TrainingInterrupted(f"interrupted after {last_saved} of {cfg.iterations} iterations; saved in "
-                                  f"{checkpoint}", checkpoint, last_saved) from None
-    return TrainResult(directory=directory, iterations=completed, stopped_early=stopped_early,
-                       seconds=time.monotonic() - began, model=model)
-
-
-def read_run(directory: str | Path) -> dict[str, Any]:
-    """The run information (train config, data spec) stored beside a trained model."""
-    data = read_config(directory)
-    if "train" in data:
-        config_from_dict(TrainConfig, data["train"], source=f"{directory}/config.json")
-    return data
+    with _writer_lock(folder, ctx):
+        start = _resume_every_rank(folder, model, optimizer, model_config, cfg, ctx, resume)
+        if ctx.is_main:
+            folder.remove_stale_temporaries()
+            if start > 0:  # the model files follow the checkpoint we resume from, whatever a kill left
+                save_model(model, folder.path, extra=run_info)
+        run = _TrainingRun(folder, model, optimizer, cfg, ctx, run_info, start)
+        return run.run(data, progress=progress, stop_at=stop_at, on_iteration=on_iteration)

@@ -49,9 +49,8 @@ def _rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 
 def _model_and_data(run: Path):
-    from fond.checkpoint import load_model
     from fond.data import load_data
-    from fond.train import read_run
+    from fond.resume import load_model, read_run
 
     info = read_run(run)
     spec = info.get("data", {}).get("spec")

@@ -1,0 +1,232 @@
+"""A run folder read back: the trained model, and the training state a checkpoint holds.
+
+``load_model(DIR)`` (``fond.load``) rebuilds a model from ``config.json`` + ``model.safetensors``.
+
+A training checkpoint (``checkpoint.safetensors``, the one before it kept as ``checkpoint.prev.safetensors``)
+holds the model's tensors as ``model.NAME``, the Adamax state as ``optim.NAME.{step,exp_avg,exp_inf}`` and,
+in its metadata, the iteration, the model and training configurations and the data description: with the
+seeded streams of ``fond.train`` that is the whole state, so a run resumed from it ends where an
+uninterrupted one does. ``write_checkpoint`` writes one; ``resume_from_checkpoint`` validates and loads the
+newest usable one (setting an unreadable newest one aside with a one-line warning); ``run_configuration``
+reads back what the run was trained with (``fond train --resume DIR``). File names come from ``fond.run.RunFolder``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fond.checkpoint import check_tensors, load_tensors, read_config, save_tensors
+from fond.config import ModelConfig, TrainConfig, config_from_dict
+from fond.errors import CheckpointError, ConfigError, FondError, StorageError
+from fond.models import build_model
+from fond.run import RunFolder
+
+__all__ = ["load_model", "read_run", "write_checkpoint", "resume_from_checkpoint", "run_configuration",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "fond-checkpoint"
+_OPTIMIZER_SLOTS = ("step", "exp_avg", "exp_inf")  # Adamax's per-parameter state
+
+#: tensors renamed since the first release (the dictionary moved into the decoder module)
+_LEGACY_TENSOR_NAMES = {"dictionary": "decoder.dictionary"}
+
+
+def load_model(directory: str | os.PathLike[str]) -> torch.nn.Module:
+    """Rebuild a model from ``directory`` (``config.json`` + ``model.safetensors``), never unpickling;
+    one-line ``CheckpointError`` for a missing, foreign or damaged file."""
+    data = read_config(directory)
+    folder = RunFolder(directory)
+    try:
+        config = config_from_dict(ModelConfig, data.get("model"), source=str(folder.config_path))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = build_model(config)
+    tensors, _ = load_tensors(folder.model_path)
+    tensors = {_LEGACY_TENSOR_NAMES.get(k, k): v for k, v in tensors.items()}
+    check_tensors(folder.model_path, tensors, model.state_dict())
+    model.load_state_dict(tensors)
+    return model
+
+
+def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run information (train config, data spec) stored beside a trained model in ``config.json``."""
+    data = read_config(directory)
+    if "train" in data:
+        config_from_dict(TrainConfig, data["train"], source=str(RunFolder(directory).config_path))
+    return data
+
+
+# ---- writing a checkpoint -----------------------------------------------------------------------------------
+
+
+def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": v for k, v in model.state_dict().items()}
+
+
+def _optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            out[f"optim.{names[id(param)]}.{key}"] = torch.as_tensor(value)
+    return out
+
+
+def write_checkpoint(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+                     run_info: dict[str, Any]) -> Path:
+    """Write the checkpoint of ``iteration`` completed iterations (the old one kept as
+    ``checkpoint.prev.safetensors``). ``run_info``: ``{"train": asdict(TrainConfig), "data": {...}}``."""
+    tensors = _model_tensors(model)
+    tensors.update(_optimizer_tensors(model, optimizer))
+    meta = {"format": CHECKPOINT_FORMAT, "iteration": iteration, "model": asdict(model.config), **run_info}
+    return save_tensors(folder.checkpoint_path, tensors, meta, keep_previous=folder.previous_checkpoint_path)
+
+
+# ---- reading one back ---------------------------------------------------------------------------------------
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's tensors and metadata; ``CheckpointError`` if unreadable or without a position."""
+    tensors, meta = load_tensors(path)
+    iteration = meta.get("iteration")
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
+        raise CheckpointError(f"{path}: no valid training position in its metadata (iteration {iteration!r})")
+    if not isinstance(meta.get("train"), dict):
+        raise CheckpointError(f"{path}: no training configuration in its metadata")
+    return tensors, meta
+
+
+def _saved_model_config(folder: RunFolder, meta: dict[str, Any]) -> dict[str, Any]:
+    saved = meta.get("model")
+    if saved is None:  # checkpoints written before the model config was stored in them
+        saved = read_config(folder.path).get("model")
+    return saved
+
+
+def _normalised(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _check_same_configuration(folder: RunFolder, path: Path, meta: dict[str, Any], model_config: ModelConfig,
+                              cfg: TrainConfig) -> None:
+    """Refuse (``FondError`` naming the first differing key) a checkpoint of another configuration."""
+    for section, saved, now in (("model", _saved_model_config(folder, meta), asdict(model_config)),
+                                ("train", meta.get("train"), asdict(cfg))):
+        now = _normalised(now)
+        if saved == now:
+            continue
+        saved = saved if isinstance(saved, dict) else {}
+        key = next((k for k in list(now) + list(saved) if saved.get(k) != now.get(k)), "?")
+        raise FondError(f"{folder.path} holds a run with a different configuration ({section}.{key} is "
+                        f"{saved.get(key)!r} in {path.name}, {now.get(key)!r} now); use another --out")
+
+
+def run_configuration(directory: str | os.PathLike[str]) -> tuple[TrainConfig, ModelConfig, dict[str, Any]]:
+    """The training and model configuration and the data description (``spec``, sizes) of the run in
+    ``directory``, from its newest readable checkpoint (for ``fond train --resume DIR``)."""
+    folder = RunFolder(directory)
+    if not folder.path.is_dir():
+        raise CheckpointError(f"{folder.path}: no such run directory")
+    candidates = folder.checkpoints()
+    if not candidates:
+        raise CheckpointError(f"{folder.path}: no checkpoint to resume ({folder.checkpoint_path.name} not found)")
+    problems = []
+    for path in candidates:
+        try:
+            _, meta = _read_checkpoint(path)
+            cfg = config_from_dict(TrainConfig, meta["train"], source=str(path))
+            model_config = config_from_dict(ModelConfig, _saved_model_config(folder, meta), source=str(path))
+        except (CheckpointError, ConfigError) as exc:
+            problems.append(str(exc))
+            continue
+        return cfg, model_config, meta.get("data") or {}
+    raise CheckpointError(f"{folder.path}: no usable checkpoint: " + "; ".join(problems))
+
+
+# ---- restoring it -------------------------------------------------------------------------------------------
+
+
+def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor],
+                     params: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.Tensor]]:
+    """The ``optim.*`` tensors as parameter name → slot → tensor, each checked (known parameter and slot,
+    shape, finite, every slot present); one-line ``CheckpointError`` naming the first problem otherwise."""
+    optim: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        name, _, slot = key[len("optim."):].rpartition(".")
+        if name not in params:
+            raise CheckpointError(f"{path}: optimizer state for unknown parameter '{name}' (wrong model?)")
+        if slot not in _OPTIMIZER_SLOTS:
+            raise CheckpointError(f"{path}: unknown optimizer state '{key}'")
+        shape = () if slot == "step" else params[name].shape
+        if value.shape != shape:
+            raise CheckpointError(f"{path}: optimizer state '{key}' has shape {tuple(value.shape)}, the model "
+                                  f"needs {tuple(shape)} (wrong model?)")
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: optimizer state '{key}' holds NaN or Inf")
+        optim.setdefault(name, {})[slot] = value
+    for name, slots in optim.items():
+        if len(slots) != len(_OPTIMIZER_SLOTS):
+            lacking = next(s for s in _OPTIMIZER_SLOTS if s not in slots)
+            raise CheckpointError(f"{path}: missing optimizer state 'optim.{name}.{lacking}'")
+    return optim
+
+
+def _restore(path: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer) -> None:
+    """Check every tensor of a checkpoint (names, shapes, finiteness) before touching the model or optimizer,
+    then load them; a one-line ``CheckpointError`` naming the file and the first problem otherwise."""
+    params = dict(model.named_parameters())
+    model_tensors = {k: v for k, v in tensors.items() if k.startswith("model.")}
+    other = sorted(k for k in tensors if not k.startswith(("model.", "optim.")))
+    if other:
+        raise CheckpointError(f"{path}: unexpected tensor '{other[0]}' (not a fond training checkpoint?)")
+    check_tensors(path, model_tensors, _model_tensors(model))
+    optim = _optimizer_state(path, tensors, params)
+    model.load_state_dict({k[len("model."):]: v for k, v in model_tensors.items()})
+    optimizer.state.clear()
+    for name, slots in optim.items():
+        optimizer.state[params[name]] = {slot: value.clone() for slot, value in slots.items()}
+
+
+def resume_from_checkpoint(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           model_config: ModelConfig, cfg: TrainConfig) -> int:
+    """Load the newest checkpoint of ``folder`` that reads and validates into ``model`` and ``optimizer`` and
+    return its iteration. An unusable newest one is reported (one-line warning naming it and the problem),
+    set aside as ``*.corrupt`` and the previous one used; a checkpoint of another configuration is refused
+    (``FondError``); none usable: ``CheckpointError`` naming each file and its problem."""
+    problems: list[tuple[Path, str]] = []
+    for path in folder.checkpoints():
+        try:
+            tensors, meta = _read_checkpoint(path)
+        except CheckpointError as exc:
+            problems.append((path, str(exc)))
+            continue
+        _check_same_configuration(folder, path, meta, model_config, cfg)
+        iteration = meta["iteration"]
+        try:
+            if iteration > cfg.iterations:
+                raise CheckpointError(f"{path}: iteration {iteration} is beyond the schedule's {cfg.iterations}")
+            _restore(path, tensors, model, optimizer)
+        except CheckpointError as exc:
+            problems.append((path, str(exc)))
+            continue
+        for bad, problem in problems:
+            aside = bad.with_name(bad.name + ".corrupt")
+            try:
+                os.replace(bad, aside)  # so the next checkpoint does not rotate it over the good one
+            except OSError as exc:
+                raise StorageError(f"cannot rename {bad} to {aside.name}: {exc.strerror or exc}") from None
+            warnings.warn(f"{problem}; resuming from {path} (iteration {iteration}), the unusable file is "
+                          f"kept as {aside.name}", stacklevel=4)
+        return iteration
+    raise CheckpointError(f"{folder.path}: no usable checkpoint: " + "; ".join(p for _, p in problems))
