@@ -1,6 +1,8 @@
-"""Data for FOND models: whitened natural-image patches and user data (.npy patches, image folders).
+"""Data for FOND models: whitened natural-image patches (grey and colour), MNIST, CIFAR-10, CelebA and user data
+(.npy patches, image folders).
 
-Every loader returns a :class:`PatchData` of float32 (N, D) arrays; every bad input raises
+Every loader returns one container, :class:`PatchData` of float32 (N, D) arrays (colour rows channels last), and
+grey and colour images go through one whitening (:func:`whiten_channels`); every bad input raises
 :class:`fond.errors.DataError` with a one-line message.
 """
 
@@ -13,6 +15,7 @@ from fond.data.natural import (
     load_photo,
     natural_patches,
     whiten,
+    whiten_channels,
 )
 
 __all__ = [
@@ -24,4 +27,5 @@ __all__ = [
     "load_photo",
     "natural_patches",
     "whiten",
+    "whiten_channels",
 ]

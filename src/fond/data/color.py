@@ -25,25 +25,22 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fond.data.natural import (
-    _MAX_WHITEN_VALUE,
-    _MIN_WHITEN_SIDE,
     BUNDLED_PHOTOS,
-    MIN_PATCH_STD,
     PatchData,
-    _as_index,
-    _at_least,
-    _check_eps,
-    _check_f0,
     check_counts,
     derived_seeds,
     extract_patches,
     patch_data_from_images,
+    photo_patches,
+    whiten_channels,
 )
 from fond.errors import DataError
+from fond.validate import integer
 
 __all__ = [
     "CELEBA_SIZES",
@@ -115,7 +112,8 @@ def _as_rgb_float(image: np.ndarray, what: str) -> np.ndarray:
 
 
 def whiten_color(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
-    """Olshausen–Field whitening of one RGB image, the same spatial filter on every channel.
+    """Olshausen–Field whitening of one RGB image, the same spatial filter on every channel
+    (:func:`fond.data.natural.whiten_channels`, the whitening of grey images too).
 
     Each channel has its mean removed and is filtered in Fourier space by ``f * exp(-(f / f0) ** 4)``
     (f = radial frequency in cycles/pixel, exactly as :func:`fond.data.natural.whiten`). All three channels
@@ -133,31 +131,7 @@ def whiten_color(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.nd
     Returns:
         float32 array (H, W, 3): per-channel mean 0, std 1 over all H * W * 3 values.
     """
-    arr = _as_rgb_float(image, "image")
-    if min(arr.shape[:2]) < _MIN_WHITEN_SIDE:
-        raise DataError(f"image of shape {arr.shape} is too small to whiten (need ≥ {_MIN_WHITEN_SIDE} px a side)")
-    f0 = _check_f0(f0)
-    eps = _check_eps(eps)
-    if not np.isfinite(arr).all():
-        raise DataError(f"image of shape {arr.shape} contains NaN or Inf")
-    largest = float(np.abs(arr).max())
-    if largest > _MAX_WHITEN_VALUE:
-        raise DataError(f"image of shape {arr.shape} has values too large to whiten (max |x| = {largest:.3g} > "
-                        f"{_MAX_WHITEN_VALUE:.0e}): rescale it")
-    centred = arr - arr.mean(axis=(0, 1), keepdims=True)
-    if not np.any(centred):
-        raise DataError(f"image of shape {arr.shape} is constant: nothing to whiten")
-    fy = np.fft.fftfreq(arr.shape[0])[:, None, None]
-    fx = np.fft.fftfreq(arr.shape[1])[None, :, None]
-    f = np.hypot(fx, fy)
-    filt = f * np.exp(-((f / f0) ** 4))
-    out = np.fft.ifft2(np.fft.fft2(centred, axes=(0, 1)) * filt, axes=(0, 1)).real
-    out -= out.mean(axis=(0, 1), keepdims=True)
-    std = float(out.std())
-    if not std > eps:
-        raise DataError(f"image of shape {arr.shape} has no contrast left after whitening (std {std:.3g})")
-    out /= std
-    return out.astype(np.float32)
+    return whiten_channels(_as_rgb_float(image, "image"), f0=f0, eps=eps)
 
 
 def load_color_photo(name: str) -> np.ndarray:
@@ -180,62 +154,31 @@ def _whitened_color_photo(name: str, f0: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def extract_color_patches(
-    images: np.ndarray | Sequence[np.ndarray],
-    size: int,
-    n: int,
-    seed: int,
-    min_std: float = 0.0,
-) -> np.ndarray:
-    """Draw ``n`` random size×size×3 patches from one or more (H, W, 3) images.
+def extract_color_patches(images: np.ndarray | Sequence[np.ndarray], size: int, n: int, seed: int,
+                          min_std: float = 0.0) -> np.ndarray:
+    """Draw ``n`` random size×size×3 patches from one or more (H, W, 3) images: float32 (n, size·size·3), row k
+    patch k flattened in (h, w, c) order (channels last).
 
-    Same sampling as :func:`fond.data.natural.extract_patches`: every valid top-left position of every
-    image is equally likely, drawn with replacement from ``np.random.default_rng(seed)``; with
-    ``min_std > 0`` patches whose std over all size * size * 3 values is below ``min_std`` are rejected
-    and redrawn in bulk (DataError after 50·n + 1000 candidates).
-
-    Args:
-        images: one (H, W, 3) array or a sequence of them (shapes may differ), every side ≥ size, finite.
-        size: patch side in pixels (≥ 2).
-        n: number of patches (≥ 1).
-        seed: non-negative integer seed.
-        min_std: minimum per-patch std in the images' intensity units (≥ 0).
-
-    Returns:
-        float32 array (n, size * size * 3); row k is patch k flattened in (h, w, c) order (channels last).
+    :func:`fond.data.natural.extract_patches` with ``channels=3`` (same arguments and sampling; ``min_std`` is
+    compared with the std over all size·size·3 values of a patch).
     """
     return extract_patches(images, size, n, seed, min_std, channels=3)
 
 
-def color_patch_data_from_images(
-    train_images: Sequence[np.ndarray],
-    val_images: Sequence[np.ndarray],
-    *,
-    size: int,
-    n_train: int,
-    n_val: int,
-    seed: int,
-    name: str,
-    min_std: float = MIN_PATCH_STD,
-) -> PatchData:
-    """Colour counterpart of :func:`fond.data.natural.patch_data_from_images` for (H, W, 3) whitened images.
+def color_patch_data_from_images(train_images: Sequence[np.ndarray], val_images: Sequence[np.ndarray],
+                                 **options: Any) -> PatchData:
+    """Colour counterpart of :func:`fond.data.natural.patch_data_from_images` for (H, W, 3) whitened images
+    (``channels=3``; the same keyword options: size, n_train, n_val, seed, name, min_std).
 
     Train patches only from ``train_images``, val patches only from ``val_images`` (seeds derived from
     ``seed``), patches with std < ``min_std`` rejected, then one global factor applied to both so that the
     training patches have overall std 1. patch_shape is (size, size, 3).
     """
-    return patch_data_from_images(train_images, val_images, size=size, n_train=n_train, n_val=n_val, seed=seed,
-                                  name=name, min_std=min_std, channels=3)
+    return patch_data_from_images(train_images, val_images, channels=3, **options)
 
 
-def color_patches(
-    size: int = 16,
-    *,
-    n_train: int = 100_000,
-    n_val: int = 5_000,
-    seed: int = 0,
-    f0: float = 0.4,
-) -> PatchData:
+def color_patches(size: int = 16, *, n_train: int = 100_000, n_val: int = 5_000, seed: int = 0,
+                  f0: float = 0.4) -> PatchData:
     """Whitened RGB patches (size×size×3) from the colour photos bundled in installed wheels.
 
     The photos (:data:`COLOR_PHOTOS`: scikit-image astronaut, coffee, chelsea, rocket; scikit-learn china,
@@ -249,18 +192,9 @@ def color_patches(
         PatchData with train (n_train, size² · 3), val (n_val, size² · 3), float32, rows in (h, w, c) order,
         patch_shape (size, size, 3), name ``color<size>``.
     """
-    size = _at_least(size, 2, "patch size")
-    f0 = _check_f0(f0)
-    train_names = [p for p in COLOR_PHOTOS if p not in COLOR_VALIDATION_PHOTOS]
-    return color_patch_data_from_images(
-        [_whitened_color_photo(p, f0) for p in train_names],
-        [_whitened_color_photo(p, f0) for p in COLOR_VALIDATION_PHOTOS],
-        size=size,
-        n_train=n_train,
-        n_val=n_val,
-        seed=seed,
-        name=f"color{size}",
-    )
+    size = integer(size, "patch size", minimum=2, error=DataError)
+    return photo_patches(COLOR_PHOTOS, COLOR_VALIDATION_PHOTOS, _whitened_color_photo, size=size, n_train=n_train,
+                         n_val=n_val, seed=seed, f0=f0, name=f"color{size}", channels=3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,7 +381,7 @@ def load_celeba(
         DataError: missing or image-less folder, fewer than two images, a bad ``size``, or a split none of
             whose chosen files can be decoded (the message names them).
     """
-    size = _as_index(size, "CelebA image size")
+    size = integer(size, "CelebA image size", error=DataError)
     if size not in CELEBA_SIZES:
         raise DataError(f"CelebA image size must be in {CELEBA_SIZES[0]}..{CELEBA_SIZES[-1]}, got {size}")
     n_train, n_val = check_counts(n_train, n_val)

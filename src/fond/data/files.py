@@ -16,7 +16,6 @@ import numpy as np
 from fond.data.natural import (
     MIN_PATCH_STD,
     PatchData,
-    _as_index,
     check_counts,
     derived_seeds,
     natural_patches,
@@ -25,6 +24,7 @@ from fond.data.natural import (
     whiten,
 )
 from fond.errors import DataError
+from fond.validate import integer
 
 __all__ = ["IMAGE_SUFFIXES", "NATURAL_SIZES", "load_data", "load_image_folder", "load_npy_patches"]
 
@@ -234,9 +234,7 @@ def load_image_folder(
         PatchData with train (n_train, patch_size²), val (n_val, patch_size²), patch_shape (s, s).
     """
     folder = Path(folder)
-    patch_size = _as_index(patch_size, "patch size")
-    if patch_size < 2:
-        raise DataError(f"patch size must be ≥ 2, got {patch_size}")
+    patch_size = integer(patch_size, "patch size", minimum=2, error=DataError)
     n_train, n_val = check_counts(n_train, n_val)
     if not folder.is_dir():
         raise DataError(f"image folder '{folder}' does not exist or is not a folder")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 import os
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -25,16 +24,25 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fond.errors import DataError
+from fond.validate import finite_float, integer
 
 __all__ = [
     "BUNDLED_PHOTOS",
     "MIN_PATCH_STD",
     "VALIDATION_PHOTOS",
     "PatchData",
+    "check_counts",
+    "check_f0",
+    "derived_seeds",
     "extract_patches",
     "load_photo",
     "natural_patches",
+    "patch_data_from_images",
+    "photo_patches",
+    "sample_patches",
+    "to_gray_float",
     "whiten",
+    "whiten_channels",
 ]
 
 #: Patches of whitened (unit-variance) images whose own std is below this are rejected: flat sky or
@@ -203,25 +211,20 @@ def _whitened_photo(name: str, f0: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_f0(f0: object) -> float:
-    if isinstance(f0, bool) or not isinstance(f0, int | float | np.floating | np.integer):
-        raise DataError(f"whitening roll-off f0 must be a positive number of cycles/pixel, got {f0!r}")
-    value = float(f0)
-    if not (math.isfinite(value) and value > 0):
+def check_f0(f0: object) -> float:
+    """The whitening roll-off ``f0`` (cycles/pixel) as a float > 0, else DataError."""
+    value = finite_float(f0, "whitening roll-off f0", error=DataError)
+    if not value > 0:
         raise DataError(f"whitening roll-off f0 must be a positive number of cycles/pixel, got {f0!r}")
     return value
 
 
 def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating | np.integer) or not (
-        math.isfinite(eps) and eps >= 0
-    ):
-        raise DataError(f"whitening eps must be a finite number ≥ 0, got {eps!r}")
-    return float(eps)
+    return finite_float(eps, "whitening eps", minimum=0.0, error=DataError)
 
 
 def whiten(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
-    """Olshausen–Field whitening of one grayscale image.
+    """Olshausen–Field whitening of one grayscale image (:func:`whiten_channels` on a 2-D image).
 
     The mean is removed, the image is filtered in Fourier space by ``f * exp(-(f / f0) ** 4)`` where
     ``f = sqrt(fx**2 + fy**2)`` is the radial spatial frequency in cycles/pixel (``np.fft.fftfreq``
@@ -247,29 +250,48 @@ def whiten(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
         raise DataError(f"whiten expects a 2-D grayscale image, got an array of shape {arr.shape}")
     if arr.dtype.kind not in "biuf":
         raise DataError(f"whiten expects a real numeric image, got dtype {arr.dtype}")
-    if min(arr.shape) < _MIN_WHITEN_SIDE:
+    return whiten_channels(arr.astype(np.float64), f0=f0, eps=eps)
+
+
+def whiten_channels(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
+    """Olshausen–Field whitening of a float image, grey (H, W) or with channels (H, W, C), channels last.
+
+    Each channel has its mean removed and is filtered by ``f * exp(-(f / f0) ** 4)`` (see :func:`whiten`);
+    then every value is divided by ONE common std over all pixels and channels, so the relative contrast of the
+    channels is kept (a grey image is the case C = 1). The same call serves grey images (:func:`whiten`) and
+    colour ones (:func:`fond.data.color.whiten_color`).
+
+    Args:
+        image: float array (H, W) or (H, W, C), H and W ≥ 8, finite, not constant.
+        f0: roll-off frequency in cycles/pixel (> 0).
+        eps: an image whose filtered std is ≤ eps (input intensity units) has no contrast and is rejected.
+
+    Returns:
+        float32 array of the image's shape: per-channel mean 0, std 1 over all values.
+    """
+    arr = np.asarray(image)
+    if min(arr.shape[:2]) < _MIN_WHITEN_SIDE:
         raise DataError(
             f"image of shape {arr.shape} is too small to whiten (need ≥ {_MIN_WHITEN_SIDE} px a side)"
         )
-    f0 = _check_f0(f0)
+    f0 = check_f0(f0)
     eps = _check_eps(eps)
-    arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise DataError(f"image of shape {arr.shape} contains NaN or Inf")
     largest = float(np.abs(arr).max())
     if largest > _MAX_WHITEN_VALUE:
         raise DataError(f"image of shape {arr.shape} has values too large to whiten (max |x| = {largest:.3g} > "
                         f"{_MAX_WHITEN_VALUE:.0e}): rescale it")
-    centred = arr - arr.mean()
+    centred = arr - arr.mean(axis=(0, 1), keepdims=True)
     if not np.any(centred):
         raise DataError(f"image of shape {arr.shape} is constant: nothing to whiten")
-
-    fy = np.fft.fftfreq(arr.shape[0])[:, None]
-    fx = np.fft.fftfreq(arr.shape[1])[None, :]
+    channel_axes = (1,) * (arr.ndim - 2)
+    fy = np.fft.fftfreq(arr.shape[0]).reshape(-1, 1, *channel_axes)
+    fx = np.fft.fftfreq(arr.shape[1]).reshape(1, -1, *channel_axes)
     f = np.hypot(fx, fy)
     filt = f * np.exp(-((f / f0) ** 4))
-    out = np.fft.ifft2(np.fft.fft2(centred) * filt).real
-    out -= out.mean()
+    out = np.fft.ifft2(np.fft.fft2(centred, axes=(0, 1)) * filt, axes=(0, 1)).real
+    out -= out.mean(axis=(0, 1), keepdims=True)
     std = float(out.std())
     if not std > eps:
         raise DataError(f"image of shape {arr.shape} has no contrast left after whitening (std {std:.3g})")
@@ -282,26 +304,10 @@ def whiten(image: np.ndarray, f0: float = 0.4, eps: float = 1e-8) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_index(value: object, what: str) -> int:
-    if isinstance(value, bool):
-        raise DataError(f"{what} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise DataError(f"{what} must be an integer, got {value!r}") from None
-
-
-def _at_least(value: object, minimum: int, what: str) -> int:
-    """``value`` as an integer ≥ ``minimum``, or a DataError naming ``what``."""
-    number = _as_index(value, what)
-    if number < minimum:
-        raise DataError(f"{what} must be ≥ {minimum}, got {number}")
-    return number
-
-
 def check_counts(n_train: int, n_val: int) -> tuple[int, int]:
     """Validate the requested numbers of training and validation inputs (both integers ≥ 1)."""
-    return _at_least(n_train, 1, "n_train"), _at_least(n_val, 1, "n_val")
+    return (integer(n_train, "n_train", minimum=1, error=DataError),
+            integer(n_val, "n_val", minimum=1, error=DataError))
 
 
 def _as_images(images: np.ndarray | Sequence[np.ndarray], channels: int | None = None) -> list[np.ndarray]:
@@ -372,15 +378,10 @@ def extract_patches(
     Returns:
         float32 array (n, size * size); row k is patch k flattened in row-major order.
     """
-    size = _at_least(size, 2, "patch size")
-    n = _at_least(n, 1, "number of patches")
-    seed = _at_least(seed, 0, "seed")
-    if (
-        isinstance(min_std, bool)
-        or not isinstance(min_std, int | float | np.floating | np.integer)
-        or not (math.isfinite(min_std) and min_std >= 0)
-    ):
-        raise DataError(f"min_std must be a finite number ≥ 0, got {min_std!r}")
+    size = integer(size, "patch size", minimum=2, error=DataError)
+    n = integer(n, "number of patches", minimum=1, error=DataError)
+    seed = integer(seed, "seed", minimum=0, error=DataError)
+    min_std = finite_float(min_std, "min_std", minimum=0.0, error=DataError)
     imgs = _as_images(images, channels)
     for i, im in enumerate(imgs):
         if im.shape[0] < size or im.shape[1] < size:
@@ -468,9 +469,7 @@ def sample_patches(imgs: Sequence[np.ndarray], size: int, n: int, seed: int, min
 
 def derived_seeds(seed: int) -> tuple[int, int]:
     """Two independent non-negative integer seeds (train, val) derived from ``seed``."""
-    seed = _as_index(seed, "seed")
-    if seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed}")
+    seed = integer(seed, "seed", minimum=0, error=DataError)
     train_ss, val_ss = np.random.SeedSequence(seed).spawn(2)
     return int(train_ss.generate_state(1)[0]), int(val_ss.generate_state(1)[0])
 
@@ -530,17 +529,41 @@ def natural_patches(
     Returns:
         PatchData with train (n_train, size²), val (n_val, size²), float32, patch_shape (size, size).
     """
-    val_names = [p for p in VALIDATION_PHOTOS if p in BUNDLED_PHOTOS]
-    train_names = [p for p in BUNDLED_PHOTOS if p not in VALIDATION_PHOTOS]
+    return photo_patches(BUNDLED_PHOTOS, VALIDATION_PHOTOS, _whitened_photo, size=size, n_train=n_train,
+                         n_val=n_val, seed=seed, f0=f0, name=f"natural{size}")
+
+
+def photo_patches(
+    photos: Sequence[str],
+    held_out: Sequence[str],
+    whitened: Callable[[str, float], np.ndarray],
+    *,
+    size: int,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    f0: float,
+    name: str,
+    channels: int | None = None,
+) -> PatchData:
+    """Patches of whole photos held apart: training patches from the ``photos`` not in ``held_out``, validation
+    patches only from the held-out ones (:func:`patch_data_from_images`, seeds derived from ``seed``).
+
+    whitened: ``whitened(photo_name, f0)`` gives the whitened photo, grey (H, W) or with ``channels`` channels
+    (H, W, C); f0 is checked first (:func:`check_f0`). The grey and the colour bundled sets both come from here.
+    """
+    f0 = check_f0(f0)
+    val_names = [p for p in held_out if p in photos]
+    train_names = [p for p in photos if p not in held_out]
     if not val_names or not train_names:
         raise DataError("the bundled photo set needs at least one training and one validation photo")
-    f0 = _check_f0(f0)
     return patch_data_from_images(
-        [_whitened_photo(p, f0) for p in train_names],
-        [_whitened_photo(p, f0) for p in val_names],
+        [whitened(p, f0) for p in train_names],
+        [whitened(p, f0) for p in val_names],
         size=size,
         n_train=n_train,
         n_val=n_val,
         seed=seed,
-        name=f"natural{size}",
+        name=name,
+        channels=channels,
     )
