@@ -176,6 +176,11 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _member(*parts: str, doc: str) -> property:
+    """A read-only ``RunFolder`` attribute: the path of ``parts`` inside the folder."""
+    return property(lambda folder: folder.path.joinpath(*parts), doc=doc)
+
+
 #: run folders whose lock this process holds (resolved path → nesting depth): ``lock()`` is re-entrant
 _HELD: dict[str, int] = {}
 
@@ -202,71 +207,33 @@ class RunFolder:
     def __hash__(self) -> int:
         return hash(self.path)
 
-    # ---- the files ------------------------------------------------------------------------------------------
+    # ---- the files (each a ``Path``) ------------------------------------------------------------------------
 
-    @property
-    def config_path(self) -> Path:
-        """``config.json``: format, ``ModelConfig`` and provenance (train config, data) of the model."""
-        return self.path / CONFIG
-
-    @property
-    def model_path(self) -> Path:
-        """``model.safetensors``: the model's tensors (with ``config.json``, what ``fond.load`` reads)."""
-        return self.path / MODEL
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """``checkpoint.safetensors``: model, optimizer state and position of the newest checkpoint."""
-        return self.path / CHECKPOINT
-
-    @property
-    def previous_checkpoint_path(self) -> Path:
-        """``checkpoint.prev.safetensors``: the checkpoint before the newest, kept until the next is written."""
-        return self.path / PREVIOUS_CHECKPOINT
-
-    @property
-    def metrics_path(self) -> Path:
-        """``metrics.jsonl``: the training log, one JSON object per logged iteration."""
-        return self.path / METRICS
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        """``tensorboard/``: TensorBoard event files (written only if TensorBoard is installed)."""
-        return self.path / TENSORBOARD
-
-    @property
-    def report_dir(self) -> Path:
-        """``report/``: the evaluation's report, numbers, curves and figures."""
-        return self.path / REPORT
+    config_path = _member(CONFIG, doc="``config.json``: format, ``ModelConfig`` and provenance (train config, "
+                                      "data) of the model.")
+    model_path = _member(MODEL, doc="``model.safetensors``: the model's tensors (with ``config.json``, what "
+                                    "``fond.load`` reads).")
+    checkpoint_path = _member(CHECKPOINT, doc="``checkpoint.safetensors``: model, optimizer state and position "
+                                              "of the newest checkpoint.")
+    previous_checkpoint_path = _member(PREVIOUS_CHECKPOINT, doc="``checkpoint.prev.safetensors``: the checkpoint "
+                                                                "before the newest, kept until the next is written.")
+    metrics_path = _member(METRICS, doc="``metrics.jsonl``: the training log, one JSON object per logged "
+                                        "iteration.")
+    tensorboard_dir = _member(TENSORBOARD, doc="``tensorboard/``: TensorBoard event files (if it is installed).")
+    report_dir = _member(REPORT, doc="``report/``: the evaluation's report, numbers, curves and figures.")
+    report_path = _member(REPORT, REPORT_MD, doc="``report/report.md``: the report.")
+    eval_path = _member(REPORT, EVAL, doc="``report/eval.json``: the evaluation summary (R², zeros, "
+                                          "rate–distortion, ...).")
+    trace_path = _member(REPORT, TRACE, doc="``report/trace.npz``: the evaluation's per-step curves, one array of "
+                                            "length T_test per key.")
+    done_path = _member(DONE, doc="``done.json``: the run's result row, written last (its presence marks the run "
+                                  "finished).")
+    lock_path = _member(LOCK, doc="``.lock``: pid, host and start time of the process writing the folder (see "
+                                  "``lock``).")
 
     def report_file(self, name: str) -> Path:
         """``report/NAME``, e.g. a figure (``report_file("dictionary.png")``)."""
         return self.report_dir / name
-
-    @property
-    def report_path(self) -> Path:
-        """``report/report.md``."""
-        return self.report_file(REPORT_MD)
-
-    @property
-    def eval_path(self) -> Path:
-        """``report/eval.json``: the evaluation summary (R², zeros, rate–distortion, ...)."""
-        return self.report_file(EVAL)
-
-    @property
-    def trace_path(self) -> Path:
-        """``report/trace.npz``: the evaluation's per-step curves, one array of length T_test per key."""
-        return self.report_file(TRACE)
-
-    @property
-    def done_path(self) -> Path:
-        """``done.json``: the run's result row, written last (its presence marks the run finished)."""
-        return self.path / DONE
-
-    @property
-    def lock_path(self) -> Path:
-        """``.lock``: pid, host and start time of the process writing the folder (see ``lock``)."""
-        return self.path / LOCK
 
     # ---- state and result files --------------------------------------------------------------------------
 
