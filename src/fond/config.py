@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fond.errors import ConfigError, read_bytes
+from fond.validate import require as _require
 from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
 
 __all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS", "PRESETS",
@@ -23,11 +24,6 @@ __all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ES
 PRESETS: tuple[str, ...] = ("quick", "paper")
 
 T = TypeVar("T")
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config key '{key}': {message}")
 
 
 def _finite(value: Any) -> bool:
@@ -54,7 +50,8 @@ class ModelConfig:
     n_inputs: D, pixels per input. n_latents: K, neurons. model: "ipvae" (Poisson), "igvae" (Gaussian),
     "igvae-relu" (Gaussian, f = relu·gain), "ibvae" (Bernoulli) or the name of any registered family;
     the baselines "pvae", "gvae", "gvae-relu" (amortized), "savae", "iavae" (hybrid), "pc" (predictive
-    coding), "lca", "ista", "fista" (sparse coding). decoder: "linear" (dictionary Φ), "mlp" or "conv".
+    coding), "lca", "ista", "fista" (sparse coding) — any name of ``fond.registry.model_names()``, whose
+    ``ModelSpec`` fixes the class, family and options. decoder: "linear" (dictionary Φ), "mlp" or "conv".
     decoder_hidden: hidden units (mlp) or channels (conv). encoder / encoder_hidden: the same for the
     amortized and hybrid models' encoders. init_scale: std of the linear dictionary's normal
     initialisation. log_bias_init: initial log b.
