@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fond.errors import FondError
+from fond.validate import finite_float, positive_int
 
 DECODER_CHOICES = ("linear", "mlp", "conv")
 
@@ -39,23 +40,27 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: the text parsed as an integer, then ``fond.validate.positive_int``'s check."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+    try:
+        return positive_int(value, "value")
+    except FondError:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}") from None
 
 
 def _nonneg_float(text: str) -> float:
+    """argparse type: the text parsed as a number, then ``fond.validate.finite_float``'s check (≥ 0)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
+    try:
+        return finite_float(value, "value", minimum=0.0)
+    except FondError:
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}") from None
 
 
 def _model_name(text: str) -> str:

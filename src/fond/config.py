@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fond.errors import ConfigError, read_bytes
-from fond.validate import require as _require
 from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
+from fond.validate import require as _require
 
 __all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS", "PRESETS",
            "preset", "preset_model_options", "load_json", "config_from_dict", "data_kind"]

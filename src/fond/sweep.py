@@ -24,6 +24,7 @@ from fond.config import PRESETS, ModelConfig, TrainConfig, config_from_dict, loa
 from fond.errors import ConfigError, read_bytes
 from fond.registry import model_spec
 from fond.run import atomic_write, write_npz
+from fond.validate import require as _require
 
 __all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "load_sweep_file",
            "RESULT_COLUMNS"]
@@ -33,11 +34,6 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "model", "beta", "t_train", "seed", "iterations", "data", "r2", "r2_rates", "zeros", "rate_distortion",
     "convergence_step", "nelbo", "n_params", "diverged", "minutes", "run",
 )
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {message}")
 
 
 def _int_list(value, key: str, minimum: int) -> None:
