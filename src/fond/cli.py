@@ -39,28 +39,26 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: the text parsed as an integer, then ``fond.validate.positive_int``'s check."""
+def _argument(text: str, parse, expected: str, check, rule: str):
+    """An argparse type: ``parse(text)`` (else "expected <expected>"), then ``check`` — one of fond.validate's
+    checks, the library's own — on the value (else "<rule>, got <text>")."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     try:
-        return positive_int(value, "value")
+        return check(value)
     except FondError:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}") from None
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}") from None
+
+
+def _positive_int(text: str) -> int:
+    return _argument(text, int, "an integer", lambda value: positive_int(value, "value"), "must be ≥ 1")
 
 
 def _nonneg_float(text: str) -> float:
-    """argparse type: the text parsed as a number, then ``fond.validate.finite_float``'s check (≥ 0)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    try:
-        return finite_float(value, "value", minimum=0.0)
-    except FondError:
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}") from None
+    return _argument(text, float, "a number", lambda value: finite_float(value, "value", minimum=0.0),
+                     "must be a finite number ≥ 0")
 
 
 def _model_name(text: str) -> str:

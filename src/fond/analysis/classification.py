@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,10 +84,20 @@ def _labels_array(labels: Any, name: str, n: int) -> np.ndarray:
     return array
 
 
-def _check_train_classes(train_labels: np.ndarray) -> None:
-    n_classes = np.unique(train_labels).size
+def _train_and_test(convert: Callable[[Any, str], Any], values: tuple[Any, Any, Any, Any],
+                    names: tuple[str, str, str, str]) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """(train inputs, test inputs, train labels, test labels) checked: each input set through ``convert``
+    (N, K) with the same K, one label per row, at least two classes in training. names: of the four values."""
+    train_name, test_name, train_labels_name, test_labels_name = names
+    train, test = convert(values[0], train_name), convert(values[1], test_name)
+    if train.shape[1] != test.shape[1]:
+        raise DataError(f"{train_name} has {train.shape[1]} columns but {test_name} has {test.shape[1]}")
+    y_train = _labels_array(values[2], train_labels_name, train.shape[0])
+    y_test = _labels_array(values[3], test_labels_name, test.shape[0])
+    n_classes = np.unique(y_train).size
     if n_classes < 2:
-        raise DataError(f"train_labels must contain at least 2 classes, got {n_classes}")
+        raise DataError(f"{train_labels_name} must contain at least 2 classes, got {n_classes}")
+    return train, test, y_train, y_test
 
 
 def _as_input_tensor(x: Any, name: str) -> torch.Tensor:
@@ -119,13 +129,9 @@ def probe_accuracy(train_features: Any, train_labels: Any, test_features: Any, t
     ``random_state`` (lbfgs itself is deterministic). Test classes unseen in training simply count as errors.
     """
     max_iter = positive_int(max_iter, "max_iter")
-    train = _features_array(train_features, "train_features")
-    test = _features_array(test_features, "test_features")
-    if train.shape[1] != test.shape[1]:
-        raise DataError(f"train_features have {train.shape[1]} columns but test_features have {test.shape[1]}")
-    y_train = _labels_array(train_labels, "train_labels", train.shape[0])
-    y_test = _labels_array(test_labels, "test_labels", test.shape[0])
-    _check_train_classes(y_train)
+    train, test, y_train, y_test = _train_and_test(
+        _features_array, (train_features, test_features, train_labels, test_labels),
+        ("train_features", "test_features", "train_labels", "test_labels"))
     probe = Pipeline([
         ("scale", StandardScaler()),
         ("logistic", LogisticRegression(C=1.0, solver="lbfgs", max_iter=max_iter, random_state=int(seed))),
@@ -292,13 +298,8 @@ def classification_over_steps(model, train_x: Any, train_y: Any, test_x: Any, te
         raise ConfigError("seeds is empty")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
-    train_x = _as_input_tensor(train_x, "train_x")
-    test_x = _as_input_tensor(test_x, "test_x")
-    if train_x.shape[1] != test_x.shape[1]:
-        raise DataError(f"train_x has {train_x.shape[1]} columns but test_x has {test_x.shape[1]}")
-    y_train = _labels_array(train_y, "train_y", train_x.shape[0])
-    y_test = _labels_array(test_y, "test_y", test_x.shape[0])
-    _check_train_classes(y_train)
+    train_x, test_x, y_train, y_test = _train_and_test(
+        _as_input_tensor, (train_x, test_x, train_y, test_y), ("train_x", "test_x", "train_y", "test_y"))
 
     accuracy = np.empty((len(seeds), len(schedule)))
     recorded = np.asarray(schedule, dtype=np.int64)
