@@ -12,14 +12,14 @@ from fond.config import TrainConfig
 from fond.data import load_data
 from fond.data.natural import PatchData
 from fond.reproduce import _orderings
-from fond.sweep import RunSpec, SweepConfig, run_experiment
+from fond.sweep import RunSpec, SweepConfig, run_point
 
 
 def _train(tmp, name, data, spec, model="ipvae"):
     sweep = SweepConfig(models=[model], data=spec, iterations=3, batch_size=20, latents=12, eval_steps=10,
                         eval_samples=20)
     run = RunSpec(model=model, beta=1.0, t_train=3, seed=0, sweep=sweep)
-    run_experiment(run, tmp / name, data=data)
+    run_point(run, tmp / name, data=data)
     return tmp / name
 
 

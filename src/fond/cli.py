@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fond.errors import FondError
+from fond.run import RunFolder
 from fond.validate import finite_float, positive_int
 
 DECODER_CHOICES = ("linear", "mlp", "conv")
@@ -250,19 +251,6 @@ def _load_run_data(spec: str, run_info: dict, seed: int):
     return load_data(spec, seed=seed)
 
 
-def _evaluate_and_report(run_dir: Path, model, data, steps: int, samples: int | None, seed: int,
-                         write: bool):
-    from fond.evaluate import evaluate
-
-    x = data.val if samples is None else data.val[:samples]
-    result = evaluate(model, x, steps, seed=seed)
-    if write:
-        from fond.report import write_report
-
-        write_report(run_dir, model, result, x, data.patch_shape)
-    return result
-
-
 #: ``fond train`` options that set the run's configuration (taken from the checkpoint with --resume)
 _TRAIN_CONFIG_OPTIONS = ("model", "decoder", "decoder_hidden", "encoder", "encoder_hidden", "sparsity", "family_option",
                          "method_option", "data", "preset", "config", "latents", "beta", "steps", "iterations",
@@ -337,20 +325,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_and_report(args: argparse.Namespace, cfg, model_cfg, data, spec: str) -> int:
-    from fond.train import train
+    from fond.experiment import run_experiment
 
-    result = train(data, cfg, args.out, model_config=model_cfg, data_spec=spec, progress=not args.no_progress,
-                   distributed=args.distributed)
-    _say(args, f"fond: trained {result.iterations} iterations in {result.seconds / 60:.1f} min -> {args.out}")
-    if args.no_eval or not args.distributed.is_main:  # rank 0 evaluates and writes the report
+    result = run_experiment(data, cfg, model_cfg, args.out, data_spec=spec, eval_steps=args.eval_steps,
+                            evaluate=not args.no_eval, progress=not args.no_progress, distributed=args.distributed)
+    trained = result.train
+    _say(args, f"fond: trained {trained.iterations} iterations in {trained.seconds / 60:.1f} min -> {args.out}")
+    if result.evaluation is None:  # --no-eval, or a rank other than 0
         return 0
-    evaluation = _evaluate_and_report(args.out, result.model, data, args.eval_steps, None, 0, True)
-    _print_summary(evaluation.summary(), as_json=False)
-    print(f"fond: report written to {args.out / 'report' / 'report.md'}", file=sys.stderr)
+    _print_summary(result.evaluation.summary(), as_json=False)
+    print(f"fond: report written to {RunFolder(args.out).report_path}", file=sys.stderr)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from fond.experiment import evaluate_and_report
     from fond.resume import load_model
     from fond.train import read_run
 
@@ -363,14 +352,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.n_inputs != model.n_inputs:
         raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
     write = not args.no_report and args.data is None
-    evaluation = _evaluate_and_report(args.run, model, data, args.steps, args.samples, args.seed, write)
+    evaluation = evaluate_and_report(args.run, model, data, steps=args.steps, samples=args.samples, seed=args.seed,
+                                     write=write)
     _print_summary(evaluation.summary(), as_json=args.json)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fond.config import config_from_dict
-    from fond.sweep import RESULT_COLUMNS, SweepConfig, load_sweep_file, run_sweep
+    from fond.sweep import RESULT_COLUMNS, SWEEP_CSV, SweepConfig, load_sweep_file, run_sweep
 
     ray_flags = {"--address": args.address, "--cpus-per-run": args.cpus_per_run,
                  "--gpus-per-run": args.gpus_per_run, "--ray-cpus": args.ray_cpus}
@@ -405,7 +395,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for row in rows:
         print("| " + " | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) and k not in ("beta",) else str(row[k])
                                 for k in shown) + " |")
-    print(f"fond: {len(rows)} runs in {args.out / 'sweep.csv'} ({', '.join(RESULT_COLUMNS[:3])}, ...)",
+    print(f"fond: {len(rows)} runs in {args.out / SWEEP_CSV} ({', '.join(RESULT_COLUMNS[:3])}, ...)",
           file=sys.stderr)
     if failures:
         for name, error in failures.items():
@@ -442,8 +432,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = ["| model | decoder | parameters | R² (sample) | R² (mean) | zeros | rate–distortion d | "
             "convergence step | diverged | run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in args.runs:
-        config = config_from_dict(ModelConfig, read_config(run).get("model"), source=str(run / "config.json"))
-        path = run / "report" / "eval.json"
+        folder = RunFolder(run)
+        config = config_from_dict(ModelConfig, read_config(run).get("model"), source=str(folder.config_path))
+        path = folder.eval_path
         if not path.exists():
             raise FondError(f"{run}: no evaluation yet ({path} missing); run `fond eval {run}` first")
         e = load_json(path)

@@ -29,7 +29,7 @@ import torch
 
 from fond.errors import ConfigError
 from fond.registry import model_spec
-from fond.run import atomic_write
+from fond.run import RunFolder, atomic_write
 
 __all__ = ["ReproducePreset", "REPRODUCE_PRESETS", "reproduce"]
 
@@ -176,7 +176,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
     # convergence curves of the natural models (each at its best configuration)
     traces = {}
     for row in best_natural:
-        path = out / folders[row["run"]] / row["run"] / "report" / "trace.npz"
+        path = RunFolder(out / folders[row["run"]] / row["run"]).trace_path
         if path.is_file():
             with np.load(path) as npz:
                 traces[row["model"]] = {k: npz[k] for k in npz.files}

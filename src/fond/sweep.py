@@ -23,17 +23,18 @@ from typing import Any
 from fond.config import PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
 from fond.errors import ConfigError, read_bytes
 from fond.registry import model_spec
-from fond.run import atomic_write, write_npz
+from fond.experiment import RESULT_COLUMNS
+from fond.run import DONE, RunFolder, atomic_write, write_json
+
+#: the files of a sweep folder (beside one run folder per grid point): its table as JSON and CSV, its config
+SWEEP_TABLE = "sweep.json"
+SWEEP_CSV = "sweep.csv"
+SWEEP_CONFIG = "sweep-config.json"
 from fond.validate import require as _require
 
-__all__ = ["SweepConfig", "RunSpec", "run_experiment", "run_sweep", "read_results", "load_sweep_file",
+__all__ = ["SweepConfig", "RunSpec", "run_point", "run_sweep", "read_results", "load_sweep_file",
            "RESULT_COLUMNS"]
 
-#: Columns of sweep.csv, in order.
-RESULT_COLUMNS: tuple[str, ...] = (
-    "model", "beta", "t_train", "seed", "iterations", "data", "r2", "r2_rates", "zeros", "rate_distortion",
-    "convergence_step", "nelbo", "n_params", "diverged", "minutes", "run",
-)
 
 
 def _int_list(value, key: str, minimum: int) -> None:
@@ -194,63 +195,44 @@ def load_sweep_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def run_experiment(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run in ``directory``; return its result row (``RESULT_COLUMNS``).
+def run_point(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False) -> dict[str, Any]:
+    """Train (or resume), evaluate and report one grid point in ``directory`` through
+    :func:`fond.experiment.run_experiment`; return its result row (``RESULT_COLUMNS``, also in ``done.json``).
 
-    ``data``: the loaded ``PatchData`` (loaded from the sweep's spec if None). Writes the run's
-    checkpoint, metrics.jsonl, report/ and finally ``done.json`` (the row), which marks it finished.
+    ``data``: the loaded ``PatchData`` (loaded from the sweep's spec if None).
     """
     from fond.data import load_data
-    from fond.evaluate import evaluate
-    from fond.report import write_report
-    from fond.train import train
+    from fond.experiment import run_experiment
 
-    directory = Path(directory)
     cfg = spec.train_config()
     if data is None:
         data = load_data(spec.sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
-    started = time.perf_counter()
-    result = train(data, cfg, directory, model_config=spec.model_config(data.n_inputs), data_spec=spec.sweep.data,
-                   progress=progress)
-    x = data.val if spec.sweep.eval_samples is None else data.val[: spec.sweep.eval_samples]
-    evaluation = evaluate(result.model, x, spec.sweep.eval_steps, seed=0)
-    write_report(directory, result.model, evaluation, x, data.patch_shape)
-    _save_trace(directory / "report" / "trace.npz", evaluation.trace)
-    row = {"model": spec.model, "beta": spec.beta, "t_train": spec.t_train, "seed": spec.seed,
-           "iterations": result.iterations, "data": spec.sweep.data, **evaluation.summary(),
-           "minutes": round((time.perf_counter() - started) / 60.0, 2), "run": directory.name}
-    row = {key: row.get(key) for key in RESULT_COLUMNS}
-    atomic_write(directory / "done.json", json.dumps(row, indent=2) + "\n")
-    return row
-
-
-def _save_trace(path: Path, trace: dict[str, Any]) -> None:
-    """The evaluation's per-step curves (arrays of length T_test) as .npz (no pickle), written atomically."""
-    import numpy as np
-
-    write_npz(path, {k: np.asarray(v, dtype=float) for k, v in trace.items()})
+    result = run_experiment(data, cfg, spec.model_config(data.n_inputs), directory, data_spec=spec.sweep.data,
+                            eval_steps=spec.sweep.eval_steps, eval_samples=spec.sweep.eval_samples,
+                            progress=progress)
+    return result.row
 
 
 def read_results(out_dir: str | Path, sweep: SweepConfig | None = None) -> list[dict[str, Any]]:
     """The rows of the finished runs under ``out_dir`` (those of ``sweep`` only, if given), in grid order."""
     out_dir = Path(out_dir)
     names = [spec.name for spec in sweep.runs()] if sweep is not None else sorted(
-        p.parent.name for p in out_dir.glob("*/done.json"))
+        p.parent.name for p in out_dir.glob(f"*/{DONE}"))
     rows = []
     for name in names:
-        path = out_dir / name / "done.json"
-        if path.is_file():
-            rows.append(load_json(path))
+        folder = RunFolder(out_dir / name)
+        if folder.is_finished():
+            rows.append(load_json(folder.done_path))
     return rows
 
 
 def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    write_json(out_dir / SWEEP_TABLE, rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(out_dir / "sweep.csv", buffer.getvalue())
+    atomic_write(out_dir / SWEEP_CSV, buffer.getvalue())
 
 
 def prepare_sweep_dir(sweep: SweepConfig, out_dir: str | Path) -> Path:
@@ -260,7 +242,7 @@ def prepare_sweep_dir(sweep: SweepConfig, out_dir: str | Path) -> Path:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / "sweep-config.json"
+    config_path = out_dir / SWEEP_CONFIG
     if config_path.exists():
         previous = SweepConfig.from_json(config_path)
         if previous != sweep:
@@ -278,7 +260,7 @@ def gather(sweep: SweepConfig, out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def is_finished(out_dir: str | Path, spec: RunSpec) -> bool:
-    return (Path(out_dir) / spec.name / "done.json").is_file()
+    return RunFolder(Path(out_dir) / spec.name).is_finished()
 
 
 def describe_row(row: dict[str, Any]) -> str:
@@ -311,7 +293,7 @@ def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False
         if key not in data_cache:
             data_cache[key] = load_data(sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
         log(f"[{i}/{len(specs)}] {spec.name}: training {cfg.iterations} iterations")
-        row = run_experiment(spec, directory, data=data_cache[key], progress=progress)
+        row = run_point(spec, directory, data=data_cache[key], progress=progress)
         log(f"[{i}/{len(specs)}] {spec.name}: {describe_row(row)}")
         gather(sweep, out_dir)
     return gather(sweep, out_dir)

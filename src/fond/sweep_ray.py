@@ -140,18 +140,18 @@ def _restore_sigterm(handler) -> None:
 
 
 def _run_task(spec: RunSpec, directory: str, data, threads: int) -> dict[str, Any]:
-    """One run inside a Ray worker: torch on the task's CPUs, then :func:`fond.sweep.run_experiment`."""
+    """One run inside a Ray worker: torch on the task's CPUs, then :func:`fond.sweep.run_point`."""
     import dataclasses
 
     import numpy as np
     import torch
 
-    from fond.sweep import run_experiment
+    from fond.sweep import run_point
 
     torch.set_num_threads(threads)
     # arrays from the object store are read-only views: give training its own writable copies
     data = dataclasses.replace(data, train=np.array(data.train), val=np.array(data.val))
-    return run_experiment(spec, directory, data=data)
+    return run_point(spec, directory, data=data)
 
 
 def _check_resources(cpus_per_run: float, gpus_per_run: float, ray_cpus: int | None, address: str | None) -> None:

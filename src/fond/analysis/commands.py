@@ -23,7 +23,7 @@ ANALYSES: tuple[str, ...] = ("frontier", "convergence", "classify", "ood", "gabo
 
 def _write(out: Path, kind: str, data: Any) -> Path:
     from fond.analysis.summary import json_default
-    from fond.checkpoint import atomic_write
+    from fond.run import atomic_write
 
     return atomic_write(out / f"{kind}.json", json.dumps(data, indent=2, default=json_default) + "\n")
 
@@ -31,16 +31,19 @@ def _write(out: Path, kind: str, data: Any) -> Path:
 def _rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Result rows of runs (done.json or report/eval.json + config) and of sweep folders (sweep.json)."""
     from fond.checkpoint import read_config
+    from fond.run import RunFolder
+    from fond.sweep import SWEEP_TABLE
 
     rows = []
     for path in paths:
-        if (path / "sweep.json").is_file():
-            rows += json.loads((path / "sweep.json").read_text())
-        elif (path / "done.json").is_file():
-            rows.append(json.loads((path / "done.json").read_text()))
-        elif (path / "report" / "eval.json").is_file():
+        folder = RunFolder(path)
+        if (path / SWEEP_TABLE).is_file():
+            rows += json.loads((path / SWEEP_TABLE).read_text())
+        elif folder.is_finished():
+            rows.append(json.loads(folder.done_path.read_text()))
+        elif folder.eval_path.is_file():
             config = read_config(path)
-            rows.append({**json.loads((path / "report" / "eval.json").read_text()),
+            rows.append({**json.loads(folder.eval_path.read_text()),
                          "model": config["model"]["model"], "beta": config.get("train", {}).get("beta"),
                          "t_train": config.get("train", {}).get("steps"), "run": path.name})
         else:
