@@ -275,28 +275,48 @@ def contrast_latency(model: Any, stimuli: Any, contrasts: Any, *, steps: int = 1
     fraction = _check_fraction(fraction)
     x = _as_input(stimuli, "stimuli", 2)
     levels, batch = contrast_series(x, contrasts)
-    n_contrasts, n_stimuli = levels.size, x.shape[0]
     recorded = range(1, steps + 1)
-    result = model.infer(batch, steps, seed=seed, trace=False, record=recorded)
-    rates = _recorded_rates(result, recorded)  # (steps, C·N, K)
-    k = rates.shape[-1]
-    rates = rates.reshape(steps, n_contrasts, n_stimuli, k)
+    rates = _recorded_rates(model.infer(batch, steps, seed=seed, trace=False, record=recorded), recorded)
+    rates = rates.reshape(steps, levels.size, x.shape[0], rates.shape[-1])  # (steps, C, N, K)
+    before, reference = _prestimulus(model, prestimulus_rates, rates)
+    chosen, description = _select_neurons(neurons, rates[-1, -1] - reference, n_responsive)  # rise at top contrast
+    curves, bases, latencies = _stimulus_latencies(rates, chosen, before, fraction)
+    onset_step = 1 if before is None else 0
+    mean_curves, mean_bases, curve_latencies = _mean_curves(rates, chosen, curves, bases, reference, onset_step,
+                                                            fraction)
+    median, q25, q75 = (np.full(levels.size, np.nan) for _ in range(3))
+    for c in range(levels.size):
+        finite = latencies[c][np.isfinite(latencies[c])]
+        if finite.size:
+            q25[c], median[c], q75[c] = np.percentile(finite, [25, 50, 75])
+    rho, p_value = _spearman(levels, latencies)
+    return LatencyResult(contrasts=levels, latencies=latencies, median=median, q25=q25, q75=q75,
+                         curves=mean_curves, baselines=mean_bases, curve_latencies=curve_latencies,
+                         onset_step=onset_step, fraction=fraction, neurons=description,
+                         n_selected=np.array([index.size for index in chosen]), spearman_rho=rho,
+                         spearman_p=p_value)
 
+
+def _prestimulus(model: Any, prestimulus_rates: Any, rates: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(pre-stimulus rates (K,) or None when unknown, the reference (N, K) a rise is measured from: those rates,
+    else the rates after step 1 at the highest contrast). rates: (steps, C, N, K)."""
+    _, _, n_stimuli, k = rates.shape
     if prestimulus_rates is None:
         known = initial_rates(model, 1)
         prestimulus_rates = None if known is None else known[0]
-    if prestimulus_rates is not None:
-        before = float_array(prestimulus_rates, "prestimulus_rates", finite=True).reshape(-1)
-        if before.size != k:
-            raise DataError(f"prestimulus_rates must have {k} values (one per neuron), got {before.size}")
-        onset_step = 0
-        reference = np.broadcast_to(before, (n_stimuli, k))
-    else:
-        onset_step, before = 1, None
-        reference = rates[0, -1]
-    rise = rates[-1, -1] - reference  # (N, K) at the highest contrast
-    chosen, description = _select_neurons(neurons, rise, n_responsive)
+    if prestimulus_rates is None:
+        return None, rates[0, -1]
+    before = float_array(prestimulus_rates, "prestimulus_rates", finite=True).reshape(-1)
+    if before.size != k:
+        raise DataError(f"prestimulus_rates must have {k} values (one per neuron), got {before.size}")
+    return before, np.broadcast_to(before, (n_stimuli, k))
 
+
+def _stimulus_latencies(rates: np.ndarray, chosen: list[np.ndarray], before: np.ndarray | None,
+                        fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per contrast and stimulus: the population curve (C, N, steps) of its chosen neurons, its baseline (C, N)
+    and its latency (C, N); NaN for a stimulus no neuron responds to."""
+    steps, n_contrasts, n_stimuli, _ = rates.shape
     curves = np.full((n_contrasts, n_stimuli, steps), np.nan)
     bases = np.full((n_contrasts, n_stimuli), np.nan)
     latencies = np.full((n_contrasts, n_stimuli), np.nan)
@@ -311,36 +331,38 @@ def contrast_latency(model: Any, stimuli: Any, contrasts: Any, *, steps: int = 1
             else:
                 bases[c, n] = curves[c, n, 0]
                 latencies[c, n] = response_latency(curves[c, n], fraction)
+    return curves, bases, latencies
+
+
+def _mean_curves(rates: np.ndarray, chosen: list[np.ndarray], curves: np.ndarray, bases: np.ndarray,
+                 reference: np.ndarray, onset_step: int, fraction: float) -> tuple[np.ndarray, ...]:
+    """Per contrast, the curve (C, steps) and baseline (C,) averaged over the stimuli some neuron responds to,
+    and the latency (C,) of that mean curve (NaN, with the mean over every neuron, when none responds)."""
+    n_contrasts = rates.shape[1]
     used = np.array([index.size > 0 for index in chosen])
-    if used.any():
-        mean_curves = curves[:, used].mean(1)
-        mean_bases = bases[:, used].mean(1)
-        curve_latencies = np.array([
-            response_latency(mean_curves[c], fraction, baseline=mean_bases[c] if onset_step == 0 else None)
-            for c in range(n_contrasts)])
-    else:
+    if not used.any():
         mean_curves = rates.mean((2, 3)).T
         mean_bases = mean_curves[:, 0] if onset_step == 1 else np.full(n_contrasts, float(reference.mean()))
-        curve_latencies = np.full(n_contrasts, np.nan)
+        return mean_curves, mean_bases, np.full(n_contrasts, np.nan)
+    mean_curves = curves[:, used].mean(1)
+    mean_bases = bases[:, used].mean(1)
+    curve_latencies = np.array([
+        response_latency(mean_curves[c], fraction, baseline=mean_bases[c] if onset_step == 0 else None)
+        for c in range(n_contrasts)])
+    return mean_curves, mean_bases, curve_latencies
 
-    median, q25, q75 = (np.full(n_contrasts, np.nan) for _ in range(3))
-    for c in range(n_contrasts):
-        finite = latencies[c][np.isfinite(latencies[c])]
-        if finite.size:
-            q25[c], median[c], q75[c] = np.percentile(finite, [25, 50, 75])
+
+def _spearman(levels: np.ndarray, latencies: np.ndarray) -> tuple[float, float]:
+    """Spearman (ρ, p) of latency (C, N) against contrast over the finite pairs; NaN with fewer than three
+    pairs or constant latencies."""
     pairs = np.isfinite(latencies)
+    if pairs.sum() < 3 or np.unique(latencies[pairs]).size <= 1:
+        return float("nan"), float("nan")
     contrast_of = np.broadcast_to(levels[:, None], latencies.shape)
-    rho, p_value = float("nan"), float("nan")
-    if pairs.sum() >= 3 and np.unique(latencies[pairs]).size > 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            test = stats.spearmanr(contrast_of[pairs], latencies[pairs])
-        rho, p_value = float(test.statistic), float(test.pvalue)
-    return LatencyResult(contrasts=levels, latencies=latencies, median=median, q25=q25, q75=q75,
-                         curves=mean_curves, baselines=mean_bases, curve_latencies=curve_latencies,
-                         onset_step=onset_step, fraction=fraction, neurons=description,
-                         n_selected=np.array([index.size for index in chosen]), spearman_rho=rho,
-                         spearman_p=p_value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        test = stats.spearmanr(contrast_of[pairs], latencies[pairs])
+    return float(test.statistic), float(test.pvalue)
 
 
 def plot_contrast_latency(result: LatencyResult, path: str | os.PathLike[str]) -> Path:

@@ -245,62 +245,23 @@ def load_image_folder(
         )
 
     min_side = max(patch_size, 8)
-    images: list[tuple[str, np.ndarray]] = []
-    unreadable: list[str] = []
-    too_small: list[str] = []
-    constant: list[str] = []
-    for path in files:
-        try:
-            gray = _read_image(path)
-        except Exception:  # any decoder failure (OSError, ValueError, SyntaxError, ...) means unreadable
-            unreadable.append(path.name)
-            continue
-        if min(gray.shape) < min_side:
-            too_small.append(path.name)
-            continue
-        try:
-            images.append((path.name, whiten(gray)))
-        except DataError:
-            constant.append(path.name)
-
-    skipped = [
-        f"{len(names)} {why} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-        for why, names in (
-            ("unreadable", unreadable),
-            (f"smaller than {min_side}×{min_side}", too_small),
-            ("constant or non-finite", constant),
-        )
-        if names
-    ]
-    if skipped:
-        warnings.warn(f"image folder '{folder}': skipped " + "; ".join(skipped), stacklevel=2)
+    images, skipped = _whitened_images(files, min_side)
+    reasons = [f"{len(names)} {why} ({_first_names(names)})" for why, names in (
+        ("unreadable", skipped["unreadable"]), (f"smaller than {min_side}×{min_side}", skipped["too_small"]),
+        ("constant or non-finite", skipped["constant"])) if names]
+    if reasons:
+        warnings.warn(f"image folder '{folder}': skipped " + "; ".join(reasons), stacklevel=2)
     if not images:
-        if len(unreadable) == len(files):
+        if len(skipped["unreadable"]) == len(files):
             raise DataError(f"image folder '{folder}': none of its {len(files)} image file(s) is readable "
-                            f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''})")
-        raise DataError(f"image folder '{folder}' has no usable image: skipped " + "; ".join(skipped))
-
-    if len(images) >= 2:
-        n_held = max(1, math.ceil(_FOLDER_VAL_FRACTION * len(images)))
-        train_images = [im for _, im in images[:-n_held]]
-        val_images = [im for _, im in images[-n_held:]]
-        if not train_images:  # cannot happen for ceil(15 %) with ≥ 2 images; kept as a guard
-            raise DataError(f"image folder '{folder}' has too few usable images to hold some out")
-    else:
-        fname, im = images[0]
-        cut = int(round((1.0 - _SINGLE_IMAGE_VAL_FRACTION) * im.shape[0]))
-        top, bottom = im[:cut], im[cut:]
-        if top.shape[0] < patch_size or bottom.shape[0] < patch_size:
-            raise DataError(
-                f"image '{fname}' in '{folder}' is the only usable image and is too small to split: "
-                f"its bottom 20 % ({bottom.shape[0]} rows) must hold a {patch_size}×{patch_size} patch"
-            )
-        train_images, val_images = [top], [bottom]
+                            f"({_first_names(skipped['unreadable'])})")
+        raise DataError(f"image folder '{folder}' has no usable image: skipped " + "; ".join(reasons))
+    train_images, val_images = _held_out_split(images, folder, patch_size)
 
     counts = f"{len(images)} image{'s' if len(images) != 1 else ''}"
-    n_skipped = len(unreadable) + len(too_small) + len(constant)
-    if n_skipped:
-        counts += f", skipped {len(unreadable)} unreadable, {len(too_small) + len(constant)} unusable"
+    n_unusable = len(skipped["too_small"]) + len(skipped["constant"])
+    if len(skipped["unreadable"]) + n_unusable:
+        counts += f", skipped {len(skipped['unreadable'])} unreadable, {n_unusable} unusable"
     return patch_data_from_images(
         train_images,
         val_images,
@@ -311,3 +272,50 @@ def load_image_folder(
         name=f"{folder.resolve().name or folder} ({counts})",
         min_std=MIN_PATCH_STD,
     )
+
+
+def _first_names(names: list[str]) -> str:
+    """The first three ``names``, comma-separated, with ", ..." when there are more."""
+    return f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+
+
+def _whitened_images(files: list[Path], min_side: int) -> tuple[list[tuple[str, np.ndarray]], dict[str, list[str]]]:
+    """([(file name, whitened grey image)] of the usable ``files``, the names skipped by reason: "unreadable",
+    "too_small" (a side below ``min_side`` pixels), "constant" (nothing to whiten))."""
+    images: list[tuple[str, np.ndarray]] = []
+    skipped: dict[str, list[str]] = {"unreadable": [], "too_small": [], "constant": []}
+    for path in files:
+        try:
+            gray = _read_image(path)
+        except Exception:  # any decoder failure (OSError, ValueError, SyntaxError, ...) means unreadable
+            skipped["unreadable"].append(path.name)
+            continue
+        if min(gray.shape) < min_side:
+            skipped["too_small"].append(path.name)
+            continue
+        try:
+            images.append((path.name, whiten(gray)))
+        except DataError:
+            skipped["constant"].append(path.name)
+    return images, skipped
+
+
+def _held_out_split(images: list[tuple[str, np.ndarray]], folder: Path,
+                    patch_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training images, validation images): the last ceil(15 %) of ≥ 2 images held out whole, or a single
+    image's top 80 % of rows for training and bottom 20 % for validation."""
+    if len(images) >= 2:
+        n_held = max(1, math.ceil(_FOLDER_VAL_FRACTION * len(images)))
+        train_images = [im for _, im in images[:-n_held]]
+        if not train_images:  # cannot happen for ceil(15 %) with ≥ 2 images; kept as a guard
+            raise DataError(f"image folder '{folder}' has too few usable images to hold some out")
+        return train_images, [im for _, im in images[-n_held:]]
+    fname, im = images[0]
+    cut = int(round((1.0 - _SINGLE_IMAGE_VAL_FRACTION) * im.shape[0]))
+    top, bottom = im[:cut], im[cut:]
+    if top.shape[0] < patch_size or bottom.shape[0] < patch_size:
+        raise DataError(
+            f"image '{fname}' in '{folder}' is the only usable image and is too small to split: "
+            f"its bottom 20 % ({bottom.shape[0]} rows) must hold a {patch_size}×{patch_size} patch"
+        )
+    return [top], [bottom]
