@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,20 +21,18 @@ from typing import Any
 
 from fond.config import PRESETS, ModelConfig, TrainConfig, config_from_dict, load_json, preset
 from fond.errors import ConfigError, read_bytes
-from fond.registry import model_spec
 from fond.experiment import RESULT_COLUMNS
+from fond.registry import model_spec
 from fond.run import DONE, RunFolder, atomic_write, write_json
+from fond.validate import require as _require
+
+__all__ = ["SweepConfig", "RunSpec", "run_point", "run_sweep", "read_results", "load_sweep_file",
+           "RESULT_COLUMNS", "SWEEP_TABLE", "SWEEP_CSV", "SWEEP_CONFIG"]
 
 #: the files of a sweep folder (beside one run folder per grid point): its table as JSON and CSV, its config
 SWEEP_TABLE = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 SWEEP_CONFIG = "sweep-config.json"
-from fond.validate import require as _require
-
-__all__ = ["SweepConfig", "RunSpec", "run_point", "run_sweep", "read_results", "load_sweep_file",
-           "RESULT_COLUMNS"]
-
-
 
 def _int_list(value, key: str, minimum: int) -> None:
     _require(isinstance(value, list) and len(value) > 0, key, f"must be a non-empty list, got {value!r}")
