@@ -181,8 +181,9 @@ def _member(*parts: str, doc: str) -> property:
     return property(lambda folder: folder.path.joinpath(*parts), doc=doc)
 
 
-#: run folders whose lock this process holds (resolved path → nesting depth): ``lock()`` is re-entrant
-_HELD: dict[str, int] = {}
+#: run folders whose lock this process holds ((pid, resolved path) → nesting depth): ``lock()`` is re-entrant
+#: (the pid keeps a forked child from taking its parent's entry for its own lock)
+_HELD: dict[tuple[int, str], int] = {}
 
 
 class RunFolder:
@@ -274,7 +275,7 @@ class RunFolder:
         """Hold the folder's exclusive lock for the block: refused up front with a one-line ``StorageError``
         if the folder cannot be written, and with ``RunInUseError`` naming the holder (pid, host, start time)
         while another process holds it. Re-entrant within a process. The lock dies with its process."""
-        key = os.fspath(self.path.resolve())
+        key = (os.getpid(), os.fspath(self.path.resolve()))
         if key in _HELD:
             _HELD[key] += 1
             try:
