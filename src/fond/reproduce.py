@@ -123,135 +123,252 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
               log: Callable[[str], None] | None = None) -> Path:
     """Run the whole protocol named by ``preset`` (or given as a ``ReproducePreset``) into ``out``; return
     the path of ``out/index.md``."""
-    from fond.analysis import classification, frontier, gabor, ood, temporal
-    from fond.data import load_data
-    from fond.plots import plot_convergence, plot_dictionary, plot_spike_raster
-    from fond.sweep import run_sweep
-
     if isinstance(preset, ReproducePreset):
         p = preset
     elif preset in REPRODUCE_PRESETS:
         p = REPRODUCE_PRESETS[preset]
     else:
         raise ConfigError(f"unknown reproduce preset {preset!r}; expected one of {tuple(REPRODUCE_PRESETS)}")
-    log = log or (lambda message: None)
     out = Path(out)
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    stage = _Stage(p, out, out / "figures", log or (lambda message: None))
+    stage.figures.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    natural = _natural_runs(stage)  # 1. natural patches
+    frontier_summary = _frontier(stage, natural)
+    r2_at_t, r2_final = _convergence(stage, natural)
+    gabor_summary, latency = _v1_properties(stage, natural)  # 3. V1 properties
+    mnist = _mnist_runs(stage)  # 2. MNIST
+    probes = _probes(stage, mnist)
+    ood_results = _out_of_distribution(stage, mnist)
+    online = _online_inference(stage, mnist)
+    findings = _Findings(natural, frontier_summary, r2_at_t, r2_final, gabor_summary, latency, mnist.rows, probes,
+                         ood_results, online)
+    index = _report(stage, findings, started)  # 4. the report
+    stage.log(f"report: {index}")
+    return index
 
-    # 1. natural patches ------------------------------------------------------------------------------
-    log("natural patches: iP-VAE at three β and two T_train")
+
+# --------------------------------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """What every stage of ``reproduce`` reads: the budget, the output folder, its figures folder, the log."""
+
+    preset: ReproducePreset
+    out: Path
+    figures: Path
+    log: Callable[[str], None]
+
+    def sweep(self, models, data: str, folder: str, iterations: int | None, eval_samples: int,
+              **fields) -> list[dict[str, Any]]:
+        """The rows of the sweep of ``models`` on ``data`` in ``out/folder`` (finished runs are skipped)."""
+        from fond.sweep import run_sweep
+
+        config = _sweep(models, data, self.preset, iterations, eval_samples, **fields)
+        return run_sweep(config, self.out / folder, log=self.log)
+
+    def natural_sweep(self, models, folder: str, **fields) -> list[dict[str, Any]]:
+        """A sweep on natural 16×16 patches with the preset's natural budget."""
+        p = self.preset
+        return self.sweep(models, "natural16", folder, p.natural_iterations, p.natural_eval_samples, **fields)
+
+
+@dataclass(frozen=True)
+class _NaturalRuns:
+    """The natural-patch sweeps: iP-VAE at three β, at ½T_train, the other models; each row's sweep folder."""
+
+    beta_rows: list[dict[str, Any]]
+    t_rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # all of them: β rows, T_train rows, the other models
+    folders: dict[str, str]  # run name → sweep folder under OUT
+    main_ip: dict[str, Any]  # iP-VAE at the preset's β
+    best: list[dict[str, Any]]  # each model at its best configuration (smallest d), iP-VAE first
+
+    @property
+    def best_ip(self) -> dict[str, Any]:
+        return self.best[0]
+
+    def run_dir(self, out: Path, row: dict[str, Any]) -> Path:
+        return out / self.folders[row["run"]] / row["run"]
+
+
+@dataclass(frozen=True)
+class _MnistRuns:
+    """The MNIST sweep's rows, the test digits the analyses use and each model read back from its run."""
+
+    rows: list[dict[str, Any]]
+    data: Any  # PatchData: train = probe training digits, val = probe test / OOD digits
+    models: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Findings:
+    """Every number the report shows."""
+
+    natural: _NaturalRuns
+    frontier: dict[str, Any]
+    r2_at_t: float  # iP-VAE mean-code R² at t = T_train (NaN when the evaluation is shorter)
+    r2_final: float  # ... at the last evaluation step
+    gabor: dict[str, Any]
+    latency: dict[str, Any]
+    mnist_rows: list[dict[str, Any]]
+    probes: dict[str, Any]
+    ood: dict[str, Any]
+    online: dict[str, Any]
+
+
+def _natural_runs(stage: _Stage) -> _NaturalRuns:
     from fond.config import preset as train_preset
 
-    base = train_preset(p.train_preset, "ipvae", "natural16")
-    beta_rows = run_sweep(_sweep(["ipvae"], "natural16", p, p.natural_iterations, p.natural_eval_samples,
-                                 betas=[base.beta / 2, base.beta, base.beta * 2]), out / "natural-beta", log=log)
-    t_rows = run_sweep(_sweep(["ipvae"], "natural16", p, p.natural_iterations, p.natural_eval_samples,
-                              t_train=[base.steps // 2]), out / "natural-t", log=log)
-    log("natural patches: the other models")
-    other_rows = run_sweep(_sweep(NATURAL_MODELS, "natural16", p, p.natural_iterations, p.natural_eval_samples,
-                                  model_options={"lca": {"method_options": {"sparsity": 0.5}}}),
-                           out / "natural", log=log)
+    stage.log("natural patches: iP-VAE at three β and two T_train")
+    base = train_preset(stage.preset.train_preset, "ipvae", "natural16")
+    beta_rows = stage.natural_sweep(["ipvae"], "natural-beta", betas=[base.beta / 2, base.beta, base.beta * 2])
+    t_rows = stage.natural_sweep(["ipvae"], "natural-t", t_train=[base.steps // 2])
+    stage.log("natural patches: the other models")
+    other_rows = stage.natural_sweep(NATURAL_MODELS, "natural",
+                                     model_options={"lca": {"method_options": {"sparsity": 0.5}}})
     main_ip = next(r for r in beta_rows if r["beta"] == base.beta)
     folders = {**{r["run"]: "natural-beta" for r in beta_rows}, **{r["run"]: "natural-t" for r in t_rows},
                **{r["run"]: "natural" for r in other_rows}}
-    all_natural = [*beta_rows, *t_rows, *other_rows]
-    best_natural = _best_by_model(all_natural)  # the paper compares each model at its best configuration
-    best_ip = best_natural[0]
-    best_ip_dir = out / folders[best_ip["run"]] / best_ip["run"]
+    rows = [*beta_rows, *t_rows, *other_rows]
+    # the paper compares each model at its best configuration
+    return _NaturalRuns(beta_rows, t_rows, rows, folders, main_ip, _best_by_model(rows))
 
+
+def _frontier(stage: _Stage, natural: _NaturalRuns) -> dict[str, Any]:
+    """The rate–distortion frontier and the effects of β and T_train: figures and ``frontier.json``."""
+    from fond.analysis import frontier
     from fond.report import PAPER_NATURAL
 
     paper_points = [{"model": m, "r2": v["r2"], "zeros": v["zeros"]} for m, v in PAPER_NATURAL.items()
                     if "r2" in v]
-    frontier.plot_frontier(all_natural, figures / "frontier.png", paper_points=paper_points)
-    effect_points = [*beta_rows, *[dict(r, beta=main_ip["beta"]) for r in t_rows]]
-    frontier.plot_effects(effect_points, figures / "effects.png")
-    frontier_summary = {"table": frontier.frontier_table(all_natural),
-                        "effects": frontier.summarize_effects(beta_rows),
-                        "t_train": {str(r["t_train"]): r["rate_distortion"] for r in [main_ip, *t_rows]}}
-    _json(out / "frontier.json", frontier_summary)
+    frontier.plot_frontier(natural.rows, stage.figures / "frontier.png", paper_points=paper_points)
+    effect_points = [*natural.beta_rows, *[dict(r, beta=natural.main_ip["beta"]) for r in natural.t_rows]]
+    frontier.plot_effects(effect_points, stage.figures / "effects.png")
+    summary = {"table": frontier.frontier_table(natural.rows),
+               "effects": frontier.summarize_effects(natural.beta_rows),
+               "t_train": {str(r["t_train"]): r["rate_distortion"] for r in [natural.main_ip, *natural.t_rows]}}
+    _json(stage.out / "frontier.json", summary)
+    return summary
 
-    # convergence curves of the natural models (each at its best configuration)
+
+def _convergence(stage: _Stage, natural: _NaturalRuns) -> tuple[float, float]:
+    """Convergence curves of the natural models (each at its best configuration); the iP-VAE's mean-code R²
+    at t = T_train and at the last step (NaN where there is no reading)."""
+    from fond.plots import plot_convergence
+
     traces = {}
-    for row in best_natural:
-        path = RunFolder(out / folders[row["run"]] / row["run"]).trace_path
+    for row in natural.best:
+        path = RunFolder(natural.run_dir(stage.out, row)).trace_path
         if path.is_file():
             with np.load(path) as npz:
                 traces[row["model"]] = {k: npz[k] for k in npz.files}
-    plot_convergence(traces, figures / "convergence.png", t_train=best_ip["t_train"], steps=p.eval_steps)
+    best_ip = natural.best_ip
+    plot_convergence(traces, stage.figures / "convergence.png", t_train=best_ip["t_train"],
+                     steps=stage.preset.eval_steps)
     ip_trace = traces.get("ipvae", {})
     # (an evaluation shorter than T_train, as in a tiny test budget, has no reading at t = T_train)
     at_t = best_ip["t_train"] - 1
     r2_at_t = float(ip_trace["r2_rates"][at_t]) if ip_trace and at_t < len(ip_trace["r2_rates"]) else float("nan")
     r2_final = float(ip_trace["r2_rates"][-1]) if ip_trace else float("nan")
+    return r2_at_t, r2_final
 
-    # 3. V1 properties of the natural-image iP-VAE ----------------------------------------------------
-    log(f"V1 properties of {best_ip['run']}: Gabor fits, grating tuning, contrast-dependent latency")
-    ip_model = _load(best_ip_dir)
-    natural = load_data("natural16", n_train=10, n_val=2000, seed=0)
-    gabor_summary = _cached(out / "gabor.json", lambda: _gabor(ip_model, figures, gabor, p.eval_steps,
-                                                               natural.val[:500]))
+
+def _v1_properties(stage: _Stage, natural: _NaturalRuns) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Gabor fits, grating tuning and contrast-dependent latency of the best natural-image iP-VAE (cached in
+    ``gabor.json`` and ``latency.json``); its dictionary as a figure."""
+    from fond.data import load_data
+    from fond.plots import plot_dictionary
+
+    best_ip, p, figures = natural.best_ip, stage.preset, stage.figures
+    stage.log(f"V1 properties of {best_ip['run']}: Gabor fits, grating tuning, contrast-dependent latency")
+    ip_model = _load(natural.run_dir(stage.out, best_ip))
+    patches = load_data("natural16", n_train=10, n_val=2000, seed=0)
+    gabor_summary = _cached(stage.out / "gabor.json",
+                            lambda: _gabor(ip_model, figures, p.eval_steps, patches.val[:500]))
     plot_dictionary(ip_model.dictionary.detach().numpy(), (16, 16), figures / "dictionary_natural.png",
                     max_atoms=128, title="iP-VAE dictionary on natural patches (128 largest atoms)")
-    latency = _cached(out / "latency.json", lambda: _latency(ip_model, natural.val[:64], p, figures, temporal))
+    latency = _cached(stage.out / "latency.json", lambda: _latency(ip_model, patches.val[:64], p, figures))
+    return gabor_summary, latency
 
-    # 2. MNIST ----------------------------------------------------------------------------------------
-    log("MNIST: FOND models, hybrid, amortized, predictive coding")
-    mnist_rows = run_sweep(_sweep(MNIST_MODELS, "mnist", p, p.mnist_iterations, p.mnist_eval_samples),
-                           out / "mnist", log=log)
-    mnist_by_model = _row_by_model(mnist_rows)
-    mnist = load_data("mnist-test", n_train=p.probe_train, n_val=max(p.probe_test, p.ood_samples), seed=0)
-    mnist_models = {row["model"]: _load(out / "mnist" / row["run"]) for row in mnist_rows}
+
+def _mnist_runs(stage: _Stage) -> _MnistRuns:
+    from fond.data import load_data
+
+    p = stage.preset
+    stage.log("MNIST: FOND models, hybrid, amortized, predictive coding")
+    rows = stage.sweep(MNIST_MODELS, "mnist", "mnist", p.mnist_iterations, p.mnist_eval_samples)
+    data = load_data("mnist-test", n_train=p.probe_train, n_val=max(p.probe_test, p.ood_samples), seed=0)
+    models = {row["model"]: _load(stage.out / "mnist" / row["run"]) for row in rows}
+    return _MnistRuns(rows, data, models)
+
+
+def _probes(stage: _Stage, mnist: _MnistRuns) -> dict[str, Any]:
+    """Logistic-regression accuracy from each MNIST model's code over inference steps (``classification.json``)."""
+    from fond.analysis import classification
+
+    p, data = stage.preset, mnist.data
 
     def probe() -> dict[str, Any]:
         results = {}
-        for name, model in mnist_models.items():
-            log(f"MNIST: classification from {name}'s code over inference steps")
+        for name, model in mnist.models.items():
+            stage.log(f"MNIST: classification from {name}'s code over inference steps")
             results[name] = classification.classification_over_steps(
-                model, mnist.train, mnist.train_labels, mnist.val[: p.probe_test], mnist.val_labels[: p.probe_test],
+                model, data.train, data.train_labels, data.val[: p.probe_test], data.val_labels[: p.probe_test],
                 steps=p.eval_steps, every=p.probe_every, seeds=p.probe_seeds)
-        classification.plot_classification(results, figures / "classification.png")
+        classification.plot_classification(results, stage.figures / "classification.png")
         return {name: r.to_dict() for name, r in results.items()}
 
-    probe_results = _cached(out / "classification.json", probe)
+    return _cached(stage.out / "classification.json", probe)
 
-    def out_of_distribution() -> dict[str, Any]:
-        raw, centre = ood.mnist_test_inputs("mnist", p.ood_samples)
-        sets = ood.ood_sets(raw, steps=p.eval_steps, centre=centre)
+
+def _out_of_distribution(stage: _Stage, mnist: _MnistRuns) -> dict[str, Any]:
+    """Each MNIST model on the out-of-distribution sets (fixed-input solvers: the static ones; ``ood.json``)."""
+    from fond.analysis import ood
+
+    steps = stage.preset.eval_steps
+
+    def evaluate() -> dict[str, Any]:
+        raw, centre = ood.mnist_test_inputs("mnist", stage.preset.ood_samples)
+        sets = ood.ood_sets(raw, steps=steps, centre=centre)
         results = {}
-        for name, model in mnist_models.items():
+        for name, model in mnist.models.items():
             if not model_spec(name).accepts_online_input:  # fixed-input solvers: no online set
-                results[name] = ood.ood_evaluation(model, {k: v for k, v in sets.items() if v.ndim == 2},
-                                                   p.eval_steps)
+                results[name] = ood.ood_evaluation(model, {k: v for k, v in sets.items() if v.ndim == 2}, steps)
             else:
-                log(f"MNIST: out-of-distribution sets for {name}")
-                results[name] = ood.ood_evaluation(model, sets, p.eval_steps)
-        ood.plot_ood({k: v for k, v in results.items() if "rotating" in v.curves}, figures / "ood.png")
+                stage.log(f"MNIST: out-of-distribution sets for {name}")
+                results[name] = ood.ood_evaluation(model, sets, steps)
+        ood.plot_ood({k: v for k, v in results.items() if "rotating" in v.curves}, stage.figures / "ood.png")
         return {"results": {k: v.to_dict() for k, v in results.items()}, **ood.ood_table(results)}
 
-    ood_results = _cached(out / "ood.json", out_of_distribution)
+    return _cached(stage.out / "ood.json", evaluate)
 
-    log("online inference: serial dependence, tracking, spike raster")
-    online = _cached(out / "online.json",
-                     lambda: _online(mnist_models["ipvae"], mnist.val, figures, temporal, p.eval_steps, ood))
-    plot_spike_raster(temporal.spike_raster(mnist_models["ipvae"], mnist.val[:1], min(200, p.eval_steps)),
-                      figures / "raster.png",
+
+def _online_inference(stage: _Stage, mnist: _MnistRuns) -> dict[str, Any]:
+    """Serial dependence and tracking of the MNIST iP-VAE (``online.json``); its spike raster and dictionary."""
+    from fond.analysis import temporal
+    from fond.plots import plot_dictionary, plot_spike_raster
+
+    steps, figures, ip_model = stage.preset.eval_steps, stage.figures, mnist.models["ipvae"]
+    stage.log("online inference: serial dependence, tracking, spike raster")
+    online = _cached(stage.out / "online.json", lambda: _online(ip_model, mnist.data.val, figures, steps))
+    plot_spike_raster(temporal.spike_raster(ip_model, mnist.data.val[:1], min(200, steps)), figures / "raster.png",
                       title="iP-VAE spike raster for one MNIST digit (marker size = spike count, capped at 5)")
-    plot_dictionary(mnist_models["ipvae"].dictionary.detach().numpy(), (28, 28), figures / "dictionary_mnist.png",
+    plot_dictionary(ip_model.dictionary.detach().numpy(), (28, 28), figures / "dictionary_mnist.png",
                     max_atoms=100, title="iP-VAE dictionary on MNIST (100 largest atoms)")
+    return online
 
-    # 4. the report ----------------------------------------------------------------------------------
-    orderings = _orderings(best_natural, frontier_summary, t_rows, main_ip, best_ip, r2_at_t, r2_final, mnist_by_model,
-                           ood_results, gabor_summary, latency, p.eval_steps)
-    _json(out / "orderings.json", orderings)
-    minutes = (time.perf_counter() - started) / 60.0
-    index = _write_index(out, p, all_natural, folders, best_natural, beta_rows, t_rows, mnist_rows, probe_results,
-                         ood_results,
-                         gabor_summary, latency, online, orderings, r2_at_t, r2_final, minutes)
-    log(f"report: {index}")
-    return index
+
+def _report(stage: _Stage, findings: _Findings, started: float) -> Path:
+    """``orderings.json``, then ``index.md`` and ``reproduce-config.json``; ``started``: this invocation's start
+    (``time.perf_counter()``)."""
+    natural = findings.natural
+    orderings = _orderings(natural.best, findings.frontier, natural.t_rows, natural.main_ip, natural.best_ip,
+                           findings.r2_at_t, findings.r2_final, _row_by_model(findings.mnist_rows), findings.ood,
+                           findings.gabor, findings.latency, stage.preset.eval_steps)
+    _json(stage.out / "orderings.json", orderings)
+    return _write_index(stage, findings, orderings, minutes=(time.perf_counter() - started) / 60.0)
 
 
 # --------------------------------------------------------------------------------------------------- pieces
@@ -260,10 +377,12 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
 GABOR_ATOMS = 128
 
 
-def _gabor(model, figures: Path, gabor, steps: int, x: np.ndarray) -> dict[str, Any]:
+def _gabor(model, figures: Path, steps: int, x: np.ndarray) -> dict[str, Any]:
     """Gabor fits of the atoms of the ``GABOR_ATOMS`` neurons with the highest mean rate on held-out
     patches ``x`` (the atoms the population uses; a neuron that never fires keeps a near-random atom), and
     grating tuning."""
+    from fond.analysis import gabor
+
     phi = model.dictionary.detach().numpy()
     rates = model.infer(torch.as_tensor(x), min(steps, 200), seed=0, trace=False).rates.mean(0).numpy()
     used = np.argsort(-rates, kind="stable")[:GABOR_ATOMS]
@@ -276,14 +395,18 @@ def _gabor(model, figures: Path, gabor, steps: int, x: np.ndarray) -> dict[str, 
     return {"fits": summary.to_dict(include_fits=False), "tuning": tuning.to_dict(include_neurons=False)}
 
 
-def _latency(model, stimuli, preset: ReproducePreset, figures: Path, temporal) -> dict[str, Any]:
+def _latency(model, stimuli, preset: ReproducePreset, figures: Path) -> dict[str, Any]:
+    from fond.analysis import temporal
+
     result = temporal.contrast_latency(model, stimuli, [0.25, 0.5, 1.0, 2.0], steps=preset.latency_steps)
     temporal.plot_contrast_latency(result, figures / "latency.png")
     return result.to_dict()
 
 
-def _online(model, digits: np.ndarray, figures: Path, temporal, steps: int, ood, spec: str = "mnist") -> dict[str, Any]:
+def _online(model, digits: np.ndarray, figures: Path, steps: int, spec: str = "mnist") -> dict[str, Any]:
     """Serial dependence between pairs of (model-ready) ``digits``; tracking of raw digits rotating 2° per step."""
+    from fond.analysis import ood, temporal
+
     half = min(50, len(digits) // 2)
     labels_a, labels_b = digits[:half], digits[half:2 * half]
     serial = temporal.serial_dependence(model, labels_a, labels_b, steps_a=min(100, steps), steps_b=min(100, steps))
@@ -375,40 +498,58 @@ def _orderings(best_natural, frontier_summary, t_rows, main_ip, best_ip, r2_at_t
     return out
 
 
-def _write_index(out: Path, p: ReproducePreset, natural_rows, folders, best_natural, beta_rows, t_rows, mnist_rows,
-                 probe_results, ood_results, gabor_summary, latency, online, orderings, r2_at_t, r2_final,
-                 minutes) -> Path:
-    from fond.registry import model_title as title
-    from fond.report import PAPER_NATURAL
+def _write_index(stage: _Stage, findings: _Findings, orderings: list[dict[str, Any]], minutes: float) -> Path:
+    """``OUT/index.md`` (section by section) and ``OUT/reproduce-config.json``; ``minutes``: this invocation's
+    time."""
+    lines = [*_header_lines(stage, findings, minutes), *_ordering_lines(orderings),
+             *_natural_lines(findings.natural), *_convergence_lines(stage.preset, findings),
+             *_v1_lines(findings), *_mnist_lines(stage.preset, findings), *_online_lines(findings.online)]
+    path = atomic_write(stage.out / "index.md", "\n".join(lines) + "\n")
+    _json(stage.out / "reproduce-config.json", asdict(stage.preset))
+    return path
 
+
+def _header_lines(stage: _Stage, findings: _Findings, minutes: float) -> list[str]:
+    p, natural_rows, mnist_rows = stage.preset, findings.natural.rows, findings.mnist_rows
     run_minutes = sum(float(r.get("minutes") or 0.0) for r in [*natural_rows, *mnist_rows])
-    lines = [f"# fond reproduce — preset `{p.name}`", "",
-             f"Computed by `fond reproduce --preset {p.name} --out {out}` on this machine (torch "
-             f"{torch.__version__}, {torch.get_num_threads()} threads): training and evaluating the "
-             f"{len(natural_rows) + len(mnist_rows)} runs took {run_minutes:.0f} minutes, this invocation "
-             f"{minutes:.0f} minutes (finished runs and analyses of earlier invocations are reused). Every number "
-             "and figure below comes "
-             "from this run; the paper's numbers (van Hateren patches / MNIST, GPU training) are shown beside ours. "
-             f"Configuration: [reproduce-config.json](reproduce-config.json); each run's own config, log and report "
-             "are in its folder.", ""]
-    lines += ["## Does each of the paper's orderings hold here?", "", "| claim | holds here | evidence |",
-              "|---|---|---|"]
+    return [f"# fond reproduce — preset `{p.name}`", "",
+            f"Computed by `fond reproduce --preset {p.name} --out {stage.out}` on this machine (torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads): training and evaluating the "
+            f"{len(natural_rows) + len(mnist_rows)} runs took {run_minutes:.0f} minutes, this invocation "
+            f"{minutes:.0f} minutes (finished runs and analyses of earlier invocations are reused). Every number "
+            "and figure below comes "
+            "from this run; the paper's numbers (van Hateren patches / MNIST, GPU training) are shown beside ours. "
+            f"Configuration: [reproduce-config.json](reproduce-config.json); each run's own config, log and report "
+            "are in its folder.", ""]
+
+
+def _ordering_lines(orderings: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Does each of the paper's orderings hold here?", "", "| claim | holds here | evidence |",
+             "|---|---|---|"]
     lines += [f"| {o['claim']} | **{'yes' if o['holds'] else 'NO'}** | {o['evidence']} |" for o in orderings]
     failed = [o["claim"] for o in orderings if not o["holds"]]
     if failed:
         lines += ["", "Not reproduced in this run: " + "; ".join(failed) + ". Short training (the quick preset "
                   "trains each model for minutes, the paper for GPU-hours) is the first suspect; the runs and "
                   "their logs are kept so a longer preset can be compared."]
-    best_runs = {row["run"] for row in best_natural}
-    best_ip = best_natural[0]
-    lines += ["", "## Natural image patches (16×16, whitened; K = 512)", "",
-              "Each model at its best configuration (smallest d) in bold; the paper's d is its best configuration.",
-              "", "| model | β | T_train | R² | R² (mean code) | zeros | d | paper d | convergence step | params "
-              "| run |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(natural_rows, key=lambda r: [b["model"] for b in best_natural].index(r["model"])):
+    return lines
+
+
+def _natural_lines(natural: _NaturalRuns) -> list[str]:
+    """Every natural-patch run (each model's best in bold) and the effects of β and T_train."""
+    from fond.registry import model_title as title
+    from fond.report import PAPER_NATURAL
+
+    best_runs = {row["run"] for row in natural.best}
+    order = [b["model"] for b in natural.best]
+    lines = ["", "## Natural image patches (16×16, whitened; K = 512)", "",
+             "Each model at its best configuration (smallest d) in bold; the paper's d is its best configuration.",
+             "", "| model | β | T_train | R² | R² (mean code) | zeros | d | paper d | convergence step | params "
+             "| run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(natural.rows, key=lambda r: order.index(r["model"])):
         paper = PAPER_NATURAL.get(row["model"], {})
-        folder = folders[row["run"]]
+        folder = natural.folders[row["run"]]
         name = f"**{title(row['model'])}**" if row["run"] in best_runs else title(row["model"])
         lines.append(f"| {name} | {row['beta']:g} | {row['t_train']} | {_fmt(row['r2'])} | "
                      f"{_fmt(row['r2_rates'])} | {_fmt(row['zeros'])} | {_fmt(row['rate_distortion'])} | "
@@ -416,29 +557,44 @@ def _write_index(out: Path, p: ReproducePreset, natural_rows, folders, best_natu
                      f"[{row['run']}]({folder}/{row['run']}/report/report.md) |")
     lines += ["", "![frontier](figures/frontier.png)", "",
               "Effect of β and T_train (iP-VAE):", "", "| β | T_train | R² | zeros | d |", "|---|---|---|---|---|"]
-    for row in [*beta_rows, *t_rows]:
+    for row in [*natural.beta_rows, *natural.t_rows]:
         lines.append(f"| {row['beta']:g} | {row['t_train']} | {_fmt(row['r2'])} | {_fmt(row['zeros'])} | "
                      f"{_fmt(row['rate_distortion'])} |")
-    lines += ["", "![effects](figures/effects.png)", "", f"### Convergence over {p.eval_steps} steps", "",
-              f"iP-VAE (β {best_ip['beta']:g}) mean-code R² at t = T_train: {r2_at_t:.3f}; at t = {p.eval_steps}: "
-              f"{r2_final:.3f}.", "", "![convergence](figures/convergence.png)", "",
-              f"### V1 properties of the iP-VAE dictionary (run {best_ip['run']})", ""]
-    fits = gabor_summary.get("fits", {})
-    tuning = gabor_summary.get("tuning", {})
-    lines += [f"Gabor fits: {_fmt(fits.get('fraction_well_fit'))} of the atoms of the {GABOR_ATOMS} most active "
-              "neurons well fit (R² ≥ 0.7); median spatial "
-              f"frequency {_fmt(fits.get('median_frequency'))} cycles/pixel; median size "
-              f"{_fmt(fits.get('median_size'))} pixels. Grating tuning: median orientation selectivity index "
-              f"{_fmt(tuning.get('osi_median'))}.", "", "![dictionary](figures/dictionary_natural.png)",
-              "![gabor](figures/gabor.png)", "![tuning](figures/tuning.png)", "",
-              f"Contrast-dependent latency (time to half the peak population response): median latency (steps) "
-              f"{_numbers(latency.get('latency_median'))} at contrasts {latency.get('contrasts')}; Spearman ρ = "
-              f"{_fmt(latency.get('spearman_rho'), 2)}.", "", "![latency](figures/latency.png)", ""]
-    lines += ["## MNIST (784 inputs, K = 512)", "",
-              f"| model | R² | R² (mean code) | zeros | accuracy at t = {p.eval_steps} (95 % CI) | params | "
-              "paper R² / zeros / accuracy | run |", "|---|---|---|---|---|---|---|---|"]
-    for row in mnist_rows:
-        acc = probe_results.get(row["model"], {})
+    return [*lines, "", "![effects](figures/effects.png)", ""]
+
+
+def _convergence_lines(p: ReproducePreset, findings: _Findings) -> list[str]:
+    best_ip = findings.natural.best_ip
+    return [f"### Convergence over {p.eval_steps} steps", "",
+            f"iP-VAE (β {best_ip['beta']:g}) mean-code R² at t = T_train: {findings.r2_at_t:.3f}; at t = "
+            f"{p.eval_steps}: {findings.r2_final:.3f}.", "", "![convergence](figures/convergence.png)", ""]
+
+
+def _v1_lines(findings: _Findings) -> list[str]:
+    fits = findings.gabor.get("fits", {})
+    tuning = findings.gabor.get("tuning", {})
+    latency = findings.latency
+    return [f"### V1 properties of the iP-VAE dictionary (run {findings.natural.best_ip['run']})", "",
+            f"Gabor fits: {_fmt(fits.get('fraction_well_fit'))} of the atoms of the {GABOR_ATOMS} most active "
+            "neurons well fit (R² ≥ 0.7); median spatial "
+            f"frequency {_fmt(fits.get('median_frequency'))} cycles/pixel; median size "
+            f"{_fmt(fits.get('median_size'))} pixels. Grating tuning: median orientation selectivity index "
+            f"{_fmt(tuning.get('osi_median'))}.", "", "![dictionary](figures/dictionary_natural.png)",
+            "![gabor](figures/gabor.png)", "![tuning](figures/tuning.png)", "",
+            f"Contrast-dependent latency (time to half the peak population response): median latency (steps) "
+            f"{_numbers(latency.get('latency_median'))} at contrasts {latency.get('contrasts')}; Spearman ρ = "
+            f"{_fmt(latency.get('spearman_rho'), 2)}.", "", "![latency](figures/latency.png)", ""]
+
+
+def _mnist_lines(p: ReproducePreset, findings: _Findings) -> list[str]:
+    """The MNIST runs beside the paper's numbers, the probes and the out-of-distribution table."""
+    from fond.registry import model_title as title
+
+    lines = ["## MNIST (784 inputs, K = 512)", "",
+             f"| model | R² | R² (mean code) | zeros | accuracy at t = {p.eval_steps} (95 % CI) | params | "
+             "paper R² / zeros / accuracy | run |", "|---|---|---|---|---|---|---|---|"]
+    for row in findings.mnist_rows:
+        acc = findings.probes.get(row["model"], {})
         paper = PAPER_MNIST.get(row["model"], {})
         paper_txt = " / ".join(_fmt(paper.get(k)) for k in ("r2", "zeros", "accuracy")) if paper else "—"
         ci = acc.get("final_ci") or []
@@ -446,24 +602,25 @@ def _write_index(out: Path, p: ReproducePreset, natural_rows, folders, best_natu
         lines.append(f"| {title(row['model'])} | {_fmt(row['r2'])} | {_fmt(row['r2_rates'])} | {_fmt(row['zeros'])} | "
                      f"{_fmt(acc.get('final_accuracy'))}{ci_txt} | {row['n_params']:,} | {paper_txt} | "
                      f"[{row['run']}](mnist/{row['run']}/report/report.md) |")
-    lines += ["", f"Logistic regression (scikit-learn, standardised features) on the mean code (rates e^u, f(μ)) "
-              f"of {p.probe_train} training digits, scored on {p.probe_test} test digits, over inference steps; "
-              f"{len(p.probe_seeds)} inference seeds.", "", "![classification](figures/classification.png)", "",
-              "### Out-of-distribution generalisation (trained on MNIST)", "", _ood_table(ood_results, title), "",
-              "![ood](figures/ood.png)", "", "### Online inference", ""]
+    return [*lines, "", f"Logistic regression (scikit-learn, standardised features) on the mean code (rates e^u, "
+            f"f(μ)) of {p.probe_train} training digits, scored on {p.probe_test} test digits, over inference steps; "
+            f"{len(p.probe_seeds)} inference seeds.", "", "![classification](figures/classification.png)", "",
+            "### Out-of-distribution generalisation (trained on MNIST)", "", _ood_table(findings.ood, title), "",
+            "![ood](figures/ood.png)", ""]
+
+
+def _online_lines(online: dict[str, Any]) -> list[str]:
     serial = online.get("serial_dependence", {})
     track = online.get("tracking", {})
-    lines += [f"Serial dependence: after {serial.get('steps_a')} steps on digit A, the code for digit B is pulled "
-              f"toward A's code (bias index, 0 = none, 1 = A's code) by {_fmt(serial.get('initial_bias'))} at the "
-              f"first step of B, decaying to half by step {_fmt(serial.get('half_decay_step'))} and to "
-              f"{_fmt(serial.get('final_bias'))} after {serial.get('steps_b')} steps. Tracking a digit rotating 2° "
-              "per step: lag "
-              f"index {_fmt(track.get('lag_index'))} (R² against the previous frame minus against the current one).",
-              "", "![serial](figures/serial_dependence.png)", "![tracking](figures/tracking.png)",
-              "![raster](figures/raster.png)", "![dictionary](figures/dictionary_mnist.png)", ""]
-    path = atomic_write(out / "index.md", "\n".join(lines) + "\n")
-    _json(out / "reproduce-config.json", asdict(p))
-    return path
+    return ["### Online inference", "",
+            f"Serial dependence: after {serial.get('steps_a')} steps on digit A, the code for digit B is pulled "
+            f"toward A's code (bias index, 0 = none, 1 = A's code) by {_fmt(serial.get('initial_bias'))} at the "
+            f"first step of B, decaying to half by step {_fmt(serial.get('half_decay_step'))} and to "
+            f"{_fmt(serial.get('final_bias'))} after {serial.get('steps_b')} steps. Tracking a digit rotating 2° "
+            "per step: lag "
+            f"index {_fmt(track.get('lag_index'))} (R² against the previous frame minus against the current one).",
+            "", "![serial](figures/serial_dependence.png)", "![tracking](figures/tracking.png)",
+            "![raster](figures/raster.png)", "![dictionary](figures/dictionary_mnist.png)", ""]
 
 
 def _ood_table(ood_results: dict[str, Any], title) -> str:
