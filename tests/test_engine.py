@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fond import IGVAE, IPVAE, IterativeVAE
-from fond.dynamics import _fused_engine, rollout
+from fond.dynamics import rollout
+from fond.engine import fused_engine
 
 
 def _model(scale: float = 0.3):
@@ -73,9 +74,40 @@ def test_engine_only_for_poisson_with_a_linear_decoder(model, expected):
     x = _x(4).float()
     with torch.no_grad():
         ops = parts.decoder.operators(x, parts.inv_variance)
-        assert (_fused_engine(parts, ops, x) is not None) == expected
+        assert (fused_engine(parts, ops, x) is not None) == expected
     with torch.enable_grad():  # with autograd on, the engine (which bypasses it) is never used
-        assert _fused_engine(parts, ops, x) is None
+        assert fused_engine(parts, ops, x) is None
+
+
+def test_engine_lookup_walks_both_mros():
+    """register_engine dispatches like pyro's register_kl: a subclass inherits its base's engine, a pair
+    registered for the subclass wins over it, and a pair with no registered bases has none."""
+    from dataclasses import dataclass
+
+    from fond.decoders import DecoderOperators, LinearDecoderOperators
+    from fond.engine import engine_factory, poisson_linear_engine, register_engine
+    from fond.families.gaussian import GaussianFamily
+    from fond.families.poisson import PoissonFamily
+
+    @dataclass(frozen=True)
+    class LoudPoisson(PoissonFamily):
+        pass
+
+    class TracedOperators(LinearDecoderOperators):
+        pass
+
+    assert engine_factory(LoudPoisson, TracedOperators) is poisson_linear_engine
+    assert engine_factory(GaussianFamily, LinearDecoderOperators) is None
+    assert engine_factory(PoissonFamily, DecoderOperators) is None
+
+    @register_engine(LoudPoisson, LinearDecoderOperators)
+    def loud_engine(parts, operators, x):
+        return None
+
+    assert engine_factory(LoudPoisson, TracedOperators) is loud_engine
+    assert engine_factory(PoissonFamily, TracedOperators) is poisson_linear_engine
+    with pytest.raises(TypeError):
+        register_engine(PoissonFamily(), LinearDecoderOperators)
 
 
 needs_onednn = pytest.mark.skipif(not hasattr(torch.ops.onednn, "qlinear_prepack"),

@@ -13,6 +13,12 @@ rewritten exactly (c − softplus(c − y) = −log(e^{−y} + e^{−c})). ``Poi
 ``rollout`` uses when the family and the decoder's operators allow it; results equal the generic path
 to floating-point rounding on the same draws (``tests/test_engine.py``).
 
+Which engine. A fused engine belongs to a (family type, decoder-operators type) pair, registered like
+pyro's ``register_kl``: ``@register_engine(PoissonFamily, LinearDecoderOperators)`` over a factory
+``(parts, operators, x) -> engine | None``; ``fused_engine`` looks the pair up along both classes' MROs
+(subclasses inherit their base's engine) and the dynamics never name a family. An engine offers
+``begin(state)``, ``advance(decoded, operators, generator) -> (rates, decoded)`` and ``state()``.
+
 The product. Spike counts are small integers, so z·W can run on the CPU's integer matrix units (AMX-INT8)
 with W split into four int8 limbs, W ≈ s·(q₁ + q₂/2⁷ + q₃/2¹⁴ + q₄/2²¹) per output column (s = max|W|/127):
 each limb's product is accumulated exactly in int32 and the four are scaled and summed in float32 — as
@@ -24,11 +30,68 @@ AMX (``product="auto"``) and falls back to the float product for a step whose co
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["LimbProduct", "PoissonLinearEngine", "limb_product_available"]
+from fond.decoders import LinearDecoderOperators
+from fond.families.poisson import PoissonFamily
+
+__all__ = ["LimbProduct", "PoissonLinearEngine", "limb_product_available", "register_engine", "engine_factory",
+           "fused_engine", "EngineFactory"]
+
+#: factory(parts, operators, x) -> a fused engine, or None where it does not apply (device, dtype, ...);
+#: parts: ``fond.dynamics.Components``; operators: the decoder's per-batch operators; x: the input (its
+#: device and dtype)
+EngineFactory = Callable[[Any, Any, Tensor], Any]
+_ENGINES: dict[tuple[type, type], EngineFactory] = {}
+_LOOKUPS: dict[tuple[type, type], EngineFactory | None] = {}
+
+
+def register_engine(family_type: type, operators_type: type) -> Callable[[EngineFactory], EngineFactory]:
+    """Decorator: ``factory`` builds the fused evaluation engine of ``family_type`` × ``operators_type``.
+
+    Like ``pyro.distributions.kl.register_kl``: registering the same pair again replaces its factory; a
+    subclass of either type gets the factory of its closest registered bases (``engine_factory``).
+    """
+    if not (isinstance(family_type, type) and isinstance(operators_type, type)):
+        raise TypeError("register_engine takes two classes: a family type and a decoder-operators type")
+
+    def decorate(factory: EngineFactory) -> EngineFactory:
+        _ENGINES[(family_type, operators_type)] = factory
+        _LOOKUPS.clear()
+        return factory
+
+    return decorate
+
+
+def engine_factory(family_type: type, operators_type: type) -> EngineFactory | None:
+    """The factory registered for the most specific pair of bases of the two types, or None.
+
+    Candidates are the registered pairs (F, O) with ``family_type`` ⊆ F and ``operators_type`` ⊆ O; the one
+    whose F comes first in ``family_type``'s MRO wins, ties broken by O's place in ``operators_type``'s.
+    """
+    key = (family_type, operators_type)
+    if key not in _LOOKUPS:
+        family_mro, operators_mro = family_type.__mro__, operators_type.__mro__
+        matches = [(family_mro.index(f), operators_mro.index(o), factory) for (f, o), factory in _ENGINES.items()
+                   if f in family_mro and o in operators_mro]
+        _LOOKUPS[key] = min(matches, key=lambda m: m[:2])[2] if matches else None
+    return _LOOKUPS[key]
+
+
+def fused_engine(parts, operators, x: Tensor):
+    """The fused evaluation engine for ``parts.family`` × ``operators``, or None for the generic step.
+
+    parts: ``fond.dynamics.Components``. operators: ``parts.decoder.operators(frame, ...)``. x: the input.
+    Never with autograd on (an engine bypasses it).
+    """
+    if torch.is_grad_enabled():
+        return None
+    factory = engine_factory(type(parts.family), type(operators))
+    return None if factory is None else factory(parts, operators, x)
 
 #: int8 limbs W is split into (relative resolution 2⁻⁷ each; four keep 2⁻²⁸ of the column maximum)
 LIMBS = 4
@@ -160,3 +223,25 @@ class PoissonLinearEngine:
     def potentials(self) -> Tensor:
         """u = −log E (B, K)."""
         return -torch.log(self.inv_rates)
+
+    # -- the engine interface of ``fond.dynamics`` (see ``fused_engine``) --------------------------------
+    def begin(self, state: tuple[Tensor, ...]) -> None:
+        """Start from the family state ``(u,)``."""
+        self.start(state[0])
+
+    def advance(self, decoded: Tensor, operators: LinearDecoderOperators,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """One step from the previous sample and the current frame's operators: (rates, spikes), reused buffers."""
+        return self.step(decoded, operators.drive, generator)
+
+    def state(self) -> tuple[Tensor, ...]:
+        """The family state ``(u,)`` now (a new tensor)."""
+        return (self.potentials(),)
+
+
+@register_engine(PoissonFamily, LinearDecoderOperators)
+def poisson_linear_engine(parts, operators: LinearDecoderOperators, x: Tensor) -> PoissonLinearEngine | None:
+    """``PoissonLinearEngine`` for float32/float64 inputs on the CPU (its sampling kernel is compiled for it)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return PoissonLinearEngine(parts.family, parts.family_params, parts.bias, operators.gram)
