@@ -8,8 +8,9 @@ Whatever the family (``fond.families``) and decoder (``fond.decoders``), one ste
 
 with the online prior q_prior ← q_t, so the KL's gradient vanishes at the start of every step. For
 Poisson latents and a linear decoder this is u_{t+1} = u_t + η(Φᵀ(x − Φz_t)/σ_x² − b). ``unroll``
-(training: relaxed samples, BPTT loss) and ``rollout`` (evaluation: exact samples, per-step trace) are
-the two loops over that step. Nothing keeps state between calls, so rollouts do not depend on call order.
+(training: relaxed samples, BPTT loss) and ``rollout`` (evaluation: exact samples, per-step trace, through
+the one inference loop ``fond.rollout.run_inference`` with ``FondSteps``) are the two loops over that step.
+Nothing keeps state between calls, so rollouts do not depend on call order.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import torch
 from torch import Tensor
 
 from fond.decoders import Decoder
+from fond.engine import fused_engine
 from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
-from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
+from fond.metrics import gaussian_nll
+from fond.result import InferenceResult, UnrollLoss
+from fond.rollout import InferenceSteps, Step, run_inference
 
-__all__ = ["Components", "fond_step", "unroll", "rollout", "soft_clamp_upper"]
+__all__ = ["Components", "FondSteps", "fond_step", "unroll", "rollout", "soft_clamp_upper"]
 
 
 @dataclass(frozen=True)
@@ -106,89 +109,74 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     return UnrollLoss(loss=total / steps * scale, nll=np.array(nll_trace), kl=np.array(kl_trace), rate_max=rate_max)
 
 
-def _state_step_norm(new_state: State, state: State) -> Tensor:
-    return torch.cat([a - b for a, b in zip(new_state, state, strict=True)], dim=-1).norm(dim=-1)
+class FondSteps(InferenceSteps):
+    """FOND's evaluation step as the rollout loop (``fond.rollout.run_inference``) drives it.
 
+    Each step applies ``fond_step`` to the previous state with its evaluation sample (exact counts, hard
+    binaries, τ = 1 Gaussians) and draws the next; the prior of step t is the online prior q_{t−1}, so the
+    trace's ``kl`` is KL(q_t ‖ q_{t−1}). Per-frame constants are the decoder's operators (for a linear
+    decoder Φᵀx/σ² and ΦᵀΣ⁻¹Φ: a step is one (B×K)·(K×K) product). Where ``fond.engine.fused_engine``
+    offers an engine for the family × operators pair (Poisson × linear: ``PoissonLinearEngine``), the steps
+    run on it instead (same draws, same results to rounding) unless ``fused=False``; it computes the state
+    only when the trace asks for it.
+    """
 
-def _fused_engine(parts: Components, ops, x: Tensor):
-    """The fused evaluation engine for this family and decoder (``fond.engine``), or None for the generic step."""
-    from fond.decoders import LinearDecoderOperators
-    from fond.families.poisson import PoissonFamily
+    def __init__(self, parts: Components, *, fused: bool = True) -> None:
+        super().__init__()
+        self.parts, self.fused = parts, fused
+        self.state_names = parts.family.state_names
+        self.log_sigma = parts.log_sigma
+        self.engine = None
+        self.keep_state = True
 
-    if (isinstance(parts.family, PoissonFamily) and isinstance(ops, LinearDecoderOperators)
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.is_grad_enabled()):
-        from fond.engine import PoissonLinearEngine
+    def prepare(self, frame: Tensor):
+        return self.parts.decoder.operators(frame, self.parts.inv_variance)
 
-        return PoissonLinearEngine(parts.family, parts.family_params, parts.bias, ops.gram)
-    return None
+    def decode(self, code: Tensor) -> Tensor:
+        return self.parts.decoder(code)
+
+    def start(self, frame: Tensor, generator: torch.Generator | None, *, trace: bool) -> Step:
+        family, fp = self.parts.family, self.parts.family_params
+        operators = self.constants(frame)
+        state = tuple(s.clone() for s in family.initial_state(fp, frame.shape[0]))
+        sample = family.sample(state, fp, generator, None)
+        self.engine = fused_engine(self.parts, operators, frame) if self.fused else None
+        if self.engine is not None:
+            self.engine.begin(state)
+        self.keep_state = trace
+        return Step(state, None, family.activation(sample.value, fp), carry=sample)
+
+    def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
+        operators = self.constants(frame)
+        if self.engine is not None:
+            rates, decoded = self.engine.advance(previous.decoded, operators, generator)
+            return Step(self.engine.state() if self.keep_state else previous.state, rates, decoded)
+        family, fp = self.parts.family, self.parts.family_params
+        state = fond_step(family, fp, previous.state, previous.carry, operators.pullback(previous.decoded),
+                          self.parts.bias)
+        sample = family.sample(state, fp, generator, None)
+        return Step(state, family.mean_code(state, fp), family.activation(sample.value, fp), carry=sample)
+
+    def finish(self, last: Step) -> Step:
+        if self.engine is None:
+            return last
+        return Step(self.engine.state(), self.engine.rates.clone(), last.decoded.clone())
+
+    def prior_term(self, new: Step, previous: Step) -> Tensor:
+        return self.parts.family.kl(new.state, previous.state).sum(-1)
+
+    def saturated(self, step: Step) -> Tensor:
+        return self.parts.family.saturated(step.state, self.parts.family_params)
 
 
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
             trace: bool = True, record=None, fused: bool = True) -> InferenceResult:
-    """Run ``steps`` steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
+    """Run ``steps`` FOND steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
 
     x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t−1] drives step t (the trace's
-    R² and NLL are then measured against the current frame). Per-batch constants come from
-    ``decoder.operators`` (for a linear decoder Φᵀx/σ² and ΦᵀΣ⁻¹Φ, so a step is one (B×K)·(K×K) product;
-    recomputed per frame for an online input). ``trace`` records the per-step means of
-    ``InferenceResult.trace``; ``record`` (1-based steps) keeps the mean code and sample after those steps
-    in ``InferenceResult.history``. Call under ``torch.no_grad()``. Poisson latents with a linear decoder
-    run on the fused engine (``fond.engine``; same draws, same results to rounding) unless ``fused=False``.
+    R² and NLL are then measured against the current frame; the posterior carries over as the prior).
+    ``trace`` records the per-step means of ``InferenceResult.trace``; ``record`` (1-based steps) keeps the
+    mean code and sample after those steps in ``InferenceResult.history``. Call under ``torch.no_grad()``.
+    ``fused``: use the fused engine where one is registered for the family and decoder (``FondSteps``).
     """
-    from fond.models.common import Recorder
-
-    family, fp, decoder = parts.family, parts.family_params, parts.decoder
-    online = x.ndim == 3
-    frame = x[0] if online else x
-    ops = decoder.operators(frame, parts.inv_variance)
-    recorder = Recorder(record, steps)
-    state = tuple(s.clone() for s in family.initial_state(fp, frame.shape[0]))
-    sample = family.sample(state, fp, generator, None)
-    decoded = family.activation(sample.value, fp)
-    engine = _fused_engine(parts, ops, x) if fused else None
-    if engine is not None:
-        engine.start(state[0])
-    records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
-    for t in range(steps):
-        if online and t > 0:
-            frame = x[t]
-            ops = decoder.operators(frame, parts.inv_variance)
-        if engine is not None:
-            rates, decoded = engine.step(decoded, ops.drive, generator)
-            new_state = (engine.potentials(),) if trace else state
-        else:
-            new_state = fond_step(family, fp, state, sample, ops.pullback(decoded), parts.bias)
-            rates = family.mean_code(new_state, fp)
-            sample = family.sample(new_state, fp, generator, None)
-            decoded = family.activation(sample.value, fp)
-        recorder(t + 1, rates, decoded)
-        if trace:
-            reconstruction = decoder(decoded)
-            nll = gaussian_nll(frame, reconstruction, parts.log_sigma)
-            kl = family.kl(new_state, state).sum(-1)
-            records["r2"].append(float(r2_per_sample(frame, reconstruction).mean()))
-            records["r2_rates"].append(float(r2_per_sample(frame, decoder(rates)).mean()))
-            records["zeros"].append(float(zeros_fraction(decoded).mean()))
-            records["du_norm"].append(float(_state_step_norm(new_state, state).mean()))
-            records["nll"].append(float(nll.mean()))
-            records["kl"].append(float(kl.mean()))
-            records["nelbo"].append(float((nll + kl).mean()))
-            records["rate_max"].append(float(rates.max()))
-            records["saturated"].append(float(family.saturated(new_state, fp).float().mean()))
-        state = new_state
-    if engine is not None:
-        state = (engine.potentials(),)
-        decoded = decoded.clone()
-        rates = engine.rates.clone()
-    else:
-        rates = family.mean_code(state, fp)
-    return InferenceResult(
-        rates=rates,
-        spikes=decoded,
-        state=dict(zip(family.state_names, state, strict=True)),
-        reconstruction=decoder(decoded),
-        reconstruction_from_rates=decoder(rates),
-        steps=steps,
-        trace={k: np.asarray(v) for k, v in records.items()},
-        history=recorder.history(),
-    )
+    return run_inference(FondSteps(parts, fused=fused), x, steps, generator=generator, trace=trace, record=record)

@@ -8,9 +8,30 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["InferenceResult", "UnrollLoss", "TRACE_KEYS"]
+__all__ = ["InferenceResult", "UnrollLoss", "TRACE_KEYS", "TRACE_MEANINGS"]
 
-TRACE_KEYS: tuple[str, ...] = ("r2", "r2_rates", "zeros", "du_norm", "nll", "kl", "nelbo", "rate_max", "saturated")
+#: what each key of ``InferenceResult.trace`` means — one meaning for every inference method (the one rollout
+#: loop, ``fond.rollout.run_inference``, measures them all). Step t's value is the batch mean after step t;
+#: "the frame" is the input (or, for an online input, its frame t − 1); "decoder input" is f(z_t) of the step's
+#: sample (the code itself for point estimates); "mean code" is ``rates``.
+TRACE_MEANINGS: dict[str, str] = {
+    "r2": "R² of the frame reconstructed from the decoder input, g(f(z_t))",
+    "r2_rates": "R² of the frame reconstructed from the mean code, g(rates_t)",
+    "zeros": "fraction of exactly-zero entries of the decoder input f(z_t)",
+    "du_norm": "‖state_t − state_{t−1}‖₂ of the method's own state (u; μ and log σ; a or LCA's u), state_0 the "
+               "initial state (0 while an amortized posterior's frame does not change)",
+    "nll": "−log p(frame | g(f(z_t))), the Gaussian likelihood with the model's σ_x (unit variance for point "
+           "estimates), nats",
+    "kl": "the prior term of the free energy at step t against the method's prior for that step, nats: "
+          "KL(q_t ‖ q_{t−1}) for FOND's iterative models (the online prior), KL(q_t ‖ p) for amortized and hybrid "
+          "models (the learned prior p; they have no online prior), −log p(a_t) up to a constant for point "
+          "estimates (sparse and predictive coding: a penalty, not a KL)",
+    "nelbo": "nll + kl (β = 1), nats",
+    "rate_max": "the largest entry of the mean code in the batch (firing rate, f(μ), p, or the code a)",
+    "saturated": "fraction of inputs whose state sits at the method's clamp bound (the family's sign of a "
+                 "blow-up; 0 for methods without one)",
+}
+TRACE_KEYS: tuple[str, ...] = tuple(TRACE_MEANINGS)
 
 
 @dataclass
@@ -22,9 +43,12 @@ class InferenceResult:
     the last sample, f(z): exact integer counts for Poisson, 0/1 for Bernoulli, real for Gaussian.
     state: the family's state tensors by name (u; mu and log_sigma; logit). reconstruction: (B, D) g(spikes).
     reconstruction_from_rates: (B, D) g(rates). trace: per-step means over the batch, each an array of
-    length ``steps``: r2 (from spikes), r2_rates (from rates), zeros (fraction of zero entries of f(z)),
-    du_norm (‖state_t − state_{t−1}‖₂), nll, kl (to the online prior), nelbo = nll + kl (nats per input),
-    rate_max (largest rate in the batch), saturated (fraction of inputs at the family's clamp bound).
+    length ``steps`` (empty with ``trace=False``), keys ``TRACE_KEYS``: r2 (from spikes), r2_rates (from
+    rates), zeros (fraction of zero entries of f(z)), du_norm (‖state_t − state_{t−1}‖₂), nll, kl (the prior
+    term: to the online prior q_{t−1} for iterative models, to the learned prior for amortized and hybrid
+    ones, the penalty −log p(a) for point estimates), nelbo = nll + kl (nats per input), rate_max (largest
+    entry of the mean code), saturated (fraction of inputs at the clamp bound) — ``TRACE_MEANINGS`` says
+    each exactly.
     history: only when ``infer`` was given ``record=`` steps: {"steps": (S,) int array of 1-based steps,
     "rates": (S, B, K), "spikes": (S, B, K)} — the mean code and the sample after each recorded step.
     """

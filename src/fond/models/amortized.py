@@ -34,22 +34,15 @@ from fond.config import AMORTIZED_MODELS, ModelConfig
 from fond.decoders import make_decoder
 from fond.encoders import make_encoder
 from fond.errors import ConfigError
-from fond.families.base import Sample, State
+from fond.families.base import State
 from fond.families.gaussian import GaussianFamily, soft_clamp_symmetric
 from fond.families.poisson import PoissonFamily, soft_clamp_upper
-from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import (
-    ModelBase,
-    Recorder,
-    check_input,
-    check_input_sequence,
-    check_loss_args,
-    check_steps,
-    make_generator,
-)
-from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
+from fond.metrics import gaussian_nll
+from fond.models.common import ModelBase, check_input, check_loss_args
+from fond.result import InferenceResult, UnrollLoss
+from fond.rollout import InferenceSteps, Step, run_inference
 
-__all__ = ["AmortizedVAE", "PRIOR_STATE_KEYS"]
+__all__ = ["AmortizedVAE", "AmortizedSteps", "PRIOR_STATE_KEYS"]
 
 #: the family tensors an amortized model keeps: those of the initial state (its prior) and the relu gain
 PRIOR_STATE_KEYS: tuple[str, ...] = ("u_init", "mu_init", "log_sigma_init", "log_gain")
@@ -160,49 +153,41 @@ class AmortizedVAE(ModelBase):
         the sample. All ``steps`` samples are drawn whether or not ``trace`` is set, so the returned spikes do
         not depend on it. record: 1-based steps whose mean code and sample to keep in ``result.history``.
         """
-        check_steps(steps)
-        x = check_input_sequence(x, self.n_inputs, steps, like=self.input_like)
-        online = x.ndim == 3
-        gen = make_generator(seed, generator)
-        family, fp, decoder = self.family, self.family_params(), self.decoder
-        log_sigma = self.log_sigma()
-        recorder = Recorder(record, steps)
-        records: dict[str, list[float]] = {key: [] for key in TRACE_KEYS} if trace else {}
-        decoded = state = previous = None
-        for t in range(steps):
-            frame = x[t] if online else x
-            if t == 0 or online:
-                previous, state = state, self._encode(frame)
-                rates = family.mean_code(state, fp)
-                if trace:
-                    kl = family.kl(state, self.prior_state(frame.shape[0])).sum(-1)
-                    r2_rates = float(r2_per_sample(frame, decoder(rates)).mean())
-                    rate_max = float(rates.max())
-                    saturated = float(family.saturated(state, fp).float().mean())
-                    change = 0.0 if previous is None else float(torch.cat(
-                        [a - b for a, b in zip(state, previous, strict=True)], dim=-1).norm(dim=-1).mean())
-            sample: Sample = family.sample(state, fp, gen, None)
-            decoded = family.activation(sample.value, fp)
-            recorder(t + 1, rates, decoded)
-            if trace:
-                reconstruction = decoder(decoded)
-                nll = gaussian_nll(frame, reconstruction, log_sigma)
-                records["r2"].append(float(r2_per_sample(frame, reconstruction).mean()))
-                records["r2_rates"].append(r2_rates)
-                records["zeros"].append(float(zeros_fraction(decoded).mean()))
-                records["du_norm"].append(change if online and t > 0 else 0.0)
-                records["nll"].append(float(nll.mean()))
-                records["kl"].append(float(kl.mean()))
-                records["nelbo"].append(float((nll + kl).mean()))
-                records["rate_max"].append(rate_max)
-                records["saturated"].append(saturated)
-        return InferenceResult(
-            rates=rates,
-            spikes=decoded,
-            state=dict(zip(family.state_names, state, strict=True)),
-            reconstruction=decoder(decoded),
-            reconstruction_from_rates=decoder(rates),
-            steps=steps,
-            trace={key: np.asarray(value) for key, value in records.items()},
-            history=recorder.history(),
-        )
+        x, gen = self.inference_input(x, steps, seed, generator, online=True)
+        return run_inference(AmortizedSteps(self), x, steps, generator=gen, trace=trace, record=record)
+
+
+class AmortizedSteps(InferenceSteps):
+    """Amortized inference as the rollout loop drives it: q(z | x) from one encoder pass per frame.
+
+    A step's state is the posterior of its frame (the same object while the frame does not change, so the
+    loop reports ``du_norm`` = 0 and reuses its trace terms); each step draws a fresh evaluation sample
+    from it. The prior of every step is the learned prior p(z) (no online prior): ``kl`` = KL(q(z | x) ‖ p(z)).
+    """
+
+    def __init__(self, model: AmortizedVAE) -> None:
+        super().__init__()
+        self.model, self.family, self.params = model, model.family, model.family_params()
+        self.state_names = model.family.state_names
+        self.log_sigma = model.log_sigma()
+
+    def prepare(self, frame: Tensor) -> Step:
+        state = self.model._encode(frame)
+        return Step(state, self.family.mean_code(state, self.params))
+
+    def decode(self, code: Tensor) -> Tensor:
+        return self.model.decoder(code)
+
+    def start(self, frame: Tensor, generator: torch.Generator | None, *, trace: bool) -> Step:
+        return self.constants(frame)
+
+    def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
+        posterior = self.constants(frame)
+        sample = self.family.sample(posterior.state, self.params, generator, None)
+        return Step(posterior.state, posterior.rates, self.family.activation(sample.value, self.params))
+
+    def prior_term(self, new: Step, previous: Step) -> Tensor:
+        return self.family.kl(new.state, self.model.prior_state(new.state[0].shape[0])).sum(-1)
+
+    def saturated(self, step: Step) -> Tensor:
+        return self.family.saturated(step.state, self.params)

@@ -1,4 +1,5 @@
-"""Input checks shared by every model's ``infer`` and ``unroll_loss`` (one-line errors, no tracebacks)."""
+"""Input checks shared by every model's ``infer`` and ``unroll_loss`` (one-line errors, no tracebacks), and
+``ModelBase``, what every model shares."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from torch import Tensor
 from fond.errors import DataError
 from fond.registry import model_spec
 
-__all__ = ["check_input", "check_input_sequence", "check_loss_args", "check_record", "check_steps", "input_bound",
-           "make_generator", "numeric_tensor", "reject_sequence", "Recorder", "ModelBase"]
+__all__ = ["check_input", "check_input_sequence", "check_loss_args", "check_steps", "input_bound",
+           "make_generator", "numeric_tensor", "reject_sequence", "ModelBase"]
 
 
 _ARRAY_KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "M": "dates", "m": "time deltas",
@@ -170,50 +171,26 @@ class ModelBase(torch.nn.Module):
         """The decoder's mean g(code) for a decoder input (B, K) → (B, D)."""
         return self.decoder(code)
 
+    def inference_input(self, x, steps, seed, generator, *, online: bool) -> tuple[Tensor, torch.Generator]:
+        """``infer``'s arguments checked (one-line ``DataError`` naming the bad one): (x, the generator).
+
+        steps: an integer ≥ 1. x: (B, D), or with ``online`` also (steps, B, D) (a model without online input
+        refuses a sequence), on the model's device, in its dtype (``check_input``). The generator: ``generator``
+        if given, else one seeded by ``seed`` (``make_generator``).
+        """
+        check_steps(steps)
+        if online:
+            x = check_input_sequence(x, self.n_inputs, steps, like=self.input_like)
+        else:
+            reject_sequence(x, self.config.model)
+            x = check_input(x, self.n_inputs, like=self.input_like)
+        return x, make_generator(seed, generator)
+
     def save(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
         from fond.checkpoint import save_model
 
         save_model(self, directory)
-
-
-def check_record(record, steps: int) -> tuple[int, ...]:
-    """``record`` (an iterable of 1-based steps, or None) as a sorted tuple of distinct steps in [1, steps]."""
-    if record is None:
-        return ()
-    try:
-        values = [int(t) for t in record]
-        exact = all(float(t) == int(t) for t in record if not isinstance(t, bool))
-    except (TypeError, ValueError):
-        raise DataError(f"record must be an iterable of integer steps, got {record!r}") from None
-    if not exact or any(isinstance(t, bool) for t in record):
-        raise DataError("record must hold integer steps")
-    bad = [t for t in values if not 1 <= t <= steps]
-    if bad:
-        raise DataError(f"record steps must lie in 1..{steps}, got {bad[0]}")
-    return tuple(sorted(set(values)))
-
-
-class Recorder:
-    """Keeps the mean code and the sample after the steps named by ``record`` (see ``InferenceResult.history``)."""
-
-    def __init__(self, record, steps: int) -> None:
-        self.steps = check_record(record, steps)
-        self._wanted = set(self.steps)
-        self._rates: list[Tensor] = []
-        self._spikes: list[Tensor] = []
-
-    def __call__(self, step: int, rates: Tensor, spikes: Tensor) -> None:
-        """Record after 1-based ``step`` if it was asked for."""
-        if step in self._wanted:
-            self._rates.append(rates.detach().clone())
-            self._spikes.append(spikes.detach().clone())
-
-    def history(self) -> dict | None:
-        if not self.steps:
-            return None
-        return {"steps": np.asarray(self.steps, dtype=np.int64), "rates": torch.stack(self._rates),
-                "spikes": torch.stack(self._spikes)}
 
 
 def check_input_sequence(x, n_inputs: int, steps: int, *, like: Tensor | None = None) -> Tensor:

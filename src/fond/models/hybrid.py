@@ -63,27 +63,21 @@ from fond.config import ModelConfig
 from fond.decoders import make_decoder
 from fond.errors import ConfigError
 from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
-from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import (
-    ModelBase,
-    Recorder,
-    check_input,
-    check_loss_args,
-    check_steps,
-    make_generator,
-    reject_sequence,
-)
-from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
+from fond.metrics import gaussian_nll
+from fond.models.common import ModelBase, check_input, check_loss_args
+from fond.result import InferenceResult, UnrollLoss
+from fond.rollout import InferenceSteps, Step, run_inference
+from fond.validate import require
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
-           "GatedUpdateNetwork"]
+           "GatedUpdateNetwork", "RefinementSteps"]
 
 State = tuple[Tensor, Tensor]
 
 
 def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config key 'method_options.{key}': {message}")
+    """``fond.validate.require`` for a key of ``method_options``."""
+    require(condition, f"method_options.{key}", message)
 
 
 def _is_int(value) -> bool:
@@ -293,54 +287,51 @@ class _HybridVAE(ModelBase):
         = nll + kl, du_norm = ‖(μ, ξ)_t − (μ, ξ)_{t−1}‖₂ and saturated the fraction of inputs with over half
         the means pinned near the clamp. seed: of a private generator (ignored if ``generator`` is given).
         """
-        check_steps(steps)
-        reject_sequence(x, self.config.model)
-        x = check_input(x, self.n_inputs, like=self.input_like)
-        recorder = Recorder(record, steps)
-        gen = make_generator(seed, generator)
-        fp = {name: p.detach() for name, p in self.family_params().items()}
-        log_sigma, beta = self.log_sigma(), float(self.refine_beta)
-        mu, xi = self.initial_state(x)
-        noise = self._noise(mu, gen)
-        records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
-        decoded = self.family.activation(mu + torch.exp(xi) * noise, fp)
-        for t in range(steps):
-            with torch.enable_grad():
-                mu_leaf, xi_leaf = mu.detach().requires_grad_(), xi.detach().requires_grad_()
-                nll, kl, _ = self._free_energy(x, mu_leaf, xi_leaf, noise, log_sigma, fp)
-                grad_mu, grad_xi = self._state_grads((nll + beta * kl).sum(), mu_leaf, xi_leaf, create_graph=False)
-            new_mu, new_xi = (t.detach() for t in self._step(mu, xi, grad_mu, grad_xi))
-            noise = self._noise(new_mu, gen)
-            decoded = self.family.activation(new_mu + torch.exp(new_xi) * noise, fp)
-            if recorder.steps:
-                recorder(t + 1, self.family.mean_code((new_mu, new_xi), fp), decoded)
-            if trace:
-                rates = self.family.mean_code((new_mu, new_xi), fp)
-                reconstruction = self.decoder(decoded)
-                nll = gaussian_nll(x, reconstruction, log_sigma)
-                kl = gaussian_kl(new_mu, new_xi, fp["mu_init"], fp["log_sigma_init"]).sum(-1)
-                step = torch.cat([new_mu - mu, new_xi - xi], dim=-1).norm(dim=-1)
-                records["r2"].append(float(r2_per_sample(x, reconstruction).mean()))
-                records["r2_rates"].append(float(r2_per_sample(x, self.decoder(rates)).mean()))
-                records["zeros"].append(float(zeros_fraction(decoded).mean()))
-                records["du_norm"].append(float(step.mean()))
-                records["nll"].append(float(nll.mean()))
-                records["kl"].append(float(kl.mean()))
-                records["nelbo"].append(float((nll + kl).mean()))
-                records["rate_max"].append(float(rates.max()))
-                records["saturated"].append(float(self.family.saturated((new_mu, new_xi), fp).float().mean()))
-            mu, xi = new_mu, new_xi
-        rates = self.family.mean_code((mu, xi), fp)
-        return InferenceResult(
-            rates=rates,
-            spikes=decoded,
-            state={"mu": mu, "log_sigma": xi},
-            reconstruction=self.decoder(decoded),
-            reconstruction_from_rates=self.decoder(rates),
-            steps=steps,
-            trace={k: np.asarray(v) for k, v in records.items()},
-            history=recorder.history(),
-        )
+        x, gen = self.inference_input(x, steps, seed, generator, online=False)
+        return run_inference(RefinementSteps(self), x, steps, generator=gen, trace=trace, record=record)
+
+
+class RefinementSteps(InferenceSteps):
+    """A hybrid's inference as the rollout loop drives it: the encoder's guess, then refinement steps.
+
+    Step t takes the gradient of F_β at λ_{t−1} with the noise ε drawn there (``refine_beta``), makes the
+    method's update (SGD or the gated network) and draws a fresh ε at λ_t, whose f(z) is the step's decoder
+    input. The state is (μ, ξ = log σ), detached every step. The prior is the learned N(μ_init, σ_init²):
+    ``kl`` = KL(q_t ‖ learned prior).
+    """
+
+    state_names = ("mu", "log_sigma")
+
+    def __init__(self, model: _HybridVAE) -> None:
+        super().__init__()
+        self.model, self.family = model, model.family
+        self.params = {name: p.detach() for name, p in model.family_params().items()}
+        self.log_sigma, self.beta = model.log_sigma(), float(model.refine_beta)
+
+    def decode(self, code: Tensor) -> Tensor:
+        return self.model.decoder(code)
+
+    def start(self, frame: Tensor, generator: torch.Generator | None, *, trace: bool) -> Step:
+        mu, xi = self.model.initial_state(frame)
+        return Step((mu, xi), carry=self.model._noise(mu, generator))
+
+    def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
+        model, fp = self.model, self.params
+        mu, xi = previous.state
+        with torch.enable_grad():
+            mu_leaf, xi_leaf = mu.detach().requires_grad_(), xi.detach().requires_grad_()
+            nll, kl, _ = model._free_energy(frame, mu_leaf, xi_leaf, previous.carry, self.log_sigma, fp)
+            grad_mu, grad_xi = model._state_grads((nll + self.beta * kl).sum(), mu_leaf, xi_leaf, create_graph=False)
+        state = tuple(t.detach() for t in model._step(mu, xi, grad_mu, grad_xi))
+        noise = model._noise(state[0], generator)
+        decoded = self.family.activation(state[0] + torch.exp(state[1]) * noise, fp)
+        return Step(state, self.family.mean_code(state, fp), decoded, carry=noise)
+
+    def prior_term(self, new: Step, previous: Step) -> Tensor:
+        return gaussian_kl(*new.state, self.params["mu_init"], self.params["log_sigma_init"]).sum(-1)
+
+    def saturated(self, step: Step) -> Tensor:
+        return self.family.saturated(step.state, self.params)
 
 
 class SemiAmortizedVAE(_HybridVAE):

@@ -15,14 +15,7 @@ from torch import Tensor, nn
 from fond.config import ModelConfig
 from fond.decoders import make_decoder
 from fond.dynamics import Components, rollout, unroll
-from fond.models.common import (
-    ModelBase,
-    check_input,
-    check_input_sequence,
-    check_loss_args,
-    check_steps,
-    make_generator,
-)
+from fond.models.common import ModelBase, check_input, check_loss_args
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
@@ -86,9 +79,7 @@ class IterativeVAE(ModelBase):
         passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
         temperature-1 draws (Gaussian).
         """
-        check_steps(steps)
-        x = check_input_sequence(x, self.n_inputs, steps, like=self.input_like)
-        gen = make_generator(seed, generator)
+        x, gen = self.inference_input(x, steps, seed, generator, online=True)
         return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record)
 
 

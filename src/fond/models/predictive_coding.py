@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fond.models.sparse_coding import MAPCoding, Step, check_option, check_positive_number, largest_eigenvalue
+from fond.models.sparse_coding import MAPCoding, Solution, check_option, check_positive_number, largest_eigenvalue
 
 __all__ = ["PredictiveCodingOptions", "PredictiveCoding"]
 
@@ -69,7 +69,7 @@ class PredictiveCoding(MAPCoding):
         """½‖a‖²/σ_p² per input: (B, K) → (B,)."""
         return 0.5 * self.prior_precision * code.pow(2).sum(-1)
 
-    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Step]:
+    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Solution]:
         precision = self.prior_precision
         eta = self.options.step_size * 2.0 / (largest_eigenvalue(gram) + precision)
         a = torch.zeros_like(drive)

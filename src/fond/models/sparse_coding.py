@@ -39,28 +39,20 @@ from torch import Tensor
 from fond.config import ModelConfig
 from fond.decoders import LinearDecoder
 from fond.errors import ConfigError
-from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
-from fond.models.common import (
-    ModelBase,
-    Recorder,
-    check_input,
-    check_loss_args,
-    check_steps,
-    make_generator,
-    reject_sequence,
-)
-from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
+from fond.models.common import ModelBase, check_input, check_loss_args
+from fond.result import InferenceResult, UnrollLoss
+from fond.rollout import InferenceSteps, Step, run_inference
+from fond.validate import require
 
-__all__ = ["SparseCodingOptions", "MAPCoding", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
+__all__ = ["SparseCodingOptions", "MAPCoding", "MAPSteps", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
 
 #: what a dynamics generator yields after each step: (the state reported in ``InferenceResult.state``, code a)
-Step = tuple[dict[str, Tensor], Tensor]
+Solution = tuple[dict[str, Tensor], Tensor]
 
 
 def check_option(condition: bool, key: str, message: str) -> None:
     """Raise ``ConfigError("config key 'method_options.<key>': <message>")`` unless ``condition``."""
-    if not condition:
-        raise ConfigError(f"config key 'method_options.{key}': {message}")
+    require(condition, f"method_options.{key}", message)
 
 
 def check_positive_number(value, key: str) -> None:
@@ -139,7 +131,7 @@ class MAPCoding(ModelBase):
         """The prior term −log p(a) (up to a constant) per input: (B, K) → (B,)."""
         raise NotImplementedError
 
-    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Step]:
+    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Solution]:
         """Yield (state, a) at a = 0, then after each step; drive = xΦ (B, K), gram = ΦᵀΦ (K, K)."""
         raise NotImplementedError
 
@@ -150,7 +142,7 @@ class MAPCoding(ModelBase):
         x = x.to(device=phi.device, dtype=phi.dtype)
         return x, x @ phi, phi.T @ phi
 
-    def _solve(self, x: Tensor, steps: int) -> Step:
+    def _solve(self, x: Tensor, steps: int) -> Solution:
         _, drive, gram = self._prepare(x)
         dynamics = self._dynamics(drive, gram)
         state, code = next(dynamics)
@@ -168,41 +160,11 @@ class MAPCoding(ModelBase):
         LCA's potential u). Trace (per-step batch means): r2 = r2_rates (from a), zeros (exact zeros of a),
         du_norm (‖state_t − state_{t−1}‖), nll (unit-variance Gaussian, with its constant), kl = the
         prior term ``penalty(a)`` — not a KL divergence: a point estimate has none —, nelbo = nll + kl (the
-        energy being minimised plus D/2·log 2π), rate_max = max |a|, saturated = 0.
+        energy being minimised plus D/2·log 2π), rate_max = max a (the largest entry of the code, as for every
+        method; it was max |a| before issue 15), saturated = 0. The loop is ``fond.rollout.run_inference``.
         """
-        check_steps(steps)
-        make_generator(seed, generator)  # validated for the shared interface, then unused
-        reject_sequence(x, self.config.model)
-        x, drive, gram = self._prepare(check_input(x, self.n_inputs, like=self.dictionary))
-        recorder = Recorder(record, steps)
-        phi = self.dictionary.detach()
-        zero_log_sigma = x.new_zeros(self.n_inputs)
-        records: dict[str, list[float]] = {k: [] for k in TRACE_KEYS} if trace else {}
-        dynamics = self._dynamics(drive, gram)
-        state, code = next(dynamics)
-        for t in range(steps):
-            new_state, code = next(dynamics)
-            recorder(t + 1, code, code)
-            if trace:
-                reconstruction = code @ phi.T
-                nll = gaussian_nll(x, reconstruction, zero_log_sigma)
-                prior = self.penalty(code)
-                r2 = float(r2_per_sample(x, reconstruction).mean())
-                step_norm = torch.cat([new_state[k] - state[k] for k in state], dim=-1).norm(dim=-1)
-                records["r2"].append(r2)
-                records["r2_rates"].append(r2)
-                records["zeros"].append(float(zeros_fraction(code).mean()))
-                records["du_norm"].append(float(step_norm.mean()))
-                records["nll"].append(float(nll.mean()))
-                records["kl"].append(float(prior.mean()))
-                records["nelbo"].append(float((nll + prior).mean()))
-                records["rate_max"].append(float(code.abs().max()))
-                records["saturated"].append(0.0)
-            state = new_state
-        reconstruction = code @ phi.T
-        return InferenceResult(rates=code, spikes=code, state=state, reconstruction=reconstruction,
-                               reconstruction_from_rates=reconstruction, steps=steps,
-                               trace={k: np.asarray(v) for k, v in records.items()}, history=recorder.history())
+        x, _ = self.inference_input(x, steps, seed, generator, online=False)  # the generator is unused
+        return run_inference(MAPSteps(self), x, steps, trace=trace, record=record)
 
     # -- learning ----------------------------------------------------------------------------------
     def unroll_loss(self, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float = 1.0,
@@ -229,6 +191,41 @@ class MAPCoding(ModelBase):
 
     def extra_repr(self) -> str:
         return f"model={self.config.model!r}, n_inputs={self.n_inputs}, n_latents={self.n_latents}, {self.options}"
+
+
+class MAPSteps(InferenceSteps):
+    """A point-estimate method as the rollout loop drives it: its deterministic dynamics, one step at a time.
+
+    State: what ``MAPCoding._dynamics`` yields (the code a, or LCA's potential u); rates = spikes = a.
+    Nothing is sampled. The trace's likelihood has unit variance (log σ_x = 0) and its ``kl`` is the prior
+    term ``penalty(a)`` = −log p(a) up to a constant: a point estimate has no posterior, hence no KL.
+    """
+
+    def __init__(self, model: MAPCoding) -> None:
+        super().__init__()
+        self.model = model
+        self.dictionary = model.dictionary.detach()
+        self.log_sigma = self.dictionary.new_zeros(model.n_inputs)
+
+    def prepare(self, frame: Tensor) -> tuple[Tensor, Tensor]:
+        """drive = xΦ (B, K) and gram = ΦᵀΦ (K, K)."""
+        return frame @ self.dictionary, self.dictionary.T @ self.dictionary
+
+    def decode(self, code: Tensor) -> Tensor:
+        return code @ self.dictionary.T
+
+    def start(self, frame: Tensor, generator: torch.Generator | None, *, trace: bool) -> Step:
+        dynamics = self.model._dynamics(*self.constants(frame))
+        state, code = next(dynamics)
+        self.state_names = tuple(state)
+        return Step(tuple(state.values()), code, code, carry=dynamics)
+
+    def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
+        state, code = next(previous.carry)
+        return Step(tuple(state.values()), code, code, carry=previous.carry)
+
+    def prior_term(self, new: Step, previous: Step) -> Tensor:
+        return self.model.penalty(new.rates)
 
 
 def largest_eigenvalue(gram: Tensor) -> Tensor:
@@ -274,7 +271,7 @@ class LCA(SparseCoding):
 
     default_model = "lca"
 
-    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Step]:
+    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Solution]:
         rate, lam = min(self.options.step(0.1), 1.0 / float(largest_eigenvalue(gram))), self.sparsity
         u = torch.zeros_like(drive)
         a = torch.zeros_like(drive)
@@ -290,7 +287,7 @@ class ISTA(SparseCoding):
 
     default_model = "ista"
 
-    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Step]:
+    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Solution]:
         eta = self.options.step(1.0) / largest_eigenvalue(gram)
         threshold = self.sparsity * eta
         a = torch.zeros_like(drive)
@@ -306,7 +303,7 @@ class FISTA(SparseCoding):
 
     default_model = "fista"
 
-    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Step]:
+    def _dynamics(self, drive: Tensor, gram: Tensor) -> Iterator[Solution]:
         eta = self.options.step(1.0) / largest_eigenvalue(gram)
         threshold = self.sparsity * eta
         a = torch.zeros_like(drive)

@@ -1,0 +1,120 @@
+"""The one inference loop (``fond.rollout``): frames, trace keys, history and result, for a toy method and
+for every model behind ``infer``. Oracles: hand-computed values of a deterministic toy method; the trace
+definitions in ``fond.result.TRACE_MEANINGS`` recomputed from the returned result."""
+
+import numpy as np
+import pytest
+import torch
+
+from fond.config import MODELS, ModelConfig
+from fond.metrics import gaussian_nll, r2_per_sample
+from fond.models import build_model
+from fond.result import TRACE_KEYS, TRACE_MEANINGS
+from fond.rollout import InferenceSteps, Step, run_inference
+
+D, K, B = 4, 4, 3
+
+
+class HalfWay(InferenceSteps):
+    """a ← a + (x − a)/2 from a = 0 (identity decoder, K = D); prior term ‖a‖², "clamp" at |a| ≥ 0.45."""
+
+    state_names = ("a",)
+
+    def __init__(self):
+        super().__init__()
+        self.log_sigma = torch.zeros(D, dtype=torch.float64)
+        self.prepared = []
+
+    def prepare(self, frame):
+        self.prepared.append(frame)
+        return frame
+
+    def start(self, frame, generator, *, trace):
+        return Step((torch.zeros_like(frame),))
+
+    def step(self, previous, frame, generator):
+        target = self.constants(frame)
+        a = previous.state[0] + (target - previous.state[0]) / 2
+        return Step((a,), a, a)
+
+    def decode(self, code):
+        return code
+
+    def prior_term(self, new, previous):
+        return new.state[0].pow(2).sum(-1)
+
+    def saturated(self, step):
+        return step.state[0].abs().max(-1).values >= 0.45
+
+
+def _frames():
+    return torch.arange(3 * B * D, dtype=torch.float64).reshape(3, B, D) / 40
+
+
+def test_toy_method_trace_is_the_documented_one():
+    """A fixed input: a_t = x(1 − 2^−t); every trace key equals its definition computed by hand."""
+    x = _frames()[1]
+    res = run_inference(HalfWay(), x, 3, record=[2])
+    a = [x * (1 - 0.5 ** t) for t in range(4)]
+    assert set(res.trace) == set(TRACE_KEYS) == set(TRACE_MEANINGS)
+    for t in (1, 2, 3):
+        nll = gaussian_nll(x, a[t], torch.zeros(D, dtype=torch.float64))
+        assert res.trace["du_norm"][t - 1] == pytest.approx(float((a[t] - a[t - 1]).norm(dim=-1).mean()))
+        assert res.trace["kl"][t - 1] == pytest.approx(float(a[t].pow(2).sum(-1).mean()))
+        assert res.trace["nll"][t - 1] == pytest.approx(float(nll.mean()))
+        assert res.trace["r2"][t - 1] == res.trace["r2_rates"][t - 1]
+        assert res.trace["rate_max"][t - 1] == pytest.approx(float(a[t].max()))
+    # only the last input reaches 0.45, at t = 3
+    np.testing.assert_allclose(res.trace["saturated"], [0.0, 0.0, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(res.trace["nelbo"], res.trace["nll"] + res.trace["kl"])
+    torch.testing.assert_close(res.history["rates"][0], a[2])
+    torch.testing.assert_close(res.rates, a[3])
+    assert res.reconstruction is res.reconstruction_from_rates and res.state["a"] is res.rates
+
+
+def test_online_input_gives_each_step_its_frame_and_prepares_each_frame_once():
+    """Frame t − 1 drives step t; the per-frame constants are computed once per frame, not once per step."""
+    frames = _frames()
+    method = HalfWay()
+    res = run_inference(method, frames, 3, record=[1, 2, 3])
+    a = torch.zeros(B, D, dtype=torch.float64)
+    for t in range(3):
+        a = a + (frames[t] - a) / 2
+        torch.testing.assert_close(res.history["rates"][t], a)
+        r2 = float(r2_per_sample(frames[t], a).mean())
+        assert res.trace["r2"][t] == pytest.approx(r2)
+    assert len(method.prepared) == 3
+    fixed = HalfWay()
+    run_inference(fixed, frames[0], 5, trace=False)
+    assert len(fixed.prepared) == 1
+
+
+def test_an_unmoved_state_reports_zero_change_and_keeps_its_terms():
+    """A step that returns its previous state object says nothing moved: du_norm 0, the same kl every step."""
+
+    class Frozen(HalfWay):
+        def step(self, previous, frame, generator):
+            a = previous.state[0]
+            return Step(previous.state, a, a + 0.0)
+
+        def start(self, frame, generator, *, trace):
+            return Step((frame / 2,))
+
+    res = run_inference(Frozen(), _frames()[2], 4)
+    assert (res.trace["du_norm"] == 0).all() and np.ptp(res.trace["kl"]) == 0 and res.trace["kl"][0] > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_reports_the_same_trace_quantities(name):
+    """One meaning per key across methods: the last step's r2, r2_rates, rate_max and nelbo, recomputed from
+    the returned result, equal the trace's (a check of the documented definitions, for every model)."""
+    model = build_model(ModelConfig(n_inputs=16, n_latents=12, model=name), seed=1)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    res = model.infer(x, 4, seed=2)
+    assert set(res.trace) == set(TRACE_KEYS) and all(v.shape == (4,) for v in res.trace.values())
+    assert res.trace["r2"][-1] == pytest.approx(float(r2_per_sample(x, res.reconstruction).mean()), rel=1e-5)
+    assert res.trace["r2_rates"][-1] == pytest.approx(float(r2_per_sample(x, res.reconstruction_from_rates).mean()),
+                                                      rel=1e-5)
+    assert res.trace["rate_max"][-1] == pytest.approx(float(res.rates.max()))
+    np.testing.assert_allclose(res.trace["nelbo"], res.trace["nll"] + res.trace["kl"], rtol=1e-5)
+    assert (res.trace["du_norm"] >= 0).all() and ((0 <= res.trace["saturated"]) & (res.trace["saturated"] <= 1)).all()
