@@ -7,7 +7,8 @@ run directory (``fond train`` / ``fond sweep``); ``frontier`` also takes sweep d
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,6 @@ import numpy as np
 from fond.errors import DataError, FondError
 
 __all__ = ["ANALYSES", "run_analysis"]
-
-ANALYSES: tuple[str, ...] = ("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency", "serial",
-                             "tracking", "raster")
-
 
 def _write(out: Path, kind: str, data: Any) -> Path:
     from fond.analysis.summary import json_default
@@ -51,15 +48,15 @@ def _rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def _model_and_data(run: Path):
-    from fond.data import load_data
+def _read_run(run: Path):
+    """The run's model, the ``--data`` spec it was trained on and its run information (``read_run``)."""
     from fond.resume import load_model, read_run
 
     info = read_run(run)
     spec = info.get("data", {}).get("spec")
     if spec is None:
         raise FondError(f"{run}: no data recorded for this run")
-    return load_model(run), spec, load_data, info
+    return load_model(run), spec, info
 
 
 def _patch_side(model) -> tuple[int, int]:
@@ -72,101 +69,211 @@ def _patch_side(model) -> tuple[int, int]:
 def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 1000, samples: int = 500,
                  seeds: Sequence[int] = (0, 1, 2), train_samples: int = 5000) -> Path:
     """Run analysis ``kind`` on ``runs``; return the JSON path (the PNG sits beside it)."""
-    from fond.analysis import classification, frontier, gabor, ood, stimuli, temporal, tuning
-    from fond.plots import plot_convergence, plot_spike_raster
-
     if kind not in ANALYSES:
         raise FondError(f"unknown analysis {kind!r}; expected one of {ANALYSES}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{kind}.png"
-    if kind == "frontier":
-        rows = _rows(runs)
-        frontier.plot_frontier(rows, png)
-        if any(len({r.get(k) for r in rows if r["model"] == m}) > 1 for m in {r["model"] for r in rows}
-               for k in ("beta", "t_train")):
-            frontier.plot_effects(rows, out / "frontier_effects.png")  # R², zeros, d against β and T_train
-        return _write(out, kind, {"table": frontier.frontier_table(rows), "effects": frontier.summarize_effects(rows)})
-    if kind == "convergence":
-        from fond.evaluate import evaluate
-        from fond.metrics import convergence_step
+    request = _Request(kind, list(runs), out, steps=steps, samples=samples, seeds=seeds,
+                       train_samples=train_samples)
+    return _ANALYSIS_FUNCTIONS[kind](request)
 
-        traces, summary = {}, {}
-        for run in runs:
-            model, spec, load_data, info = _model_and_data(run)
-            data = load_data(spec, n_train=10, n_val=samples, seed=0)
-            trace = evaluate(model, data.val[:samples], steps).trace
-            traces[run.name] = trace
-            summary[run.name] = {"convergence_step": convergence_step(trace["r2"]),
-                                 "r2_rates_at": {str(t): float(trace["r2_rates"][t - 1])
-                                                 for t in (1, 16, 64, 256, steps) if t <= steps}}
-        plot_convergence(traces, png, t_train=int(info.get("train", {}).get("steps", 16)))
-        return _write(out, kind, summary)
-    if kind in ("classify", "ood"):
-        models, specs = {}, set()
-        for run in runs:
-            model, spec, load_data, _ = _model_and_data(run)
-            if not str(spec).startswith("mnist"):
-                raise FondError(f"{run}: {kind} needs a model trained on MNIST (this one: {spec})")
-            models[run.name] = model
-            specs.add("mnist-raw" if "raw" in spec else "mnist")
-        if len(specs) > 1:
-            raise FondError(f"{kind}: the runs were trained on centred and raw MNIST; compare like with like")
-        spec = specs.pop()
-        data = load_data(f"{spec}-test", n_train=train_samples, n_val=samples, seed=0)
-        if kind == "classify":
-            results = {name: classification.classification_over_steps(
-                model, data.train, data.train_labels, data.val, data.val_labels, steps=steps, seeds=tuple(seeds))
-                for name, model in models.items()}
-            classification.plot_classification(results, png)
-            return _write(out, kind, {name: r.to_dict() for name, r in results.items()})
-        raw, centre = ood.mnist_test_inputs(spec, samples)
-        sets = ood.ood_sets(raw, steps=steps, centre=centre)
-        results = {}
-        for name, model in models.items():
-            usable = sets if model.config.spec.accepts_online_input else {k: v for k, v in sets.items() if v.ndim == 2}
-            results[name] = ood.ood_evaluation(model, usable, steps)
-        ood.plot_ood(results, png)
-        return _write(out, kind, {"results": {k: v.to_dict() for k, v in results.items()}, **ood.ood_table(results)})
-    if len(runs) != 1:
-        raise FondError(f"analysis {kind!r} takes one run, got {len(runs)}")
-    model, spec, load_data, _ = _model_and_data(runs[0])
-    if kind == "gabor":
-        if model.dictionary is None:
-            raise FondError(f"{runs[0]}: Gabor fits need a linear dictionary")
-        summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), _patch_side(model))
-        gabor.plot_gabor_summary(summary, png)
-        return _write(out, kind, summary.to_dict())
-    if kind == "tuning":
-        result = tuning.grating_tuning(model, _patch_side(model), steps=min(steps, 200))
-        tuning.plot_tuning(result, png)
-        return _write(out, kind, result.to_dict())
-    data = load_data(spec, n_train=10, n_val=max(samples, 100), seed=0)
-    if kind == "latency":
-        result = temporal.contrast_latency(model, data.val[:64], [0.25, 0.5, 1.0, 2.0], steps=min(steps, 200))
-        temporal.plot_contrast_latency(result, png)
-        return _write(out, kind, result.to_dict())
-    if kind == "serial":
-        half = min(50, len(data.val) // 2)
-        if half < 1:
-            raise FondError(f"serial dependence needs at least 2 held-out inputs, {spec} has {len(data.val)}")
-        result = temporal.serial_dependence(model, data.val[:half], data.val[half:2 * half], steps_a=min(steps, 100),
-                                            steps_b=min(steps, 100))
-        temporal.plot_serial_dependence(result, png)
-        return _write(out, kind, result.to_dict())
-    if kind == "tracking":
-        side = _patch_side(model)
-        if str(spec).startswith("mnist"):
-            raw, centre = ood.mnist_test_inputs(spec, 50)
-            frames = stimuli.rotating_sequence(raw.reshape(-1, *side), 2.0, min(steps, 180))
-            frames = frames if centre is None else frames - centre
-        else:
-            frames = stimuli.rotating_sequence(data.val[:50].reshape(-1, *side), 2.0, min(steps, 180))
-        result = temporal.tracking(model, frames)
-        temporal.plot_tracking(result, png)
-        return _write(out, kind, result.to_dict())
-    spikes = temporal.spike_raster(model, data.val[:1], min(steps, 200))
-    plot_spike_raster(spikes, png)
-    return _write(out, kind, {"steps": int(spikes.shape[0]), "total_spikes": float(spikes.sum()),
-                              "active_neurons": int((spikes.sum(0) > 0).sum()),
-                              "mean_rate_per_step": float(np.mean(spikes))})
+
+@dataclass(frozen=True)
+class _Request:
+    """One ``fond analyze`` call: the analysis, its runs, the output folder and the budget."""
+
+    kind: str
+    runs: list[Path]
+    out: Path
+    steps: int  # inference steps (each analysis caps its own)
+    samples: int  # held-out inputs
+    seeds: Sequence[int]  # inference seeds of the classification probes
+    train_samples: int  # training digits of the classification probes
+
+    @property
+    def png(self) -> Path:
+        return self.out / f"{self.kind}.png"
+
+    def write(self, data: Any) -> Path:
+        """``OUT/<kind>.json``."""
+        return _write(self.out, self.kind, data)
+
+    def one_run(self):
+        """The model of the single run this analysis takes and its data spec."""
+        if len(self.runs) != 1:
+            raise FondError(f"analysis {self.kind!r} takes one run, got {len(self.runs)}")
+        model, spec, _ = _read_run(self.runs[0])
+        return model, spec
+
+    def one_run_with_data(self):
+        """The single run's model, its data spec and its data (at least 100 held-out inputs)."""
+        from fond.data import load_data
+
+        model, spec = self.one_run()
+        return model, spec, load_data(spec, n_train=10, n_val=max(self.samples, 100), seed=0)
+
+
+def _frontier(request: _Request) -> Path:
+    """Rate–distortion frontier of runs and sweeps; the effects of β and T_train where the rows vary them."""
+    from fond.analysis import frontier
+
+    rows = _rows(request.runs)
+    frontier.plot_frontier(rows, request.png)
+    if any(len({r.get(k) for r in rows if r["model"] == m}) > 1 for m in {r["model"] for r in rows}
+           for k in ("beta", "t_train")):
+        frontier.plot_effects(rows, request.out / "frontier_effects.png")  # R², zeros, d against β and T_train
+    return request.write({"table": frontier.frontier_table(rows), "effects": frontier.summarize_effects(rows)})
+
+
+def _convergence(request: _Request) -> Path:
+    """R² over inference steps of each run on its own held-out data; convergence steps."""
+    from fond.data import load_data
+    from fond.evaluate import evaluate
+    from fond.metrics import convergence_step
+    from fond.plots import plot_convergence
+
+    steps, samples = request.steps, request.samples
+    traces, summary = {}, {}
+    for run in request.runs:
+        model, spec, info = _read_run(run)
+        data = load_data(spec, n_train=10, n_val=samples, seed=0)
+        trace = evaluate(model, data.val[:samples], steps).trace
+        traces[run.name] = trace
+        summary[run.name] = {"convergence_step": convergence_step(trace["r2"]),
+                             "r2_rates_at": {str(t): float(trace["r2_rates"][t - 1])
+                                             for t in (1, 16, 64, 256, steps) if t <= steps}}
+    # T_train of the last run marks the figure
+    plot_convergence(traces, request.png, t_train=int(info.get("train", {}).get("steps", 16)))
+    return request.write(summary)
+
+
+def _mnist_models(request: _Request):
+    """The runs' models (all trained on the same MNIST: centred or raw), that spec and its test digits."""
+    from fond.data import load_data
+
+    models, specs = {}, set()
+    for run in request.runs:
+        model, spec, _ = _read_run(run)
+        if not str(spec).startswith("mnist"):
+            raise FondError(f"{run}: {request.kind} needs a model trained on MNIST (this one: {spec})")
+        models[run.name] = model
+        specs.add("mnist-raw" if "raw" in spec else "mnist")
+    if len(specs) > 1:
+        raise FondError(f"{request.kind}: the runs were trained on centred and raw MNIST; compare like with like")
+    spec = specs.pop()
+    data = load_data(f"{spec}-test", n_train=request.train_samples, n_val=request.samples, seed=0)
+    return models, spec, data
+
+
+def _classify(request: _Request) -> Path:
+    """Logistic-regression accuracy from each MNIST model's code over inference steps."""
+    from fond.analysis import classification
+
+    models, _, data = _mnist_models(request)
+    results = {name: classification.classification_over_steps(
+        model, data.train, data.train_labels, data.val, data.val_labels, steps=request.steps,
+        seeds=tuple(request.seeds))
+        for name, model in models.items()}
+    classification.plot_classification(results, request.png)
+    return request.write({name: r.to_dict() for name, r in results.items()})
+
+
+def _ood(request: _Request) -> Path:
+    """Each MNIST model on the out-of-distribution sets (fixed-input solvers: the static ones)."""
+    from fond.analysis import ood
+
+    models, spec, _ = _mnist_models(request)
+    raw, centre = ood.mnist_test_inputs(spec, request.samples)
+    sets = ood.ood_sets(raw, steps=request.steps, centre=centre)
+    results = {}
+    for name, model in models.items():
+        usable = sets if model.config.spec.accepts_online_input else {k: v for k, v in sets.items() if v.ndim == 2}
+        results[name] = ood.ood_evaluation(model, usable, request.steps)
+    ood.plot_ood(results, request.png)
+    return request.write({"results": {k: v.to_dict() for k, v in results.items()}, **ood.ood_table(results)})
+
+
+def _gabor(request: _Request) -> Path:
+    """Gabor fits of the run's dictionary atoms."""
+    from fond.analysis import gabor
+
+    model, _ = request.one_run()
+    if model.dictionary is None:
+        raise FondError(f"{request.runs[0]}: Gabor fits need a linear dictionary")
+    summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), _patch_side(model))
+    gabor.plot_gabor_summary(summary, request.png)
+    return request.write(summary.to_dict())
+
+
+def _tuning(request: _Request) -> Path:
+    """Orientation tuning to drifting gratings."""
+    from fond.analysis import tuning
+
+    model, _ = request.one_run()
+    result = tuning.grating_tuning(model, _patch_side(model), steps=min(request.steps, 200))
+    tuning.plot_tuning(result, request.png)
+    return request.write(result.to_dict())
+
+
+def _latency(request: _Request) -> Path:
+    """Contrast-dependent latency on 64 held-out inputs."""
+    from fond.analysis import temporal
+
+    model, _, data = request.one_run_with_data()
+    result = temporal.contrast_latency(model, data.val[:64], [0.25, 0.5, 1.0, 2.0], steps=min(request.steps, 200))
+    temporal.plot_contrast_latency(result, request.png)
+    return request.write(result.to_dict())
+
+
+def _serial(request: _Request) -> Path:
+    """Serial dependence between pairs of held-out inputs."""
+    from fond.analysis import temporal
+
+    model, spec, data = request.one_run_with_data()
+    half = min(50, len(data.val) // 2)
+    if half < 1:
+        raise FondError(f"serial dependence needs at least 2 held-out inputs, {spec} has {len(data.val)}")
+    steps = min(request.steps, 100)
+    result = temporal.serial_dependence(model, data.val[:half], data.val[half:2 * half], steps_a=steps,
+                                        steps_b=steps)
+    temporal.plot_serial_dependence(result, request.png)
+    return request.write(result.to_dict())
+
+
+def _tracking(request: _Request) -> Path:
+    """Tracking of an input rotating 2° per step (raw MNIST digits, or held-out patches)."""
+    from fond.analysis import ood, stimuli, temporal
+
+    model, spec, data = request.one_run_with_data()
+    side = _patch_side(model)
+    if str(spec).startswith("mnist"):
+        raw, centre = ood.mnist_test_inputs(spec, 50)
+        frames = stimuli.rotating_sequence(raw.reshape(-1, *side), 2.0, min(request.steps, 180))
+        frames = frames if centre is None else frames - centre
+    else:
+        frames = stimuli.rotating_sequence(data.val[:50].reshape(-1, *side), 2.0, min(request.steps, 180))
+    result = temporal.tracking(model, frames)
+    temporal.plot_tracking(result, request.png)
+    return request.write(result.to_dict())
+
+
+def _raster(request: _Request) -> Path:
+    """The spike raster of one held-out input."""
+    from fond.analysis import temporal
+    from fond.plots import plot_spike_raster
+
+    model, _, data = request.one_run_with_data()
+    spikes = temporal.spike_raster(model, data.val[:1], min(request.steps, 200))
+    plot_spike_raster(spikes, request.png)
+    return request.write({"steps": int(spikes.shape[0]), "total_spikes": float(spikes.sum()),
+                          "active_neurons": int((spikes.sum(0) > 0).sum()),
+                          "mean_rate_per_step": float(np.mean(spikes))})
+
+
+#: kind → the function that runs it (the order of ``ANALYSES``).
+_ANALYSIS_FUNCTIONS: dict[str, Callable[[_Request], Path]] = {
+    "frontier": _frontier, "convergence": _convergence, "classify": _classify, "ood": _ood, "gabor": _gabor,
+    "tuning": _tuning, "latency": _latency, "serial": _serial, "tracking": _tracking, "raster": _raster}
+
+#: Every kind of analysis, in the order of the CLI's help.
+ANALYSES: tuple[str, ...] = tuple(_ANALYSIS_FUNCTIONS)
