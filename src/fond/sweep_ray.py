@@ -62,67 +62,106 @@ def run_sweep_ray(sweep: SweepConfig, out_dir: str | Path, *, address: str | Non
     log = log or (lambda message: None)
     out_dir = prepare_sweep_dir(sweep, out_dir)
     specs = sweep.runs()
+    pending = _pending_runs(specs, out_dir, log)
+    if not pending:  # nothing to do: do not start Ray at all
+        return gather(sweep, out_dir), {}
+    datasets = _load_datasets(sweep, pending)  # before Ray starts: bad data fails fast
+    started = not ray.is_initialized()
+    handler = _start_ray(ray, address, ray_cpus) if started else None
+    try:
+        _check_cluster(ray, cpus_per_run, gpus_per_run, local=started and address is None, log=log)
+        refs = _submit(ray, pending, out_dir, datasets, cpus_per_run, gpus_per_run, log=log, total=len(specs))
+        failures = _collect(ray, refs, sweep, out_dir, log=log, total=len(specs))
+    finally:
+        if started:
+            ray.shutdown()
+            _restore_sigterm(handler)
+    return gather(sweep, out_dir), failures
+
+
+def _pending_runs(specs: list[RunSpec], out_dir: Path, log: Callable[[str], None]) -> list[tuple[int, RunSpec]]:
+    """The runs not finished yet, each with its 1-based position in the grid (finished ones are logged)."""
     pending: list[tuple[int, RunSpec]] = []
     for i, spec in enumerate(specs, 1):
         if is_finished(out_dir, spec):
             log(f"[{i}/{len(specs)}] {spec.name}: done, skipped")
         else:
             pending.append((i, spec))
-    if not pending:  # nothing to do: do not start Ray at all
-        return gather(sweep, out_dir), {}
+    return pending
+
+
+def _split_key(spec: RunSpec) -> tuple[int, int, int]:
+    """What decides a run's data split: (n_train, n_val, seed)."""
+    cfg = spec.train_config()
+    return cfg.n_train, cfg.n_val, cfg.seed
+
+
+def _load_datasets(sweep: SweepConfig, pending: list[tuple[int, RunSpec]]) -> dict[tuple[int, int, int], Any]:
+    """The training data of the pending runs, loaded once per split (:func:`_split_key`)."""
     from fond.data import load_data
 
-    datasets: dict[tuple[int, int, int], Any] = {}  # loaded once per split, before Ray starts (bad data fails fast)
+    datasets: dict[tuple[int, int, int], Any] = {}
     for _, spec in pending:
-        cfg = spec.train_config()
-        key = (cfg.n_train, cfg.n_val, cfg.seed)
+        key = _split_key(spec)
         if key not in datasets:
-            datasets[key] = load_data(sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
-    started = not ray.is_initialized()
-    if started:
-        handler = _sigterm_handler()
-        try:
-            if address is None:  # "local": a new instance, even if `ray start` left a cluster running here
-                ray.init(address="local", num_cpus=ray_cpus, logging_level=logging.WARNING)
-            else:
-                ray.init(address=address, logging_level=logging.WARNING)
-        except (ValueError, OSError, RuntimeError) as exc:  # a bad or unreachable address, a failed start
-            where = "start a local Ray instance" if address is None else f"connect to the Ray cluster at {address}"
-            raise FondError(f"cannot {where}: {_describe_error(exc)}") from None
-        finally:
-            _restore_sigterm(handler)
-    failures: dict[str, str] = {}
+            datasets[key] = load_data(sweep.data, n_train=key[0], n_val=key[1], seed=key[2])
+    return datasets
+
+
+def _start_ray(ray, address: str | None, ray_cpus: int | None):
+    """A new local Ray instance (``address`` None) or a connection to a cluster, keeping this process's SIGTERM
+    handler (returned, to restore again after ``ray.shutdown``); a bad or unreachable address or a failed start
+    is a one-line :class:`FondError`."""
+    handler = _sigterm_handler()
     try:
-        _check_cluster(ray, cpus_per_run, gpus_per_run, local=started and address is None, log=log)
-        task = ray.remote(_run_task)
-        threads = max(1, int(cpus_per_run))
-        data_refs = {key: ray.put(data) for key, data in datasets.items()}  # shared by the runs of one split
-        refs: dict[Any, tuple[int, RunSpec]] = {}
-        for i, spec in pending:
-            cfg = spec.train_config()
-            key = (cfg.n_train, cfg.n_val, cfg.seed)
-            ref = task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, name=f"fond:{spec.name}").remote(
-                spec, str(out_dir / spec.name), data_refs[key], threads)
-            refs[ref] = (i, spec)
-            log(f"[{i}/{len(specs)}] {spec.name}: submitted ({cfg.iterations} iterations)")
-        waiting = list(refs)
-        while waiting:
-            finished, waiting = ray.wait(waiting, num_returns=1)
-            for ref in finished:
-                i, spec = refs[ref]
-                try:
-                    row = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - the run's own error (or a lost worker): report it, go on
-                    failures[spec.name] = _describe_error(exc)
-                    log(f"[{i}/{len(specs)}] {spec.name}: FAILED: {failures[spec.name]}")
-                    continue
-                log(f"[{i}/{len(specs)}] {spec.name}: {describe_row(row)}")
-                gather(sweep, out_dir)
+        if address is None:  # "local": a new instance, even if `ray start` left a cluster running here
+            ray.init(address="local", num_cpus=ray_cpus, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except (ValueError, OSError, RuntimeError) as exc:  # a bad or unreachable address, a failed start
+        where = "start a local Ray instance" if address is None else f"connect to the Ray cluster at {address}"
+        raise FondError(f"cannot {where}: {_describe_error(exc)}") from None
     finally:
-        if started:
-            ray.shutdown()
-            _restore_sigterm(handler)
-    return gather(sweep, out_dir), failures
+        _restore_sigterm(handler)
+    return handler
+
+
+def _submit(ray, pending: list[tuple[int, RunSpec]], out_dir: Path, datasets: dict[tuple[int, int, int], Any],
+            cpus_per_run: float, gpus_per_run: float, *, log: Callable[[str], None],
+            total: int) -> dict[Any, tuple[int, RunSpec]]:
+    """One Ray task per pending run (its data through the object store, shared by the runs of one split);
+    returns {task reference: (position, run)}."""
+    task = ray.remote(_run_task)
+    threads = max(1, int(cpus_per_run))
+    data_refs = {key: ray.put(data) for key, data in datasets.items()}
+    refs: dict[Any, tuple[int, RunSpec]] = {}
+    for i, spec in pending:
+        ref = task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, name=f"fond:{spec.name}").remote(
+            spec, str(out_dir / spec.name), data_refs[_split_key(spec)], threads)
+        refs[ref] = (i, spec)
+        log(f"[{i}/{total}] {spec.name}: submitted ({spec.train_config().iterations} iterations)")
+    return refs
+
+
+def _collect(ray, refs: dict[Any, tuple[int, RunSpec]], sweep: SweepConfig, out_dir: Path, *,
+             log: Callable[[str], None], total: int) -> dict[str, str]:
+    """Wait for every task as it finishes (the sweep table is rewritten after each success); returns
+    {run name: error} of the runs that failed."""
+    failures: dict[str, str] = {}
+    waiting = list(refs)
+    while waiting:
+        finished, waiting = ray.wait(waiting, num_returns=1)
+        for ref in finished:
+            i, spec = refs[ref]
+            try:
+                row = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the run's own error (or a lost worker): report it, go on
+                failures[spec.name] = _describe_error(exc)
+                log(f"[{i}/{total}] {spec.name}: FAILED: {failures[spec.name]}")
+                continue
+            log(f"[{i}/{total}] {spec.name}: {describe_row(row)}")
+            gather(sweep, out_dir)
+    return failures
 
 
 def _sigterm_handler():
