@@ -192,6 +192,34 @@ def plot_inference_curves(
     (mean ‖state_t − state_{t−1}‖, log y; non-positive values are dropped); ``"nelbo"``. A dashed vertical
     line marks ``convergence_step`` when given. All recognised arrays must be 1-D of equal length.
     """
+    curves = _inference_curves(trace, convergence_step)
+    n_steps = next(iter(curves.values())).size
+    t = np.arange(1, n_steps + 1)
+    panels: list[str] = []
+    if "r2" in curves or "r2_rates" in curves:
+        panels.append("r2")
+    panels += [key for key in ("zeros", "du_norm", "nelbo") if key in curves]
+
+    fig = new_figure(3.8 * len(panels) + 0.4, 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        _INFERENCE_PANELS[panel](ax, t, curves)
+        ax.set_xscale("log")
+        ax.set_xlim(1, max(n_steps, 2))
+        ax.set_xlabel("inference step t")
+        ax.grid(True, which="major", alpha=0.3)
+        if convergence_step is not None:
+            ax.axvline(int(convergence_step), color="k", linestyle="--", linewidth=1.0,
+                       label=f"convergence (t={int(convergence_step)})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
+    fig.suptitle(title if title is not None else f"Inference over T={n_steps} steps")
+    return save_figure(fig, path)
+
+
+def _inference_curves(trace: Any, convergence_step: int | None) -> dict[str, np.ndarray]:
+    """The recognised curves of ``trace`` as float arrays, checked: at least one, each non-empty and 1-D, all
+    of one length T; ``convergence_step`` (if given) in 1..T."""
     if not isinstance(trace, Mapping):
         raise DataError(f"trace must be a mapping of name -> 1-D array, got {type(trace).__name__}")
     curves = {key: float_array(trace[key], f"trace[{key!r}]") for key in _INFERENCE_KEYS if key in trace}
@@ -206,56 +234,49 @@ def plot_inference_curves(
     n_steps = next(iter(lengths.values()))
     if convergence_step is not None and not 1 <= int(convergence_step) <= n_steps:
         raise DataError(f"convergence_step must be in 1..{n_steps}, got {convergence_step}")
-    t = np.arange(1, n_steps + 1)
+    return curves
 
-    panels: list[str] = []
-    if "r2" in curves or "r2_rates" in curves:
-        panels.append("r2")
-    panels += [key for key in ("zeros", "du_norm", "nelbo") if key in curves]
 
-    fig = new_figure(3.8 * len(panels) + 0.4, 3.6)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, panel in zip(axes, panels, strict=True):
-        if panel == "r2":
-            lows = []
-            series = (("r2", "from samples (spikes)", "C0"), ("r2_rates", "from mean code (rates)", "C1"))
-            for key, label, colour in series:
-                if key in curves:
-                    ax.plot(t, curves[key], color=colour, label=label)
-                    low = _finite_min(curves[key])
-                    if low is not None:
-                        lows.append(low)
-            low = max(min(lows), -1.0) if lows else -1.0
-            ax.set_ylim(low if low < 1.0 else 0.0, 1.0)
-            ax.set_ylabel("R² (dimensionless)")
-            ax.set_title("reconstruction R²")
-        elif panel == "zeros":
-            ax.plot(t, curves["zeros"], color="C2")
-            ax.set_ylim(0.0, 1.0)
-            ax.set_ylabel("fraction of zeros of f(z) (spike counts)")
-            ax.set_title("sparsity")
-        elif panel == "du_norm":
-            du = np.where(curves["du_norm"] > 0, curves["du_norm"], np.nan)
-            ax.plot(t, du, color="C3")
-            if np.any(np.isfinite(du)):
-                ax.set_yscale("log")
-            ax.set_ylabel(r"$\|s_t - s_{t-1}\|$ (state units; u for iP-VAE)")
-            ax.set_title("state change per step (mean over inputs)")
-        else:
-            ax.plot(t, curves["nelbo"], color="C4")
-            ax.set_ylabel("NELBO (nats)")
-            ax.set_title("negative ELBO")
-        ax.set_xscale("log")
-        ax.set_xlim(1, max(n_steps, 2))
-        ax.set_xlabel("inference step t")
-        ax.grid(True, which="major", alpha=0.3)
-        if convergence_step is not None:
-            ax.axvline(int(convergence_step), color="k", linestyle="--", linewidth=1.0,
-                       label=f"convergence (t={int(convergence_step)})")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small", loc="best")
-    fig.suptitle(title if title is not None else f"Inference over T={n_steps} steps")
-    return save_figure(fig, path)
+def _r2_panel(ax, t: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
+    """R² from samples and from the mean code; y from max(min R², -1) to 1."""
+    lows = []
+    series = (("r2", "from samples (spikes)", "C0"), ("r2_rates", "from mean code (rates)", "C1"))
+    for key, label, colour in series:
+        if key in curves:
+            ax.plot(t, curves[key], color=colour, label=label)
+            low = _finite_min(curves[key])
+            if low is not None:
+                lows.append(low)
+    low = max(min(lows), -1.0) if lows else -1.0
+    ax.set_ylim(low if low < 1.0 else 0.0, 1.0)
+    ax.set_ylabel("R² (dimensionless)")
+    ax.set_title("reconstruction R²")
+
+
+def _zeros_panel(ax, t: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
+    ax.plot(t, curves["zeros"], color="C2")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("fraction of zeros of f(z) (spike counts)")
+    ax.set_title("sparsity")
+
+
+def _du_norm_panel(ax, t: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
+    """State change per step on a log axis (non-positive values dropped)."""
+    du = np.where(curves["du_norm"] > 0, curves["du_norm"], np.nan)
+    ax.plot(t, du, color="C3")
+    if np.any(np.isfinite(du)):
+        ax.set_yscale("log")
+    ax.set_ylabel(r"$\|s_t - s_{t-1}\|$ (state units; u for iP-VAE)")
+    ax.set_title("state change per step (mean over inputs)")
+
+
+def _nelbo_panel(ax, t: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
+    ax.plot(t, curves["nelbo"], color="C4")
+    ax.set_ylabel("NELBO (nats)")
+    ax.set_title("negative ELBO")
+
+
+_INFERENCE_PANELS = {"r2": _r2_panel, "zeros": _zeros_panel, "du_norm": _du_norm_panel, "nelbo": _nelbo_panel}
 
 
 # --------------------------------------------------------------------------- reconstructions
