@@ -47,8 +47,14 @@ __all__ = [
     "LinearDecoderOperators",
     "MLPDecoder",
     "ConvDecoder",
+    "SquareImageConv",
     "VJPDecoderOperators",
     "make_decoder",
+    "layer_parameters",
+    "linear_parameters",
+    "require_positive",
+    "square_image_side",
+    "uniform_parameter",
 ]
 
 DECODERS: tuple[str, ...] = ("linear", "mlp", "conv")
@@ -117,10 +123,8 @@ class Decoder(nn.Module, ABC):
 
     def __init__(self, n_inputs: int, n_latents: int) -> None:
         super().__init__()
-        _require_positive("n_inputs", n_inputs)
-        _require_positive("n_latents", n_latents)
-        self.n_inputs = int(n_inputs)
-        self.n_latents = int(n_latents)
+        self.n_inputs = require_positive("n_inputs", n_inputs)
+        self.n_latents = require_positive("n_latents", n_latents)
 
     @abstractmethod
     def forward(self, f: Tensor) -> Tensor:
@@ -209,13 +213,9 @@ class MLPDecoder(Decoder):
 
     def __init__(self, n_inputs: int, n_latents: int, *, generator: torch.Generator, hidden: int = 512) -> None:
         super().__init__(n_inputs, n_latents)
-        _require_positive("decoder hidden", hidden)
-        self.hidden = int(hidden)
-        d, k, h = self.n_inputs, self.n_latents, self.hidden
-        self.hidden_weight = _uniform_parameter((h, k), k, generator)
-        self.hidden_bias = _uniform_parameter((h,), k, generator)
-        self.output_weight = _uniform_parameter((d, h), h, generator)
-        self.output_bias = _uniform_parameter((d,), h, generator)
+        h = self.hidden = require_positive("decoder hidden", hidden)
+        self.hidden_weight, self.hidden_bias = linear_parameters(h, self.n_latents, generator)
+        self.output_weight, self.output_bias = linear_parameters(self.n_inputs, h, generator)
 
     def forward(self, f: Tensor) -> Tensor:
         """g(f): (B, K) -> (B, D)."""
@@ -225,7 +225,23 @@ class MLPDecoder(Decoder):
         return f"{super().extra_repr()}, hidden={self.hidden}"
 
 
-class ConvDecoder(Decoder):
+class SquareImageConv:
+    """What the conv decoder and encoder share: square images of side s (D = s², s divisible by 4) and layers
+    of kernel 4, stride 2, padding 1 (each halves or doubles the side), C = ``channels``."""
+
+    kernel_size = 4
+    stride = 2
+    padding = 1
+
+    def set_geometry(self, channels: int, what: str) -> int:
+        """Check ``channels`` and D = ``self.n_inputs`` (``ConfigError`` naming the "decoder"/"encoder"), set
+        ``self.side`` and ``self.channels``; returns the side s."""
+        self.channels = require_positive(f"{what} hidden (conv channels)", channels)
+        self.side = square_image_side(self.n_inputs, f"conv {what}")
+        return self.side
+
+
+class ConvDecoder(SquareImageConv, Decoder):
     """A transposed-conv decoder for square images of side s (D = s², s divisible by 4).
 
     f (B, K) -> Linear -> C × s/4 × s/4 -> SiLU -> ConvTranspose(C -> C/2, kernel 4, stride 2, padding 1)
@@ -237,30 +253,16 @@ class ConvDecoder(Decoder):
     reach one output pixel).
     """
 
-    kernel_size = 4
-    stride = 2
-    padding = 1
-
     def __init__(self, n_inputs: int, n_latents: int, *, generator: torch.Generator, channels: int = 64) -> None:
         super().__init__(n_inputs, n_latents)
-        _require_positive("decoder hidden (conv channels)", channels)
-        side = math.isqrt(self.n_inputs)
-        if side * side != self.n_inputs:
-            raise ConfigError(f"conv decoder needs square images: n_inputs = {self.n_inputs} is not a square")
-        if side % 4 != 0:
-            raise ConfigError(f"conv decoder needs an image side divisible by 4, got side {side} "
-                              f"(n_inputs = {self.n_inputs})")
-        self.side = side
-        self.channels = int(channels)
+        side = self.set_geometry(channels, "decoder")
         self.mid_channels = max(self.channels // 2, 1)
         c, m, k, base = self.channels, self.mid_channels, self.n_latents, side // 4
         taps = (self.kernel_size // self.stride) ** 2
-        self.linear_weight = _uniform_parameter((c * base * base, k), k, generator)
-        self.linear_bias = _uniform_parameter((c * base * base,), k, generator)
-        self.deconv1_weight = _uniform_parameter((c, m, self.kernel_size, self.kernel_size), c * taps, generator)
-        self.deconv1_bias = _uniform_parameter((m,), c * taps, generator)
-        self.deconv2_weight = _uniform_parameter((m, 1, self.kernel_size, self.kernel_size), m * taps, generator)
-        self.deconv2_bias = _uniform_parameter((1,), m * taps, generator)
+        self.linear_weight, self.linear_bias = linear_parameters(c * base * base, k, generator)
+        ks = self.kernel_size
+        self.deconv1_weight, self.deconv1_bias = layer_parameters((c, m, ks, ks), m, c * taps, generator)
+        self.deconv2_weight, self.deconv2_bias = layer_parameters((m, 1, ks, ks), 1, m * taps, generator)
 
     def forward(self, f: Tensor) -> Tensor:
         """g(f): (B, K) -> (B, D)."""
@@ -288,7 +290,7 @@ def make_decoder(name: str, n_inputs: int, n_latents: int, *, generator: torch.G
     """
     if name not in DECODERS:
         raise ConfigError(f"unknown decoder {name!r}; expected one of {DECODERS}")
-    _require_positive("decoder hidden", hidden)
+    require_positive("decoder hidden", hidden)
     if name == "linear":
         return LinearDecoder(n_inputs, n_latents, generator=generator, init_scale=init_scale)
     if name == "mlp":
@@ -296,12 +298,41 @@ def make_decoder(name: str, n_inputs: int, n_latents: int, *, generator: torch.G
     return ConvDecoder(n_inputs, n_latents, generator=generator, channels=hidden)
 
 
-def _require_positive(what: str, value) -> None:
+def require_positive(what: str, value) -> int:
+    """``value`` as an int, or ``ConfigError`` "<what> must be an integer ≥ 1" unless it is one (bools are not)."""
     if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
         raise ConfigError(f"{what} must be an integer ≥ 1, got {value!r}")
+    return int(value)
 
 
-def _uniform_parameter(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> nn.Parameter:
-    """U(−1/√fan_in, 1/√fan_in) of ``shape``, drawn from ``generator`` (never the global RNG)."""
-    bound = 1.0 / math.sqrt(fan_in)
+def square_image_side(n_inputs: int, what: str) -> int:
+    """The side s of the square images a conv layer stack reads (D = s²), s divisible by 4 (two stride-2
+    layers), else ``ConfigError`` naming ``what`` (e.g. "conv encoder")."""
+    side = math.isqrt(n_inputs)
+    if side * side != n_inputs:
+        raise ConfigError(f"{what} needs square images: n_inputs = {n_inputs} is not a square")
+    if side % 4 != 0:
+        raise ConfigError(f"{what} needs an image side divisible by 4, got side {side} (n_inputs = {n_inputs})")
+    return side
+
+
+def uniform_parameter(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, *,
+                      scale: float = 1.0) -> nn.Parameter:
+    """scale · U(−1/√fan_in, 1/√fan_in) of ``shape`` (PyTorch's default layer scale when ``scale`` = 1), drawn
+    from ``generator`` (never the global RNG); shared by the decoders, encoders and update networks."""
+    bound = scale / math.sqrt(fan_in)
     return nn.Parameter((torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound)
+
+
+def layer_parameters(weight_shape: tuple[int, ...], n_bias: int, fan_in: int, generator: torch.Generator, *,
+                     weight_scale: float = 1.0, bias_scale: float = 1.0) -> tuple[nn.Parameter, nn.Parameter]:
+    """A layer's weight (``weight_shape``) then bias (n_bias,), each ``uniform_parameter`` with ``fan_in`` (times
+    ``weight_scale`` / ``bias_scale``), drawn in that order from ``generator``."""
+    return (uniform_parameter(weight_shape, fan_in, generator, scale=weight_scale),
+            uniform_parameter((n_bias,), fan_in, generator, scale=bias_scale))
+
+
+def linear_parameters(n_out: int, n_in: int, generator: torch.Generator, *, weight_scale: float = 1.0,
+                      bias_scale: float = 1.0) -> tuple[nn.Parameter, nn.Parameter]:
+    """An affine layer's weight (n_out, n_in) then bias (n_out,), fan-in n_in (``layer_parameters``)."""
+    return layer_parameters((n_out, n_in), n_out, n_in, generator, weight_scale=weight_scale, bias_scale=bias_scale)

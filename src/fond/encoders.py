@@ -20,13 +20,11 @@ initial posterior sits near the family's prior scale rather than at saturated ra
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fond.decoders import SquareImageConv, layer_parameters, linear_parameters, require_positive
 from fond.errors import ConfigError
 
 __all__ = ["ENCODERS", "FINAL_WEIGHT_SCALE", "Encoder", "LinearEncoder", "MLPEncoder", "ConvEncoder", "make_encoder"]
@@ -42,10 +40,8 @@ class Encoder(nn.Module):
 
     def __init__(self, n_inputs: int, n_outputs: int) -> None:
         super().__init__()
-        _require_positive("encoder n_inputs", n_inputs)
-        _require_positive("encoder n_outputs", n_outputs)
-        self.n_inputs = int(n_inputs)
-        self.n_outputs = int(n_outputs)
+        self.n_inputs = require_positive("encoder n_inputs", n_inputs)
+        self.n_outputs = require_positive("encoder n_outputs", n_outputs)
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """x (B, D) -> (B, n_outputs)."""
@@ -61,8 +57,7 @@ class LinearEncoder(Encoder):
     def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator) -> None:
         super().__init__(n_inputs, n_outputs)
         d, n = self.n_inputs, self.n_outputs
-        self.weight = _uniform_parameter((n, d), d, generator, scale=FINAL_WEIGHT_SCALE)
-        self.bias = _uniform_parameter((n,), d, generator)
+        self.weight, self.bias = linear_parameters(n, d, generator, weight_scale=FINAL_WEIGHT_SCALE)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -74,15 +69,10 @@ class MLPEncoder(Encoder):
 
     def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator, hidden: int = 512) -> None:
         super().__init__(n_inputs, n_outputs)
-        _require_positive("encoder hidden", hidden)
-        self.hidden = int(hidden)
-        d, h, n = self.n_inputs, self.hidden, self.n_outputs
-        self.weight1 = _uniform_parameter((h, d), d, generator)
-        self.bias1 = _uniform_parameter((h,), d, generator)
-        self.weight2 = _uniform_parameter((h, h), h, generator)
-        self.bias2 = _uniform_parameter((h,), h, generator)
-        self.weight3 = _uniform_parameter((n, h), h, generator, scale=FINAL_WEIGHT_SCALE)
-        self.bias3 = _uniform_parameter((n,), h, generator)
+        h = self.hidden = require_positive("encoder hidden", hidden)
+        self.weight1, self.bias1 = linear_parameters(h, self.n_inputs, generator)
+        self.weight2, self.bias2 = linear_parameters(h, h, generator)
+        self.weight3, self.bias3 = linear_parameters(self.n_outputs, h, generator, weight_scale=FINAL_WEIGHT_SCALE)
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.silu(F.linear(x, self.weight1, self.bias1))
@@ -93,7 +83,7 @@ class MLPEncoder(Encoder):
         return f"{super().extra_repr()}, hidden={self.hidden}"
 
 
-class ConvEncoder(Encoder):
+class ConvEncoder(SquareImageConv, Encoder):
     """Two stride-2 convs and a linear read-out, for square images of side s (D = s², s divisible by 4).
 
     Parameters (in the order drawn): ``conv1_weight`` (C, 1, 4, 4), ``conv1_bias`` (C,), ``conv2_weight``
@@ -101,29 +91,14 @@ class ConvEncoder(Encoder):
     ``channels``. Inputs are read as row-major s × s images (like the patches).
     """
 
-    kernel_size = 4
-    stride = 2
-    padding = 1
-
     def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator, channels: int = 64) -> None:
         super().__init__(n_inputs, n_outputs)
-        _require_positive("encoder hidden (conv channels)", channels)
-        side = math.isqrt(self.n_inputs)
-        if side * side != self.n_inputs:
-            raise ConfigError(f"conv encoder needs square images: n_inputs = {self.n_inputs} is not a square")
-        if side % 4 != 0:
-            raise ConfigError(f"conv encoder needs an image side divisible by 4, got side {side} "
-                              f"(n_inputs = {self.n_inputs})")
-        self.side = side
-        self.channels = int(channels)
+        side = self.set_geometry(channels, "encoder")
         c, ks, n = self.channels, self.kernel_size, self.n_outputs
         flat = 2 * c * (side // 4) ** 2
-        self.conv1_weight = _uniform_parameter((c, 1, ks, ks), ks * ks, generator)
-        self.conv1_bias = _uniform_parameter((c,), ks * ks, generator)
-        self.conv2_weight = _uniform_parameter((2 * c, c, ks, ks), c * ks * ks, generator)
-        self.conv2_bias = _uniform_parameter((2 * c,), c * ks * ks, generator)
-        self.linear_weight = _uniform_parameter((n, flat), flat, generator, scale=FINAL_WEIGHT_SCALE)
-        self.linear_bias = _uniform_parameter((n,), flat, generator)
+        self.conv1_weight, self.conv1_bias = layer_parameters((c, 1, ks, ks), c, ks * ks, generator)
+        self.conv2_weight, self.conv2_bias = layer_parameters((2 * c, c, ks, ks), 2 * c, c * ks * ks, generator)
+        self.linear_weight, self.linear_bias = linear_parameters(n, flat, generator, weight_scale=FINAL_WEIGHT_SCALE)
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
@@ -148,21 +123,9 @@ def make_encoder(name: str, n_inputs: int, n_outputs: int, *, generator: torch.G
         raise ConfigError(f"unknown encoder {name!r}; expected one of {ENCODERS}")
     if not isinstance(generator, torch.Generator):
         raise ConfigError(f"encoder generator must be a torch.Generator, got {type(generator).__name__}")
-    _require_positive("encoder hidden", hidden)
+    require_positive("encoder hidden", hidden)
     if name == "linear":
         return LinearEncoder(n_inputs, n_outputs, generator=generator)
     if name == "mlp":
         return MLPEncoder(n_inputs, n_outputs, generator=generator, hidden=hidden)
     return ConvEncoder(n_inputs, n_outputs, generator=generator, channels=hidden)
-
-
-def _require_positive(what: str, value) -> None:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
-        raise ConfigError(f"{what} must be an integer ≥ 1, got {value!r}")
-
-
-def _uniform_parameter(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, *,
-                       scale: float = 1.0) -> nn.Parameter:
-    """scale · U(−1/√fan_in, 1/√fan_in) of ``shape``, drawn from ``generator`` (never the global RNG)."""
-    bound = scale / math.sqrt(fan_in)
-    return nn.Parameter((torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound)

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fond.config import ModelConfig
-from fond.decoders import make_decoder
+from fond.decoders import linear_parameters, make_decoder
 from fond.errors import ConfigError
 from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll
@@ -122,12 +122,6 @@ class IterativeAmortizedOptions:
         _require(_is_int(self.hidden) and self.hidden >= 1, "hidden", f"must be an integer ≥ 1, got {self.hidden!r}")
 
 
-def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, scale: float = 1.0) -> nn.Parameter:
-    """scale·U(−1/√fan_in, 1/√fan_in) of ``shape`` drawn from ``generator`` (never the global RNG)."""
-    bound = scale / math.sqrt(fan_in)
-    return nn.Parameter((torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound)
-
-
 def _log_magnitude(g: Tensor) -> Tensor:
     """sign(g)·log(1 + |g|): gradients as network inputs, odd, monotone, ≈ g near 0."""
     return torch.sign(g) * torch.log1p(g.abs())
@@ -146,12 +140,9 @@ class GatedUpdateNetwork(nn.Module):
         super().__init__()
         k, h = int(n_latents), int(hidden)
         self.n_latents, self.hidden = k, h
-        self.weight1 = _uniform((h, 4 * k), 4 * k, generator)
-        self.bias1 = _uniform((h,), 4 * k, generator)
-        self.weight2 = _uniform((h, h), h, generator)
-        self.bias2 = _uniform((h,), h, generator)
-        self.weight3 = _uniform((4 * k, h), h, generator, scale=0.1)
-        self.bias3 = _uniform((4 * k,), h, generator, scale=0.1)
+        self.weight1, self.bias1 = linear_parameters(h, 4 * k, generator)
+        self.weight2, self.bias2 = linear_parameters(h, h, generator)
+        self.weight3, self.bias3 = linear_parameters(4 * k, h, generator, weight_scale=0.1, bias_scale=0.1)
 
     def forward(self, mu: Tensor, xi: Tensor, grad_mu: Tensor,
                 grad_xi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
