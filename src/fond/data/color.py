@@ -354,6 +354,33 @@ def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _first_names(names: list[str]) -> str:
+    """The first three names, comma-separated, with ", ..." when there are more."""
+    return f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+
+
+def _celeba_split(folder: Path, pool: list[Path], n: int, seed: int, size: int,
+                  split: str) -> tuple[np.ndarray, list[str]]:
+    """``min(n, len(pool))`` files of ``pool`` chosen without replacement (``seed``), read as size×size RGB
+    rows (n', size² · 3) float32 in [0, 1]; the names of the chosen files that cannot be decoded (skipped).
+    None readable: a :class:`DataError` naming the ``split`` and the first unreadable files."""
+    chosen = np.random.default_rng(seed).choice(len(pool), size=min(n, len(pool)), replace=False)
+    out = np.empty((len(chosen), size * size * 3), dtype=np.float32)
+    k, bad = 0, []
+    for i in chosen:
+        try:
+            rgb = _read_rgb(pool[int(i)])
+        except DataError:  # undecodable or empty: skipped and counted, as in an image folder
+            bad.append(pool[int(i)].name)
+            continue
+        out[k] = _square_resize(rgb, size).reshape(-1)
+        k += 1
+    if k == 0:
+        raise DataError(f"CelebA folder '{folder}': none of the {len(chosen)} {split} image(s) chosen is "
+                        f"readable ({_first_names(bad)})")
+    return np.ascontiguousarray(out[:k]), bad
+
+
 def load_celeba(
     directory: str | Path,
     *,
@@ -390,34 +417,13 @@ def load_celeba(
     if len(files) < 2:
         raise DataError(f"CelebA folder '{folder}' holds only {len(files)} image: need at least 2 (train + val)")
     n_held = max(1, math.ceil(_CELEBA_VAL_FRACTION * len(files)))
-    pools = (files[:-n_held], files[-n_held:])
-
-    unreadable: list[str] = []
-
-    def take(pool: list[Path], n: int, seed_: int, split: str) -> np.ndarray:
-        chosen = np.random.default_rng(seed_).choice(len(pool), size=min(n, len(pool)), replace=False)
-        out = np.empty((len(chosen), size * size * 3), dtype=np.float32)
-        k, bad = 0, []
-        for i in chosen:
-            try:
-                rgb = _read_rgb(pool[int(i)])
-            except DataError:  # undecodable or empty: skipped and counted, as in an image folder
-                bad.append(pool[int(i)].name)
-                continue
-            out[k] = _square_resize(rgb, size).reshape(-1)
-            k += 1
-        unreadable.extend(bad)
-        if k == 0:
-            raise DataError(f"CelebA folder '{folder}': none of the {len(chosen)} {split} image(s) chosen is "
-                            f"readable ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
-        return np.ascontiguousarray(out[:k])
-
-    train = take(pools[0], n_train, seed_train, "training")
-    val = take(pools[1], n_val, seed_val, "validation")
+    train, bad_train = _celeba_split(folder, files[:-n_held], n_train, seed_train, size, "training")
+    val, bad_val = _celeba_split(folder, files[-n_held:], n_val, seed_val, size, "validation")
+    unreadable = [*bad_train, *bad_val]
     skipped = ""
     if unreadable:
-        listed = f"{', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''}"
-        warnings.warn(f"CelebA folder '{folder}': skipped {len(unreadable)} unreadable ({listed})", stacklevel=2)
+        warnings.warn(f"CelebA folder '{folder}': skipped {len(unreadable)} unreadable ({_first_names(unreadable)})",
+                      stacklevel=2)
         skipped = f", skipped {len(unreadable)} unreadable"
     return PatchData(
         train=train,
