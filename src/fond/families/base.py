@@ -20,7 +20,10 @@ A family is a frozen dataclass of its own options (validated on construction, JS
 - ``saturated(state, params)``: (B,) bool, inputs whose state sits at the clamp bound (a blow-up sign).
 
 ``fond.dynamics.fond_step`` composes these into one step; a new family is one new file that subclasses
-``Family`` and registers itself with ``@register_family("name")``.
+``Family`` and registers itself with ``@register_family("name")``. ``PotentialFamily`` is the base of the
+families whose state is one potential per latent (Poisson, Bernoulli): learned uniform initial potentials,
+one step size, a ramped clamp, natural gradient ∂F/∂(mean code). A family with a fused evaluation engine
+registers it for its decoder operators with ``fond.engine.register_engine``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from torch import Tensor
 
 from fond.errors import ConfigError
 
-__all__ = ["Family", "Sample", "State", "register_family", "family_class", "family_names", "make_family"]
+__all__ = ["Family", "PotentialFamily", "Sample", "State", "ramp", "register_family", "family_class", "family_names",
+           "make_family"]
 
 State = tuple[Tensor, ...]
 Params = Mapping[str, Tensor]
@@ -100,6 +104,51 @@ class Family(ABC):
 
     def saturated(self, state: State, params: Params) -> Tensor:
         return torch.zeros(state[0].shape[0], dtype=torch.bool, device=state[0].device)
+
+
+def ramp(initial: float, final: float, clamp_fraction: float) -> float:
+    """A clamp bound after ``clamp_fraction`` ∈ [0, 1] of its ramp from ``initial`` to ``final`` (``final``
+    from 1 on)."""
+    if clamp_fraction >= 1.0:
+        return final
+    return initial + clamp_fraction * (final - initial)
+
+
+class PotentialFamily(Family):
+    """A family whose state is one potential per latent, ``(v,)`` (Poisson's u, Bernoulli's logit), whose
+    natural gradient is ∂F/∂(mean code) with the spikes in place of the code (plus the bias b), and whose
+    learned tensors are ``log_step_size`` (1,) and the initial potentials ``<state name>_init`` (K,), drawn
+    uniformly from ``initial_range()``. Subclasses have the options ``clamp_init`` and ``clamp_final``: the
+    clamp bound ``clamp(clamp_fraction)`` ramps between them."""
+
+    clamp_init: float
+    clamp_final: float
+
+    @abstractmethod
+    def initial_range(self) -> tuple[float, float]:
+        """(low, high) of the uniform initial potentials."""
+
+    def clamp(self, clamp_fraction: float) -> float:
+        """The clamp bound c after ``clamp_fraction`` of its ramp from ``clamp_init`` to ``clamp_final``."""
+        return ramp(self.clamp_init, self.clamp_final, clamp_fraction)
+
+    @property
+    def initial_key(self) -> str:
+        """The name of the learned initial potentials: ``u_init``, ``logit_init``."""
+        return f"{self.state_names[0]}_init"
+
+    def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]:
+        low, high = self.initial_range()
+        return {"log_step_size": torch.zeros(1),
+                self.initial_key: low + (high - low) * torch.rand(n_latents, generator=generator)}
+
+    def initial_state(self, params: Params, batch_size: int) -> State:
+        return (params[self.initial_key].expand(batch_size, -1),)
+
+    def natural_gradient(self, state: State, sample: Sample, grad_z: Tensor, bias: Tensor, params: Params) -> State:
+        # G(v)⁻¹∂F/∂v = ∂F/∂(mean code) (the Fisher metric is the code's derivative), with the spikes z in place
+        # of the code in the reconstruction gradient
+        return (grad_z + bias,)
 
 
 _REGISTRY: dict[str, type[Family]] = {}

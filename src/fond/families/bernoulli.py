@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fond.families.base import Family, Params, Sample, State, register_family
+from fond.families.base import Params, PotentialFamily, Sample, State, register_family
 
 __all__ = ["BernoulliFamily", "INDICATORS", "bernoulli_kl", "relaxed_bernoulli", "sample_bernoulli"]
 
@@ -110,7 +110,7 @@ def _soft_clamp(x: Tensor, c: float) -> Tensor:
 
 @register_family("bernoulli")
 @dataclass(frozen=True)
-class BernoulliFamily(Family):
+class BernoulliFamily(PotentialFamily):
     """Bernoulli latents in logit coordinates: a binary spiking network (see the module docstring).
 
     State ``(θ,)``, firing probabilities p = sigmoid(θ). Fisher metric diag(p(1 − p)), so the natural
@@ -144,18 +144,11 @@ class BernoulliFamily(Family):
                       f"expected one of {INDICATORS}, got {self.indicator!r}")
 
     def bound(self, clamp_fraction: float) -> float:
-        """The clamp bound c after ``clamp_fraction`` of its ramp (logit units)."""
-        if clamp_fraction >= 1.0:
-            return self.clamp_final
-        return self.clamp_init + clamp_fraction * (self.clamp_final - self.clamp_init)
+        """The clamp bound c after ``clamp_fraction`` of its ramp (logit units): ``clamp(clamp_fraction)``."""
+        return self.clamp(clamp_fraction)
 
-    def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]:
-        span = self.logit_init_high - self.logit_init_low
-        return {"log_step_size": torch.zeros(1),
-                "logit_init": self.logit_init_low + span * torch.rand(n_latents, generator=generator)}
-
-    def initial_state(self, params: Params, batch_size: int) -> State:
-        return (params["logit_init"].expand(batch_size, -1),)
+    def initial_range(self) -> tuple[float, float]:
+        return self.logit_init_low, self.logit_init_high
 
     def sample(self, state: State, params: Params, generator: torch.Generator | None,
                temperature: float | None) -> Sample:
@@ -163,10 +156,6 @@ class BernoulliFamily(Family):
             return Sample(sample_bernoulli(state[0], generator))
         return Sample(relaxed_bernoulli(state[0], temperature, generator,
                                         straight_through=self.indicator == "straight_through"))
-
-    def natural_gradient(self, state: State, sample: Sample, grad_z: Tensor, bias: Tensor, params: Params) -> State:
-        # G(θ)⁻¹∂F/∂θ = ∂F/∂p, with the spikes z in place of p in the reconstruction gradient
-        return (grad_z + bias,)
 
     def descend(self, state: State, direction: State, params: Params, clamp_fraction: float) -> State:
         # The increment is soft-clamped with the ramped bound; the logit itself is held in ±clamp_final by a

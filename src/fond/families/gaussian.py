@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from fond.families.base import Family, Params, Sample, State, register_family
+from fond.families.base import Family, Params, Sample, State, ramp, register_family
 
 ACTIVATIONS: tuple[str, ...] = ("identity", "relu")
 
@@ -115,9 +115,8 @@ class GaussianFamily(Family):
             self._require(self.clamp_init <= getattr(self, key), "clamp_init", f"must be ≤ {key}")
 
     def bound(self, final: float, clamp_fraction: float) -> float:
-        if clamp_fraction >= 1.0:
-            return final
-        return self.clamp_init + clamp_fraction * (final - self.clamp_init)
+        """A clamp bound ramped from ``clamp_init`` to ``final`` after ``clamp_fraction`` of the ramp."""
+        return ramp(self.clamp_init, final, clamp_fraction)
 
     def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]:
         params = {"log_step_size": torch.zeros(2), "mu_init": torch.zeros(n_latents),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fond.errors import DataError
-from fond.families.base import Family, Params, Sample, State, register_family
+from fond.families.base import Params, PotentialFamily, Sample, State, register_family
 from fond.families.sampling import poisson_tail_cutoff, sample_poisson
 
 __all__ = [
@@ -225,7 +225,7 @@ def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
 
 @register_family("poisson")
 @dataclass(frozen=True)
-class PoissonFamily(Family):
+class PoissonFamily(PotentialFamily):
     """Poisson latents in membrane-potential coordinates: the iterative Poisson VAE (DESIGN.md §2.1).
 
     State ``(u,)``, rates e^u. Fisher metric diag(e^u), so the natural gradient of the free energy is
@@ -267,19 +267,8 @@ class PoissonFamily(Family):
                       f"expected sigmoid, cubic or straight_through, got {self.indicator!r}")
         self._require(0 < self.n_exp_tail < 1, "n_exp_tail", "must lie in (0, 1)")
 
-    def clamp(self, clamp_fraction: float) -> float:
-        """The clamp bound c after ``clamp_fraction`` of its ramp (nats)."""
-        if clamp_fraction >= 1.0:
-            return self.clamp_final
-        return self.clamp_init + clamp_fraction * (self.clamp_final - self.clamp_init)
-
-    def init_parameters(self, n_latents: int, generator: torch.Generator) -> dict[str, Tensor]:
-        span = self.u_init_high - self.u_init_low
-        return {"log_step_size": torch.zeros(1),
-                "u_init": self.u_init_low + span * torch.rand(n_latents, generator=generator)}
-
-    def initial_state(self, params: Params, batch_size: int) -> State:
-        return (params["u_init"].expand(batch_size, -1),)
+    def initial_range(self) -> tuple[float, float]:
+        return self.u_init_low, self.u_init_high
 
     def sample(self, state: State, params: Params, generator: torch.Generator | None,
                temperature: float | None) -> Sample:
@@ -288,10 +277,6 @@ class PoissonFamily(Family):
             return Sample(sample_poisson(rates, generator))
         return Sample(relaxed_poisson(rates, temperature, generator, indicator=self.indicator,  # type: ignore[arg-type]
                                       tail=self.n_exp_tail, max_terms=self.max_terms))
-
-    def natural_gradient(self, state: State, sample: Sample, grad_z: Tensor, bias: Tensor, params: Params) -> State:
-        # G(u)⁻¹∂F/∂u = ∂F/∂r, with the spikes z in place of r in the reconstruction gradient
-        return (grad_z + bias,)
 
     def descend(self, state: State, direction: State, params: Params, clamp_fraction: float) -> State:
         c = self.clamp(clamp_fraction)
