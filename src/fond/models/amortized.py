@@ -153,7 +153,7 @@ class AmortizedVAE(ModelBase):
         the sample. All ``steps`` samples are drawn whether or not ``trace`` is set, so the returned spikes do
         not depend on it. record: 1-based steps whose mean code and sample to keep in ``result.history``.
         """
-        x, gen = self.inference_input(x, steps, seed, generator, online=True)
+        x, gen = self.inference_input(x, steps, seed, generator)
         return run_inference(AmortizedSteps(self), x, steps, generator=gen, trace=trace, record=record)
 
 

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from fond.errors import DataError
 from fond.registry import model_spec
+from fond.validate import require
 
-__all__ = ["check_input", "check_input_sequence", "check_loss_args", "check_steps", "input_bound",
+__all__ = ["check_input", "check_input_sequence", "check_loss_args", "check_option", "check_steps", "input_bound",
            "make_generator", "numeric_tensor", "reject_sequence", "ModelBase"]
 
 
@@ -72,6 +73,12 @@ def check_input(x, n_inputs: int, *, like: Tensor | None = None) -> Tensor:
         raise DataError(f"input values too large: max |x| = {largest:.3g} exceeds {bound:.3g} for a {kind} model; "
                         "rescale the data (e.g. to unit variance)")
     return x.to(dtype)
+
+
+def check_option(condition: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError("config key 'method_options.<key>': <message>")`` unless ``condition`` (the check of
+    every method's options dataclass)."""
+    require(condition, f"method_options.{key}", message)
 
 
 def check_steps(steps) -> int:
@@ -171,15 +178,15 @@ class ModelBase(torch.nn.Module):
         """The decoder's mean g(code) for a decoder input (B, K) → (B, D)."""
         return self.decoder(code)
 
-    def inference_input(self, x, steps, seed, generator, *, online: bool) -> tuple[Tensor, torch.Generator]:
+    def inference_input(self, x, steps, seed, generator) -> tuple[Tensor, torch.Generator]:
         """``infer``'s arguments checked (one-line ``DataError`` naming the bad one): (x, the generator).
 
-        steps: an integer ≥ 1. x: (B, D), or with ``online`` also (steps, B, D) (a model without online input
-        refuses a sequence), on the model's device, in its dtype (``check_input``). The generator: ``generator``
-        if given, else one seeded by ``seed`` (``make_generator``).
+        steps: an integer ≥ 1. x: (B, D), or (steps, B, D) where the model's registry entry accepts online
+        input (``ModelSpec.accepts_online_input``; the others refuse a sequence), on the model's device, in its
+        dtype (``check_input``). The generator: ``generator`` if given, else one seeded by ``seed``.
         """
         check_steps(steps)
-        if online:
+        if self.config.spec.accepts_online_input:
             x = check_input_sequence(x, self.n_inputs, steps, like=self.input_like)
         else:
             reject_sequence(x, self.config.model)

@@ -64,20 +64,14 @@ from fond.decoders import linear_parameters, make_decoder
 from fond.errors import ConfigError
 from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll
-from fond.models.common import ModelBase, check_input, check_loss_args
+from fond.models.common import ModelBase, check_input, check_loss_args, check_option
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import InferenceSteps, Step, run_inference
-from fond.validate import require
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
            "GatedUpdateNetwork", "RefinementSteps"]
 
 State = tuple[Tensor, Tensor]
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    """``fond.validate.require`` for a key of ``method_options``."""
-    require(condition, f"method_options.{key}", message)
 
 
 def _is_int(value) -> bool:
@@ -103,11 +97,11 @@ class SemiAmortizedOptions:
     max_grad_norm: float | None = 10.0
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.refine_steps) and self.refine_steps >= 0, "refine_steps",
+        check_option(_is_int(self.refine_steps) and self.refine_steps >= 0, "refine_steps",
                  f"must be an integer ≥ 0, got {self.refine_steps!r}")
-        _require(_is_finite(self.refine_lr) and self.refine_lr >= 0, "refine_lr",
+        check_option(_is_finite(self.refine_lr) and self.refine_lr >= 0, "refine_lr",
                  f"must be a finite number ≥ 0, got {self.refine_lr!r}")
-        _require(self.max_grad_norm is None or (_is_finite(self.max_grad_norm) and self.max_grad_norm > 0),
+        check_option(self.max_grad_norm is None or (_is_finite(self.max_grad_norm) and self.max_grad_norm > 0),
                  "max_grad_norm", f"must be a finite number > 0 or null, got {self.max_grad_norm!r}")
 
 
@@ -119,7 +113,8 @@ class IterativeAmortizedOptions:
     hidden: int = 256
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.hidden) and self.hidden >= 1, "hidden", f"must be an integer ≥ 1, got {self.hidden!r}")
+        check_option(_is_int(self.hidden) and self.hidden >= 1, "hidden",
+                     f"must be an integer ≥ 1, got {self.hidden!r}")
 
 
 def _log_magnitude(g: Tensor) -> Tensor:
@@ -278,7 +273,7 @@ class _HybridVAE(ModelBase):
         = nll + kl, du_norm = ‖(μ, ξ)_t − (μ, ξ)_{t−1}‖₂ and saturated the fraction of inputs with over half
         the means pinned near the clamp. seed: of a private generator (ignored if ``generator`` is given).
         """
-        x, gen = self.inference_input(x, steps, seed, generator, online=False)
+        x, gen = self.inference_input(x, steps, seed, generator)
         return run_inference(RefinementSteps(self), x, steps, generator=gen, trace=trace, record=record)
 
 

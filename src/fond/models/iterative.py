@@ -79,7 +79,7 @@ class IterativeVAE(ModelBase):
         passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
         temperature-1 draws (Gaussian).
         """
-        x, gen = self.inference_input(x, steps, seed, generator, online=True)
+        x, gen = self.inference_input(x, steps, seed, generator)
         return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record)
 
 

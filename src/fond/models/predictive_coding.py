@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fond.models.sparse_coding import MAPCoding, Solution, check_option, check_positive_number, largest_eigenvalue
+from fond.models.common import check_option
+from fond.models.sparse_coding import MAPCoding, Solution, check_positive_number, largest_eigenvalue
 
 __all__ = ["PredictiveCodingOptions", "PredictiveCoding"]
 

@@ -39,20 +39,14 @@ from torch import Tensor
 from fond.config import ModelConfig
 from fond.decoders import LinearDecoder
 from fond.errors import ConfigError
-from fond.models.common import ModelBase, check_input, check_loss_args
+from fond.models.common import ModelBase, check_input, check_loss_args, check_option
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import InferenceSteps, Step, run_inference
-from fond.validate import require
 
 __all__ = ["SparseCodingOptions", "MAPCoding", "MAPSteps", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
 
 #: what a dynamics generator yields after each step: (the state reported in ``InferenceResult.state``, code a)
 Solution = tuple[dict[str, Tensor], Tensor]
-
-
-def check_option(condition: bool, key: str, message: str) -> None:
-    """Raise ``ConfigError("config key 'method_options.<key>': <message>")`` unless ``condition``."""
-    require(condition, f"method_options.{key}", message)
 
 
 def check_positive_number(value, key: str) -> None:
@@ -163,7 +157,7 @@ class MAPCoding(ModelBase):
         energy being minimised plus D/2·log 2π), rate_max = max a (the largest entry of the code, as for every
         method; it was max |a| before issue 15), saturated = 0. The loop is ``fond.rollout.run_inference``.
         """
-        x, _ = self.inference_input(x, steps, seed, generator, online=False)  # the generator is unused
+        x, _ = self.inference_input(x, steps, seed, generator)  # the generator is unused
         return run_inference(MAPSteps(self), x, steps, trace=trace, record=record)
 
     # -- learning ----------------------------------------------------------------------------------
