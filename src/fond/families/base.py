@@ -170,8 +170,8 @@ def register_family(name: str):
 
 
 def family_names() -> tuple[str, ...]:
-    import fond.families  # noqa: F401  (registers the built-in families)
-
+    """The registered family names, sorted. The built-in families are registered by the ``fond.families``
+    package, which Python imports before this module, so they are always among them."""
     return tuple(sorted(_REGISTRY))
 
 
