@@ -25,6 +25,7 @@ __all__ = [
     "soft_clamp_upper",
     "INDICATORS",
     "KL_FORMS",
+    "N_EXP_RULES",
     "poisson_kl",
     "relaxed_poisson",
     "sample_poisson",
@@ -36,6 +37,9 @@ KLForm = Literal["exact", "reference"]
 Indicator = Literal["sigmoid", "cubic", "straight_through"]
 KL_FORMS: tuple[str, ...] = ("exact", "reference")
 INDICATORS: tuple[str, ...] = ("sigmoid", "cubic", "straight_through")
+#: how many arrival times the relaxed sampler gives each element: "element" (each its own, from its rate) or
+#: "batch" (all the same, from the batch's largest rate: the authors' code)
+N_EXP_RULES: tuple[str, ...] = ("element", "batch")
 
 
 def poisson_kl(u: Tensor, u_prior: Tensor, form: KLForm = "exact") -> Tensor:
@@ -236,7 +240,11 @@ class PoissonFamily(PotentialFamily):
     clamp_init/clamp_final: the upper clamp bound c on u and Δu, ramped during training, final in
     evaluation. floor: hard lower bound. kl_form: "exact" or "reference" (the paper code's e^Δ-weighted form).
     indicator: relaxed-sampler indicator ("sigmoid", "cubic", "straight_through"). n_exp_tail: tail mass
-    that sets the relaxed sampler's number of arrival times; max_terms caps it.
+    that sets the relaxed sampler's number of arrival times; max_terms caps it. n_exp_rule: "element" (each
+    element gets the fewest terms that cover its own rate up to n_exp_tail) or "batch" (every element gets the
+    terms that cover the batch's largest rate, ``n_terms_for``, as the authors' code does; at high τ the extra
+    terms of the smaller rates add sigmoid tail mass: a rate of 7 at τ = 1 relaxes to a mean count of 9.0 with
+    the batch's 36 terms against 7.3 with its own 16, and its pathwise gradient is 1.2 against 0.57).
     """
 
     u_init_low: float = -6.0
@@ -248,6 +256,7 @@ class PoissonFamily(PotentialFamily):
     indicator: str = "sigmoid"
     n_exp_tail: float = 1e-3
     max_terms: int = 1024
+    n_exp_rule: str = "element"
 
     state_names: ClassVar[tuple[str, ...]] = ("u",)
     integer_samples: ClassVar[bool] = True
@@ -266,6 +275,8 @@ class PoissonFamily(PotentialFamily):
         self._require(self.indicator in INDICATORS, "indicator",
                       f"expected sigmoid, cubic or straight_through, got {self.indicator!r}")
         self._require(0 < self.n_exp_tail < 1, "n_exp_tail", "must lie in (0, 1)")
+        self._require(self.n_exp_rule in N_EXP_RULES, "n_exp_rule",
+                      f"expected 'element' or 'batch', got {self.n_exp_rule!r}")
 
     def initial_range(self) -> tuple[float, float]:
         return self.u_init_low, self.u_init_high
@@ -275,8 +286,9 @@ class PoissonFamily(PotentialFamily):
         rates = torch.exp(state[0])
         if temperature is None:
             return Sample(sample_poisson(rates, generator))
+        n_terms = n_terms_for(rates, self.n_exp_tail, self.max_terms) if self.n_exp_rule == "batch" else None
         return Sample(relaxed_poisson(rates, temperature, generator, indicator=self.indicator,  # type: ignore[arg-type]
-                                      tail=self.n_exp_tail, max_terms=self.max_terms))
+                                      n_terms=n_terms, tail=self.n_exp_tail, max_terms=self.max_terms))
 
     def descend(self, state: State, direction: State, params: Params, clamp_fraction: float) -> State:
         c = self.clamp(clamp_fraction)
