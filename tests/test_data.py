@@ -306,6 +306,80 @@ def test_natural_patches_real_photos():
     assert not np.array_equal(data.train, other.train)
 
 
+def _contrast_normalised_by_loops(image: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
+    """Local contrast normalisation written out pixel by pixel from the authors' definition (DESIGN.md §7):
+    Gaussian weights exp(−r²/σ) on a [−1, 1]² grid summing to 1, zero padding, subtract the local mean, divide
+    by the local std floored at its image mean."""
+    r = kernel_size // 2
+    grid = np.linspace(-1, 1, kernel_size)
+    weights = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / sigma)
+    weights /= weights.sum()
+
+    def local_sum(values):
+        padded = np.pad(values, r)
+        return np.array([[(padded[i:i + kernel_size, j:j + kernel_size] * weights).sum()
+                          for j in range(values.shape[1])] for i in range(values.shape[0])])
+
+    centred = image - local_sum(image)
+    local_std = np.sqrt(local_sum(centred**2))
+    return centred / np.maximum(local_std, local_std.mean())
+
+
+@pytest.mark.parametrize("kernel_size", [5, 13])
+def test_local_contrast_normalisation_matches_its_definition(kernel_size):
+    """natural.local_contrast_normalise equals the pixel-by-pixel oracle; an even kernel is refused."""
+    image = np.random.default_rng(1).standard_normal((20, 24)) * np.linspace(0.2, 3.0, 24)
+    np.testing.assert_allclose(natural_mod.local_contrast_normalise(image, kernel_size),
+                               _contrast_normalised_by_loops(image, kernel_size, 0.5), atol=1e-10)
+    with pytest.raises(DataError, match="odd"):
+        natural_mod.local_contrast_normalise(image, 4)
+
+
+def test_contrast_normalisation_equalises_local_contrast():
+    """Noise of std 1 over most of the image, 10 and 30 on two stripes: the two strong stripes (above the image's
+    mean local contrast) end with about the same std, where they differed 3×; the weak part is only scaled
+    down by that mean (the floor that keeps flat regions from being amplified)."""
+    rng = np.random.default_rng(2)
+    column_std = np.ones(256)
+    column_std[160:208], column_std[208:] = 10.0, 30.0
+    image = rng.standard_normal((64, 256)) * column_std
+    out = natural_mod.local_contrast_normalise(image)
+    weak, strong, strongest = out[8:-8, 8:150].std(), out[8:-8, 168:200].std(), out[8:-8, 216:-8].std()
+    assert 0.8 < strongest / strong < 1.25 and weak < 0.5 * strong
+
+
+def test_contrast_normalised_photo_is_cropped_and_z_scored():
+    """contrast_normalised: whitening (roll-off 0.5), LCN, z-score, 4 px cropped from every side."""
+    photo = load_photo("camera")
+    out = natural_mod.contrast_normalised(photo)
+    assert out.dtype == np.float32 and out.shape == (photo.shape[0] - 8, photo.shape[1] - 8)
+    assert abs(float(out.mean())) < 0.05 and 0.9 < float(out.std()) < 1.1
+    full = natural_mod.local_contrast_normalise(whiten(photo, f0=0.5))
+    full = (full - full.mean()) / full.std()
+    np.testing.assert_allclose(out, full[4:-4, 4:-4], atol=1e-5)
+
+
+def test_natural_lcn_spec_draws_contrast_normalised_patches_from_the_held_out_split(monkeypatch):
+    """--data natural16-lcn: patches of the contrast-normalised photos, the same held-out photos for
+    validation, unit std, and not the plain natural16 patches."""
+    seen = {}
+
+    def spy(train_images, val_images, **kwargs):
+        seen["train"], seen["val"], seen["name"] = train_images, val_images, kwargs["name"]
+        return natural_mod.PatchData(np.ones((1, 4), np.float32), np.ones((1, 4), np.float32), (2, 2), "x")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(natural_mod, "patch_data_from_images", spy)
+        load_data("natural4-lcn", n_train=1, n_val=1)
+    cached = natural_mod._contrast_normalised_photo
+    assert [id(v) for v in seen["val"]] == [id(cached(p, 0.5)) for p in VALIDATION_PHOTOS]
+    assert len(seen["train"]) == len(BUNDLED_PHOTOS) - len(VALIDATION_PHOTOS) and seen["name"] == "natural4-lcn"
+    data = load_data("natural16-lcn", n_train=2000, n_val=200)
+    assert data.name == "natural16-lcn" and data.train.shape == (2000, 256) and data.patch_shape == (16, 16)
+    assert abs(float(data.train.std()) - 1) < 1e-4
+    assert not np.allclose(data.train, load_data("natural16", n_train=2000, n_val=200).train)
+
+
 def test_bundled_photos_load_as_gray_unit_range():
     """Every bundled photo must load offline as a 2-D float image in [0, 1]."""
     assert len(BUNDLED_PHOTOS) == 13

@@ -105,3 +105,23 @@ def test_raw_spec_keeps_pixels_in_unit_range(monkeypatch, cache):
     assert raw.train.min() >= 0 and raw.train.max() < 1
     test = load_data("mnist-raw-test", n_train=5, n_val=5)
     np.testing.assert_array_equal(test.val, load_mnist(cache)["test"][0][:5])
+
+
+def test_the_authors_60k_spec_trains_on_training_and_validation_digits(monkeypatch, cache):
+    """--data mnist-raw-60k (the paper preset's MNIST): raw pixels in [0, 1), all 60k training + validation
+    digits for training (labels aligned), validation from the test digits; training on the validation digits
+    while validating on them is refused."""
+    monkeypatch.setenv("FOND_CACHE_DIR", str(cache))
+    data = load_data("mnist-raw-60k", n_train=60_000, n_val=7)
+    splits = load_mnist(cache)
+    assert data.train.shape == (60_000, 784) and data.train.min() >= 0 and data.train.max() < 1
+    both = np.concatenate([splits["train"][0], splits["valid"][0]])
+    np.testing.assert_array_equal(np.sort(data.train.sum(1)), np.sort(both.sum(1)))
+    assert np.bincount(data.train_labels).sum() == 60_000
+    row = int(np.flatnonzero((both == data.train[11]).all(1))[0])
+    assert np.concatenate([splits["train"][1], splits["valid"][1]])[row] == data.train_labels[11]
+    np.testing.assert_array_equal(data.val, splits["test"][0][:7])
+    with pytest.raises(DataError, match="validate on the test digits"):
+        mnist_data(n_train=5, n_val=5, train_split="train+valid", cache_dir=cache)
+    with pytest.raises(DataError, match="train_split"):
+        mnist_data(n_train=5, n_val=5, train_split="all", cache_dir=cache)

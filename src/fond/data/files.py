@@ -17,6 +17,7 @@ from fond.data.natural import (
     MIN_PATCH_STD,
     PatchData,
     check_counts,
+    contrast_normalised_patches,
     derived_seeds,
     natural_patches,
     patch_data_from_images,
@@ -28,8 +29,9 @@ from fond.validate import integer
 
 __all__ = ["IMAGE_SUFFIXES", "NATURAL_SIZES", "load_data", "load_image_folder", "load_npy_patches"]
 
-#: Data specs of MNIST (centred or raw; validation from the valid or the test split).
-MNIST_SPECS: tuple[str, ...] = ("mnist", "mnist-test", "mnist-raw", "mnist-raw-test")
+#: Data specs of MNIST (centred or raw; validation from the valid or the test split; ``-60k``: training on the
+#: 50k training and the 10k validation digits, validation from the test digits, as the authors did).
+MNIST_SPECS: tuple[str, ...] = ("mnist", "mnist-test", "mnist-raw", "mnist-raw-test", "mnist-raw-60k")
 
 #: File suffixes (compared case-insensitively) read from an image folder.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -44,12 +46,13 @@ _NPY_MAX_VAL_FRACTION = 0.10
 _FOLDER_VAL_FRACTION = 0.15
 _SINGLE_IMAGE_VAL_FRACTION = 0.20
 
-_NATURAL_RE = re.compile(r"natural(\d+)")
+_NATURAL_RE = re.compile(r"natural(\d+)(-lcn)?")
 
 
 def _unknown(spec: str) -> DataError:
     return DataError(
-        f"unknown data {spec!r}: expected natural16, color16, mnist, cifar10:DIR, celeba:DIR, a .npy file of "
+        f"unknown data {spec!r}: expected natural16, natural16-lcn, color16, mnist, cifar10:DIR, celeba:DIR, a .npy "
+        "file of "
         "patches (N×D) or a folder of images"
     )
 
@@ -68,13 +71,16 @@ def load_data(
         spec: one of
             * ``"mnist"``: MNIST digits (784 inputs, the mean training digit subtracted, labels; train from
               the 50k training digits, val from the 10k validation digits), ``"mnist-test"`` (val from the
-              10k test digits), ``"mnist-raw"`` / ``"mnist-raw-test"`` (pixels in [0, 1), not centred); see
-              :func:`fond.data.mnist.mnist_data`;
+              10k test digits), ``"mnist-raw"`` / ``"mnist-raw-test"`` (pixels in [0, 1), not centred),
+              ``"mnist-raw-60k"`` (raw, training on all 60k training + validation digits, val from the test
+              digits: the authors' MNIST); see :func:`fond.data.mnist.mnist_data`;
             * ``"color<N>"`` (4 ≤ N ≤ 64): whitened 3-channel N×N patches of the bundled colour photos;
               ``"cifar10:<dir>"`` (the binary CIFAR-10 a user has), ``"celeba[<N>]:<dir>"`` (aligned CelebA
               JPGs, N×N, default 64): rows channels last, patch_shape (h, w, 3); see :mod:`fond.data.color`;
             * ``"natural<N>"`` with 4 ≤ N ≤ 64 (e.g. ``"natural16"``): whitened N×N patches of the bundled
               photos (:func:`fond.data.natural.natural_patches`); N overrides ``patch_size``;
+              ``"natural<N>-lcn"``: the same photos through the authors' vH16 pipeline (whitening, local contrast
+              normalisation, z-score, crop: :func:`fond.data.natural.contrast_normalised_patches`);
             * a path to a ``.npy`` file holding an (N, D) real array of patches (:func:`load_npy_patches`);
             * a path to a folder of images (:func:`load_image_folder`).
         patch_size: patch side in pixels for a folder of images.
@@ -97,7 +103,8 @@ def load_data(
         from fond.data.mnist import mnist_data
 
         return mnist_data(n_train=n_train, n_val=n_val, seed=seed, centre="raw" not in spec_str,
-                          val_split="test" if "test" in spec_str else "valid")
+                          val_split="test" if "test" in spec_str or "60k" in spec_str else "valid",
+                          train_split="train+valid" if "60k" in spec_str else "train")
     match = _NATURAL_RE.fullmatch(spec_str)
     if match:
         size = int(match.group(1))
@@ -106,6 +113,8 @@ def load_data(
                 f"data {spec_str!r}: natural patch size {size} is outside "
                 f"{NATURAL_SIZES[0]}..{NATURAL_SIZES[-1]}"
             )
+        if match.group(2):
+            return contrast_normalised_patches(size=size, n_train=n_train, n_val=n_val, seed=seed)
         return natural_patches(size=size, n_train=n_train, n_val=n_val, seed=seed)
 
     path = Path(spec_str).expanduser()

@@ -124,9 +124,12 @@ def mnist_mean(cache_dir: str | Path | None = None) -> np.ndarray:
 
 
 def mnist_data(*, n_train: int = 50_000, n_val: int = 10_000, seed: int = 0, val_split: str = "valid",
-               centre: bool = True, cache_dir: str | Path | None = None) -> PatchData:
-    """MNIST as ``PatchData``: the first ``n_train`` of a seeded permutation of the 50k training digits and
-    the first ``n_val`` of ``val_split`` ("valid" or "test"), with labels; patch_shape (28, 28).
+               centre: bool = True, cache_dir: str | Path | None = None, train_split: str = "train") -> PatchData:
+    """MNIST as ``PatchData``: the first ``n_train`` of a seeded permutation of the training digits and the
+    first ``n_val`` of ``val_split`` ("valid" or "test"), with labels; patch_shape (28, 28).
+
+    train_split: "train" (the 50k training digits) or "train+valid" (those and the 10k validation digits:
+    the 60k of the classic MNIST training set the authors train on; then ``val_split`` must be "test").
 
     centre: subtract the mean training digit (:func:`mnist_mean`) from every image. Raw digits share a
     large positive mean image, so every learned atom shares it too and the Gram matrix ΦᵀΦ gets one
@@ -137,8 +140,14 @@ def mnist_data(*, n_train: int = 50_000, n_val: int = 10_000, seed: int = 0, val
     check_counts(n_train, n_val)
     if val_split not in ("valid", "test"):
         raise DataError(f"val_split must be 'valid' or 'test', got {val_split!r}")
+    if train_split not in ("train", "train+valid"):
+        raise DataError(f"train_split must be 'train' or 'train+valid', got {train_split!r}")
+    if train_split == "train+valid" and val_split == "valid":
+        raise DataError("training on the validation digits: validate on the test digits (val_split='test')")
     splits = load_mnist(cache_dir)
-    images, labels = splits["train"]
+    parts = [splits[name] for name in train_split.split("+")]
+    images, labels = parts[0] if len(parts) == 1 else (np.concatenate([p[0] for p in parts]),
+                                                       np.concatenate([p[1] for p in parts]))
     order = np.random.default_rng(seed).permutation(len(images))[: min(n_train, len(images))]
     val_images, val_labels = splits[val_split]
     train, val = images[order], val_images[:n_val]
