@@ -80,6 +80,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fond.config import PAPER_DATA, PRESETS
     from fond.registry import models_by_kind
 
     parser = _Parser(prog="fond", description="Brain-like variational inference (FOND).")
@@ -103,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="an option of a baseline method (e.g. sparsity=0.3, refine_steps=16)")
     tr.add_argument("--data", default="natural16",
-                    help="natural16 (bundled photos), mnist (bundled digits), a .npy file of patches (N×D) or a "
-                         "folder of images")
-    tr.add_argument("--preset", default="quick", choices=("quick", "paper"))
+                    help="natural16 (bundled photos; natural16-lcn: contrast-normalised as the authors'), mnist "
+                         "(bundled digits; mnist-raw-60k: the authors' 60k raw digits), a .npy file of patches "
+                         "(N×D) or a folder of images")
+    tr.add_argument("--preset", default="quick", choices=PRESETS,
+                    help="quick: minutes on 2 CPU cores; paper: the authors' recipe (hours; with --data "
+                         f"{PAPER_DATA['natural']} or {PAPER_DATA['mnist']}); fond: the paper's schedule with fond's "
+                         "own choices (see README)")
     tr.add_argument("--out", type=Path,
                     help="run directory (resumed if it holds a checkpoint of the same configuration)")
     tr.add_argument("--resume", type=Path, metavar="DIR",
@@ -140,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--t-train", nargs="+", type=_positive_int, metavar="T")
     sw.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
     sw.add_argument("--data")
-    sw.add_argument("--preset", choices=("quick", "paper"))
+    sw.add_argument("--preset", choices=PRESETS)
     sw.add_argument("--iterations", type=_positive_int)
     sw.add_argument("--batch-size", type=_positive_int)
     sw.add_argument("--latents", type=_positive_int)

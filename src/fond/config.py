@@ -2,7 +2,8 @@
 
 ``ModelConfig`` fixes a model's architecture and inference options; ``TrainConfig`` fixes how it
 learns. Both reject unknown keys and out-of-range values with a ``ConfigError`` naming the key.
-Presets (``quick``, ``paper``) are functions of the model name, not hidden defaults.
+Presets (``quick``, ``paper``, ``fond``) are functions of the model name and the kind of data, not hidden
+defaults: one table of schedules (``PRESET_SCHEDULES``) and the models' registry entries.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from fond.errors import ConfigError, read_bytes
@@ -19,9 +22,12 @@ from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
 from fond.validate import require as _require
 
 __all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS", "PRESETS",
-           "preset", "preset_model_options", "load_json", "config_from_dict", "data_kind"]
+           "PRESET_SCHEDULES", "PAPER_DATA", "preset", "preset_model_options", "load_json", "config_from_dict",
+           "data_kind", "updates_for_epochs"]
 
-PRESETS: tuple[str, ...] = ("quick", "paper")
+#: quick: minutes on 2 CPU cores; paper: the authors' recipe (DESIGN.md §7); fond: the paper's schedule with
+#: fond's own choices (exact KL, weight decay on the dictionary only, centred 50k MNIST digits)
+PRESETS: tuple[str, ...] = ("quick", "paper", "fond")
 
 T = TypeVar("T")
 
@@ -146,7 +152,8 @@ class TrainConfig:
     steps: T_train, inference steps unrolled per batch. beta: KL weight β at full strength.
     iterations: parameter updates in total. batch_size: inputs per update. lr / lr_min: Adamax peak
     and final learning rate (cosine after a linear warm-up of warmup_fraction of the run).
-    weight_decay: applied to the dictionary (and to log-parameters only if decay_log_params).
+    weight_decay: Adamax's (L2, added to the gradient) on the decoder's parameters; with decay_log_params on
+    every parameter (log σ_x, log b, step sizes, initial states, gains too: the authors' scope).
     grad_clip: max global gradient norm (3× during warm-up). beta_min, beta_const_fraction,
     beta_ramp_fraction: β is beta_min for the first const fraction, then ramps linearly to beta over
     ramp fraction; the clamp bound c ramps over the same window. temp_start/stop,
@@ -212,6 +219,42 @@ class TrainConfig:
                  "time_limit_minutes", "must be a positive number or null")
 
 
+def updates_for_epochs(epochs: int, n_train: int, batch_size: int) -> int:
+    """Parameter updates of ``epochs`` passes over ``n_train`` inputs in batches of ``batch_size``."""
+    return epochs * (n_train // batch_size)
+
+
+#: what every long schedule shares (DESIGN.md §2.4, §7): Adamax lr warm-up over 0.5 % then cosine to 1e-5,
+#: β 1e-4 for 0.1 % then a linear ramp over 10 % (the clamp ramps with it), τ 1 → 0.01 over the first half
+_LONG = dict(lr_min=1e-5, weight_decay=3e-4, warmup_fraction=0.005, beta_min=1e-4, beta_const_fraction=1e-3,
+             beta_ramp_fraction=0.1, temp_start=1.0, temp_stop=0.01, temp_anneal_fraction=0.5,
+             checkpoint_every=1000, eval_every=5000, eval_samples=2000, time_limit_minutes=None)
+_QUICK = dict(iterations=1500, batch_size=200, beta_const_fraction=0.05, beta_ramp_fraction=0.5, warmup_fraction=0.02,
+              temp_anneal_fraction=0.6, lr_min=1e-4, n_train=60_000, n_val=2_000, time_limit_minutes=15.0)
+
+#: TrainConfig fields of each (preset, data kind) beside T_train and β, which come from the model's registry
+#: entry (``fond.registry.ModelSpec.presets``). ``paper`` is the authors' recipe: weight decay on every
+#: parameter, 300 epochs of batch 200 on patches; lr 2e-3, gradient clip 3000, 400 epochs of batch 100 over
+#: 60k digits on MNIST. ``fond`` is the same schedule with decay on the dictionary only, and 150,000 updates
+#: on 50k MNIST digits at the natural-patch lr and clip (fond's paper preset before issue 16, unchanged).
+PRESET_SCHEDULES: Mapping[tuple[str, str], Mapping[str, Any]] = MappingProxyType({
+    ("paper", "natural"): MappingProxyType(dict(
+        _LONG, iterations=updates_for_epochs(300, 100_000, 200), batch_size=200, lr=5e-3, grad_clip=300.0,
+        decay_log_params=True, n_train=100_000, n_val=5_000)),
+    ("paper", "mnist"): MappingProxyType(dict(
+        _LONG, iterations=updates_for_epochs(400, 60_000, 100), batch_size=100, lr=2e-3, grad_clip=3000.0,
+        decay_log_params=True, n_train=60_000, n_val=10_000)),
+    ("fond", "natural"): MappingProxyType(dict(_LONG, iterations=150_000, batch_size=200)),
+    ("fond", "mnist"): MappingProxyType(dict(_LONG, iterations=150_000, batch_size=100, n_train=50_000,
+                                             n_val=10_000)),
+    ("quick", "natural"): MappingProxyType(_QUICK),
+    ("quick", "mnist"): MappingProxyType(dict(_QUICK, batch_size=100, n_train=50_000)),
+})
+
+#: the ``--data`` of the authors' recipe per kind of data (a preset cannot choose the data: pass it)
+PAPER_DATA: Mapping[str, str] = MappingProxyType({"natural": "natural16-lcn", "mnist": "mnist-raw-60k"})
+
+
 def data_kind(spec: str | None) -> str:
     """"mnist" for the MNIST data specs (``mnist``, ``mnist-test``, ``mnist-raw``...), else "natural"."""
     return "mnist" if str(spec).startswith("mnist") else "natural"
@@ -220,31 +263,23 @@ def data_kind(spec: str | None) -> str:
 def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainConfig:
     """The named training preset for ``model`` on the data named by ``data`` (the CLI's ``--data``).
 
-    Natural patches (and user data): ``paper`` is the reference schedule (batch 200, 300 epochs of 100k
-    patches = 150,000 updates, β 24 for iP-VAE and 8 for the Gaussian models, T_train 16); ``quick`` a
-    schedule for 2 CPU cores that finishes within 15 minutes; see README for what it reaches and why its
-    schedule differs (β and clamp ramps stretched so the network does not fall silent, temperature
-    annealed to near-hard spikes so 1000-step evaluation stays stable, T_train 32 for iP-VAE).
-    MNIST (``data="mnist"``): batch 100, T_train/β 128/128 (iP-VAE), 64/64 (iG-VAE), 32/32 (iG_relu-VAE)
-    for ``paper`` (300 epochs of 50k digits); ``quick`` uses T_train 32 and β 32 for every iterative model
-    (β/T_train as in the paper). T_train and β per model and data kind come from the model's registry
-    entry (``fond.registry.ModelSpec.presets``).
+    ``paper``: the authors' recipe (DESIGN.md §7). Natural patches: batch 200, 300 epochs of 100k patches =
+    150,000 updates, lr 5e-3, gradient clip 300, weight decay 3e-4 on every parameter, β 24 for iP-VAE and 8
+    for the Gaussian models, T_train 16; MNIST: batch 100, 400 epochs of 60k digits = 240,000 updates, lr
+    2e-3, clip 3000, T_train/β 128/128 (iP-VAE), 64/64 (iG-VAE), 32/32 (iG_relu-VAE). With it go the
+    authors' family options (``preset_model_options``) and data (``PAPER_DATA``: ``natural16-lcn``,
+    ``mnist-raw-60k``). ``fond``: the same schedule with fond's choices (decay on the dictionary only; MNIST:
+    150,000 updates on 50k digits at lr 5e-3 and clip 300; exact KL). ``quick``: a schedule for 2 CPU cores
+    that finishes within 15 minutes (README: β and clamp ramps stretched so the network does not fall silent,
+    temperature annealed to near-hard spikes, T_train 32 for iP-VAE; MNIST T_train = β = 32).
+    The schedules are ``PRESET_SCHEDULES``; T_train and β per model and data kind come from the model's
+    registry entry (``fond.registry.ModelSpec.presets``).
     """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
     kind = data_kind(data)
     steps, beta = model_spec(model).preset_values(kind).for_preset(name)
-    mnist = kind == "mnist"
-    batch, n_train = (100, 50_000) if mnist else (200, None)
-    if name == "paper":
-        cfg = TrainConfig(preset="paper", steps=steps, beta=beta, iterations=150_000, batch_size=batch,
-                          checkpoint_every=1000, eval_every=5000, eval_samples=2000)
-        return replace(cfg, n_train=n_train, n_val=10_000) if mnist else cfg
-    if name == "quick":
-        cfg = TrainConfig(preset="quick", steps=steps, beta=beta, iterations=1500, batch_size=batch,
-                          beta_const_fraction=0.05, beta_ramp_fraction=0.5, warmup_fraction=0.02,
-                          temp_anneal_fraction=0.6, lr_min=1e-4, n_train=60_000, n_val=2_000,
-                          time_limit_minutes=15.0)
-        return replace(cfg, n_train=n_train) if mnist else cfg
-    raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    return TrainConfig(preset=name, steps=steps, beta=beta, **PRESET_SCHEDULES[(name, kind)])
 
 
 def preset_model_options(name: str, model: str = "ipvae") -> dict[str, Any]:
@@ -253,15 +288,15 @@ def preset_model_options(name: str, model: str = "ipvae") -> dict[str, Any]:
     ``quick`` lowers iP-VAE's final soft clamp from the paper's 10 to 6 (rates ≤ e⁶ ≈ 400 spikes per
     step): a model trained for minutes instead of hours occasionally lets a population overshoot into a
     synchronous burst during a 1000-step rollout (a few inputs in a thousand, every neuron pinned at
-    e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100). The options
-    come from the model's registry entry (``fond.registry.ModelSpec.quick_family_options``).
+    e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100). ``paper``
+    gives the iterative Poisson models the authors' KL form (e^Δ × the exact KL) and relaxed sampler (every
+    element as many arrival times as the batch's largest rate needs). ``fond`` sets none. The options come
+    from the model's registry entry (``fond.registry.ModelSpec.preset_family_options``).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
-    quick = model_spec(model).quick_family_options
-    if name == "quick" and quick:
-        return {"family_options": dict(quick)}
-    return {}
+    options = model_spec(model).preset_family_options(name)
+    return {"family_options": dict(options)} if options else {}
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:

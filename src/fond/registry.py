@@ -49,8 +49,9 @@ ITERATIVE_CLASS = "fond.models.iterative:IterativeVAE"
 class PresetValues:
     """T_train and β of a model's presets on one kind of data.
 
-    steps / beta: the ``paper`` preset's T_train (inference steps unrolled per batch) and KL weight β.
-    quick_steps / quick_beta: the ``quick`` preset's, None for the same as ``paper``'s.
+    steps / beta: the ``paper`` preset's T_train (inference steps unrolled per batch) and KL weight β (the
+    ``fond`` preset uses the same). quick_steps / quick_beta: the ``quick`` preset's, None for the same as
+    ``paper``'s.
     """
 
     steps: int = 16
@@ -59,7 +60,7 @@ class PresetValues:
     quick_beta: float | None = None
 
     def for_preset(self, name: str) -> tuple[int, float]:
-        """(T_train, β) of preset ``name`` ("quick"; anything else reads the paper values)."""
+        """(T_train, β) of preset ``name`` ("quick"; anything else — "paper", "fond" — reads the paper values)."""
         if name != "quick":
             return self.steps, self.beta
         steps = self.steps if self.quick_steps is None else self.quick_steps
@@ -83,8 +84,9 @@ class ModelSpec:
     or None (then the model takes none). title: the name reports print (default: ``name``).
     accepts_online_input: ``infer`` takes an input sequence (steps, B, D) as well as (B, D); models that do
     not refuse one with a one-line ``DataError``. linear_decoder_only: the model learns a linear dictionary
-    only. presets: ``PresetValues`` per data kind (missing kinds: ``DEFAULT_PRESETS``). quick_family_options:
-    family options the ``quick`` preset sets (explicit options win).
+    only. presets: ``PresetValues`` per data kind (missing kinds: ``DEFAULT_PRESETS``). quick_family_options /
+    paper_family_options: family options the ``quick`` / ``paper`` preset sets (explicit options win; the
+    ``fond`` preset sets none).
     """
 
     name: str
@@ -98,6 +100,7 @@ class ModelSpec:
     linear_decoder_only: bool = False
     presets: Mapping[str, PresetValues] = field(default_factory=dict, hash=False)
     quick_family_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    paper_family_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -107,12 +110,12 @@ class ModelSpec:
         for target in (self.model_class, self.method_options):
             if target is not None and (not isinstance(target, str) or target.count(":") != 1):
                 raise ConfigError(f"model {self.name!r}: expected 'module:Class', got {target!r}")
-        if self.family is None and (self.family_options or self.quick_family_options):
+        if self.family is None and (self.family_options or self.quick_family_options or self.paper_family_options):
             raise ConfigError(f"model {self.name!r}: family options need a family")
         unknown = sorted(set(self.presets) - set(DATA_KINDS))
         if unknown:
             raise ConfigError(f"model {self.name!r}: presets for unknown data kind {unknown[0]!r}")
-        for key in ("family_options", "presets", "quick_family_options"):
+        for key in ("family_options", "presets", "quick_family_options", "paper_family_options"):
             object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
         if not self.title:
             object.__setattr__(self, "title", self.name)
@@ -125,6 +128,10 @@ class ModelSpec:
     def preset_values(self, data_kind: str) -> PresetValues:
         """T_train and β of the presets on ``data_kind`` ("natural" or "mnist")."""
         return self.presets.get(data_kind, DEFAULT_PRESETS[data_kind])
+
+    def preset_family_options(self, preset: str) -> Mapping[str, Any]:
+        """The family options preset ``preset`` sets ("quick", "paper"; none for any other)."""
+        return {"quick": self.quick_family_options, "paper": self.paper_family_options}.get(preset, {})
 
     def load_class(self) -> type:
         """The model class (imports its module)."""
@@ -153,6 +160,9 @@ _RELU = {"nonlinearity": "relu"}
 #: trained for minutes occasionally lets a population burst during a 1000-step rollout; typical rates (< 100)
 #: are untouched
 _POISSON_QUICK = {"clamp_final": 6.0}
+#: paper: the authors' iterative code (DESIGN.md §7) weights the KL by e^Δ (``kl_form="reference"``) and gives
+#: every element of a batch the arrival times its largest rate needs (``n_exp_rule="batch"``)
+_POISSON_PAPER = {"kl_form": "reference", "n_exp_rule": "batch"}
 _AMORTIZED = "fond.models.amortized:AmortizedVAE"
 _SPARSE = "fond.models.sparse_coding"
 
@@ -184,7 +194,8 @@ def _point_estimate(name: str, model_class: str, method_options: str, title: str
 _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
     # FOND models (iP-VAE on natural patches: quick T_train 32 reaches R² 0.83 where 16 stays at 0.78)
     ModelSpec("ipvae", "fond.models.iterative:IPVAE", family="poisson", title="iP-VAE",
-              presets=_iterative_presets(24.0, 128, natural_quick_steps=32), quick_family_options=_POISSON_QUICK),
+              presets=_iterative_presets(24.0, 128, natural_quick_steps=32), quick_family_options=_POISSON_QUICK,
+              paper_family_options=_POISSON_PAPER),
     ModelSpec("igvae", "fond.models.iterative:IGVAE", family="gaussian", family_options=_IDENTITY, title="iG-VAE",
               presets=_iterative_presets(8.0, 64)),
     ModelSpec("igvae-relu", "fond.models.iterative:IGVAE", family="gaussian", family_options=_RELU,
@@ -211,8 +222,8 @@ _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
     _point_estimate("lca", f"{_SPARSE}:LCA", f"{_SPARSE}:SparseCodingOptions", "LCA"),
     _point_estimate("ista", f"{_SPARSE}:ISTA", f"{_SPARSE}:SparseCodingOptions", "ISTA"),
     _point_estimate("fista", f"{_SPARSE}:FISTA", f"{_SPARSE}:SparseCodingOptions", "FISTA"),
-    # the Poisson family as a model of its own keeps the Poisson models' quick clamp
-    family_model_spec("poisson", quick_family_options=_POISSON_QUICK),
+    # the Poisson family as a model of its own is iP-VAE's: its quick clamp, the authors' KL and sampler
+    family_model_spec("poisson", quick_family_options=_POISSON_QUICK, paper_family_options=_POISSON_PAPER),
 )
 #: the paper's models, in the order the CLI and reports list them
 BUILTIN_MODELS: tuple[str, ...] = tuple(spec.name for spec in _BUILTIN_SPECS if spec.name != spec.family)

@@ -47,8 +47,8 @@ from fond.models import build_model
 from fond.resume import read_run, resume_from_checkpoint, run_configuration, write_checkpoint
 from fond.run import CHECKPOINT, PREVIOUS_CHECKPOINT, RunFolder, atomic_write
 
-__all__ = ["train", "Schedule", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "run_configuration",
-           "read_run", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
+__all__ = ["train", "Schedule", "build_optimizer", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
+           "run_configuration", "read_run", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
 
 
 class TrainingDiverged(FondError):
@@ -117,6 +117,10 @@ class Schedule:
     def warming_up(self, iteration: int) -> bool:
         return self._fraction(iteration) < self.train.warmup_fraction
 
+    def grad_clip(self, iteration: int) -> float:
+        """The largest global gradient norm let through: ``grad_clip``, three times it during the warm-up."""
+        return self.train.grad_clip * (3.0 if self.warming_up(iteration) else 1.0)
+
 
 @dataclass
 class TrainResult:
@@ -152,9 +156,15 @@ def _step_sizes(model: torch.nn.Module) -> float | list[float] | None:
     return sizes[0] if len(sizes) == 1 else sizes
 
 
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adamax:
+    """The trainer's optimizer: Adamax (β 0.9/0.999, eps 1e-8) at ``cfg.lr`` with ``cfg.weight_decay`` on the
+    decoder's parameters, or on every parameter with ``cfg.decay_log_params`` (the authors' scope)."""
+    return torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Weight decay on the decoder only; the log-parameters, initial states and gains are exempt
-    (unless ``decay_log_params``)."""
+    (unless ``decay_log_params``: then every parameter decays)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         exempt = not name.startswith("decoder.")
@@ -422,8 +432,7 @@ class _TrainingRun:
         out = self.forward(iteration, batch, beta=beta, temperature=tau, clamp_fraction=clamp_fraction)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        max_norm = cfg.grad_clip * (3.0 if schedule.warming_up(iteration) else 1.0)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), schedule.grad_clip(iteration)))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise self.diverged("the gradient became non-finite", done)
@@ -579,7 +588,7 @@ def train(
         raise FondError(f"model expects {model_config.n_inputs} inputs but the data has {data.n_inputs}")
     run_info = _run_info(cfg, data, data_spec)
     model = build_model(model_config, seed=cfg.seed)
-    optimizer = torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = build_optimizer(model, cfg)
     with _writer_lock(folder, ctx):
         start = _resume_every_rank(folder, model, optimizer, model_config, cfg, ctx, resume)
         if ctx.is_main:
