@@ -371,7 +371,7 @@ def _report(stage: _Stage, findings: _Findings, started: float) -> Path:
     return _write_index(stage, findings, orderings, minutes=(time.perf_counter() - started) / 60.0)
 
 
-# --------------------------------------------------------------------------------------------------- pieces
+# --------------------------------------------------------------------------------------------------- analyses
 
 
 GABOR_ATOMS = 128
@@ -382,20 +382,20 @@ def _gabor(model, figures: Path, steps: int, x: np.ndarray) -> dict[str, Any]:
     patches ``x`` (the atoms the population uses; a neuron that never fires keeps a near-random atom), and
     grating tuning."""
     from fond.analysis import gabor
+    from fond.analysis.tuning import grating_tuning, plot_tuning
 
     phi = model.dictionary.detach().numpy()
     rates = model.infer(torch.as_tensor(x), min(steps, 200), seed=0, trace=False).rates.mean(0).numpy()
     used = np.argsort(-rates, kind="stable")[:GABOR_ATOMS]
     summary = gabor.fit_dictionary(phi[:, used], (16, 16))
     gabor.plot_gabor_summary(summary, figures / "gabor.png")
-    from fond.analysis.tuning import grating_tuning, plot_tuning
-
     tuning = grating_tuning(model, (16, 16), steps=min(200, steps))
     plot_tuning(tuning, figures / "tuning.png")
     return {"fits": summary.to_dict(include_fits=False), "tuning": tuning.to_dict(include_neurons=False)}
 
 
 def _latency(model, stimuli, preset: ReproducePreset, figures: Path) -> dict[str, Any]:
+    """Contrast-dependent latency of ``model`` on ``stimuli`` at contrasts ¼, ½, 1, 2."""
     from fond.analysis import temporal
 
     result = temporal.contrast_latency(model, stimuli, [0.25, 0.5, 1.0, 2.0], steps=preset.latency_steps)
@@ -406,14 +406,13 @@ def _latency(model, stimuli, preset: ReproducePreset, figures: Path) -> dict[str
 def _online(model, digits: np.ndarray, figures: Path, steps: int, spec: str = "mnist") -> dict[str, Any]:
     """Serial dependence between pairs of (model-ready) ``digits``; tracking of raw digits rotating 2° per step."""
     from fond.analysis import ood, temporal
+    from fond.analysis.stimuli import rotating_sequence
 
     half = min(50, len(digits) // 2)
     labels_a, labels_b = digits[:half], digits[half:2 * half]
     serial = temporal.serial_dependence(model, labels_a, labels_b, steps_a=min(100, steps), steps_b=min(100, steps))
     temporal.plot_serial_dependence(serial, figures / "serial_dependence.png")
     raw, centre = ood.mnist_test_inputs(spec, 50)
-    from fond.analysis.stimuli import rotating_sequence
-
     frames = rotating_sequence(raw.reshape(-1, 28, 28), 2.0, min(180, steps))
     frames = frames if centre is None else frames - centre
     track = temporal.tracking(model, frames)
