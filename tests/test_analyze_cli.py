@@ -92,3 +92,13 @@ def test_train_config_of_a_run_spec_is_valid():
     """A sweep's run config is a valid TrainConfig (what the trainer checks) with the grid's values."""
     spec = SweepConfig(models=["ipvae"], iterations=7).runs()[0]
     assert isinstance(spec.train_config(), TrainConfig) and spec.train_config().iterations == 7
+
+
+def test_the_command_line_offers_exactly_the_library_analyses():
+    """`fond analyze KIND` lists its kinds statically (parsing must not import the analyses): they must agree."""
+    from fond.analysis.commands import ANALYSES
+    from fond.cli import build_parser
+
+    analyze = next(action for action in build_parser()._subparsers._group_actions[0].choices["analyze"]._actions
+                   if action.dest == "kind")
+    assert tuple(analyze.choices) == tuple(ANALYSES)

@@ -37,6 +37,7 @@ from fond.data.natural import (
     extract_patches,
     patch_data_from_images,
     photo_patches,
+    size_in_range,
     whiten_channels,
 )
 from fond.errors import DataError
@@ -381,14 +382,8 @@ def _celeba_split(folder: Path, pool: list[Path], n: int, seed: int, size: int,
     return np.ascontiguousarray(out[:k]), bad
 
 
-def load_celeba(
-    directory: str | Path,
-    *,
-    size: int = 64,
-    n_train: int = 10_000,
-    n_val: int = 1_000,
-    seed: int = 0,
-) -> PatchData:
+def load_celeba(directory: str | Path, *, size: int = 64, n_train: int = 10_000, n_val: int = 1_000,
+                seed: int = 0) -> PatchData:
     """Aligned CelebA faces from a folder of images (``img_align_celeba`` or its parent; jpg, jpeg, png, bmp).
 
     Files are sorted by name; the last 10 % (ceil, at least one; at least two files are needed) are held
@@ -453,11 +448,7 @@ def load_color_data(spec: str, *, n_train: int, n_val: int, seed: int = 0) -> Pa
     spec = str(spec)
     match = _COLOR_RE.fullmatch(spec)
     if match:
-        size = int(match.group(1))
-        if size not in COLOR_SIZES:
-            raise DataError(
-                f"data {spec!r}: colour patch size {size} is outside {COLOR_SIZES[0]}..{COLOR_SIZES[-1]}"
-            )
+        size = size_in_range(spec, int(match.group(1)), COLOR_SIZES, "colour patch")
         return color_patches(size, n_train=n_train, n_val=n_val, seed=seed)
     match = _CIFAR_RE.fullmatch(spec)
     if match:

@@ -21,6 +21,7 @@ from fond.data.natural import (
     derived_seeds,
     natural_patches,
     patch_data_from_images,
+    size_in_range,
     to_gray_float,
     whiten,
 )
@@ -107,12 +108,7 @@ def load_data(
                           train_split="train+valid" if "60k" in spec_str else "train")
     match = _NATURAL_RE.fullmatch(spec_str)
     if match:
-        size = int(match.group(1))
-        if size not in NATURAL_SIZES:
-            raise DataError(
-                f"data {spec_str!r}: natural patch size {size} is outside "
-                f"{NATURAL_SIZES[0]}..{NATURAL_SIZES[-1]}"
-            )
+        size = size_in_range(spec_str, int(match.group(1)), NATURAL_SIZES, "natural patch")
         if match.group(2):
             return contrast_normalised_patches(size=size, n_train=n_train, n_val=n_val, seed=seed)
         return natural_patches(size=size, n_train=n_train, n_val=n_val, seed=seed)
@@ -221,14 +217,8 @@ def _read_image(path: Path) -> np.ndarray:
         return to_gray_float(np.asarray(img))
 
 
-def load_image_folder(
-    folder: str | Path,
-    *,
-    patch_size: int = 16,
-    n_train: int = 100_000,
-    n_val: int = 5_000,
-    seed: int = 0,
-) -> PatchData:
+def load_image_folder(folder: str | Path, *, patch_size: int = 16, n_train: int = 100_000, n_val: int = 5_000,
+                      seed: int = 0) -> PatchData:
     """Whitened patches from a folder of images (png, jpg, jpeg, tif, tiff, bmp; not recursive).
 
     Files are sorted by name and converted to grayscale; unreadable files, images smaller than the patch

@@ -28,6 +28,7 @@ from fond.validate import finite_float, integer
 
 __all__ = [
     "BUNDLED_PHOTOS",
+    "size_in_range",
     "MIN_PATCH_STD",
     "VALIDATION_PHOTOS",
     "PatchData",
@@ -642,3 +643,10 @@ def photo_patches(
         name=name,
         channels=channels,
     )
+
+
+def size_in_range(spec: str, size: int, sizes: tuple[int, ...], what: str) -> int:
+    """``size`` if it is one of ``sizes`` (a contiguous range), else a one-line ``DataError`` naming ``spec``."""
+    if size not in sizes:
+        raise DataError(f"data {spec!r}: {what} size {size} is outside {sizes[0]}..{sizes[-1]}")
+    return size
