@@ -15,12 +15,15 @@ from scipy.optimize import approx_fprime
 from scipy.special import ive
 
 from fond.analysis.gabor import (
+    MAX_FREQUENCY,
+    MIN_SIGMA,
     GaborFit,
     _canonical,
     _gabor_and_jacobian,
     fit_dictionary,
     fit_gabor,
     gabor_patch,
+    most_active_neurons,
     plot_gabor_summary,
 )
 from fond.analysis.stimuli import gratings
@@ -151,6 +154,17 @@ def test_pure_noise_gets_a_low_r2():
     assert max(r2) < 0.35
 
 
+def test_fits_stay_in_the_nyquist_band_with_envelopes_of_half_a_pixel():
+    """Issue 16: a carrier above 0.5 cycles/pixel or an envelope under half a pixel fits pixel noise, so the fit
+    may not use one; a checkerboard (0.707 cycles/pixel along the diagonal) is then no longer a perfect fit."""
+    rng = np.random.default_rng(3)
+    checkerboard = np.indices(SHAPE).sum(0) % 2 * 2.0 - 1.0
+    for atom in [rng.standard_normal(SHAPE) for _ in range(4)] + [checkerboard]:
+        fit = fit_gabor(atom)
+        assert fit.frequency <= MAX_FREQUENCY + 1e-9 and min(fit.sigma_x, fit.sigma_y) >= MIN_SIGMA - 1e-9
+    assert MAX_FREQUENCY == 0.5 and MIN_SIGMA == 0.5 and fit_gabor(checkerboard).r2 < 0.5
+
+
 @pytest.mark.parametrize("atom, message", [
     (np.zeros(16), "2-D"),
     (np.full(SHAPE, np.nan), "NaN"),
@@ -202,6 +216,33 @@ def test_fit_dictionary_skips_dead_atoms_and_limits_the_count():
     assert limited.fraction_well_fit == pytest.approx(1 / 3)
     all_zero = fit_dictionary(np.zeros((256, 3)), SHAPE)
     assert all_zero.n_skipped == 3 and all_zero.fraction_well_fit == 0.0
+
+
+def test_fit_dictionary_examines_the_columns_asked_for_in_that_order():
+    """columns= picks and orders the atoms (the most active neurons'); out-of-range columns are refused."""
+    phi, _ = _half_gabor_dictionary(np.random.default_rng(4))
+    summary = fit_dictionary(phi, SHAPE, columns=[3, 0, 2])
+    np.testing.assert_array_equal(summary.atom_indices, [3, 0, 2])
+    np.testing.assert_array_equal(summary.well_fit, [False, True, True])
+    with pytest.raises(ConfigError, match="columns"):
+        fit_dictionary(phi, SHAPE, columns=[16])
+
+
+class _FixedRates:
+    """A fake model whose mean code is ``rates`` (K,) for every input."""
+
+    def __init__(self, rates):
+        self.rates = torch.as_tensor(rates, dtype=torch.float32)
+
+    def infer(self, x, steps, seed=0, trace=True):
+        return SimpleNamespace(rates=self.rates.expand(x.shape[0], -1))
+
+
+def test_most_active_neurons_are_those_with_the_highest_mean_rate():
+    """Most active first, ties in index order, at most ``count`` of them."""
+    model = _FixedRates([0.1, 3.0, 0.0, 3.0, 2.0])
+    np.testing.assert_array_equal(most_active_neurons(model, np.zeros((4, 256)), count=3), [1, 3, 4])
+    np.testing.assert_array_equal(most_active_neurons(model, np.zeros((2, 256))), [1, 3, 4, 0, 2])
 
 
 def test_gabor_summary_to_dict_is_json_ready():

@@ -374,7 +374,7 @@ def _report(stage: _Stage, findings: _Findings, started: float) -> Path:
 # --------------------------------------------------------------------------------------------------- analyses
 
 
-GABOR_ATOMS = 128
+GABOR_ATOMS = 128  # = fond.analysis.gabor.MOST_ACTIVE_ATOMS
 
 
 def _gabor(model, figures: Path, steps: int, x: np.ndarray) -> dict[str, Any]:
@@ -384,10 +384,8 @@ def _gabor(model, figures: Path, steps: int, x: np.ndarray) -> dict[str, Any]:
     from fond.analysis import gabor
     from fond.analysis.tuning import grating_tuning, plot_tuning
 
-    phi = model.dictionary.detach().numpy()
-    rates = model.infer(torch.as_tensor(x), min(steps, 200), seed=0, trace=False).rates.mean(0).numpy()
-    used = np.argsort(-rates, kind="stable")[:GABOR_ATOMS]
-    summary = gabor.fit_dictionary(phi[:, used], (16, 16))
+    used = gabor.most_active_neurons(model, x, count=GABOR_ATOMS, steps=min(steps, 200))
+    summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), (16, 16), columns=used)
     gabor.plot_gabor_summary(summary, figures / "gabor.png")
     tuning = grating_tuning(model, (16, 16), steps=min(200, steps))
     plot_tuning(tuning, figures / "tuning.png")

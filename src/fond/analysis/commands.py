@@ -194,13 +194,14 @@ def _ood(request: _Request) -> Path:
 
 
 def _gabor(request: _Request) -> Path:
-    """Gabor fits of the run's dictionary atoms."""
+    """Gabor fits of the atoms of the run's ``MOST_ACTIVE_ATOMS`` most active neurons on held-out inputs."""
     from fond.analysis import gabor
 
-    model, _ = request.one_run()
+    model, _, data = request.one_run_with_data()
     if model.dictionary is None:
         raise FondError(f"{request.runs[0]}: Gabor fits need a linear dictionary")
-    summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), _patch_side(model))
+    used = gabor.most_active_neurons(model, data.val[:request.samples], steps=min(request.steps, 200))
+    summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), _patch_side(model), columns=used)
     gabor.plot_gabor_summary(summary, request.png)
     return request.write(summary.to_dict())
 

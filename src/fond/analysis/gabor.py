@@ -48,15 +48,26 @@ __all__ = [
     "DEFAULT_GRATING_FREQUENCY",
     "GaborFit",
     "GaborSummary",
+    "MAX_FREQUENCY",
+    "MIN_SIGMA",
+    "MOST_ACTIVE_ATOMS",
     "fit_dictionary",
     "fit_gabor",
     "gabor_patch",
+    "most_active_neurons",
     "plot_gabor_summary",
 ]
 
 DEFAULT_GRATING_FREQUENCY = 0.15  # cycles/pixel, the first guess of a fit and a model's default grating frequency
 _TWO_PI = 2.0 * math.pi
-_MAX_FREQUENCY = 0.75  # cycles/pixel: above the diagonal Nyquist limit 1/√2
+#: cycles/pixel: the Nyquist limit along a row or column; a faster carrier (up to the diagonal's 1/√2) only fits
+#: the pixel noise of an atom, so a fit is judged inside this band (issue 16, DESIGN.md §7)
+MAX_FREQUENCY = 0.5
+#: pixels: the narrowest envelope a fit may use; a narrower one fits single-pixel noise
+MIN_SIGMA = 0.5
+#: the atoms examined by ``fond analyze gabor`` and ``fond reproduce``: those of the most active neurons
+#: (a neuron that never fires keeps a near-random atom that says nothing about what the code learned)
+MOST_ACTIVE_ATOMS = 128
 _EARLY_STOP_R2 = 0.995  # restarts stop once a start explains this much variance
 _PARAM_NAMES = ("x0", "y0", "theta", "frequency", "sigma_x", "sigma_y", "phase", "amplitude", "offset")
 
@@ -267,7 +278,8 @@ def fit_gabor(atom: Any, *, n_starts: int = 4, seed: int = 0) -> GaborFit:
     phase, amplitude and offset are solved by linear least squares; the best final fit is kept, and the
     restarts stop early once r2 ≥ 0.995. The atom is standardised before fitting (the fit is scale
     invariant) and the parameters are returned canonicalised (see :class:`GaborFit`). Bounds: centre within
-    two pixels of the patch, frequency in [0, 0.75] cycles/pixel, sigmas in [0.25, 2·max(h, w)] pixels.
+    two pixels of the patch, frequency in [0, ``MAX_FREQUENCY`` = 0.5] cycles/pixel (the Nyquist band), sigmas in
+    [``MIN_SIGMA`` = 0.5, 2·max(h, w)] pixels: outside these bounds a fit explains pixel noise, not structure.
 
     atom: (h, w) finite array (or a torch tensor) with some spatial variation, else ``DataError``.
     About 5–40 ms for a 16×16 atom.
@@ -290,8 +302,8 @@ def fit_gabor(atom: Any, *, n_starts: int = 4, seed: int = 0) -> GaborFit:
 
     big = float(max(h, w))
     peak = float(np.abs(z).max())
-    lower = np.array([-2.0, -2.0, -math.pi, 0.0, 0.25, 0.25, -3 * math.pi, 0.0, -peak])
-    upper = np.array([w + 1.0, h + 1.0, 2 * math.pi, _MAX_FREQUENCY, 2 * big, 2 * big, 3 * math.pi,
+    lower = np.array([-2.0, -2.0, -math.pi, 0.0, MIN_SIGMA, MIN_SIGMA, -3 * math.pi, 0.0, -peak])
+    upper = np.array([w + 1.0, h + 1.0, 2 * math.pi, MAX_FREQUENCY, 2 * big, 2 * big, 3 * math.pi,
                       10.0 * peak + 1.0, peak])
     margin = 1e-6 * (upper - lower)
 
@@ -325,11 +337,12 @@ def fit_gabor(atom: Any, *, n_starts: int = 4, seed: int = 0) -> GaborFit:
 class GaborSummary:
     """Gabor fits of the columns of a dictionary and the properties of the well-fit ones.
 
-    patch_shape: (h, w). min_r2: the well-fit threshold. atom_indices: (N,) columns examined (the first
-    ``max_atoms`` columns, or all). fits: N entries, a :class:`GaborFit` or None for a skipped (near-zero or
-    constant) atom. well_fit: (N,) bool, r2 ≥ min_r2 (skipped atoms are False). The four property arrays
-    hold one value per well-fit atom, in ``atom_indices`` order: orientation (radians in [0, π), the wave
-    vector), frequency (cycles/pixel), size (pixels, sqrt(σ_x·σ_y)), aspect_ratio (σ_y/σ_x).
+    patch_shape: (h, w). min_r2: the well-fit threshold. atom_indices: (N,) columns examined, in the
+    order examined (``fit_dictionary``'s ``columns`` and ``max_atoms``). fits: N entries, a
+    :class:`GaborFit` or None for a skipped (near-zero or constant) atom. well_fit: (N,) bool, r2 ≥ min_r2
+    (skipped atoms are False). The four property arrays hold one value per well-fit atom, in
+    ``atom_indices`` order: orientation (radians in [0, π), the wave vector), frequency (cycles/pixel),
+    size (pixels, sqrt(σ_x·σ_y)), aspect_ratio (σ_y/σ_x).
     """
 
     patch_shape: tuple[int, int]
@@ -363,7 +376,7 @@ class GaborSummary:
     def to_dict(self, *, include_fits: bool = True) -> dict[str, Any]:
         """JSON-ready summary: counts, fractions, medians and fixed-edge histograms of the well-fit atoms.
 
-        Histogram edges: orientation 0–180° in 15° bins; frequency 0–0.75 cycles/pixel in 0.05 bins; size
+        Histogram edges: orientation 0–180° in 15° bins; frequency 0–0.5 cycles/pixel in 0.05 bins; size
         0–max(h, w) pixels in 12 bins; aspect ratio 0–4 in 0.25 bins; r2 (all fitted atoms) 0–1 in 0.05 bins
         (values beyond the last edge, or below the first, fall in the end bins). include_fits: add the
         per-atom fits (``None`` for skipped atoms).
@@ -390,7 +403,7 @@ class GaborSummary:
             "orientation_concentration": float(abs(resultant)),
             "histograms": {
                 "orientation_deg": histogram(orientation_deg, np.linspace(0.0, 180.0, 13)),
-                "frequency": histogram(self.frequency, np.linspace(0.0, _MAX_FREQUENCY, 16)),
+                "frequency": histogram(self.frequency, np.linspace(0.0, MAX_FREQUENCY, 11)),
                 "size": histogram(self.size, np.linspace(0.0, float(max(h, w)), 13)),
                 "aspect_ratio": histogram(self.aspect_ratio, np.linspace(0.0, 4.0, 17)),
                 "r2": histogram(fitted_r2, np.linspace(0.0, 1.0, 21)),
@@ -402,14 +415,47 @@ class GaborSummary:
         return out
 
 
+def _column_indices(columns: Sequence[int] | None, n_columns: int) -> np.ndarray:
+    """(N,) int64 column indices: ``columns`` checked against ``n_columns``, or all of them."""
+    if columns is None:
+        return np.arange(n_columns)
+    indices = np.asarray(columns)
+    if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
+        raise ConfigError(f"columns must be a non-empty sequence of integers, got {columns!r}")
+    if indices.min() < 0 or indices.max() >= n_columns:
+        raise ConfigError(f"columns must lie in [0, {n_columns}), got {int(indices.min())}…{int(indices.max())}")
+    return indices.astype(np.int64)
+
+
+def most_active_neurons(model: Any, x: Any, *, count: int = MOST_ACTIVE_ATOMS, steps: int = 200,
+                        seed: int = 0) -> np.ndarray:
+    """The ``count`` neurons of ``model`` with the highest mean code on inputs ``x``, most active first.
+
+    model: anything with ``infer(x, steps, seed=..., trace=False)`` returning ``rates`` (B, K) (every fond
+    model: firing rates for iP-VAE). x: (B, D) held-out inputs (array or tensor). steps: inference steps.
+    Returns (min(count, K),) int64 column indices into the model's dictionary (ties keep index order).
+    """
+    import torch
+
+    count, steps = positive_int(count, "count"), positive_int(steps, "steps")
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    with torch.no_grad():
+        rates = model.infer(inputs, steps, seed=seed, trace=False).rates
+    mean_rate = rates.detach().double().mean(0).numpy()
+    return np.argsort(-mean_rate, kind="stable")[:count].astype(np.int64)
+
+
 def fit_dictionary(dictionary: Any, patch_shape: Sequence[int], *, min_r2: float = 0.7, max_atoms: int | None = None,
-                   n_starts: int = 4, rel_norm_tol: float = 1e-6) -> GaborSummary:
+                   columns: Sequence[int] | None = None, n_starts: int = 4,
+                   rel_norm_tol: float = 1e-6) -> GaborSummary:
     """Fit a Gabor to every column of a (D, K) dictionary, each reshaped row-major to ``patch_shape``.
 
     dictionary: (D, K) finite array or tensor with D = h·w. min_r2: an atom is well fit if r2 ≥ min_r2.
-    max_atoms: examine only the first ``max_atoms`` columns (atom order carries no meaning, so this is an
-    unbiased subset). Atoms whose norm about their mean is ≤ ``rel_norm_tol`` × the largest column norm
-    (dead or constant atoms) are skipped and count as not well fit. n_starts: see :func:`fit_gabor`.
+    columns: the column indices to examine, in this order (e.g. :func:`most_active_neurons`); default all.
+    max_atoms: examine only the first ``max_atoms`` of them (atom order carries no meaning, so without
+    ``columns`` this is an unbiased subset). Atoms whose norm about their mean is ≤ ``rel_norm_tol`` × the
+    largest column norm (dead or constant atoms) are skipped and count as not well fit. n_starts: see
+    :func:`fit_gabor`.
     """
     h, w = patch_dims(patch_shape)
     phi = float_array(dictionary, "dictionary")
@@ -428,8 +474,9 @@ def fit_dictionary(dictionary: Any, patch_shape: Sequence[int], *, min_r2: float
         max_atoms = positive_int(max_atoms, "max_atoms")
     rel_norm_tol = finite_float(rel_norm_tol, "rel_norm_tol")
 
-    n = phi.shape[1] if max_atoms is None else min(max_atoms, phi.shape[1])
-    indices = np.arange(n)
+    indices = _column_indices(columns, phi.shape[1])
+    if max_atoms is not None:
+        indices = indices[:max_atoms]
     largest = float(np.linalg.norm(phi, axis=0).max())
     fits: list[GaborFit | None] = []
     for k in indices:
