@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fond.config import PAPER_DATA
 from fond.errors import ConfigError
 from fond.registry import model_spec
 from fond.run import RunFolder, atomic_write
@@ -63,6 +64,13 @@ class ReproducePreset:
     time_limit_minutes: float | None = None
     latents: int = 512
     batch_size: int | None = None
+    natural_data: str = "natural16"
+    mnist_data: str = "mnist"
+
+    @property
+    def mnist_test_data(self) -> str:
+        """The spec whose held-out split is the 10k MNIST test digits, preprocessed as ``mnist_data``."""
+        return {"mnist": "mnist-test", "mnist-raw": "mnist-raw-test"}.get(self.mnist_data, self.mnist_data)
 
 
 REPRODUCE_PRESETS = {
@@ -71,7 +79,8 @@ REPRODUCE_PRESETS = {
                              probe_every=100, time_limit_minutes=8.0),
     "paper": ReproducePreset("paper", "paper", natural_iterations=None, mnist_iterations=None,
                              natural_eval_samples=5000, mnist_eval_samples=10000, probe_train=50000,
-                             probe_test=10000, probe_seeds=(0, 1, 2, 3, 4), ood_samples=2000, latency_steps=200),
+                             probe_test=10000, probe_seeds=(0, 1, 2, 3, 4), ood_samples=2000, latency_steps=200,
+                             natural_data=PAPER_DATA["natural"], mnist_data=PAPER_DATA["mnist"]),
 }
 
 
@@ -171,7 +180,7 @@ class _Stage:
     def natural_sweep(self, models, folder: str, **fields) -> list[dict[str, Any]]:
         """A sweep on natural 16×16 patches with the preset's natural budget."""
         p = self.preset
-        return self.sweep(models, "natural16", folder, p.natural_iterations, p.natural_eval_samples, **fields)
+        return self.sweep(models, p.natural_data, folder, p.natural_iterations, p.natural_eval_samples, **fields)
 
 
 @dataclass(frozen=True)
@@ -222,7 +231,7 @@ def _natural_runs(stage: _Stage) -> _NaturalRuns:
     from fond.config import preset as train_preset
 
     stage.log("natural patches: iP-VAE at three β and two T_train")
-    base = train_preset(stage.preset.train_preset, "ipvae", "natural16")
+    base = train_preset(stage.preset.train_preset, "ipvae", stage.preset.natural_data)
     beta_rows = stage.natural_sweep(["ipvae"], "natural-beta", betas=[base.beta / 2, base.beta, base.beta * 2])
     t_rows = stage.natural_sweep(["ipvae"], "natural-t", t_train=[base.steps // 2])
     stage.log("natural patches: the other models")
@@ -284,7 +293,7 @@ def _v1_properties(stage: _Stage, natural: _NaturalRuns) -> tuple[dict[str, Any]
     best_ip, p, figures = natural.best_ip, stage.preset, stage.figures
     stage.log(f"V1 properties of {best_ip['run']}: Gabor fits, grating tuning, contrast-dependent latency")
     ip_model = _load(natural.run_dir(stage.out, best_ip))
-    patches = load_data("natural16", n_train=10, n_val=2000, seed=0)
+    patches = load_data(p.natural_data, n_train=10, n_val=2000, seed=0)
     gabor_summary = _cached(stage.out / "gabor.json",
                             lambda: _gabor(ip_model, figures, p.eval_steps, patches.val[:500]))
     plot_dictionary(ip_model.dictionary.detach().numpy(), (16, 16), figures / "dictionary_natural.png",
@@ -298,8 +307,8 @@ def _mnist_runs(stage: _Stage) -> _MnistRuns:
 
     p = stage.preset
     stage.log("MNIST: FOND models, hybrid, amortized, predictive coding")
-    rows = stage.sweep(MNIST_MODELS, "mnist", "mnist", p.mnist_iterations, p.mnist_eval_samples)
-    data = load_data("mnist-test", n_train=p.probe_train, n_val=max(p.probe_test, p.ood_samples), seed=0)
+    rows = stage.sweep(MNIST_MODELS, p.mnist_data, "mnist", p.mnist_iterations, p.mnist_eval_samples)
+    data = load_data(p.mnist_test_data, n_train=p.probe_train, n_val=max(p.probe_test, p.ood_samples), seed=0)
     models = {row["model"]: _load(stage.out / "mnist" / row["run"]) for row in rows}
     return _MnistRuns(rows, data, models)
 
@@ -330,7 +339,7 @@ def _out_of_distribution(stage: _Stage, mnist: _MnistRuns) -> dict[str, Any]:
     steps = stage.preset.eval_steps
 
     def evaluate() -> dict[str, Any]:
-        raw, centre = ood.mnist_test_inputs("mnist", stage.preset.ood_samples)
+        raw, centre = ood.mnist_test_inputs(stage.preset.mnist_data, stage.preset.ood_samples)
         sets = ood.ood_sets(raw, steps=steps, centre=centre)
         results = {}
         for name, model in mnist.models.items():
@@ -352,7 +361,8 @@ def _online_inference(stage: _Stage, mnist: _MnistRuns) -> dict[str, Any]:
 
     steps, figures, ip_model = stage.preset.eval_steps, stage.figures, mnist.models["ipvae"]
     stage.log("online inference: serial dependence, tracking, spike raster")
-    online = _cached(stage.out / "online.json", lambda: _online(ip_model, mnist.data.val, figures, steps))
+    online = _cached(stage.out / "online.json", lambda: _online(ip_model, mnist.data.val, figures, steps,
+                                                                   stage.preset.mnist_data))
     plot_spike_raster(temporal.spike_raster(ip_model, mnist.data.val[:1], min(200, steps)), figures / "raster.png",
                       title="iP-VAE spike raster for one MNIST digit (marker size = spike count, capped at 5)")
     plot_dictionary(ip_model.dictionary.detach().numpy(), (28, 28), figures / "dictionary_mnist.png",
