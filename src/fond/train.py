@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,8 +48,8 @@ from fond.models import build_model
 from fond.resume import read_run, resume_from_checkpoint, run_configuration, write_checkpoint
 from fond.run import CHECKPOINT, PREVIOUS_CHECKPOINT, RunFolder, atomic_write
 
-__all__ = ["train", "Schedule", "build_optimizer", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
-           "run_configuration", "read_run", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
+__all__ = ["train", "Schedule", "build_optimizer", "BurstMonitor", "TrainResult", "TrainingDiverged",
+           "TrainingInterrupted", "run_configuration", "read_run", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
 
 
 class TrainingDiverged(FondError):
@@ -120,6 +121,50 @@ class Schedule:
     def grad_clip(self, iteration: int) -> float:
         """The largest global gradient norm let through: ``grad_clip``, three times it during the warm-up."""
         return self.train.grad_clip * (3.0 if self.warming_up(iteration) else 1.0)
+
+
+class BurstMonitor:
+    """Notices a population burst while training (README, "MNIST bursts"): an iteration shows a sign of one
+    when its gradient norm (before clipping) exceeds ``grad_jump`` × the median of the last 100 ordinary
+    iterations, or its largest rate reaches ``saturation_rate`` (half the final clamp's rate e^c, None for
+    families without one); a burst is ``window`` such iterations among the last 2·``window``. ``observe``
+    returns the one-line report at a burst's onset (None otherwise); ``bursting``: inside one now. Its state
+    is not checkpointed: a resumed run starts watching afresh."""
+
+    def __init__(self, saturation_rate: float | None, *, window: int = 10, grad_jump: float = 30.0) -> None:
+        self.saturation_rate, self.window, self.grad_jump = saturation_rate, window, grad_jump
+        self.ordinary: deque[float] = deque(maxlen=100)
+        self.recent: deque[bool] = deque(maxlen=2 * window)
+        self.bursting = False
+
+    def signs(self, grad_norm: float, rate_max: float) -> list[str]:
+        """What makes this iteration look like a burst (empty: an ordinary iteration)."""
+        found = []
+        if len(self.ordinary) >= 20 and grad_norm > self.grad_jump * float(np.median(self.ordinary)):
+            found.append(f"gradient norm {grad_norm:.3g} (median of the last ordinary iterations "
+                         f"{float(np.median(self.ordinary)):.3g})")
+        if self.saturation_rate is not None and rate_max >= self.saturation_rate:
+            found.append(f"rates at the clamp (rate_max {rate_max:.3g} ≥ {self.saturation_rate:.3g})")
+        return found
+
+    def observe(self, iteration: int, grad_norm: float, rate_max: float) -> str | None:
+        """Record iteration ``iteration`` (1-based); the report if a burst begins with it."""
+        found = self.signs(grad_norm, rate_max)
+        self.recent.append(bool(found))
+        if not found:
+            self.ordinary.append(grad_norm)
+        was_bursting, self.bursting = self.bursting, sum(self.recent) >= self.window
+        if not self.bursting or was_bursting:
+            return None
+        return (f"training burst by iteration {iteration}: " + ", ".join(found) + f"; {self.window} of the "
+                f"last {len(self.recent)} iterations like this; the rollouts of this model are likely to "
+                "diverge (README: 'MNIST bursts')")
+
+
+def _saturation_rate(model: torch.nn.Module) -> float | None:
+    """Half the largest rate the final clamp allows, for a model whose family has one (Poisson)."""
+    rate = getattr(getattr(model, "family", None), "saturation_rate", None)
+    return rate() if callable(rate) else None
 
 
 @dataclass
@@ -354,6 +399,7 @@ class _TrainingRun:
         self.completed = self.last_saved = start
         self.logger: _Logger | _NullLogger = _NullLogger()
         self.began = time.monotonic()
+        self.bursts = BurstMonitor(_saturation_rate(model))
         # with DDP the forward goes through the wrapper (gradient all-reduce); the model itself is shared
         self.unroll = (DistributedDataParallel(_UnrollLoss(model), device_ids=None, find_unused_parameters=True)
                        if ctx.distributed else model.unroll_loss)
@@ -437,13 +483,21 @@ class _TrainingRun:
             self.optimizer.zero_grad(set_to_none=True)
             raise self.diverged("the gradient became non-finite", done)
         values = {"beta": beta, "temperature": tau, "clamp_fraction": clamp_fraction, "lr": lr}
+        self.watch_bursts(done, grad_norm, out.rate_max)
         if done % cfg.log_every == 0 or done == cfg.iterations:
             loss, nll, kl = _global_means(self.ctx, out.loss.detach(), out.nll.mean(), out.kl.mean())
             self.logger.log({"step": done, "loss": loss, "nll": nll, "kl": kl, **values, "grad_norm": grad_norm,
                              "rate_max": out.rate_max, "step_size": _step_sizes(self.model),
-                             "seconds": time.monotonic() - self.began})
+                             "burst": self.bursts.bursting, "seconds": time.monotonic() - self.began})
         self.update(done)
         return out, values
+
+    def watch_bursts(self, done: int, grad_norm: float, rate_max: float) -> None:
+        """Feed the burst monitor; at a burst's onset warn and log a ``burst_report`` row (rank 0)."""
+        report = self.bursts.observe(done, grad_norm, rate_max)
+        if report is not None and self.ctx.is_main:
+            warnings.warn(report, stacklevel=4)
+            self.logger.log({"step": done, "burst_report": report})
 
     def update(self, done: int) -> None:
         """Apply the optimizer step (and the model's ``after_update``, e.g. unit-norm atoms); parameters gone

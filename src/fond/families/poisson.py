@@ -301,6 +301,11 @@ class PoissonFamily(PotentialFamily):
     def mean_code(self, state: State, params: Params) -> Tensor:
         return torch.exp(state[0])
 
+    def saturation_rate(self) -> float:
+        """Half the largest rate the final clamp allows, e^c / 2 (spikes per step): a population that reaches
+        it in training is bursting (``fond.train.BurstMonitor``); ``saturated`` uses the same bound."""
+        return math.exp(self.clamp_final) / 2.0
+
     def saturated(self, state: State, params: Params) -> Tensor:
         """Inputs whose largest rate is within a factor 2 of the clamp e^c (a population burst)."""
         return state[0].max(dim=-1).values >= self.clamp_final - math.log(2.0)
