@@ -55,6 +55,8 @@ BASE[("mnist", "fond")] = {**BASE[("natural", "fond")], "batch_size": 100, "n_tr
 BASE[("natural", "paper")] = {**BASE[("natural", "fond")], "preset": "paper", "decay_log_params": True}
 BASE[("mnist", "paper")] = {**BASE[("natural", "paper")], "batch_size": 100, "lr": 0.002, "grad_clip": 3000.0,
                             "iterations": 240000, "n_train": 60000, "n_val": 10000}
+#: changes per model made on purpose since: the quick iP-VAE on natural patches clips its gradient at 50 (issue 16)
+MODEL_CHANGES = {("ipvae", "natural", "quick"): {"grad_clip": 50.0}}
 DATA_SPECS = {"natural": (None, "natural16", "natural16-lcn", "patches.npy"),
               "mnist": ("mnist", "mnist-test", "mnist-raw", "mnist-raw-60k")}
 
@@ -66,7 +68,8 @@ def test_presets_are_unchanged_for_every_model_and_data_kind(model, kind, name):
     """preset() gives the pre-registry TrainConfig for every built-in model × data kind × preset."""
     steps, beta = _steps_beta(model, kind, name)
     for spec in DATA_SPECS[kind]:
-        assert dataclasses.asdict(preset(name, model, spec)) == {**BASE[(kind, name)], "steps": steps, "beta": beta}
+        assert dataclasses.asdict(preset(name, model, spec)) == {**BASE[(kind, name)], "steps": steps, "beta": beta,
+                                                                 **MODEL_CHANGES.get((model, kind, name), {})}
 
 
 @pytest.mark.parametrize("name", ["quick", "paper", "fond"])

@@ -283,8 +283,10 @@ def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainCon
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
     kind = data_kind(data)
-    steps, beta = model_spec(model).preset_values(kind).for_preset(name)
-    return TrainConfig(preset=name, steps=steps, beta=beta, **PRESET_SCHEDULES[(name, kind)])
+    values = model_spec(model).preset_values(kind)
+    steps, beta = values.for_preset(name)
+    schedule = {**PRESET_SCHEDULES[(name, kind)], **values.schedule_for_preset(name)}
+    return TrainConfig(preset=name, steps=steps, beta=beta, **schedule)
 
 
 def preset_model_options(name: str, model: str = "ipvae") -> dict[str, Any]:
