@@ -69,3 +69,16 @@ def test_without_evaluation_nothing_is_marked_finished(sweep_patches, tmp_path):
     result = run_experiment(data, TrainConfig(**TINY), model_cfg, tmp_path / "run", evaluate=False)
     assert result.row is None and result.evaluation is None
     assert not RunFolder(tmp_path / "run").is_finished() and RunFolder(tmp_path / "run").model_path.is_file()
+
+
+def test_a_model_stopped_mid_schedule_is_marked_incomplete(sweep_patches, tmp_path):
+    """A run cut short (time limit) says so in its row: complete is False until the schedule is finished."""
+    from fond.experiment import result_row
+
+    data = load_data(str(sweep_patches), seed=0)
+    cfg = TrainConfig(**TINY)
+    model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=6)
+    done = run_experiment(data, cfg, model_cfg, tmp_path / "run", eval_steps=3, eval_samples=5)
+    assert done.row["complete"] is True
+    cut = result_row(cfg, model_cfg, done.evaluation, iterations=3, data_spec="x", minutes=0.1, run="run")
+    assert cut["complete"] is False

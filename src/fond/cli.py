@@ -339,6 +339,9 @@ def _train_and_report(args: argparse.Namespace, cfg, model_cfg, data, spec: str)
     if result.evaluation is None:  # --no-eval, or a rank other than 0
         return 0
     _print_summary(result.evaluation.summary(), as_json=False)
+    if not result.row["complete"]:
+        print(f"fond: warning: this model is mid-schedule ({trained.iterations} of {cfg.iterations} iterations); "
+              f"its numbers are not the recipe's: finish it with `fond train --resume {args.out}`", file=sys.stderr)
     print(f"fond: report written to {RunFolder(args.out).report_path}", file=sys.stderr)
     return 0
 

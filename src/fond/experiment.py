@@ -19,7 +19,7 @@ __all__ = ["ExperimentResult", "RESULT_COLUMNS", "run_experiment", "evaluate_and
 #: Columns of a run's result row (``done.json``) and of a sweep's table, in order.
 RESULT_COLUMNS: tuple[str, ...] = (
     "model", "beta", "t_train", "seed", "iterations", "data", "r2", "r2_rates", "zeros", "rate_distortion",
-    "convergence_step", "nelbo", "n_params", "diverged", "minutes", "run",
+    "convergence_step", "nelbo", "n_params", "diverged", "complete", "minutes", "run",
 )
 
 
@@ -35,10 +35,11 @@ class ExperimentResult:
 
 def result_row(train_config, model_config, evaluation, *, iterations: int, data_spec: str, minutes: float,
                run: str) -> dict[str, Any]:
-    """The result row of an evaluated run, with exactly the columns of ``RESULT_COLUMNS``."""
+    """The result row of an evaluated run, with exactly the columns of ``RESULT_COLUMNS``; ``complete`` is False
+    for a model stopped mid-schedule (e.g. by the time limit: resume the run to finish it)."""
     row = {"model": model_config.model, "beta": train_config.beta, "t_train": train_config.steps,
            "seed": train_config.seed, "iterations": iterations, "data": data_spec, **evaluation.summary(),
-           "minutes": round(minutes, 2), "run": run}
+           "complete": iterations >= train_config.iterations, "minutes": round(minutes, 2), "run": run}
     return {key: row.get(key) for key in RESULT_COLUMNS}
 
 
