@@ -1,0 +1,38 @@
+"""Per-step time of ``model.infer`` as users call it, with the trace on against the trace off (same run).
+
+An untrained quick-sized iP-VAE (D 256, K 512, init_scale 0.05, log b = −1: a high-rate model), B 1000, best of
+5 rollouts of 50 steps. To compare two source trees (e.g. before and after a refactor), run it under each:
+
+    PYTHONPATH=<tree>/src python benchmarks/per_step.py LABEL
+"""
+
+import sys
+import time
+
+import torch
+
+import fond
+
+
+def per_step_ms(model, x: torch.Tensor, *, trace: bool, steps: int = 50, repeats: int = 5) -> float:
+    model.infer(x, 5, seed=0, trace=trace)  # warm-up: kernels compiled, buffers allocated
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        model.infer(x, steps, seed=0, trace=trace)
+        best = min(best, time.perf_counter() - began)
+    return best / steps * 1e3
+
+
+def main() -> None:
+    label = sys.argv[1] if len(sys.argv) > 1 else "fond"
+    model = fond.IPVAE(256, 512, seed=0, init_scale=0.05)
+    with torch.no_grad():
+        model.log_bias.fill_(-1.0)
+    x = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0))
+    off, on = per_step_ms(model, x, trace=False), per_step_ms(model, x, trace=True)
+    print(f"{label}: trace off {off:.2f} ms/step, trace on {on:.2f} ms/step ({on / off:.2f}× the untraced step)")
+
+
+if __name__ == "__main__":
+    main()
