@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from fond.encoders import ENCODERS, FINAL_WEIGHT_SCALE, ConvEncoder, LinearEncoder, MLPEncoder, make_encoder
+from fond.encoders import (
+    ENCODERS,
+    FINAL_WEIGHT_SCALE,
+    UNBIASED_INIT_STD,
+    ConvEncoder,
+    LinearEncoder,
+    MLPEncoder,
+    UnbiasedLinearEncoder,
+    make_encoder,
+)
 from fond.errors import ConfigError
 
 
@@ -17,11 +26,24 @@ def _gen(seed=0):
 def test_shapes_and_types(name):
     """Every encoder maps (B, D) to (B, n_outputs), so models can split the outputs into state tensors."""
     encoder = make_encoder(name, 64, 10, generator=_gen(), hidden=8)
-    expected = {"linear": LinearEncoder, "mlp": MLPEncoder, "conv": ConvEncoder}[name]
+    expected = {"linear": LinearEncoder, "linear-nobias": UnbiasedLinearEncoder, "mlp": MLPEncoder,
+                "conv": ConvEncoder}[name]
     assert isinstance(encoder, expected)
     assert (encoder.n_inputs, encoder.n_outputs) == (64, 10)
     out = encoder(torch.randn(3, 64))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
+
+
+def test_unbiased_linear_encoder_is_the_authors():
+    """``linear-nobias``: one weight, no bias, N(0, 0.05²) initial weights; x ↦ x Wᵀ (zero input, zero output)."""
+    encoder = make_encoder("linear-nobias", 256, 512, generator=_gen())
+    assert [name for name, _ in encoder.named_parameters()] == ["weight"]
+    assert UNBIASED_INIT_STD == 0.05
+    weight = encoder.weight.detach()
+    assert abs(float(weight.std()) - 0.05) < 0.002 and abs(float(weight.mean())) < 0.002
+    assert torch.equal(encoder(torch.zeros(2, 256)), torch.zeros(2, 512))
+    x = torch.randn(3, 256)
+    torch.testing.assert_close(encoder(x), x @ weight.T)
 
 
 def test_parameter_counts():

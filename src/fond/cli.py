@@ -27,6 +27,7 @@ from fond.run import RunFolder
 from fond.validate import finite_float, positive_int
 
 DECODER_CHOICES = ("linear", "mlp", "conv")
+ENCODER_CHOICES = ("linear", "linear-nobias", "mlp", "conv")
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="linear dictionary, or a nonlinear decoder (pull-back by vector-Jacobian product)")
     tr.add_argument("--decoder-hidden", type=_positive_int, default=512,
                     help="hidden units (mlp) or channels (conv) of a nonlinear decoder")
-    tr.add_argument("--encoder", default="mlp", choices=DECODER_CHOICES, help="encoder of amortized/hybrid models")
+    tr.add_argument("--encoder", default="mlp", choices=ENCODER_CHOICES, help="encoder of amortized/hybrid models")
     tr.add_argument("--encoder-hidden", type=_positive_int, default=512)
     tr.add_argument("--sparsity", type=_nonneg_float, help="λ of lca/ista/fista (method option 'sparsity')")
     tr.add_argument("--family-option", type=_option, action="append", default=[], metavar="KEY=VALUE",

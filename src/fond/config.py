@@ -41,7 +41,7 @@ MODELS: tuple[str, ...] = BUILTIN_MODELS
 AMORTIZED_MODELS: tuple[str, ...] = tuple(name for name in MODELS if model_spec(name).kind == "amortized")
 POINT_ESTIMATE_MODELS: tuple[str, ...] = tuple(name for name in MODELS if model_spec(name).point_estimate)
 DECODERS: tuple[str, ...] = ("linear", "mlp", "conv")
-ENCODERS: tuple[str, ...] = ("linear", "mlp", "conv")
+ENCODERS: tuple[str, ...] = ("linear", "linear-nobias", "mlp", "conv")
 
 
 #: keys that older configs kept at the top level and that now belong to the Poisson family's options

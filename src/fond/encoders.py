@@ -5,6 +5,8 @@ family's state (e.g. u for Poisson, or [μ, log σ] for a Gaussian, concatenated
 D = ``n_inputs``.
 
 * ``LinearEncoder``: one affine map D -> n_outputs.
+* ``UnbiasedLinearEncoder`` (name ``"linear-nobias"``): x Wᵀ without bias, W ~ N(0, 0.05²), the linear
+  encoder of the authors' PoissonVAE code (DESIGN.md §7).
 * ``MLPEncoder``: D -> hidden -> hidden -> n_outputs with SiLU between layers.
 * ``ConvEncoder``: square images of side s (D = s², s divisible by 4): conv(1 -> C, kernel 4, stride 2,
   padding 1) -> SiLU -> conv(C -> 2C, same) -> SiLU -> flatten (2C·(s/4)²) -> linear -> n_outputs, with
@@ -16,6 +18,7 @@ tensors wrapped in ``nn.Parameter`` and used through ``F.linear`` / ``F.conv2d``
 U(−1/√fan_in, 1/√fan_in) (PyTorch's default scale), drawn in the order the layers are applied (weight then
 bias), except that the final layer's weight is further multiplied by ``FINAL_WEIGHT_SCALE`` = 0.1 so the
 initial posterior sits near the family's prior scale rather than at saturated rates / huge variances.
+``linear-nobias`` draws its one weight from N(0, ``UNBIASED_INIT_STD``²) instead.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from torch import Tensor, nn
 from fond.decoders import SquareImageConv, layer_parameters, linear_parameters, require_positive
 from fond.errors import ConfigError
 
-__all__ = ["ENCODERS", "FINAL_WEIGHT_SCALE", "Encoder", "LinearEncoder", "MLPEncoder", "ConvEncoder", "make_encoder"]
+__all__ = ["ENCODERS", "FINAL_WEIGHT_SCALE", "UNBIASED_INIT_STD", "Encoder", "LinearEncoder",
+           "UnbiasedLinearEncoder", "MLPEncoder", "ConvEncoder", "make_encoder"]
 
-ENCODERS: tuple[str, ...] = ("linear", "mlp", "conv")
+ENCODERS: tuple[str, ...] = ("linear", "linear-nobias", "mlp", "conv")
+
+#: std of the normal initial weights of ``UnbiasedLinearEncoder`` (the authors' PoissonVAE code)
+UNBIASED_INIT_STD = 0.05
 
 #: extra factor on the final layer's initial weights (small initial posterior parameters)
 FINAL_WEIGHT_SCALE = 0.1
@@ -61,6 +68,19 @@ class LinearEncoder(Encoder):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
+
+
+class UnbiasedLinearEncoder(Encoder):
+    """x Wᵀ, no bias: parameter ``weight`` (n_outputs, D) ~ N(0, ``UNBIASED_INIT_STD``²), as in the authors'
+    PoissonVAE code."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, *, generator: torch.Generator) -> None:
+        super().__init__(n_inputs, n_outputs)
+        weight = torch.randn(self.n_outputs, self.n_inputs, generator=generator) * UNBIASED_INIT_STD
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
 
 
 class MLPEncoder(Encoder):
@@ -116,7 +136,7 @@ def make_encoder(name: str, n_inputs: int, n_outputs: int, *, generator: torch.G
     """The encoder called ``name`` (one of ``ENCODERS``) mapping (B, n_inputs) -> (B, n_outputs).
 
     Parameters are drawn from ``generator`` only. hidden: hidden units of the MLP encoder, channels C of
-    the conv encoder (ignored by the linear one; must be ≥ 1 whatever the encoder). Bad arguments raise
+    the conv encoder (ignored by the linear ones; must be ≥ 1 whatever the encoder). Bad arguments raise
     ``ConfigError``.
     """
     if name not in ENCODERS:
@@ -126,6 +146,8 @@ def make_encoder(name: str, n_inputs: int, n_outputs: int, *, generator: torch.G
     require_positive("encoder hidden", hidden)
     if name == "linear":
         return LinearEncoder(n_inputs, n_outputs, generator=generator)
+    if name == "linear-nobias":
+        return UnbiasedLinearEncoder(n_inputs, n_outputs, generator=generator)
     if name == "mlp":
         return MLPEncoder(n_inputs, n_outputs, generator=generator, hidden=hidden)
     return ConvEncoder(n_inputs, n_outputs, generator=generator, channels=hidden)
