@@ -7,6 +7,8 @@
     fond sweep --models ipvae igvae-relu --beta 8 24 --t-train 8 16 --seeds 0 1 --out runs/sweep
     fond analyze gabor runs/quick --out runs/quick/analysis            # also frontier, classify, ood, ...
     fond reproduce --preset quick --out runs/reproduce                 # the paper's tables and figures
+    fond pretrained list                                               # the reference models that ship
+    fond eval pretrained:ipvae-natural16                               # pretrained:NAME wherever a run goes
 
 User errors (bad data, bad config, bad checkpoint) print one line, ``fond: error: ...``, and exit 2.
 """
@@ -82,6 +84,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from fond.config import PAPER_DATA, PRESETS
+    from fond.pretrained import DIRECTORY_ENV
     from fond.registry import models_by_kind
 
     parser = _Parser(prog="fond", description="Brain-like variational inference (FOND).")
@@ -129,13 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser("eval", help="evaluate a trained model over T_test inference steps")
-    ev.add_argument("run", type=Path, help="run or model directory")
+    ev.add_argument("run", type=Path, help="run or model directory, or pretrained:NAME (fond pretrained list)")
     ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")
     ev.add_argument("--steps", type=_positive_int, default=1000)
     ev.add_argument("--samples", type=_positive_int, help="evaluate on the first N inputs only")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
+    ev.add_argument("--out", type=Path, help="write report/ in this folder instead of DIR (default for "
+                                             "pretrained:NAME: runs/pretrained-NAME)")
 
     sw = sub.add_parser("sweep", help="train and evaluate a grid of models × β × T_train × seeds (resumable)")
     sw.add_argument("config", type=Path, nargs="?",
@@ -165,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="one analysis of trained runs: numbers (JSON) and a figure (PNG)")
     an.add_argument("kind", choices=("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency",
                                      "serial", "tracking", "raster"))
-    an.add_argument("runs", type=Path, nargs="+", help="run directories (frontier: also sweep directories)")
+    an.add_argument("runs", type=Path, nargs="+",
+                    help="run directories or pretrained:NAME (frontier: also sweep directories)")
     an.add_argument("--out", required=True, type=Path, help="folder for KIND.json and KIND.png")
     an.add_argument("--steps", type=_positive_int, default=1000, help="inference steps")
     an.add_argument("--samples", type=_positive_int, default=500, help="held-out inputs (test digits)")
@@ -183,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="time inference steps and training iterations against the machine's floor "
                                       "and a straightforward implementation (Markdown table)")
     bn.add_argument("run", type=Path, nargs="?",
-                    help="a trained iP-VAE run for realistic rates (default: a fresh model)")
+                    help="a trained iP-VAE run (or pretrained:NAME) for realistic rates (default: a fresh model)")
     bn.add_argument("--batch", type=_positive_int, default=1000, help="inference batch B")
     bn.add_argument("--train-batch", type=_positive_int, default=200, help="training batch B")
     bn.add_argument("--latents", type=_positive_int, default=512, help="K")
@@ -195,6 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--repeats", type=_positive_int, default=3, help="timings per entry (the best is kept)")
     bn.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     bn.add_argument("--json", type=Path, help="also write the rows as JSON here")
+
+    pt = sub.add_parser("pretrained", help="the reference models that ship with fond: list, show a card, verify "
+                                           "one, pack a finished run as one")
+    pts = pt.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    pts.add_parser("list", help="the pretrained models and their numbers (Markdown table)")
+    show = pts.add_parser("show", help="print a model's card")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="the card as JSON (default: Markdown)")
+    check = pts.add_parser("verify", help="check the weights' SHA-256 and re-run the card's check sample")
+    check.add_argument("name")
+    check.add_argument("--full", action="store_true", help="re-run the card's main sample instead (slower)")
+    pk = pts.add_parser("pack", help=f"copy a finished run into the models folder (${DIRECTORY_ENV} or the "
+                                     "package's) with its card, evaluated at --steps on held-out inputs")
+    pk.add_argument("run", type=Path, help="a trained run directory")
+    pk.add_argument("name", help="the model's name, e.g. ipvae-natural16")
+    pk.add_argument("--title", help="one line describing the model (default: model and data)")
+    pk.add_argument("--command", dest="train_command", help="the command that trained it (default: rebuilt "
+                                                           "from the run's config)")
+    pk.add_argument("--steps", type=_positive_int, default=1000, help="T_test of the card's numbers")
+    pk.add_argument("--samples", type=_positive_int, default=1000, help="held-out inputs of the card's numbers")
+    pk.add_argument("--check-samples", type=_positive_int, default=100, help="held-out inputs of the quick check")
+    pk.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    pk.add_argument("--gabor", action=argparse.BooleanOptionalAction, default=None,
+                    help="record the Gabor fraction (default: for a linear dictionary on square natural patches)")
     return parser
 
 
@@ -349,6 +379,7 @@ def _train_and_report(args: argparse.Namespace, cfg, model_cfg, data, spec: str)
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fond.experiment import evaluate_and_report
+    from fond.pretrained import report_folder
     from fond.resume import load_model
     from fond.train import read_run
 
@@ -361,9 +392,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.n_inputs != model.n_inputs:
         raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
     write = not args.no_report and args.data is None
-    evaluation = evaluate_and_report(args.run, model, data, steps=args.steps, samples=args.samples, seed=args.seed,
+    out = report_folder(args.run, args.out)  # never inside the package for pretrained:NAME
+    evaluation = evaluate_and_report(out, model, data, steps=args.steps, samples=args.samples, seed=args.seed,
                                      write=write)
     _print_summary(evaluation.summary(), as_json=args.json)
+    if write and out != args.run:
+        print(f"fond: report written to {RunFolder(out).report_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    from fond import pretrained
+
+    if args.action == "list":
+        print(pretrained.listing())
+    elif args.action == "show":
+        card = pretrained.card(args.name)
+        print(json.dumps(card, indent=2) if args.json else pretrained.card_markdown(card).rstrip("\n"))
+    elif args.action == "verify":
+        for key, pair in pretrained.verify(args.name, full=args.full).items():
+            print(f"{key:<18} card {pair['card']}  now {pair['now']}")
+        print(f"fond: {args.name}: SHA-256 and numbers agree with its card", file=sys.stderr)
+    else:
+        path = pretrained.pack(args.run, args.name, title=args.title, command=args.train_command, steps=args.steps,
+                               samples=args.samples, check_samples=args.check_samples, seed=args.seed,
+                               gabor=args.gabor, log=lambda message: print(f"fond: {message}", file=sys.stderr))
+        print(pretrained.card_markdown(pretrained.card(args.name)), end="")
+        print(f"fond: packed {args.run} as {args.name} in {path}", file=sys.stderr)
     return 0
 
 
@@ -469,6 +524,22 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print("WARNING: the rollout diverged (states at the clamp, non-finite values or mean-code R² < 0)")
 
 
+#: the run arguments of the commands that read run folders without writing into them: each may be pretrained:NAME
+_RUN_ARGUMENTS = {"eval": "run", "bench": "run", "analyze": "runs", "compare": "runs"}
+
+
+def _resolve_pretrained(args: argparse.Namespace) -> None:
+    """The one place ``pretrained:NAME`` becomes a folder: the model's, checked against its card's SHA-256."""
+    from fond.pretrained import resolve_run
+
+    key = _RUN_ARGUMENTS.get(args.command)
+    value = None if key is None else getattr(args, key)
+    if isinstance(value, list):
+        setattr(args, key, [resolve_run(run) for run in value])
+    elif value is not None:
+        setattr(args, key, resolve_run(value))
+
+
 def _plugin_modules(argv: list[str] | None) -> list[str]:
     """The ``--plugin`` modules of the command line, read before the full parse (they may register models)."""
     early = _Parser(prog="fond", add_help=False, allow_abbrev=False)
@@ -492,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "sweep": cmd_sweep,
-                    "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench}
+                    "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench,
+                    "pretrained": cmd_pretrained}
+        _resolve_pretrained(args)
         return commands[args.command](args)
     except FondError as exc:
         print(f"fond: error: {exc}", file=sys.stderr)
