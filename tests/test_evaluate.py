@@ -76,3 +76,40 @@ def test_gaussian_means_pinned_at_the_clamp_are_flagged(tiny_data):
         model.log_bias.fill_(6.0)  # b ≈ 400 drives every mean down to −7 within a few steps
     pinned = evaluate(model, tiny_data, steps=60)
     assert pinned.diverged and pinned.diverged_fraction == 1.0
+
+
+class _StubModel:
+    """A model whose every input sits at its clamp bound (trace ``saturated`` = 1) and whose mean code
+    reconstructs ``scale``·x (+ ``offset``): evaluate sees only what infer returns."""
+
+    def __init__(self, scale: float, offset: float = 0.0) -> None:
+        self.scale, self.offset = scale, offset
+
+    def n_params(self) -> int:
+        return 0
+
+    def infer(self, x, steps, *, seed=0, trace=True):
+        from types import SimpleNamespace
+
+        recon = self.scale * x + self.offset
+        r2 = r2_per_sample(x, recon).mean().item()
+        per_step = {"r2": r2, "r2_rates": r2, "zeros": 0.5, "nelbo": 1.0, "saturated": 1.0, "rate_max": 7.0}
+        return SimpleNamespace(reconstruction_from_rates=recon, rates=torch.ones(x.shape[0], 4),
+                               trace={k: np.full(steps, v) for k, v in per_step.items()})
+
+
+def test_a_state_at_its_bound_is_not_divergence_a_blown_up_reconstruction_is(tiny_data):
+    """A low clamp keeps healthy states at the bound (the quick P-VAE's rates ≤ e²): flagging them hid good
+    fits behind 'diverged' (78–86 % of inputs); a reconstruction error far above the input's variance, or a
+    non-finite one, is a blow-up and must still be flagged, input by input."""
+    from fond.evaluate import DIVERGED_R2, diverged_inputs
+
+    bounded = evaluate(_StubModel(0.9), tiny_data, 5)
+    assert not bounded.diverged and bounded.diverged_fraction == 0.0 and bounded.r2 > 0.9
+    blown = evaluate(_StubModel(30.0), tiny_data, 5)
+    assert blown.diverged and blown.diverged_fraction == 1.0
+    x = torch.from_numpy(tiny_data[:3])
+    recon = torch.stack([0.5 * x[0], x[1] * (1 + math.sqrt(1 - DIVERGED_R2) * 1.01), torch.full_like(x[2], math.nan)])
+    result = _StubModel(1.0).infer(x, 1)
+    result.reconstruction_from_rates = recon
+    assert diverged_inputs(x, result).tolist() == [False, True, True]

@@ -521,7 +521,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     if summary.get("diverged"):
-        print("WARNING: the rollout diverged (states at the clamp, non-finite values or mean-code R² < 0)")
+        print("WARNING: the rollout diverged (non-finite values, mean-code R² < 0, or some input's R² < −1)")
 
 
 #: the run arguments of the commands that read run folders without writing into them: each may be pretrained:NAME

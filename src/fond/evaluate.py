@@ -10,9 +10,15 @@ import numpy as np
 import torch
 
 from fond.errors import DataError
-from fond.metrics import convergence_step, rate_distortion_distance
+from fond.metrics import convergence_step, r2_per_sample, rate_distortion_distance
 
-__all__ = ["evaluate", "Evaluation"]
+__all__ = ["evaluate", "Evaluation", "diverged_inputs", "DIVERGED_R2"]
+
+#: an input's rollout diverged when its final mean-code reconstruction misses it by more than twice its own
+#: variance (per-sample R² below this): a blow-up, not a poor fit (a silent code gives R² ≈ 0). A state held
+#: near its clamp bound is not divergence by itself: a low bound (the quick P-VAE's rates ≤ e²) keeps healthy
+#: states there while every number stays finite and the fit good.
+DIVERGED_R2 = -1.0
 
 
 @dataclass
@@ -23,12 +29,12 @@ class Evaluation:
     code ("rates": e^u, f(μ), p). zeros: fraction of zero entries of f(z) at the last step.
     convergence_step: first step with R² ≥ 99 % of its final value (None if the final R² ≤ 0).
     nelbo: nats per sample at the last step (NLL + KL to the online prior).
-    rate_distortion: √((1 − R²)² + (1 − zeros)²). diverged: the rollout blew up (non-finite values,
-    any input's state at the family's clamp bound at any step, or a final R² of the mean code below 0 —
-    a noisy sample alone is not divergence); numbers from such a rollout mean little.
-    diverged_fraction: fraction of inputs at the clamp bound at the last step (Poisson: largest rate
-    within a factor 2 of e^c; Gaussian: over half the means pinned at the tanh clamp). trace: per-step
-    means (arrays of length steps). features: the mean code at the last step (N, K).
+    rate_distortion: √((1 − R²)² + (1 − zeros)²). diverged: the rollout blew up (non-finite values, a mean
+    R² of the mean code below 0, or any input diverged — a noisy sample alone is not divergence); numbers
+    from such a rollout mean little. diverged_fraction: fraction of inputs whose rollout diverged
+    (``diverged_inputs``: final mean-code reconstruction non-finite or R² < ``DIVERGED_R2``). trace:
+    per-step means (arrays of length steps; ``saturated`` says how many inputs sit at the clamp bound).
+    features: the mean code at the last step (N, K).
     """
 
     r2: float
@@ -71,8 +77,7 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     n = x.shape[0]
     sums: dict[str, np.ndarray] = {}
     rate_max = 0.0
-    ever_saturated = False
-    n_diverged = 0.0
+    n_diverged = 0
     features = []
     for i, begin in enumerate(range(0, n, chunk_size)):
         chunk = x[begin:begin + chunk_size]
@@ -82,8 +87,7 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
                 rate_max = max(rate_max, float(np.max(values)))
             else:
                 sums[key] = sums.get(key, 0.0) + np.asarray(values, dtype=float) * chunk.shape[0]
-        ever_saturated = ever_saturated or bool(np.any(res.trace["saturated"] > 0))
-        n_diverged += float(res.trace["saturated"][-1]) * chunk.shape[0]
+        n_diverged += int(diverged_inputs(chunk, res).sum())
         if keep_features:
             features.append(res.rates.numpy())
     trace = {k: v / n for k, v in sums.items()}
@@ -91,11 +95,21 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     r2, r2_rates, zeros = (float(trace[k][-1]) for k in ("r2", "r2_rates", "zeros"))
     nelbo = float(trace["nelbo"][-1])
     diverged = (not all(math.isfinite(v) for v in (r2, r2_rates, zeros, nelbo))
-                or ever_saturated or r2_rates < 0)
+                or r2_rates < 0 or n_diverged > 0)
     return Evaluation(
         r2=r2, r2_rates=r2_rates, zeros=zeros, convergence_step=convergence_step(trace.get("r2", [])),
         nelbo=nelbo, n_params=int(model.n_params()), steps=steps, n_samples=n,
         rate_distortion=rate_distortion_distance(r2, zeros), diverged=bool(diverged), rate_max=rate_max,
-        diverged_fraction=round(n_diverged) / n, trace=trace,
+        diverged_fraction=n_diverged / n, trace=trace,
         features=np.concatenate(features) if keep_features else None,
     )
+
+
+def diverged_inputs(x: torch.Tensor, result) -> torch.Tensor:
+    """(B,) bool: the inputs x (B, D) whose rollout ``result`` (an ``InferenceResult`` of x) diverged: a
+    non-finite mean code or reconstruction at the last step, or a mean-code R² below ``DIVERGED_R2``."""
+    reconstruction = result.reconstruction_from_rates.reshape(x.shape[0], -1)
+    rates = result.rates.reshape(x.shape[0], -1)
+    finite = torch.isfinite(reconstruction).all(dim=-1) & torch.isfinite(rates).all(dim=-1)
+    r2 = r2_per_sample(x.to(reconstruction.dtype), torch.nan_to_num(reconstruction))
+    return ~finite | ~(r2 >= DIVERGED_R2)

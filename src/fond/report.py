@@ -105,7 +105,8 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
                 "diverged", "diverged_fraction"):
         lines.append(f"| {key} | {fmt(summary[key])} | {fmt(paper.get(key, ''))} |")
     if evaluation.diverged:
-        lines += ["", "**Warning: the rollout diverged** (states at the clamp, non-finite values or mean-code R² < 0)."]
+        lines += ["", "**Warning: the rollout diverged** (non-finite values, mean-code R² < 0, or some input's "
+                      "R² < −1)."]
     lines += ["", "Convergence step: first step at which R² reaches 99 % of its final value.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     return atomic_write(folder.report_path, "\n".join(lines) + "\n")
