@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fond.config import ModelConfig, preset, preset_model_options
+from fond.config import ModelConfig, TrainConfig, preset, preset_model_options
 
 PAPER_MODELS = ("ipvae", "igvae", "igvae-relu", "ibvae", "pvae", "gvae", "gvae-relu", "savae", "iavae", "pc", "lca",
                 "ista", "fista")
@@ -57,8 +57,20 @@ BASE[("mnist", "fond")] = {**BASE[("natural", "fond")], "batch_size": 100, "n_tr
 BASE[("natural", "paper")] = {**BASE[("natural", "fond")], "preset": "paper", "decay_log_params": True}
 BASE[("mnist", "paper")] = {**BASE[("natural", "paper")], "batch_size": 100, "lr": 0.002, "grad_clip": 3000.0,
                             "iterations": 240000, "n_train": 60000, "n_val": 10000}
-#: changes per model made on purpose since: the quick iP-VAE on natural patches clips its gradient at 50 (issue 16)
-MODEL_CHANGES = {("ipvae", "natural", "quick"): {"grad_clip": 50.0}}
+#: the authors' PoissonVAE schedule (hadivafaii/PoissonVAE checkpoints/*-<lin|lin>-vH16*/ConfigTrainVAE.json: batch
+#: 1000, 3000 epochs, 5 warm-up epochs, weight decay 0, clip 500, KL annealed over half, τ 1 → 0.05 over half)
+POISSONVAE_PAPER = dict(batch_size=1000, iterations=300000, weight_decay=0.0, warmup_fraction=5 / 3000, grad_clip=500.0,
+                        beta_const_fraction=0.0, beta_ramp_fraction=0.5, temp_stop=0.05, temp_anneal_fraction=0.5)
+#: changes per model made on purpose since (issue 16): the quick iP-VAE on natural patches clips its gradient at
+#: 50; the amortized VAEs' paper preset on natural patches is the authors' PoissonVAE recipe (P-VAE at their
+#: β 0.01); their quick presets are the best of the sweep in README's baselines section
+MODEL_CHANGES = {("ipvae", "natural", "quick"): {"grad_clip": 50.0},
+                 ("pvae", "natural", "quick"): {"beta": 0.002, "batch_size": 1000},
+                 ("gvae", "natural", "quick"): {"beta": 0.03},
+                 ("gvae-relu", "natural", "quick"): {"beta": 0.01},
+                 ("pvae", "natural", "paper"): {**POISSONVAE_PAPER, "beta": 0.01},
+                 ("gvae", "natural", "paper"): POISSONVAE_PAPER,
+                 ("gvae-relu", "natural", "paper"): POISSONVAE_PAPER}
 DATA_SPECS = {"natural": (None, "natural16", "natural16-lcn", "patches.npy"),
               "mnist": ("mnist", "mnist-test", "mnist-raw", "mnist-raw-60k")}
 
@@ -69,23 +81,85 @@ DATA_SPECS = {"natural": (None, "natural16", "natural16-lcn", "patches.npy"),
 def test_presets_are_unchanged_for_every_model_and_data_kind(model, kind, name):
     """preset() gives the pre-registry TrainConfig for every built-in model × data kind × preset."""
     steps, beta = _steps_beta(model, kind, name)
+    expected = {**BASE[(kind, name)], "steps": steps, "beta": beta, **MODEL_CHANGES.get((model, kind, name), {})}
+    defaults = dataclasses.asdict(TrainConfig())
     for spec in DATA_SPECS[kind]:
-        assert dataclasses.asdict(preset(name, model, spec)) == {**BASE[(kind, name)], "steps": steps, "beta": beta,
-                                                                 **MODEL_CHANGES.get((model, kind, name), {})}
+        got = dataclasses.asdict(preset(name, model, spec))
+        assert {key: got[key] for key in expected} == expected
+        # a field the table does not list (added since) keeps TrainConfig's default: no preset changes it silently
+        assert {key: value for key, value in got.items() if key not in expected and value != defaults[key]} == {}
+
+
+_POISSON_QUICK = {"family_options": {"clamp_final": 6.0}}
+_AUTHORS_ENCODER = {"encoder": "linear-nobias"}
+#: the ModelConfig fields of each preset: iP-VAE's quick clamp 6 and the authors' KL form and sampler (every data
+#: kind); on natural patches the authors' encoder for the amortized VAEs' paper preset and for the quick P- and
+#: G_relu-VAE (the quick G-VAE keeps the MLP: it was better by d), P-VAE's clamps; MNIST P-VAE as before
+MODEL_OPTIONS = {
+    **{("ipvae", kind, "quick"): _POISSON_QUICK for kind in ("natural", "mnist")},
+    **{("ipvae", kind, "paper"): {"family_options": {"kl_form": "reference", "n_exp_rule": "batch"}}
+       for kind in ("natural", "mnist")},
+    ("pvae", "mnist", "quick"): _POISSON_QUICK,
+    ("pvae", "natural", "quick"): {**_AUTHORS_ENCODER, "family_options": {"clamp_init": 1.0, "clamp_final": 2.0}},
+    ("pvae", "natural", "paper"): {**_AUTHORS_ENCODER, "family_options": {"clamp_init": 5.0, "clamp_final": 5.0}},
+    ("gvae-relu", "natural", "quick"): _AUTHORS_ENCODER,
+    **{(model, "natural", "paper"): _AUTHORS_ENCODER for model in ("gvae", "gvae-relu")},
+}
 
 
 @pytest.mark.parametrize("name", ["quick", "paper", "fond"])
+@pytest.mark.parametrize("kind", ["natural", "mnist"])
 @pytest.mark.parametrize("model", PAPER_MODELS)
-def test_preset_model_options_are_unchanged(model, name):
-    """The quick preset of the Poisson models lowers clamp_final (to 6); the paper preset gives iP-VAE the
-    authors' KL form and relaxed sampler (the amortized P-VAE's authors used the exact KL); fond sets none; the
-    ModelConfig round-trips."""
-    expected = {"family_options": {"clamp_final": 6.0}} if name == "quick" and model in ("ipvae", "pvae") else {}
-    if name == "paper" and model == "ipvae":
-        expected = {"family_options": {"kl_form": "reference", "n_exp_rule": "batch"}}
-    assert preset_model_options(name, model) == expected
-    config = ModelConfig(n_inputs=16, n_latents=8, model=model, **preset_model_options(name, model))
+def test_preset_model_options_are_the_intended_ones(model, kind, name):
+    """Each preset's ModelConfig fields per model and data kind are the table's (fond sets none), whichever data
+    spec of that kind is named; the ModelConfig built from them round-trips."""
+    expected = MODEL_OPTIONS.get((model, kind, name), {})
+    for spec in DATA_SPECS[kind]:
+        assert preset_model_options(name, model, spec) == expected
+    options = preset_model_options(name, model, DATA_SPECS[kind][1])
+    config = ModelConfig(n_inputs=16, n_latents=8, model=model, **options)
     assert dataclasses.asdict(config)["family_options"] == expected.get("family_options", {})
+    assert config.encoder == expected.get("encoder", "mlp")
+
+
+def test_preset_model_options_are_copies():
+    """Editing the options a call returns must not change the registry's (every later run would inherit it)."""
+    options = preset_model_options("quick", "pvae")
+    options["family_options"]["clamp_final"] = 99.0
+    options["encoder"] = "conv"
+    assert preset_model_options("quick", "pvae") == MODEL_OPTIONS[("pvae", "natural", "quick")]
+
+
+def test_explicit_options_win_over_the_presets(tmp_path, sweep_patches, monkeypatch):
+    """`fond train` and sweeps apply the preset's encoder and family options, but a user's --encoder and
+    --family-option (sweep: model_options) replace them key by key: a preset is a default, not a lock."""
+    import fond.experiment
+    from fond.cli import main
+    from fond.sweep import SweepConfig
+
+    class Captured(BaseException):
+        """Stops `fond train` once it has built its configuration."""
+
+    seen = []
+
+    def capture(data, cfg, model_cfg, *args, **kwargs):
+        seen.append((cfg, model_cfg))
+        raise Captured
+
+    monkeypatch.setattr(fond.experiment, "run_experiment", capture)
+    for extra in ([], ["--encoder", "mlp", "--family-option", "clamp_final=3"]):
+        with pytest.raises(Captured):
+            main(["train", "--model", "pvae", "--data", str(sweep_patches), "--out", str(tmp_path / "o"), *extra])
+    (preset_cfg, preset_model), (_, explicit) = seen
+    assert preset_cfg.batch_size == 1000 and preset_model.encoder == "linear-nobias"
+    assert dict(preset_model.family_options) == {"clamp_init": 1.0, "clamp_final": 2.0}
+    assert explicit.encoder == "mlp" and dict(explicit.family_options) == {"clamp_init": 1.0, "clamp_final": 3.0}
+    sweep = SweepConfig(models=["pvae"], model_options={"pvae": {"encoder": "linear",
+                                                                 "family_options": {"clamp_init": 0.5}}})
+    (run,) = sweep.runs()
+    config = run.model_config(16)
+    assert config.encoder == "linear" and dict(config.family_options) == {"clamp_init": 0.5, "clamp_final": 2.0}
+    assert SweepConfig(models=["pvae"]).runs()[0].model_config(16).encoder == "linear-nobias"
 
 
 def test_plain_family_models_keep_their_presets():
@@ -93,8 +167,9 @@ def test_plain_family_models_keep_their_presets():
     and the Poisson family's quick clamp."""
     assert (preset("quick", "poisson").steps, preset("quick", "poisson").beta) == (16, 8.0)
     assert (preset("paper", "bernoulli", "mnist").steps, preset("paper", "bernoulli", "mnist").beta) == (16, 1.0)
-    assert preset_model_options("quick", "poisson") == {"family_options": {"clamp_final": 6.0}}
-    assert preset_model_options("paper", "poisson") == preset_model_options("paper", "ipvae")
+    for data in ("natural16", "mnist"):
+        assert preset_model_options("quick", "poisson", data) == {"family_options": {"clamp_final": 6.0}}
+        assert preset_model_options("paper", "poisson", data) == preset_model_options("paper", "ipvae", data)
     assert preset_model_options("quick", "gaussian") == {}
 
 

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="linear dictionary, or a nonlinear decoder (pull-back by vector-Jacobian product)")
     tr.add_argument("--decoder-hidden", type=_positive_int, default=512,
                     help="hidden units (mlp) or channels (conv) of a nonlinear decoder")
-    tr.add_argument("--encoder", default="mlp", choices=ENCODER_CHOICES, help="encoder of amortized/hybrid models")
+    tr.add_argument("--encoder", choices=ENCODER_CHOICES,
+                    help="encoder of amortized/hybrid models (default: the preset's, else mlp)")
     tr.add_argument("--encoder-hidden", type=_positive_int, default=512)
     tr.add_argument("--sparsity", type=_nonneg_float, help="λ of lca/ista/fista (method option 'sparsity')")
     tr.add_argument("--family-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -344,13 +345,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FondError("fond train needs --out DIR (a new run, or one to continue) or --resume DIR")
     cfg = _train_config(args)
     data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
-    options = preset_model_options(args.preset, args.model)
+    options = preset_model_options(args.preset, args.model, args.data)
     family_options = {**options.pop("family_options", {}), **dict(args.family_option)}
+    if args.encoder is not None:  # explicit options win over the preset's
+        options["encoder"] = args.encoder
     method_options = dict(args.method_option)
     if args.sparsity is not None:
         method_options["sparsity"] = args.sparsity
     model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model,
-                            decoder=args.decoder, decoder_hidden=args.decoder_hidden, encoder=args.encoder,
+                            decoder=args.decoder, decoder_hidden=args.decoder_hidden,
                             encoder_hidden=args.encoder_hidden, family_options=family_options,
                             method_options=method_options, **options)
     ranks = f" on {args.distributed.world_size} processes" if args.distributed.distributed else ""

@@ -277,8 +277,10 @@ def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainCon
     150,000 updates on 50k digits at lr 5e-3 and clip 300; exact KL). ``quick``: a schedule for 2 CPU cores
     that finishes within 15 minutes (README: β and clamp ramps stretched so the network does not fall silent,
     temperature annealed to near-hard spikes, T_train 32 for iP-VAE; MNIST T_train = β = 32).
-    The schedules are ``PRESET_SCHEDULES``; T_train and β per model and data kind come from the model's
-    registry entry (``fond.registry.ModelSpec.presets``).
+    The schedules are ``PRESET_SCHEDULES``; T_train, β and a model's own schedule fields per data kind come
+    from its registry entry (``fond.registry.ModelSpec.presets``): e.g. on natural patches the quick iP-VAE's
+    gradient clip 50, the quick P-VAE's batch 1000, and the amortized VAEs' ``paper`` preset, the authors'
+    PoissonVAE recipe (batch 1000, 300,000 updates, no weight decay, clip 500, β and τ ramped over half).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
@@ -289,21 +291,28 @@ def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainCon
     return TrainConfig(preset=name, steps=steps, beta=beta, **schedule)
 
 
-def preset_model_options(name: str, model: str = "ipvae") -> dict[str, Any]:
-    """``ModelConfig`` options that belong to a preset (applied by the CLI; explicit options win).
+def preset_model_options(name: str, model: str = "ipvae", data: str | None = None) -> dict[str, Any]:
+    """``ModelConfig`` fields that belong to preset ``name`` for ``model`` on the data named by ``data`` (the
+    CLI's ``--data``); the CLI, sweeps and ``fond reproduce`` apply them, explicit options win (key by key
+    inside ``family_options``).
 
     ``quick`` lowers iP-VAE's final soft clamp from the paper's 10 to 6 (rates ≤ e⁶ ≈ 400 spikes per
     step): a model trained for minutes instead of hours occasionally lets a population overshoot into a
     synchronous burst during a 1000-step rollout (a few inputs in a thousand, every neuron pinned at
-    e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100). ``paper``
-    gives the iterative Poisson models the authors' KL form (e^Δ × the exact KL) and relaxed sampler (every
-    element as many arrival times as the batch's largest rate needs). ``fond`` sets none. The options come
-    from the model's registry entry (``fond.registry.ModelSpec.preset_family_options``).
+    e^10); the lower bound keeps such rollouts finite without touching typical rates (< 100). On natural
+    patches the quick P- and G_relu-VAE take the authors' linear encoder without bias (``linear-nobias``), and
+    the quick P-VAE a soft clamp ramped 1 → 2 (README, baselines). ``paper`` gives the iterative Poisson
+    models the authors' KL form (e^Δ × the exact KL) and relaxed sampler (every element as many arrival
+    times as the batch's largest rate needs), and the amortized VAEs on natural patches the authors'
+    PoissonVAE encoder (and, for P-VAE, their log-rate clamp at 5). ``fond`` sets none. The options come
+    from the model's registry entry (``fond.registry.PresetValues.quick_model_options`` / ``paper_...``).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
-    options = model_spec(model).preset_family_options(name)
-    return {"family_options": dict(options)} if options else {}
+    options = dict(model_spec(model).preset_model_options(name, data_kind(data)))
+    if "family_options" in options:
+        options["family_options"] = dict(options["family_options"])
+    return options
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:

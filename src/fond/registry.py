@@ -47,29 +47,43 @@ ITERATIVE_CLASS = "fond.models.iterative:IterativeVAE"
 
 @dataclass(frozen=True)
 class PresetValues:
-    """T_train and β of a model's presets on one kind of data.
+    """What a model's presets set on one kind of data, beside the data kind's schedule.
 
-    steps / beta: the ``paper`` preset's T_train (inference steps unrolled per batch) and KL weight β (the
-    ``fond`` preset uses the same). quick_steps / quick_beta: the ``quick`` preset's, None for the same as
-    ``paper``'s. quick_schedule: ``TrainConfig`` fields this model's ``quick`` preset sets on top of the
-    data kind's quick schedule (``fond.config.PRESET_SCHEDULES``).
+    steps / beta: the ``fond`` and ``paper`` presets' T_train (inference steps unrolled per batch) and KL weight
+    β. quick_steps / quick_beta: the ``quick`` preset's, None for the same as ``fond``'s; paper_beta: the
+    ``paper`` preset's β, None for ``beta``. quick_schedule / paper_schedule: ``TrainConfig`` fields this
+    model's ``quick`` / ``paper`` preset sets on top of the data kind's schedule
+    (``fond.config.PRESET_SCHEDULES``). quick_model_options / paper_model_options: ``ModelConfig`` fields the
+    preset sets (e.g. ``encoder``, ``family_options``); explicit options win, key by key inside
+    ``family_options``. The ``fond`` preset sets none of these.
     """
 
     steps: int = 16
     beta: float = 8.0
     quick_steps: int | None = None
     quick_beta: float | None = None
+    paper_beta: float | None = None
     quick_schedule: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    paper_schedule: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    quick_model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    paper_model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "quick_schedule", MappingProxyType(dict(self.quick_schedule)))
+        for key in ("quick_schedule", "paper_schedule", "quick_model_options", "paper_model_options"):
+            object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
 
     def schedule_for_preset(self, name: str) -> Mapping[str, Any]:
-        """The ``TrainConfig`` fields this model sets in preset ``name`` (``quick_schedule`` for "quick")."""
-        return self.quick_schedule if name == "quick" else MappingProxyType({})
+        """The ``TrainConfig`` fields this model sets in preset ``name`` ("quick", "paper"; none for others)."""
+        return {"quick": self.quick_schedule, "paper": self.paper_schedule}.get(name, MappingProxyType({}))
+
+    def model_options_for_preset(self, name: str) -> Mapping[str, Any]:
+        """The ``ModelConfig`` fields this model sets in preset ``name`` ("quick", "paper"; none for others)."""
+        return {"quick": self.quick_model_options, "paper": self.paper_model_options}.get(name, MappingProxyType({}))
 
     def for_preset(self, name: str) -> tuple[int, float]:
-        """(T_train, β) of preset ``name`` ("quick"; anything else — "paper", "fond" — reads the paper values)."""
+        """(T_train, β) of preset ``name`` ("quick", "paper"; anything else — "fond" — reads steps and beta)."""
+        if name == "paper" and self.paper_beta is not None:
+            return self.steps, self.paper_beta
         if name != "quick":
             return self.steps, self.beta
         steps = self.steps if self.quick_steps is None else self.quick_steps
@@ -93,9 +107,8 @@ class ModelSpec:
     or None (then the model takes none). title: the name reports print (default: ``name``).
     accepts_online_input: ``infer`` takes an input sequence (steps, B, D) as well as (B, D); models that do
     not refuse one with a one-line ``DataError``. linear_decoder_only: the model learns a linear dictionary
-    only. presets: ``PresetValues`` per data kind (missing kinds: ``DEFAULT_PRESETS``). quick_family_options /
-    paper_family_options: family options the ``quick`` / ``paper`` preset sets (explicit options win; the
-    ``fond`` preset sets none).
+    only. presets: ``PresetValues`` per data kind (missing kinds: ``DEFAULT_PRESETS``): T_train, β, schedule
+    fields and ``ModelConfig`` fields of each preset.
     """
 
     name: str
@@ -108,8 +121,6 @@ class ModelSpec:
     accepts_online_input: bool = True
     linear_decoder_only: bool = False
     presets: Mapping[str, PresetValues] = field(default_factory=dict, hash=False)
-    quick_family_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    paper_family_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -119,12 +130,14 @@ class ModelSpec:
         for target in (self.model_class, self.method_options):
             if target is not None and (not isinstance(target, str) or target.count(":") != 1):
                 raise ConfigError(f"model {self.name!r}: expected 'module:Class', got {target!r}")
-        if self.family is None and (self.family_options or self.quick_family_options or self.paper_family_options):
+        preset_options = [values.model_options_for_preset(name) for values in self.presets.values()
+                          for name in ("quick", "paper")]
+        if self.family is None and (self.family_options or any("family_options" in o for o in preset_options)):
             raise ConfigError(f"model {self.name!r}: family options need a family")
         unknown = sorted(set(self.presets) - set(DATA_KINDS))
         if unknown:
             raise ConfigError(f"model {self.name!r}: presets for unknown data kind {unknown[0]!r}")
-        for key in ("family_options", "presets", "quick_family_options", "paper_family_options"):
+        for key in ("family_options", "presets"):
             object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
         if not self.title:
             object.__setattr__(self, "title", self.name)
@@ -138,9 +151,9 @@ class ModelSpec:
         """T_train and β of the presets on ``data_kind`` ("natural" or "mnist")."""
         return self.presets.get(data_kind, DEFAULT_PRESETS[data_kind])
 
-    def preset_family_options(self, preset: str) -> Mapping[str, Any]:
-        """The family options preset ``preset`` sets ("quick", "paper"; none for any other)."""
-        return {"quick": self.quick_family_options, "paper": self.paper_family_options}.get(preset, {})
+    def preset_model_options(self, preset: str, data_kind: str) -> Mapping[str, Any]:
+        """The ``ModelConfig`` fields preset ``preset`` sets on ``data_kind`` ("natural" or "mnist")."""
+        return self.preset_values(data_kind).model_options_for_preset(preset)
 
     def load_class(self) -> type:
         """The model class (imports its module)."""
@@ -172,6 +185,9 @@ _POISSON_QUICK = {"clamp_final": 6.0}
 #: paper: the authors' iterative code (DESIGN.md §7) weights the KL by e^Δ (``kl_form="reference"``) and gives
 #: every element of a batch the arrival times its largest rate needs (``n_exp_rule="batch"``)
 _POISSON_PAPER = {"kl_form": "reference", "n_exp_rule": "batch"}
+#: the ``ModelConfig`` fields of the Poisson models' presets (every data kind)
+_POISSON_OPTIONS = {"quick_model_options": {"family_options": _POISSON_QUICK},
+                    "paper_model_options": {"family_options": _POISSON_PAPER}}
 #: quick iP-VAE on natural patches: gradient clip 50 instead of 300. The gradient norm of the 32-step unroll is
 #: 40–90 in ordinary updates but jumps past 300 (10⁵ in short runs) while β ramps; Adamax divides each update
 #: by the largest gradient it has seen (decaying 0.1 % per update), so one such update slows the dictionary for
@@ -183,21 +199,63 @@ _SPARSE = "fond.models.sparse_coding"
 
 
 def _iterative_presets(natural_beta: float, mnist_steps: int, natural_quick_steps: int | None = None,
-                       natural_quick_schedule: Mapping[str, Any] | None = None):
+                       natural_quick_schedule: Mapping[str, Any] | None = None,
+                       model_options: Mapping[str, Any] | None = None):
     """Natural patches: T_train 16 and ``natural_beta`` (quick: ``natural_quick_steps`` and the schedule
     fields ``natural_quick_schedule``); MNIST: the paper's T_train = β = ``mnist_steps``, and quick T_train =
-    β = 32 (β/T_train as in the paper, fits 2 CPU cores)."""
+    β = 32 (β/T_train as in the paper, fits 2 CPU cores). ``model_options``: ``PresetValues`` fields of the
+    presets' model options, on both kinds of data."""
+    options = model_options or {}
     return {"natural": PresetValues(16, natural_beta, quick_steps=natural_quick_steps,
-                                    quick_schedule=natural_quick_schedule or {}),
-            "mnist": PresetValues(mnist_steps, float(mnist_steps), quick_steps=32, quick_beta=32.0)}
+                                    quick_schedule=natural_quick_schedule or {}, **options),
+            "mnist": PresetValues(mnist_steps, float(mnist_steps), quick_steps=32, quick_beta=32.0, **options)}
 
 
-def _one_kl_presets(natural_beta: float):
+def _one_kl_presets(natural_beta: float, natural: Mapping[str, Any] | None = None,
+                    mnist: Mapping[str, Any] | None = None):
     """Amortized and hybrid models have one KL to the prior where the iterative ones add up T_train = 16
     per-step KLs, so their β is the iterative β/16 (with the iterative value a quick P-VAE falls silent);
-    on MNIST β/T_train = 1 gives β = 1."""
-    return {"natural": PresetValues(16, natural_beta), "mnist": PresetValues(16, 1.0)}
+    on MNIST β/T_train = 1 gives β = 1. ``natural`` / ``mnist``: further ``PresetValues`` fields."""
+    return {"natural": PresetValues(16, natural_beta, **(natural or {})),
+            "mnist": PresetValues(16, 1.0, **(mnist or {}))}
 
+
+#: the authors' PoissonVAE recipe (hadivafaii/PoissonVAE, checkpoints/*-<lin|lin>-vH16*/ConfigTrainVAE.json) on
+#: top of the paper preset's natural schedule: batch 1000 for 3000 epochs (of 100k patches: 300,000 updates),
+#: Adamax lr 5e-3 (5 warm-up epochs, cosine to 1e-5) without weight decay, gradient clip 500, β from 1e-4
+#: ramped over the first half, τ 1 → 0.05 over the first half
+_POISSONVAE_PAPER_SCHEDULE = dict(batch_size=1000, iterations=300_000, weight_decay=0.0, warmup_fraction=5 / 3000,
+                                  grad_clip=500.0, beta_const_fraction=0.0, beta_ramp_fraction=0.5, temp_stop=0.05,
+                                  temp_anneal_fraction=0.5)
+#: their encoder: linear without bias (``enc_type="lin"``, ``enc_bias=False``)
+_POISSONVAE_ENCODER = {"encoder": "linear-nobias"}
+
+
+def _amortized_presets(natural_beta: float, paper_beta: float, quick: Mapping[str, Any],
+                       paper_family_options: Mapping[str, Any] | None = None,
+                       mnist: Mapping[str, Any] | None = None):
+    """An amortized VAE's presets: natural patches ``paper``: the authors' PoissonVAE recipe at ``paper_beta``
+    (their encoder, schedule and ``paper_family_options``); ``quick``: ``PresetValues`` fields ``quick``
+    (chosen by the sweep of README's baselines section); ``fond``: β ``natural_beta`` (the iterative β/16).
+    MNIST: ``_one_kl_presets`` with the ``PresetValues`` fields ``mnist``."""
+    paper_options = {**_POISSONVAE_ENCODER, **({"family_options": paper_family_options} if paper_family_options
+                                              else {})}
+    natural = {**quick, "paper_beta": paper_beta, "paper_schedule": _POISSONVAE_PAPER_SCHEDULE,
+               "paper_model_options": paper_options}
+    return _one_kl_presets(natural_beta, natural, mnist)
+
+
+#: quick amortized VAEs on natural patches: the best by d of the sweep in README's baselines section (1500 updates;
+#: 2000 held-out patches, 1000 steps): P-VAE d 0.406 with the authors' encoder, batch 1000, β 0.002 and log-rates
+#: soft-clamped at 2 (ramped from 1; at 6 a few neurons fire up to 400 spikes, the reconstruction never improves
+#: and d stays ≈ 1 for any β); G_relu-VAE d 0.592 (authors' encoder, β 0.01); G-VAE d 1.004 (MLP encoder, β 0.03)
+_PVAE_NATURAL_QUICK = {"quick_beta": 0.002, "quick_schedule": {"batch_size": 1000},
+                       "quick_model_options": {**_POISSONVAE_ENCODER,
+                                               "family_options": {"clamp_init": 1.0, "clamp_final": 2.0}}}
+_GVAE_NATURAL_QUICK = {"quick_beta": 0.03}
+_GVAE_RELU_NATURAL_QUICK = {"quick_beta": 0.01, "quick_model_options": _POISSONVAE_ENCODER}
+#: the authors' P-VAE bounds log-rates by a soft clamp at 5 from the start (no ramp)
+_PVAE_PAPER_CLAMP = {"clamp_init": 5.0, "clamp_final": 5.0}
 
 #: point estimates learn their dictionary on converged codes: T_train is the number of inference steps run
 #: (without gradient) before each dictionary update; β is unused (λ is their knob)
@@ -212,9 +270,8 @@ def _point_estimate(name: str, model_class: str, method_options: str, title: str
 _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
     # FOND models (iP-VAE on natural patches: quick T_train 32 reaches R² 0.83 where 16 stays at 0.78)
     ModelSpec("ipvae", "fond.models.iterative:IPVAE", family="poisson", title="iP-VAE",
-              presets=_iterative_presets(24.0, 128, natural_quick_steps=32,
-                                         natural_quick_schedule=_IPVAE_NATURAL_QUICK),
-              quick_family_options=_POISSON_QUICK, paper_family_options=_POISSON_PAPER),
+              presets=_iterative_presets(24.0, 128, model_options=_POISSON_OPTIONS, natural_quick_steps=32,
+                                         natural_quick_schedule=_IPVAE_NATURAL_QUICK)),
     ModelSpec("igvae", "fond.models.iterative:IGVAE", family="gaussian", family_options=_IDENTITY, title="iG-VAE",
               presets=_iterative_presets(8.0, 64)),
     ModelSpec("igvae-relu", "fond.models.iterative:IGVAE", family="gaussian", family_options=_RELU,
@@ -223,11 +280,12 @@ _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
               presets=_iterative_presets(8.0, 64)),
     # amortized VAEs (one encoder pass)
     ModelSpec("pvae", _AMORTIZED, kind="amortized", family="poisson", title="P-VAE (amortized)",
-              presets=_one_kl_presets(1.5), quick_family_options=_POISSON_QUICK),
+              presets=_amortized_presets(1.5, 0.01, _PVAE_NATURAL_QUICK, paper_family_options=_PVAE_PAPER_CLAMP,
+                                         mnist={"quick_model_options": {"family_options": _POISSON_QUICK}})),
     ModelSpec("gvae", _AMORTIZED, kind="amortized", family="gaussian", family_options=_IDENTITY,
-              title="G-VAE (amortized)", presets=_one_kl_presets(0.5)),
+              title="G-VAE (amortized)", presets=_amortized_presets(0.5, 0.5, _GVAE_NATURAL_QUICK)),
     ModelSpec("gvae-relu", _AMORTIZED, kind="amortized", family="gaussian", family_options=_RELU,
-              title="G_relu-VAE (amortized)", presets=_one_kl_presets(0.5)),
+              title="G_relu-VAE (amortized)", presets=_amortized_presets(0.5, 0.5, _GVAE_RELU_NATURAL_QUICK)),
     # hybrid iterative-amortized VAEs: fixed-input refiners
     ModelSpec("savae", "fond.models.hybrid:SemiAmortizedVAE", kind="hybrid", family="gaussian",
               family_options=_IDENTITY, method_options="fond.models.hybrid:SemiAmortizedOptions",
@@ -242,7 +300,8 @@ _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
     _point_estimate("ista", f"{_SPARSE}:ISTA", f"{_SPARSE}:SparseCodingOptions", "ISTA"),
     _point_estimate("fista", f"{_SPARSE}:FISTA", f"{_SPARSE}:SparseCodingOptions", "FISTA"),
     # the Poisson family as a model of its own is iP-VAE's: its quick clamp, the authors' KL and sampler
-    family_model_spec("poisson", quick_family_options=_POISSON_QUICK, paper_family_options=_POISSON_PAPER),
+    family_model_spec("poisson", presets={"natural": PresetValues(16, 8.0, **_POISSON_OPTIONS),
+                                          "mnist": PresetValues(16, 1.0, **_POISSON_OPTIONS)}),
 )
 #: the paper's models, in the order the CLI and reports list them
 BUILTIN_MODELS: tuple[str, ...] = tuple(spec.name for spec in _BUILTIN_SPECS if spec.name != spec.family)

@@ -154,7 +154,7 @@ class RunSpec:
     def model_config(self, n_inputs: int) -> ModelConfig:
         from fond.config import preset_model_options
 
-        options = preset_model_options(self.sweep.preset, self.model)
+        options = preset_model_options(self.sweep.preset, self.model, self.sweep.data)
         extra = dict(self.sweep.model_options.get(self.model, {}))
         family_options = {**options.pop("family_options", {}), **extra.pop("family_options", {})}
         fields = {"decoder": self.sweep.decoder, **options, **extra}
