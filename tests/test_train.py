@@ -153,3 +153,16 @@ def test_run_configuration_reads_back_what_the_run_was_trained_with(tmp_path):
     assert resumed.iterations == 6
     with pytest.raises(fond.FondError, match="no checkpoint to resume"):
         run_configuration(tmp_path)
+
+
+def test_momentum_sets_adamax_beta1_and_is_validated():
+    """`momentum` is Adamax's β1 (the dictionary's noise averaging); out of [0, 1) it is one config error."""
+    from fond.train import build_optimizer
+
+    model = fond.IPVAE(16, 4)
+    optimizer = build_optimizer(model, TrainConfig(momentum=0.99))
+    assert all(group["betas"] == (0.99, 0.999) for group in optimizer.param_groups)
+    assert build_optimizer(model, TrainConfig()).param_groups[0]["betas"] == (0.9, 0.999)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="momentum"):
+            TrainConfig(momentum=bad)

@@ -151,7 +151,8 @@ class TrainConfig:
 
     steps: T_train, inference steps unrolled per batch. beta: KL weight β at full strength.
     iterations: parameter updates in total. batch_size: inputs per update. lr / lr_min: Adamax peak
-    and final learning rate (cosine after a linear warm-up of warmup_fraction of the run).
+    and final learning rate (cosine after a linear warm-up of warmup_fraction of the run). momentum: Adamax's
+    β1, the decay of its running mean of gradients (0.9: a mean over ~10 updates; 0.99: ~100).
     weight_decay: Adamax's (L2, added to the gradient) on the decoder's parameters; with decay_log_params on
     every parameter (log σ_x, log b, step sizes, initial states, gains too: the authors' scope).
     grad_clip: max global gradient norm (3× during warm-up). beta_min, beta_const_fraction,
@@ -171,6 +172,7 @@ class TrainConfig:
     batch_size: int = 200
     lr: float = 5e-3
     lr_min: float = 1e-5
+    momentum: float = 0.9
     weight_decay: float = 3e-4
     decay_log_params: bool = False
     warmup_fraction: float = 0.005
@@ -208,6 +210,7 @@ class TrainConfig:
         _require(self.lr > 0, "lr", "must be > 0")
         _require(0 <= self.lr_min <= self.lr, "lr_min", "need 0 ≤ lr_min ≤ lr")
         _require(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")
+        _require(_finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "must lie in [0, 1)")
         _require(self.grad_clip > 0, "grad_clip", "must be > 0")
         _require(0 <= self.beta_min <= max(self.beta, self.beta_min), "beta_min", "must be ≥ 0")
         for key in ("warmup_fraction", "beta_const_fraction", "beta_ramp_fraction", "temp_anneal_fraction"):

@@ -31,6 +31,7 @@ __all__ = [
     "new_figure",
     "plot_convergence",
     "plot_dictionary",
+    "plot_dictionaries",
     "plot_inference_curves",
     "plot_reconstructions",
     "plot_spike_raster",
@@ -172,6 +173,38 @@ def plot_dictionary(
     if channels == 1:
         cbar = fig.colorbar(im, ax=ax, shrink=0.8)
         cbar.set_label("weight / max|atom| (each atom scaled separately, dimensionless)")
+    return save_figure(fig, path)
+
+
+def plot_dictionaries(panels: Mapping[str, Any], patch_shape: tuple[int, int], path: str | os.PathLike[str], *,
+                      max_atoms: int = 100, order: str = "norm", title: str | None = None) -> Path:
+    """Several dictionaries side by side: ``panels`` maps a caption to weights (D, K); one mosaic each.
+
+    Each panel shows its first ``max_atoms`` atoms in ``order`` ("norm": largest L2 norm first; "index": as
+    given, e.g. most active neurons first), each scaled to its own [-max|a|, max|a|] as in
+    :func:`plot_dictionary`, so the shapes of two models' atoms can be compared at a glance.
+    """
+    if not panels:
+        raise DataError("plot_dictionaries needs at least one dictionary")
+    ph, pw = _check_patch_shape(patch_shape)
+    mosaics = {}
+    for caption, weights in panels.items():
+        w = float_array(weights, f"weights of {caption!r}")
+        if w.ndim != 2 or w.shape[0] != ph * pw * _channels(patch_shape) or not np.all(np.isfinite(w)):
+            raise DataError(f"{caption}: weights must be a finite (D, K) array with D = "
+                            f"{ph * pw * _channels(patch_shape)}, got shape {w.shape}")
+        mosaics[caption] = _dictionary_mosaic(w[:, _atom_order(w, order)[: int(max_atoms)]],
+                                              tuple(int(v) for v in patch_shape))[0]
+    fig = new_figure(4.2 * len(mosaics) + 0.4, 4.8)
+    cmap = colormaps["gray"].with_extremes(bad=_SEPARATOR_COLOUR)
+    for i, (caption, mosaic) in enumerate(mosaics.items()):
+        ax = fig.add_subplot(1, len(mosaics), i + 1)
+        ax.imshow(mosaic, cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(caption, fontsize=9)
+    if title:
+        fig.suptitle(title)
     return save_figure(fig, path)
 
 

@@ -57,6 +57,16 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def atoms_by_activity(model, x: np.ndarray, *, samples: int = 500, steps: int = 200) -> np.ndarray:
+    """The decoder atoms (D, K) ordered by their neurons' mean code on the first ``samples`` inputs of ``x``
+    (``steps`` inference steps), most active first: the atoms that carry the code come first, where a norm
+    order would put the large, noisy atoms of rarely active neurons first."""
+    from fond.analysis.gabor import most_active_neurons
+
+    atoms = decoder_atoms(model)
+    return atoms[:, most_active_neurons(model, x[:samples], count=atoms.shape[1], steps=steps)]
+
+
 def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: np.ndarray,
                  patch_shape: tuple[int, int] | None, *, title: str | None = None) -> Path:
     """Write ``DIR/report/``: eval.json, curves.npz, dictionary.png, inference_curves.png,
@@ -73,8 +83,8 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
     figures = []
     if patch_shape is not None:
         what = "dictionary Φ" if model.dictionary is not None else "decoder atoms g(e_k) − g(0)"
-        figures.append(plots.plot_dictionary(decoder_atoms(model), patch_shape, out / "dictionary.png",
-                                             title=f"{title} {what} (sorted by norm)"))
+        figures.append(plots.plot_dictionary(atoms_by_activity(model, x_eval), patch_shape, out / "dictionary.png",
+                                             order="index", title=f"{title} {what} (most active neurons first)"))
     figures.append(plots.plot_inference_curves(evaluation.trace, out / "inference_curves.png",
                                                title=f"{title}: {evaluation.steps} inference steps",
                                                convergence_step=evaluation.convergence_step))

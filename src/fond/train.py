@@ -202,9 +202,9 @@ def _step_sizes(model: torch.nn.Module) -> float | list[float] | None:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adamax:
-    """The trainer's optimizer: Adamax (β 0.9/0.999, eps 1e-8) at ``cfg.lr`` with ``cfg.weight_decay`` on the
-    decoder's parameters, or on every parameter with ``cfg.decay_log_params`` (the authors' scope)."""
-    return torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    """The trainer's optimizer: Adamax (β1 ``cfg.momentum``, default 0.9; β2 0.999; eps 1e-8) at ``cfg.lr`` with
+    ``cfg.weight_decay`` on the decoder's parameters, or on every parameter with ``cfg.decay_log_params``."""
+    return torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(cfg.momentum, 0.999), eps=1e-8)
 
 
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
