@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", type=Path, help="run or model directory, or pretrained:NAME (fond pretrained list)")
     ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")
     ev.add_argument("--steps", type=_positive_int, default=1000)
-    ev.add_argument("--samples", type=_positive_int, help="evaluate on the first N inputs only")
+    ev.add_argument("--samples", type=_positive_int, help="evaluate on the first N inputs only (default: all of "
+                                                          "the run's split; with --data, a test set's whole split "
+                                                          "(10k MNIST digits) or 5000 sampled inputs)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
@@ -278,14 +280,16 @@ def load_data(spec, **kwargs):
     return data
 
 
-def _load_run_data(spec: str, run_info: dict, seed: int):
-    """The run's own split when ``spec`` is the data it was trained on, else ``spec`` loaded afresh."""
+def _load_run_data(spec: str, run_info: dict, seed: int, samples: int | None = None):
+    """The run's own split when ``spec`` is the data it was trained on, else ``spec`` loaded afresh with
+    ``samples`` held-out inputs, by default a named test set's whole split (all 10k MNIST test digits) or 5000."""
     from fond.config import TrainConfig, config_from_dict
+    from fond.data.files import held_out_size
 
     if spec == run_info.get("data", {}).get("spec") and "train" in run_info:
         cfg = config_from_dict(TrainConfig, run_info["train"])
         return load_data(spec, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
-    return load_data(spec, seed=seed)
+    return load_data(spec, n_val=samples or held_out_size(spec) or 5000, seed=seed)
 
 
 #: ``fond train`` options that set the run's configuration (taken from the checkpoint with --resume)
@@ -391,7 +395,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = args.data or run_info.get("data", {}).get("spec")
     if spec is None:
         raise FondError(f"{args.run}: no data recorded for this model; pass --data")
-    data = _load_run_data(spec, run_info, args.seed)
+    data = _load_run_data(spec, run_info, args.seed, args.samples)
     if data.n_inputs != model.n_inputs:
         raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
     write = not args.no_report and args.data is None

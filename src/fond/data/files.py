@@ -28,7 +28,7 @@ from fond.data.natural import (
 from fond.errors import DataError
 from fond.validate import integer
 
-__all__ = ["IMAGE_SUFFIXES", "NATURAL_SIZES", "load_data", "load_image_folder", "load_npy_patches"]
+__all__ = ["IMAGE_SUFFIXES", "NATURAL_SIZES", "held_out_size", "load_data", "load_image_folder", "load_npy_patches"]
 
 #: Data specs of MNIST (centred or raw; validation from the valid or the test split; ``-60k``: training on the
 #: 50k training and the 10k validation digits, validation from the test digits, as the authors did).
@@ -48,6 +48,21 @@ _FOLDER_VAL_FRACTION = 0.15
 _SINGLE_IMAGE_VAL_FRACTION = 0.20
 
 _NATURAL_RE = re.compile(r"natural(\d+)(-lcn)?")
+
+#: Inputs of a fixed held-out split: MNIST's validation or test digits, CIFAR-10's test batch (``cifar10:DIR``).
+_FIXED_HELD_OUT_SIZE = 10_000
+_CIFAR_SPEC_RE = re.compile(r"cifar-?10:.+", re.IGNORECASE)
+
+
+def held_out_size(spec: str | Path) -> int | None:
+    """Inputs in the fixed held-out split ``load_data(spec)`` validates on, or None where there is none.
+
+    10 000 for every MNIST spec (the 10k validation or test digits) and ``cifar10:DIR`` (the test batch): an
+    evaluation "on the test set" means all of them. None for data whose held-out inputs are sampled (natural
+    and colour patches, CelebA, .npy files, image folders): there the number is the caller's choice.
+    """
+    fixed = str(spec) in MNIST_SPECS or _CIFAR_SPEC_RE.fullmatch(str(spec)) is not None
+    return _FIXED_HELD_OUT_SIZE if fixed else None
 
 
 def _unknown(spec: str) -> DataError:
