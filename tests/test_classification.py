@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 
 from fond.analysis.classification import (
     ClassificationResult,
@@ -94,17 +96,30 @@ def test_probe_is_at_chance_when_labels_are_shuffled():
     assert abs(accuracy - chance) < tolerance
 
 
-def test_probe_accepts_string_labels_and_is_scale_invariant():
+def test_standardized_probe_accepts_string_labels_and_is_scale_invariant():
     """Standardisation inside the pipeline makes the probe blind to a per-feature rescaling (rates span decades)."""
     rng = np.random.default_rng(2)
     train_x, train_y = _blobs(rng, 120, gap=2.0)
     test_x, test_y = _blobs(rng, 120, gap=2.0)
     names = np.array(["cat", "dog"])
     scale = np.array([1e-3, 1.0, 1e3, 10.0, 0.1])
-    a = probe_accuracy(train_x, names[train_y], test_x, names[test_y])
-    b = probe_accuracy(train_x * scale, names[train_y], test_x * scale, names[test_y])
+    a = probe_accuracy(train_x, names[train_y], test_x, names[test_y], standardize=True)
+    b = probe_accuracy(train_x * scale, names[train_y], test_x * scale, names[test_y], standardize=True)
     assert 0.6 < a < 1.0
     assert a == pytest.approx(b, abs=1 / 120)
+
+
+def test_default_probe_is_the_papers_plain_logistic_regression():
+    """The default must be the authors' probe, LogisticRegression() on unscaled rates, or our accuracy is not theirs."""
+    rng = np.random.default_rng(5)
+    centres = rng.choice([0.05, 1.0, 40.0], 30) * np.exp(0.3 * rng.standard_normal((4, 30)))  # rates span decades
+    labels = rng.integers(0, 4, 600)
+    rates = rng.poisson(centres[labels]).astype(float)
+    with pytest.warns(ConvergenceWarning):  # here lbfgs stops at the cap of 100 iterations, as it may in the paper
+        paper = LogisticRegression().fit(rates[:400], labels[:400])  # the authors' clf_score: sklearn's defaults
+    expected = float(np.mean(paper.predict(rates[400:]) == labels[400:]))
+    assert probe_accuracy(rates[:400], labels[:400], rates[400:], labels[400:]) == expected
+    assert probe_accuracy(rates[:400], labels[:400], rates[400:], labels[400:], standardize=True) != expected
 
 
 @pytest.mark.parametrize("case, message", [

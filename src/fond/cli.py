@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", required=True, type=Path, help="folder for KIND.json and KIND.png")
     an.add_argument("--steps", type=_positive_int, default=1000, help="inference steps")
     an.add_argument("--samples", type=_positive_int, default=500, help="held-out inputs (test digits)")
-    an.add_argument("--train-samples", type=_positive_int, default=5000, help="classify: training digits")
+    an.add_argument("--train-samples", type=_positive_int, default=50_000,
+                    help="classify: training digits of the probe (default: all 50 000, as the paper's probe)")
     an.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="classify: inference seeds")
 
     rp = sub.add_parser("reproduce", help="train the paper's comparisons, run every analysis, write index.md")

@@ -67,7 +67,7 @@ def _patch_side(model) -> tuple[int, int]:
 
 
 def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 1000, samples: int = 500,
-                 seeds: Sequence[int] = (0, 1, 2), train_samples: int = 5000) -> Path:
+                 seeds: Sequence[int] = (0, 1, 2), train_samples: int = 50_000) -> Path:
     """Run analysis ``kind`` on ``runs``; return the JSON path (the PNG sits beside it)."""
     if kind not in ANALYSES:
         raise FondError(f"unknown analysis {kind!r}; expected one of {ANALYSES}")
