@@ -181,6 +181,33 @@ def test_compare_prints_runs_side_by_side(trained_run, tmp_path):
     assert proc.returncode == 2 and "no evaluation yet" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_compare_draws_dictionaries_side_by_side(trained_run, tmp_path):
+    """`fond compare --dictionaries PNG` draws one panel per run (how `make demo` shows its dictionary beside
+    the pretrained one), and a run without image patches is refused in one line."""
+    out, _ = trained_run
+    png = tmp_path / "dicts.png"
+    proc = fond("compare", str(out), str(out), "--dictionaries", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert str(png) in proc.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atoms_by_activity_puts_the_most_active_neurons_first():
+    """The report's dictionary shows the atoms that carry the code first: the order follows the mean rate."""
+    import torch
+
+    import fond as library
+    from fond.report import atoms_by_activity
+
+    model = library.IPVAE(16, 4)
+    with torch.no_grad():  # atom 2 has the largest norm, but only neuron 1's atom lies along the inputs
+        model.decoder.dictionary.copy_(torch.eye(16)[:, :4] * torch.tensor([0.0, 0.5, 3.0, 0.0]))
+    x = np.tile(np.eye(16, dtype=np.float32)[[1]] * 2.0, (20, 1))
+    atoms = atoms_by_activity(model, x, steps=50)
+    assert atoms.shape == (16, 4)
+    assert np.argmax(np.abs(atoms[:, 0])) == 1
+
+
 def test_option_flags_parse_json_values_and_reject_malformed_pairs():
     """--family-option/--method-option KEY=VALUE read VALUE as JSON (numbers stay numbers) and a pair
     without '=' is a one-line usage error, not a traceback."""

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="print the evaluations of several runs side by side (Markdown table)")
     cp.add_argument("runs", type=Path, nargs="+", help="run directories evaluated by `fond train` or `fond eval`")
+    cp.add_argument("--dictionaries", type=Path, metavar="PNG",
+                    help="also draw the runs' dictionaries side by side (linear decoders on image patches)")
 
     bn = sub.add_parser("bench", help="time inference steps and training iterations against the machine's floor "
                                       "and a straightforward implementation (Markdown table)")
@@ -517,7 +519,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
         except (KeyError, TypeError, ValueError):
             raise FondError(f"{path}: not an evaluation summary written by fond") from None
     print("\n".join(rows))
+    if args.dictionaries is not None:
+        print(f"fond: dictionaries side by side: {_plot_run_dictionaries(args.runs, args.dictionaries)}")
     return 0
+
+
+def _plot_run_dictionaries(runs: list[Path], path: Path, atoms: int = 100) -> Path:
+    """One figure with each run's decoder atoms (Φ for a linear decoder): its ``atoms`` most active neurons' on
+    500 held-out inputs (200 inference steps), most active first, captioned by model and run."""
+    from fond import plots
+    from fond.data import load_data
+    from fond.pretrained import models_directory
+    from fond.report import atoms_by_activity, model_title
+    from fond.resume import load_model, read_run
+
+    panels, shape = {}, None
+    for run in runs:
+        model, data = load_model(run), read_run(run).get("data", {})
+        if data.get("patch_shape") is None:
+            raise FondError(f"{run}: --dictionaries needs a model of image patches")
+        shape = shape or tuple(data["patch_shape"])
+        held_out = load_data(data["spec"], n_train=10, n_val=500, seed=0).val
+        where = f"pretrained:{run.name}" if run.resolve().parent == models_directory().resolve() else str(run)
+        panels[f"{model_title(model)} ({where})"] = atoms_by_activity(model, held_out)[:, :atoms]
+    return plots.plot_dictionaries(panels, shape, path, max_atoms=atoms, order="index",
+                                   title=f"decoder atoms: the {atoms} most active neurons', most active first")
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
