@@ -24,7 +24,8 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/fond train --model ipvae --data natural16 --preset quick --out $(RUN)
-	@echo "Report: $(RUN)/report/report.md"
+	$(VENV)/bin/fond compare $(RUN) pretrained:ipvae-natural16 --dictionaries $(RUN)/dictionaries.png
+	@echo "Report: $(RUN)/report/report.md; your dictionary beside the pretrained one: $(RUN)/dictionaries.png"
 
 family: venv
 	$(VENV)/bin/fond train --model ipvae --data natural16 --preset quick --out runs/quick
