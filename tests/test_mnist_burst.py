@@ -80,3 +80,17 @@ def test_poisson_saturation_rate_is_half_the_final_clamp_rate():
     from fond.families.poisson import PoissonFamily
 
     assert PoissonFamily(clamp_final=6.0).saturation_rate() == pytest.approx(math.exp(6.0) / 2)
+
+
+def test_rates_at_the_clamp_count_as_a_burst_only_for_recurrent_models():
+    """An amortized P-VAE's encoder sits at its clamp by design (quick clamp 2: e²/2 = 3.7 rates is ordinary);
+    only the iP-VAE's recurrent dynamics can burst there."""
+    import math
+
+    from fond.models.amortized import AmortizedVAE
+    from fond.models.iterative import IPVAE
+    from fond.train import _saturation_rate
+
+    assert _saturation_rate(IPVAE(16, 8)) == pytest.approx(IPVAE(16, 8).family.saturation_rate())
+    assert _saturation_rate(IPVAE(16, 8)) > math.exp(1.0)
+    assert _saturation_rate(AmortizedVAE(16, 8, model="pvae")) is None

@@ -162,7 +162,10 @@ class BurstMonitor:
 
 
 def _saturation_rate(model: torch.nn.Module) -> float | None:
-    """Half the largest rate the final clamp allows, for a model whose family has one (Poisson)."""
+    """Half the largest rate the final clamp allows, for a recurrent model whose family has one (iP-VAE). An
+    amortized encoder's rates sit at its clamp by design (a bounded output, no dynamics to burst): None."""
+    if not getattr(model, "bursts_at_clamp", False):
+        return None
     rate = getattr(getattr(model, "family", None), "saturation_rate", None)
     return rate() if callable(rate) else None
 

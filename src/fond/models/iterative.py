@@ -30,6 +30,8 @@ class IterativeVAE(ModelBase):
     """
 
     default_model = "ipvae"
+    #: rates near the clamp mean a population burst of the recurrent dynamics (``fond.train.BurstMonitor``)
+    bursts_at_clamp = True
 
     def __init__(self, n_inputs: int | None = None, n_latents: int = 512, *, seed: int = 0,
                  config: ModelConfig | None = None, **options) -> None:
