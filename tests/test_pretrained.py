@@ -233,3 +233,15 @@ def test_a_shipped_model_loads_matches_its_sha_and_reproduces_its_card(name, mon
     assert model.card["evaluation"]["steps"] == 1000 and model.card["evaluation"]["samples"] >= 1000
     for key, pair in pretrained.verify(name).items():
         assert abs(pair["card"] - pair["now"]) <= pretrained.TOLERANCE, key
+
+
+def test_a_runs_training_split_is_rebuilt_from_its_config_and_a_run_without_one_is_one_line(tiny_run):
+    """Held-out numbers are only honest on the run's own held-out rows: the split comes from config.json."""
+    from fond.resume import read_run, training_split
+
+    spec, split = training_split(read_run(tiny_run))
+    assert spec.endswith("patches.npy") and split == {"n_train": 200, "n_val": 40, "seed": 0}
+    assert np.array_equal(pretrained.held_out_data(read_run(tiny_run)).val,
+                          fond.data.load_data(spec, n_train=200, n_val=40, seed=0).val)
+    with pytest.raises(FondError, match="records no training data"):
+        training_split({"train": read_run(tiny_run)["train"]})

@@ -286,12 +286,12 @@ def load_data(spec, **kwargs):
 def _load_run_data(spec: str, run_info: dict, seed: int, samples: int | None = None):
     """The run's own split when ``spec`` is the data it was trained on, else ``spec`` loaded afresh with
     ``samples`` held-out inputs, by default a named test set's whole split (all 10k MNIST test digits) or 5000."""
-    from fond.config import TrainConfig, config_from_dict
     from fond.data.files import held_out_size
+    from fond.resume import training_split
 
     if spec == run_info.get("data", {}).get("spec") and "train" in run_info:
-        cfg = config_from_dict(TrainConfig, run_info["train"])
-        return load_data(spec, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
+        trained_on, split = training_split(run_info)
+        return load_data(trained_on, **split)
     return load_data(spec, n_val=samples or held_out_size(spec) or 5000, seed=seed)
 
 

@@ -164,14 +164,11 @@ def report_folder(run: str | os.PathLike[str], out: str | os.PathLike[str] | Non
 
 def held_out_data(info: dict[str, Any]):
     """The data a run was trained on, split as in training (``info``: its ``read_run``): ``.val`` is held out."""
-    from fond.config import TrainConfig, config_from_dict
     from fond.data import load_data
+    from fond.resume import training_split
 
-    spec = (info.get("data") or {}).get("spec")
-    if not isinstance(spec, str):
-        raise FondError("the run records no training data (config.json has no data spec)")
-    cfg = config_from_dict(TrainConfig, info["train"])
-    return load_data(spec, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
+    spec, split = training_split(info)
+    return load_data(spec, **split)
 
 
 def evaluation_numbers(model, x, *, steps: int, seed: int) -> dict[str, Any]:

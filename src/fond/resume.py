@@ -28,8 +28,8 @@ from fond.errors import CheckpointError, ConfigError, FondError, StorageError
 from fond.models import build_model
 from fond.run import RunFolder
 
-__all__ = ["load_model", "read_run", "write_checkpoint", "resume_from_checkpoint", "run_configuration",
-           "CHECKPOINT_FORMAT"]
+__all__ = ["load_model", "read_run", "training_split", "write_checkpoint", "resume_from_checkpoint",
+           "run_configuration", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fond-checkpoint"
 _OPTIMIZER_SLOTS = ("step", "exp_avg", "exp_inf")  # Adamax's per-parameter state
@@ -61,6 +61,16 @@ def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if "train" in data:
         config_from_dict(TrainConfig, data["train"], source=str(RunFolder(directory).config_path))
     return data
+
+
+def training_split(info: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    """The data spec a run was trained on and the ``fond.data.load_data`` keywords that rebuild its split
+    (``n_train``, ``n_val``, ``seed``; ``.val`` is then the run's held-out data). ``info``: its ``read_run``."""
+    spec = (info.get("data") or {}).get("spec")
+    if not isinstance(spec, str) or "train" not in info:
+        raise FondError("the run records no training data (config.json has no data spec or train config)")
+    cfg = config_from_dict(TrainConfig, info["train"])
+    return spec, {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed}
 
 
 # ---- writing a checkpoint -----------------------------------------------------------------------------------
