@@ -524,26 +524,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_run_dictionaries(runs: list[Path], path: Path, atoms: int = 100) -> Path:
-    """One figure with each run's decoder atoms (Φ for a linear decoder): its ``atoms`` most active neurons' on
-    500 held-out inputs (200 inference steps), most active first, captioned by model and run."""
-    from fond import plots
-    from fond.data import load_data
+def _plot_run_dictionaries(runs: list[Path], path: Path) -> Path:
+    """``fond compare --dictionaries PATH``: each run captioned as the user named it (pretrained:NAME)."""
     from fond.pretrained import models_directory
-    from fond.report import atoms_by_activity, model_title
-    from fond.resume import load_model, read_run
+    from fond.report import plot_run_dictionaries
 
-    panels, shape = {}, None
-    for run in runs:
-        model, data = load_model(run), read_run(run).get("data", {})
-        if data.get("patch_shape") is None:
-            raise FondError(f"{run}: --dictionaries needs a model of image patches")
-        shape = shape or tuple(data["patch_shape"])
-        held_out = load_data(data["spec"], n_train=10, n_val=500, seed=0).val
-        where = f"pretrained:{run.name}" if run.resolve().parent == models_directory().resolve() else str(run)
-        panels[f"{model_title(model)} ({where})"] = atoms_by_activity(model, held_out)[:, :atoms]
-    return plots.plot_dictionaries(panels, shape, path, max_atoms=atoms, order="index",
-                                   title=f"decoder atoms: the {atoms} most active neurons', most active first")
+    shipped = models_directory().resolve()
+    return plot_run_dictionaries({(f"pretrained:{run.name}" if run.resolve().parent == shipped else str(run)): run
+                                  for run in runs}, path)
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:

@@ -12,7 +12,7 @@ from fond import registry
 from fond.evaluate import Evaluation
 from fond.run import RunFolder, atomic_write, write_json
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "plot_run_dictionaries", "atoms_by_activity"]
 
 #: the paper's natural-image numbers (van Hateren, K = 512, T_train = 16, t = 1000; DESIGN.md §3)
 PAPER_NATURAL = {
@@ -65,6 +65,27 @@ def atoms_by_activity(model, x: np.ndarray, *, samples: int = 500, steps: int = 
 
     atoms = decoder_atoms(model)
     return atoms[:, most_active_neurons(model, x[:samples], count=atoms.shape[1], steps=steps)]
+
+
+def plot_run_dictionaries(runs: dict[str, Path], path: str | Path, *, atoms: int = 100) -> Path:
+    """One figure with each run's decoder atoms (Φ for a linear decoder), ``runs`` mapping a label to a run
+    folder: its ``atoms`` most active neurons' on 500 held-out inputs of its data (200 inference steps), most
+    active first, captioned by model and label. Runs must be models of image patches (one-line error else)."""
+    from fond import plots
+    from fond.data import load_data
+    from fond.errors import FondError
+    from fond.resume import load_model, read_run
+
+    panels, shape = {}, None
+    for label, run in runs.items():
+        model, data = load_model(run), read_run(run).get("data", {})
+        if data.get("patch_shape") is None:
+            raise FondError(f"{label}: a dictionary figure needs a model of image patches")
+        shape = shape or tuple(data["patch_shape"])
+        held_out = load_data(data["spec"], n_train=10, n_val=500, seed=0).val
+        panels[f"{model_title(model)} ({label})"] = atoms_by_activity(model, held_out)[:, :atoms]
+    return plots.plot_dictionaries(panels, shape, path, max_atoms=atoms, order="index",
+                                   title=f"decoder atoms: the {atoms} most active neurons', most active first")
 
 
 def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: np.ndarray,
