@@ -13,9 +13,10 @@ from fond.models import build_model
 from fond.train import train
 
 #: a short run of the quick recipe's schedule at T_train 16 and K = 128 latents (batch 200; 66 s on one quiet
-#: core, the test included; the former K = 512 run took 13 minutes, the longest test by far), at the lr and β the quick recipe had before its full-length values (lr 2e-3, β 48: a 600-update
-#: run at those falls silent, KL 0.1 nats by update 450). Measured: 37.5 % of the atoms well fit after it with
-#: seeds 0 and 1 (48 of 128), none before; 30 % at the gradient clip before issue 16 (300); 15 % after 400 updates
+#: core, the test included; the former K = 512 run took 13 minutes, the longest test by far), at the lr and β
+#: the quick recipe had before its full-length values (lr 2e-3, β 48: a 600-update run at those falls silent,
+#: KL 0.1 nats by update 450). Measured: 37.5 % of the atoms well fit after it with seeds 0 and 1 (48 of 128),
+#: none before; 30 % at the gradient clip before issue 16 (300); 15 % after 400 updates
 SHORT_ITERATIONS = 600
 SHORT_RUN = dict(iterations=SHORT_ITERATIONS, steps=16, lr=5e-3, beta=24.0, batch_size=200)
 LATENTS = 128
