@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "the run's split; with --data, a test set's whole split "
                                                           "(10k MNIST digits) or 5000 sampled inputs)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--until-converged", type=_nonneg_float, metavar="TOL",
+                    help="anytime inference: freeze each input once its mean code has settled within TOL "
+                         "(relative change of its mean over two windows of --window steps; e.g. 0.02) and stop "
+                         "a batch when all have; prints the steps used (the run's report is not rewritten)")
+    ev.add_argument("--window", type=_positive_int, default=50, help="window of --until-converged (steps)")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
     ev.add_argument("--out", type=Path, help="write report/ in this folder instead of DIR (default for "
@@ -401,11 +406,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = _load_run_data(spec, run_info, args.seed, args.samples)
     if data.n_inputs != model.n_inputs:
         raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
-    write = not args.no_report and args.data is None
+    anytime = {} if args.until_converged is None else {"tol": args.until_converged, "window": args.window}
+    write = not args.no_report and args.data is None and not anytime
     out = report_folder(args.run, args.out)  # never inside the package for pretrained:NAME
     evaluation = evaluate_and_report(out, model, data, steps=args.steps, samples=args.samples, seed=args.seed,
-                                     write=write)
+                                     write=write, **anytime)
     _print_summary(evaluation.summary(), as_json=args.json)
+    if anytime and not args.json:
+        print(f"anytime: inputs froze after {evaluation.steps_used:.0f} of {args.steps} steps on average; the "
+              f"rollouts ran {evaluation.steps_run:.0f} ({args.steps / evaluation.steps_run:.1f}× fewer steps)")
     if write and out != args.run:
         print(f"fond: report written to {RunFolder(out).report_path}", file=sys.stderr)
     return 0

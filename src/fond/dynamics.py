@@ -28,7 +28,7 @@ from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
 from fond.metrics import gaussian_nll
 from fond.result import InferenceResult, UnrollLoss
-from fond.rollout import InferenceSteps, Step, run_inference
+from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, run_inference
 
 __all__ = ["Components", "FondSteps", "fond_step", "unroll", "rollout", "soft_clamp_upper"]
 
@@ -170,7 +170,8 @@ class FondSteps(InferenceSteps):
 
 
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-            trace: bool = True, record=None, fused: bool = True) -> InferenceResult:
+            trace: bool = True, record=None, fused: bool = True, tol: float | None = None,
+            window: int = DEFAULT_WINDOW) -> InferenceResult:
     """Run ``steps`` FOND steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
 
     x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t−1] drives step t (the trace's
@@ -179,4 +180,5 @@ def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Genera
     mean code and sample after those steps in ``InferenceResult.history``. Call under ``torch.no_grad()``.
     ``fused``: use the fused engine where one is registered for the family and decoder (``FondSteps``).
     """
-    return run_inference(FondSteps(parts, fused=fused), x, steps, generator=generator, trace=trace, record=record)
+    return run_inference(FondSteps(parts, fused=fused), x, steps, generator=generator, trace=trace, record=record,
+                         tol=tol, window=window)

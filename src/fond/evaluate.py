@@ -11,6 +11,7 @@ import torch
 
 from fond.errors import DataError
 from fond.metrics import convergence_step, r2_per_sample, rate_distortion_distance
+from fond.rollout import DEFAULT_WINDOW
 
 __all__ = ["evaluate", "Evaluation", "diverged_inputs", "DIVERGED_R2"]
 
@@ -34,7 +35,9 @@ class Evaluation:
     from such a rollout mean little. diverged_fraction: fraction of inputs whose rollout diverged
     (``diverged_inputs``: final mean-code reconstruction non-finite or R² < ``DIVERGED_R2``). trace:
     per-step means (arrays of length steps; ``saturated`` says how many inputs sit at the clamp bound).
-    features: the mean code at the last step (N, K).
+    features: the mean code at the last step (N, K). With anytime inference (``evaluate(..., tol=)``):
+    steps_used, the mean step at which an input converged and froze (``steps`` for one that never did), and
+    steps_run, the mean length of the rollouts that computed them (a chunk stops when all its inputs froze).
     """
 
     r2: float
@@ -51,19 +54,25 @@ class Evaluation:
     diverged_fraction: float = 0.0
     trace: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     features: np.ndarray | None = field(repr=False, default=None)
+    steps_used: float | None = None
+    steps_run: float | None = None
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready scalars (no arrays)."""
+        """JSON-ready scalars (no arrays); steps_used / steps_run only for an anytime evaluation."""
         keys = ("r2", "r2_rates", "zeros", "convergence_step", "nelbo", "n_params", "steps", "n_samples",
                 "rate_distortion", "diverged", "diverged_fraction", "rate_max")
-        return {k: getattr(self, k) for k in keys}
+        anytime = ("steps_used", "steps_run") if self.steps_used is not None else ()
+        return {k: getattr(self, k) for k in keys + anytime}
 
 
 def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: int = 0,
-             chunk_size: int = 1000, keep_features: bool = False) -> Evaluation:
+             chunk_size: int = 1000, keep_features: bool = False, tol: float | None = None,
+             window: int = DEFAULT_WINDOW) -> Evaluation:
     """Roll ``model.infer`` for ``steps`` steps over ``x`` (N, D) in chunks and average the results.
 
     Per-step curves are averaged over chunks weighted by chunk size; chunk i uses seed ``seed + i``.
+    ``tol``, ``window``: anytime inference (``fond.rollout.Convergence``): each input freezes once converged
+    and a chunk stops when all its inputs have (``Evaluation.steps_used`` / ``steps_run``).
     """
     from fond.models.common import check_steps, make_generator, numeric_tensor
 
@@ -79,9 +88,13 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     rate_max = 0.0
     n_diverged = 0
     features = []
+    used = run = 0.0
     for i, begin in enumerate(range(0, n, chunk_size)):
         chunk = x[begin:begin + chunk_size]
-        res = model.infer(chunk, steps, seed=seed + i, trace=True)
+        res = model.infer(chunk, steps, seed=seed + i, trace=True, **({} if tol is None else
+                                                                        {"tol": tol, "window": window}))
+        if tol is not None:
+            used, run = used + float(res.steps_used.sum()), run + res.steps_run * chunk.shape[0]
         for key, values in res.trace.items():
             if key == "rate_max":  # a maximum, not a mean
                 rate_max = max(rate_max, float(np.max(values)))
@@ -102,6 +115,7 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
         rate_distortion=rate_distortion_distance(r2, zeros), diverged=bool(diverged), rate_max=rate_max,
         diverged_fraction=n_diverged / n, trace=trace,
         features=np.concatenate(features) if keep_features else None,
+        steps_used=None if tol is None else used / n, steps_run=None if tol is None else run / n,
     )
 
 

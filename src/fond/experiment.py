@@ -77,16 +77,17 @@ def run_experiment(data, train_config, model_config, out_dir: str | Path, *, dat
 
 
 def evaluate_and_report(folder, model, data, *, steps: int = 1000, samples: int | None = None, seed: int = 0,
-                        write: bool = True):
+                        write: bool = True, **anytime):
     """Evaluate ``model`` on ``data.val`` (its first ``samples`` inputs, all if None) for ``steps`` steps and,
     if ``write``, write the run's ``report/`` (eval.json, report.md, figures, trace.npz) in ``folder`` (a
-    ``RunFolder`` or a path). Returns the ``Evaluation``."""
+    ``RunFolder`` or a path). ``anytime``: ``tol`` / ``window`` of ``fond.evaluate.evaluate``. Returns the
+    ``Evaluation``."""
     from fond.evaluate import evaluate
     from fond.report import write_report
     from fond.run import RunFolder
 
     x = data.val if samples is None else data.val[:samples]
-    evaluation = evaluate(model, x, steps, seed=seed)
+    evaluation = evaluate(model, x, steps, seed=seed, **anytime)
     if write:
         folder = RunFolder(folder)
         with folder.lock():

@@ -51,6 +51,9 @@ class InferenceResult:
     each exactly.
     history: only when ``infer`` was given ``record=`` steps: {"steps": (S,) int array of 1-based steps,
     "rates": (S, B, K), "spikes": (S, B, K)} — the mean code and the sample after each recorded step.
+    steps_used: only with ``infer(..., tol=)`` (anytime inference, ``fond.rollout.Convergence``): (B,) int64,
+    the step at which each input converged and was frozen (``steps`` where it never did); the rollout ran
+    ``steps_run`` = its maximum, and the trace and history hold the frozen values after that.
     """
 
     rates: Tensor
@@ -61,6 +64,12 @@ class InferenceResult:
     steps: int
     trace: dict[str, np.ndarray] = field(default_factory=dict)
     history: dict[str, Any] | None = None
+    steps_used: Tensor | None = None
+
+    @property
+    def steps_run(self) -> int:
+        """The steps the rollout computed: ``steps``, or fewer when anytime inference froze every input."""
+        return self.steps if self.steps_used is None else int(self.steps_used.max())
 
     @property
     def membrane_potential(self) -> Tensor:

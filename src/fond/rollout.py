@@ -17,6 +17,7 @@ per-step trace (``TraceRecorder``, one meaning per key: see ``fond.result.TRACE_
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,13 @@ from fond.errors import DataError
 from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
 from fond.result import TRACE_KEYS, InferenceResult
 
-__all__ = ["Step", "InferenceSteps", "run_inference", "Recorder", "TraceRecorder", "check_record",
-           "state_step_norm"]
+__all__ = ["Step", "InferenceSteps", "run_inference", "Convergence", "Recorder", "TraceRecorder", "check_record",
+           "state_step_norm", "DEFAULT_WINDOW"]
 
 State = tuple[Tensor, ...]
+
+#: anytime inference's default window (steps): long enough to average a spiking code's step-to-step noise
+DEFAULT_WINDOW = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,33 +113,52 @@ def state_step_norm(new_state: State, state: State) -> Tensor:
 
 
 def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-                  trace: bool = True, record=None) -> InferenceResult:
+                  trace: bool = True, record=None, tol: float | None = None,
+                  window: int = DEFAULT_WINDOW) -> InferenceResult:
     """Run ``steps`` steps of ``method`` on x and return the ``InferenceResult``.
 
     x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t − 1] drives step t (the trace's
     R² and NLL are then measured against that frame). ``trace``: record ``InferenceResult.trace`` (per-step
     batch means). ``record``: 1-based steps whose mean code and sample to keep in ``InferenceResult.history``.
+    ``tol``: anytime inference (``Convergence``: each input is frozen once its mean code has settled within
+    ``tol`` over two windows of ``window`` steps, and the rollout stops when all are; fixed input only). The
+    trace and history then still cover all ``steps``: past the stop they hold the frozen values (what more
+    steps would give: ``du_norm`` 0, the prior term of an unmoved state).
     Call under ``torch.no_grad()``; inputs are expected checked (``fond.models.common``).
     """
+    online = x.ndim == 3
+    watch = None if tol is None else Convergence(tol, window, steps, online=online)
     recorder = Recorder(record, steps)
     tracer = TraceRecorder(method) if trace else None
-    online = x.ndim == 3
     frame = x[0] if online else x
-    current = method.start(frame, generator, trace=trace)
+    current = method.start(frame, generator, trace=trace or watch is not None)
+    done = steps
     for t in range(steps):
         if online and t > 0:
             frame = x[t]
         new = method.step(current, frame, generator)
+        if watch is not None:
+            new = watch(t + 1, new)
         recorder(t + 1, new.rates, new.decoded)
         if tracer is not None:
             tracer(frame, new, current)
         current = new
-    return result_of(method, method.finish(current), steps, tracer, recorder)
+        if watch is not None and watch.all_frozen:
+            done = t + 1
+            break
+    final = method.finish(current)
+    if watch is None:
+        return result_of(method, final, steps, tracer, recorder)
+    final = watch.hold(final)
+    recorder.hold(done, final)
+    if tracer is not None:
+        tracer.hold(steps, final)
+    return result_of(method, final, steps, tracer, recorder, watch.steps_used)
 
 
 def result_of(method: InferenceSteps, final: Step, steps: int, tracer: TraceRecorder | None,
-              recorder: Recorder) -> InferenceResult:
-    """The ``InferenceResult`` of a rollout whose read-out is ``final``."""
+              recorder: Recorder, steps_used: Tensor | None = None) -> InferenceResult:
+    """The ``InferenceResult`` of a rollout whose read-out is ``final`` after ``steps`` steps."""
     reconstruction = method.decode(final.decoded)
     from_rates = reconstruction if final.rates is final.decoded else method.decode(final.rates)
     return InferenceResult(
@@ -147,7 +170,77 @@ def result_of(method: InferenceSteps, final: Step, steps: int, tracer: TraceReco
         steps=steps,
         trace={} if tracer is None else tracer.arrays(),
         history=recorder.history(),
+        steps_used=steps_used,
     )
+
+
+class Convergence:
+    """Anytime inference: freezes each input of a batch once its mean code has settled.
+
+    The criterion, checked at the end of every window of ``window`` steps from the second on (t = 2w, 3w, …):
+    input b has converged at step t when the mean of its mean code over steps t − w + 1..t, m, and over the
+    window before, m', satisfy ‖m − m'‖₂ ≤ ``tol`` · max(‖m‖₂, ‖m'‖₂) (norms over the K neurons; a silent code
+    that stays silent has converged). From then on its state, mean code and sample are those of step t (the
+    method still steps the whole batch, so every other input draws exactly what it would without ``tol``);
+    ``steps_used`` (B,) int64 holds t for it, ``steps`` for an input that never converged. A spiking code
+    fluctuates around its posterior mean: a ``tol`` below that noise (≈ its relative spread / √w) never
+    fires and the rollout runs its ``steps``.
+    """
+
+    def __init__(self, tol: float, window: int, steps: int, *, online: bool = False) -> None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise DataError(f"tol must be a finite number ≥ 0, got {tol!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise DataError(f"window must be an integer ≥ 1, got {window!r}")
+        if online:
+            raise DataError("tol (anytime inference) needs a fixed input (B, D): an online input keeps changing")
+        self.tol, self.window, self.steps = float(tol), window, steps
+        self.steps_used: Tensor | None = None
+        self.frozen: Tensor | None = None  # (B,) bool
+        self.snapshot: Step | None = None  # frozen inputs' state, mean code and sample (other rows unused)
+        self._sum: Tensor | None = None
+        self._previous: Tensor | None = None
+
+    @property
+    def all_frozen(self) -> bool:
+        return self.frozen is not None and bool(self.frozen.all())
+
+    def __call__(self, t: int, new: Step) -> Step:
+        """Step ``t`` (1-based) as the loop continues with it: frozen inputs held; checks at window ends."""
+        if self.frozen is None:
+            self.frozen = torch.zeros(new.rates.shape[0], dtype=torch.bool, device=new.rates.device)
+            self.steps_used = torch.full_like(self.frozen, self.steps, dtype=torch.int64)
+        new = self.hold(new)
+        self._sum = new.rates.clone() if self._sum is None else self._sum.add_(new.rates)
+        if t % self.window == 0:
+            mean, self._sum = self._sum / self.window, None
+            if self._previous is not None:
+                change = (mean - self._previous).norm(dim=-1)
+                scale = torch.maximum(mean.norm(dim=-1), self._previous.norm(dim=-1))
+                self._freeze((change <= self.tol * scale) & ~self.frozen, new, t)
+            self._previous = mean
+        return new
+
+    def hold(self, step: Step) -> Step:
+        """``step`` with the frozen inputs' rows replaced by their frozen values."""
+        if self.snapshot is None:
+            return step
+        keep = self.frozen[:, None]
+        return Step(tuple(torch.where(keep, a, b) for a, b in zip(self.snapshot.state, step.state, strict=True)),
+                    torch.where(keep, self.snapshot.rates, step.rates),
+                    torch.where(keep, self.snapshot.decoded, step.decoded), carry=step.carry)
+
+    def _freeze(self, rows: Tensor, step: Step, t: int) -> None:
+        if not bool(rows.any()):
+            return
+        if self.snapshot is None:
+            self.snapshot = Step(tuple(s.clone() for s in step.state), step.rates.clone(), step.decoded.clone())
+        else:
+            for held, now in zip((*self.snapshot.state, self.snapshot.rates, self.snapshot.decoded),
+                                 (*step.state, step.rates, step.decoded), strict=True):
+                held[rows] = now[rows]
+        self.frozen |= rows
+        self.steps_used[rows] = t
 
 
 class TraceRecorder:
@@ -174,6 +267,18 @@ class TraceRecorder:
                   "rate_max": terms["rate_max"], "saturated": terms["saturated"]}
         for key, value in values.items():
             self.values[key].append(value)
+
+    def hold(self, steps: int, final: Step) -> None:
+        """Extend the trace to ``steps`` with the values of a rollout that no longer moves (every input
+        frozen by anytime inference): each key's last value, ``du_norm`` 0, the prior term of an unmoved state."""
+        missing = steps - len(self.values["r2"])
+        if missing <= 0:
+            return
+        kl = float(self.method.prior_term(final, final).mean())
+        held = {key: values[-1] for key, values in self.values.items()}
+        held.update(du_norm=0.0, kl=kl, nelbo=held["nll"] + kl)
+        for key, value in held.items():
+            self.values[key].extend([value] * missing)
 
     def _terms_of_state(self, frame: Tensor, new: Step, previous: Step, r2: float) -> dict[str, Any]:
         """The terms that depend on the state alone (and the frame it is judged against)."""
@@ -218,6 +323,12 @@ class Recorder:
         if step in self._wanted:
             self._rates.append(rates.detach().clone())
             self._spikes.append(spikes.detach().clone())
+
+    def hold(self, done: int, final: Step) -> None:
+        """Record ``final`` for every asked-for step after ``done`` (a rollout stopped by anytime inference)."""
+        for step in self.steps:
+            if step > done:
+                self(step, final.rates, final.decoded)
 
     def history(self) -> dict | None:
         """{"steps": (S,) int64, "rates": (S, B, K), "spikes": (S, B, K)}, or None when nothing was asked for."""

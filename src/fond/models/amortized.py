@@ -40,7 +40,7 @@ from fond.families.poisson import PoissonFamily, soft_clamp_upper
 from fond.metrics import gaussian_nll
 from fond.models.common import ModelBase, check_input, check_loss_args
 from fond.result import InferenceResult, UnrollLoss
-from fond.rollout import InferenceSteps, Step, run_inference
+from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, run_inference
 
 __all__ = ["AmortizedVAE", "AmortizedSteps", "PRIOR_STATE_KEYS"]
 
@@ -141,7 +141,8 @@ class AmortizedVAE(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None) -> InferenceResult:
+              trace: bool = True, record=None, tol: float | None = None,
+              window: int = DEFAULT_WINDOW) -> InferenceResult:
         """One encoder pass, then ``steps`` evaluation samples from the same posterior; the result of the last.
 
         x: (B, D) inputs, or (steps, B, D) an online input sequence (each frame is encoded afresh: an
@@ -152,9 +153,11 @@ class AmortizedVAE(ModelBase):
         iterative models report the KL to the previous step's posterior there); r2, zeros and nll vary with
         the sample. All ``steps`` samples are drawn whether or not ``trace`` is set, so the returned spikes do
         not depend on it. record: 1-based steps whose mean code and sample to keep in ``result.history``.
+        tol, window: anytime inference (``fond.rollout.Convergence``; ``result.steps_used``).
         """
         x, gen = self.inference_input(x, steps, seed, generator)
-        return run_inference(AmortizedSteps(self), x, steps, generator=gen, trace=trace, record=record)
+        return run_inference(AmortizedSteps(self), x, steps, generator=gen, trace=trace, record=record,
+                             tol=tol, window=window)
 
 
 class AmortizedSteps(InferenceSteps):

@@ -66,7 +66,7 @@ from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll
 from fond.models.common import ModelBase, check_input, check_loss_args, check_option
 from fond.result import InferenceResult, UnrollLoss
-from fond.rollout import InferenceSteps, Step, run_inference
+from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, run_inference
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
            "GatedUpdateNetwork", "RefinementSteps"]
@@ -264,7 +264,8 @@ class _HybridVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None) -> InferenceResult:
+              trace: bool = True, record=None, tol: float | None = None,
+              window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Encoder guess, then ``steps`` refinement steps; the result has ``fond.dynamics.rollout``'s fields.
 
         rates = f(μ) and spikes = f(z) of the last sample (B, K); state = {"mu", "log_sigma"};
@@ -272,9 +273,11 @@ class _HybridVAE(ModelBase):
         batch means of ``TRACE_KEYS``, each of length ``steps``, where kl is KL(q_t ‖ learned prior), nelbo
         = nll + kl, du_norm = ‖(μ, ξ)_t − (μ, ξ)_{t−1}‖₂ and saturated the fraction of inputs with over half
         the means pinned near the clamp. seed: of a private generator (ignored if ``generator`` is given).
+        tol, window: anytime inference (``fond.rollout.Convergence``; ``result.steps_used``).
         """
         x, gen = self.inference_input(x, steps, seed, generator)
-        return run_inference(RefinementSteps(self), x, steps, generator=gen, trace=trace, record=record)
+        return run_inference(RefinementSteps(self), x, steps, generator=gen, trace=trace, record=record,
+                             tol=tol, window=window)
 
 
 class RefinementSteps(InferenceSteps):

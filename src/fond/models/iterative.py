@@ -17,6 +17,7 @@ from fond.decoders import make_decoder
 from fond.dynamics import Components, rollout, unroll
 from fond.models.common import ModelBase, check_input, check_loss_args
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
+from fond.rollout import DEFAULT_WINDOW
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
 
@@ -71,7 +72,8 @@ class IterativeVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None) -> InferenceResult:
+              trace: bool = True, record=None, tol: float | None = None,
+              window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` FOND steps with evaluation samples from the initial state and return the result.
 
         x: (B, D) inputs (same preprocessing as training), or (steps, B, D) an online input sequence (frame
@@ -79,10 +81,12 @@ class IterativeVAE(ModelBase):
         1-based steps whose mean code and sample to keep in ``result.history``. seed: seeds a private generator for the
         samples (ignored if ``generator`` is given). trace: record per-step means (costs two extra decoder
         passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
-        temperature-1 draws (Gaussian).
+        temperature-1 draws (Gaussian). tol, window: anytime inference (``fond.rollout.Convergence``): each
+        input freezes once its mean code has settled, the rollout stops when all have, ``result.steps_used``.
         """
         x, gen = self.inference_input(x, steps, seed, generator)
-        return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record)
+        return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record, tol=tol,
+                       window=window)
 
 
 class IPVAE(IterativeVAE):

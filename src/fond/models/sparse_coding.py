@@ -41,7 +41,7 @@ from fond.decoders import LinearDecoder
 from fond.errors import ConfigError
 from fond.models.common import ModelBase, check_input, check_loss_args, check_option
 from fond.result import InferenceResult, UnrollLoss
-from fond.rollout import InferenceSteps, Step, run_inference
+from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, run_inference
 
 __all__ = ["SparseCodingOptions", "MAPCoding", "MAPSteps", "SparseCoding", "LCA", "ISTA", "FISTA", "soft_threshold"]
 
@@ -146,7 +146,8 @@ class MAPCoding(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None) -> InferenceResult:
+              trace: bool = True, record=None, tol: float | None = None,
+              window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` steps of the deterministic dynamics from a = 0 and return the result.
 
         x: (B, D) inputs. ``seed`` and ``generator`` are accepted for interface compatibility and ignored
@@ -156,9 +157,10 @@ class MAPCoding(ModelBase):
         prior term ``penalty(a)`` — not a KL divergence: a point estimate has none —, nelbo = nll + kl (the
         energy being minimised plus D/2·log 2π), rate_max = max a (the largest entry of the code, as for every
         method; it was max |a| before issue 15), saturated = 0. The loop is ``fond.rollout.run_inference``.
+        tol, window: anytime inference (``fond.rollout.Convergence``; ``result.steps_used``).
         """
         x, _ = self.inference_input(x, steps, seed, generator)  # the generator is unused
-        return run_inference(MAPSteps(self), x, steps, trace=trace, record=record)
+        return run_inference(MAPSteps(self), x, steps, trace=trace, record=record, tol=tol, window=window)
 
     # -- learning ----------------------------------------------------------------------------------
     def unroll_loss(self, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float = 1.0,
