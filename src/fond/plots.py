@@ -162,7 +162,7 @@ def plot_dictionary(
     im = ax.imshow(mosaic, cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
-    sort_txt = "sorted by descending L2 norm" if order == "norm" else "in index order"
+    sort_txt = "sorted by descending L2 norm" if order == "norm" else "in the order given"
     ax.set_xlabel(
         f"atoms {sort_txt}, left to right then top to bottom; each tile {ph}×{pw} px "
         f"({nrows}×{ncols} grid)"
