@@ -1,6 +1,19 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: 2 workers on 2 cores) each worker and the `fond` processes it starts
+    compute with one thread: two workers of two OpenMP threads oversubscribe the cores, and a thread that
+    waits for a preempted sibling at every barrier made the long tests 4–9× slower (the Gabor-learning test:
+    66 s on one quiet core, 599 s beside another worker; the whole suite 944 s here, 2105 s on CI)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
