@@ -7,13 +7,29 @@ import torch
 
 def pytest_configure(config):
     """Under pytest-xdist (`make test`: 2 workers on 2 cores) each worker and the `fond` processes it starts
-    compute with one thread: two workers of two OpenMP threads oversubscribe the cores, and a thread that
-    waits for a preempted sibling at every barrier made the long tests 4–9× slower (the Gabor-learning test:
-    66 s on one quiet core, 599 s beside another worker; the whole suite 944 s here, 2105 s on CI)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    compute with one thread, pinned to the worker's own core: threads and processes of one worker that spin on
+    the other's core made the long tests 4–10× slower (the Gabor-learning test: 66 s on one quiet core, 600 s
+    in the suite). Measured here: the whole suite 964 s with one thread per worker, 303 s pinned (CI had 2105 s)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(name, "1")
         torch.set_num_threads(1)
+        _pin_to_own_cores(worker, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def _pin_to_own_cores(worker: str, count: int) -> None:
+    """Worker gwI (and every thread and process it starts) runs on its own share of the cores, so a test that
+    spawns processes or spinning threads slows only its own worker's tests."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if count < 2 or len(cpus) < count or not worker.startswith("gw"):
+        return
+    share = set(cpus[int(worker[2:]) % count::count])
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread), share)
+        except OSError:
+            pass
 
 
 @pytest.fixture
