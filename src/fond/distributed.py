@@ -19,6 +19,7 @@ Training (``fond.train.train``) then
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -105,6 +106,14 @@ def any_rank(flag: bool, context: DistributedContext) -> bool:
 
 
 def close(context: DistributedContext) -> None:
-    """Leave the process group joined by :func:`context_from_env` (no-op when not distributed)."""
+    """Leave the process group joined by :func:`context_from_env` (no-op when not distributed).
+
+    A collective: every rank calls it. Unreachable DistributedDataParallel wrappers are collected first (they
+    hold the group and its in-flight work; freed only at interpreter shutdown, gloo's threads can abort the
+    process), and the ranks meet at a barrier so that none tears down its connections while another still uses
+    them.
+    """
     if context.distributed and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
