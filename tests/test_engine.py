@@ -54,6 +54,28 @@ def test_fused_step_saturates_exactly_like_the_soft_clamps():
     assert torch.equal(fast.spikes, slow.spikes)
 
 
+def test_bounding_the_drive_before_exp_changes_no_bit(monkeypatch):
+    """The engine bounds −d before e^{−d} (exp is 20–100× slower where it underflows or overflows); the
+    kernel caps e^{−d} at e^{−floor} and e^{−c−40} vanishes beside e^{−c}: float32 rollouts driven far past
+    exp's range both ways (|d| up to ~10⁴) are bit for bit those without the bounds."""
+    import fond.engine as engine
+
+    model = IPVAE(16, 24, seed=3, init_scale=0.3)
+    x = _x(scale=300.0).float()
+    bounds = engine.exp_bounds(model.family.clamp(1.0), model.family.floor, torch.float32)
+    with torch.no_grad():
+        bounded = rollout(model.components(), x, 30, generator=torch.Generator().manual_seed(7), trace=False)
+        monkeypatch.setattr(engine, "exp_bounds", lambda c, floor, dtype: (None, None))
+        open_ = rollout(model.components(), x, 30, generator=torch.Generator().manual_seed(7), trace=False)
+    for a, b in ((bounded.rates, open_.rates), (bounded.spikes, open_.spikes), (bounded.state["u"], open_.state["u"])):
+        assert torch.equal(a, b)
+    parts = model.components()
+    reach = torch.exp(parts.family_params["log_step_size"]) * parts.decoder.operators(x, parts.inv_variance).drive
+    assert float(reach.max()) > 100 and float(reach.min()) < -100  # e^{∓d} would leave float32's range
+    assert None not in bounds
+    assert float(bounded.spikes.sum()) > 0
+
+
 def test_fused_online_input_equals_generic():
     """An online input changes the drive every frame; the engine must pick up each frame's drive."""
     frames = torch.stack([_x(30) * s for s in (0.5, 1.0, 2.0, 1.0, 0.3)])
