@@ -10,6 +10,7 @@ import torch
 from fond.config import ModelConfig
 from fond.errors import DataError
 from fond.models import build_model
+from fond.dynamics import FondSteps
 from fond.rollout import InferenceSteps, Step, run_inference
 
 STEPS, WINDOW = 240, 20
@@ -42,28 +43,60 @@ def spiking(request):
     return model, x, fixed
 
 
+class Unnarrowed(FondSteps):
+    """FOND's steps without ``select``: anytime inference keeps converged inputs in the batch, held."""
+
+    def select(self, step, rows, frame):
+        return None
+
+
+def _unnarrowed(model, x, seed, **options):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return run_inference(Unnarrowed(model.components()), x, STEPS, generator=generator, **options)
+
+
+def _check_frozen_inputs_stay_put(res):
+    for b, t in enumerate(res.steps_used.numpy()):
+        assert (res.history["rates"][t - 1:, b] == res.history["rates"][t - 1, b]).all(), b
+        assert (res.history["spikes"][t - 1:, b] == res.history["spikes"][t - 1, b]).all(), b
+        assert torch.equal(res.rates[b], res.history["rates"][t - 1, b]), b
+        assert torch.equal(res.spikes[b], res.history["spikes"][t - 1, b]), b
+
+
 @pytest.mark.parametrize("tol", [0.05, 0.1, 0.2])  # iP-VAE: 1, 7 and all 10 inputs settle (stop at 140)
-def test_each_input_runs_as_without_tol_until_it_freezes_and_never_changes_after(spiking, tol):
-    """Freezing one input must not disturb the others' draws, and a frozen belief must stay put."""
+def test_held_in_the_batch_each_input_runs_as_without_tol_until_it_freezes(spiking, tol):
+    """Without narrowing, freezing one input must not disturb the others' draws; a frozen belief stays put."""
+    model, x, fixed = spiking
+    res = _unnarrowed(model, x, 1, record=range(1, STEPS + 1), tol=tol, window=WINDOW)
+    assert res.steps_run == res.steps_used.max() and res.steps == STEPS and len(res.history["rates"]) == STEPS
+    for b, t in enumerate(res.steps_used.numpy()):
+        assert torch.equal(res.history["rates"][:t, b], fixed.history["rates"][:t, b]), b
+        assert torch.equal(res.history["spikes"][:t, b], fixed.history["spikes"][:t, b]), b
+    _check_frozen_inputs_stay_put(res)
+    expected = _first_converged_step(fixed.history["rates"].numpy().astype(np.float64), WINDOW, tol)
+    assert res.steps_used.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("tol", [0.05, 0.1, 0.2])
+def test_narrowed_inputs_run_as_without_tol_until_the_first_freeze_and_never_change_after(spiking, tol):
+    """Converged inputs leave the batch (the others then draw other numbers): up to the first freeze the
+    rollout is the fixed one; afterwards every frozen belief stays put."""
     model, x, fixed = spiking
     res = model.infer(x, STEPS, seed=1, record=range(1, STEPS + 1), tol=tol, window=WINDOW)
-    used = res.steps_used.numpy()
-    assert res.steps_run == used.max() and res.steps == STEPS and len(res.history["rates"]) == STEPS
-    for b, t in enumerate(used):
-        ran = min(t, res.steps_run)
-        assert torch.equal(res.history["rates"][:ran, b], fixed.history["rates"][:ran, b]), b
-        assert torch.equal(res.history["spikes"][:ran, b], fixed.history["spikes"][:ran, b]), b
-        assert (res.history["rates"][ran - 1:, b] == res.history["rates"][ran - 1, b]).all(), b
-        assert torch.equal(res.rates[b], fixed.history["rates"][ran - 1, b]), b
-        assert torch.equal(res.spikes[b], fixed.history["spikes"][ran - 1, b]), b
+    first = int(res.steps_used.min())
+    assert first < STEPS and res.steps_run == res.steps_used.max() and len(res.history["rates"]) == STEPS
+    assert torch.equal(res.history["rates"][:first], fixed.history["rates"][:first])
+    assert torch.equal(res.history["spikes"][:first], fixed.history["spikes"][:first])
+    _check_frozen_inputs_stay_put(res)
 
 
-@pytest.mark.parametrize("tol", [0.05, 0.1, 0.2])  # iP-VAE: 1, 7 and all 10 inputs settle (stop at 140)
+@pytest.mark.parametrize("tol", [0.05, 0.1, 0.2])
 def test_an_input_stops_exactly_when_the_stated_criterion_first_holds(spiking, tol):
-    """The documented criterion is the one applied: NumPy recomputes it from the fixed rollout's codes."""
-    model, x, fixed = spiking
-    res = model.infer(x, STEPS, seed=1, tol=tol, window=WINDOW)
-    expected = _first_converged_step(fixed.history["rates"].numpy().astype(np.float64), WINDOW, tol)
+    """The documented criterion is the one applied: NumPy recomputes it from the rollout's own recorded codes."""
+    model, x, _ = spiking
+    res = model.infer(x, STEPS, seed=1, tol=tol, window=WINDOW, record=range(1, STEPS + 1))
+    expected = _first_converged_step(res.history["rates"].numpy().astype(np.float64), WINDOW, tol)
     assert res.steps_used.tolist() == expected.tolist()
     assert 0 < (expected < STEPS).sum()  # the test means something: some inputs converge
 
@@ -73,8 +106,8 @@ def test_a_tolerance_of_zero_freezes_only_a_code_that_has_not_moved(spiking):
     model, x, fixed = spiking
     res = model.infer(x, STEPS, seed=1, tol=0.0, window=WINDOW)
     frozen = res.steps_used < STEPS
-    assert res.steps_run == STEPS and torch.equal(res.rates[~frozen], fixed.rates[~frozen])
-    assert (res.rates[frozen] == 0).all() and (model.config.model != "ipvae" or not frozen.any())
+    assert res.steps_run == STEPS and (res.rates[frozen] == 0).all()
+    assert model.config.model != "ipvae" or (not frozen.any() and torch.equal(res.rates, fixed.rates))
 
 
 class Halving(InferenceSteps):
@@ -118,6 +151,45 @@ def test_the_rollout_stops_once_every_input_has_converged_and_the_trace_has_the_
     assert res.trace["du_norm"][-1] == 0
     assert res.trace["kl"][-1] == pytest.approx(float(res.rates.pow(2).sum(-1).mean()))
     assert torch.allclose(res.rates, x * (1 - 2.0 ** -torch.tensor(expected, dtype=torch.float64))[:, None])
+
+
+class Relaxing(Halving):
+    """a ← a + ρ(x)(x − a) with ρ(x) = 1/(1 + ‖x‖₁): each input settles at its own pace."""
+
+    def step(self, previous, frame, generator):
+        rate = 1.0 / (1.0 + frame.abs().sum(-1, keepdim=True))
+        a = previous.state[0] + rate * (frame - previous.state[0])
+        return Step((a,), a, a)
+
+
+class NarrowedRelaxing(Relaxing):
+    """``Relaxing`` that lets anytime inference narrow its batch, counting the inputs it steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.stepped = 0
+
+    def step(self, previous, frame, generator):
+        self.stepped += len(frame)
+        return super().step(previous, frame, generator)
+
+    def select(self, step, rows, frame):
+        return Step((step.state[0][rows],), step.rates[rows], step.decoded[rows])
+
+
+def test_narrowing_a_deterministic_method_changes_nothing_but_the_work():
+    """Dropping converged inputs is bookkeeping: a deterministic rollout gives the same codes, steps, trace and
+    history as holding them in the batch, and each input is stepped exactly its steps_used times."""
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [4.0, 3.0, -1.0], [0.1, 0.0, 0.2]], dtype=torch.float64)
+    options = dict(trace=True, tol=0.01, window=2, record=range(1, 101))
+    held, narrowed = Relaxing(), NarrowedRelaxing()
+    res_held, res = run_inference(held, x, 100, **options), run_inference(narrowed, x, 100, **options)
+    assert len(set(res.steps_used.tolist())) > 2  # inputs leave at different steps
+    assert torch.equal(res.steps_used, res_held.steps_used) and torch.equal(res.rates, res_held.rates)
+    assert torch.equal(res.history["rates"], res_held.history["rates"])
+    for key, values in res.trace.items():
+        np.testing.assert_allclose(values, res_held.trace[key], rtol=1e-12, atol=1e-15, err_msg=key)
+    assert narrowed.stepped == int(res.steps_used.sum())
 
 
 def test_an_amortized_posterior_converges_at_the_second_window():
@@ -176,3 +248,15 @@ def test_fond_eval_until_converged_prints_the_steps_and_leaves_the_report_alone(
     with pytest.raises(SystemExit):
         main([*args, "--until-converged", "-1"])
     assert "must be a finite number ≥ 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, tol", [("savae", 0.05), ("iavae", 0.2)])  # the untrained iA-VAE moves more
+def test_a_hybrid_refinement_narrows_its_batch_by_the_stated_criterion(name, tol):
+    """The hybrids' refinement also drops converged inputs: stops recomputed from the rollout's own codes,
+    and every frozen belief stays put."""
+    model = build_model(ModelConfig(n_inputs=16, n_latents=6, model=name), seed=0)
+    x = torch.randn(8, 16)
+    res = model.infer(x, 120, seed=2, tol=tol, window=10, record=range(1, 121))
+    expected = _first_converged_step(res.history["rates"].numpy().astype(np.float64), 10, tol)
+    assert res.steps_used.tolist() == expected.tolist() and len(set(expected.tolist())) > 1
+    _check_frozen_inputs_stay_put(res)

@@ -162,6 +162,14 @@ class FondSteps(InferenceSteps):
             return last
         return Step(self.engine.state(), self.engine.rates.clone(), last.decoded.clone())
 
+    def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
+        self.constants(frame)
+        if self.engine is not None:
+            self.engine.narrow(rows)
+        carry = None if step.carry is None else type(step.carry)(*(
+            None if part is None else part[rows] for part in step.carry))
+        return Step(tuple(s[rows] for s in step.state), step.rates[rows], step.decoded[rows], carry=carry)
+
     def prior_term(self, new: Step, previous: Step) -> Tensor:
         return self.parts.family.kl(new.state, previous.state).sum(-1)
 

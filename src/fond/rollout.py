@@ -106,6 +106,12 @@ class InferenceSteps(ABC):
         """(B,) bool: inputs whose state sits at the method's clamp bound (default: none)."""
         return torch.zeros(step.state[0].shape[0], dtype=torch.bool, device=step.state[0].device)
 
+    def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step | None:
+        """``step`` narrowed to ``rows`` ((B',) int64 indices into its batch), to go on with ``frame`` (B', D),
+        the frame's rows; or None where the method cannot narrow its batch (the default). Anytime inference
+        (``Convergence``) uses it to drop converged inputs; without it they stay in the batch, held."""
+        return None
+
 
 def state_step_norm(new_state: State, state: State) -> Tensor:
     """‖new_state − state‖₂ over all state tensors together, per input: (B,)."""
@@ -126,34 +132,64 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
     steps would give: ``du_norm`` 0, the prior term of an unmoved state).
     Call under ``torch.no_grad()``; inputs are expected checked (``fond.models.common``).
     """
+    if tol is not None:
+        watch = Convergence(tol, window, steps, online=x.ndim == 3)
+        return _run_anytime(method, x, steps, watch, generator=generator, trace=trace, record=record)
     online = x.ndim == 3
-    watch = None if tol is None else Convergence(tol, window, steps, online=online)
     recorder = Recorder(record, steps)
     tracer = TraceRecorder(method) if trace else None
     frame = x[0] if online else x
-    current = method.start(frame, generator, trace=trace or watch is not None)
-    done = steps
+    current = method.start(frame, generator, trace=trace)
     for t in range(steps):
         if online and t > 0:
             frame = x[t]
         new = method.step(current, frame, generator)
-        if watch is not None:
-            new = watch(t + 1, new)
         recorder(t + 1, new.rates, new.decoded)
         if tracer is not None:
             tracer(frame, new, current)
         current = new
-        if watch is not None and watch.all_frozen:
-            done = t + 1
+    return result_of(method, method.finish(current), steps, tracer, recorder)
+
+
+def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergence, *,
+                 generator: torch.Generator | None, trace: bool, record) -> InferenceResult:
+    """``run_inference`` with ``tol``: the batch narrows to the unconverged inputs where the method can
+    (``InferenceSteps.select``); the trace, the history and the result still cover every input."""
+    recorder = Recorder(record, steps)
+    tracer = TraceRecorder(method) if trace else None
+    frame, narrowable, done = x, True, steps
+    current = method.start(frame, generator, trace=True)
+    for t in range(1, steps + 1):
+        new = watch.hold(method.step(current, frame, generator))
+        froze = watch.observe(t, new)
+        if recorder.wants(t):
+            whole = watch.whole(new)
+            recorder(t, whole.rates, whole.decoded)
+        if tracer is not None:
+            tracer(frame, new, current, index=watch.index)
+        current = new
+        if watch.all_frozen:
+            done = t
             break
-    final = method.finish(current)
-    if watch is None:
-        return result_of(method, final, steps, tracer, recorder)
-    final = watch.hold(final)
+        if froze and narrowable:
+            keep = (~watch.frozen).nonzero().squeeze(1)
+            narrowed = method.select(current, keep, frame[keep])
+            narrowable = narrowed is not None
+            if narrowable:
+                if tracer is not None:
+                    tracer.settle(watch.index_of(watch.frozen), method.prior_term(*[_rows(current, watch.frozen)] * 2))
+                watch.drop_frozen(current)
+                current, frame = narrowed, frame[keep]
+    final = watch.whole(watch.hold(method.finish(current)))
     recorder.hold(done, final)
     if tracer is not None:
         tracer.hold(steps, final)
     return result_of(method, final, steps, tracer, recorder, watch.steps_used)
+
+
+def _rows(step: Step, rows: Tensor) -> Step:
+    """``step``'s state, mean code and sample at ``rows`` (indices or a (B,) mask); no carry."""
+    return Step(tuple(s[rows] for s in step.state), step.rates[rows], step.decoded[rows])
 
 
 def result_of(method: InferenceSteps, final: Step, steps: int, tracer: TraceRecorder | None,
@@ -180,11 +216,17 @@ class Convergence:
     The criterion, checked at the end of every window of ``window`` steps from the second on (t = 2w, 3w, …):
     input b has converged at step t when the mean of its mean code over steps t − w + 1..t, m, and over the
     window before, m', satisfy ‖m − m'‖₂ ≤ ``tol`` · max(‖m‖₂, ‖m'‖₂) (norms over the K neurons; a silent code
-    that stays silent has converged). From then on its state, mean code and sample are those of step t (the
-    method still steps the whole batch, so every other input draws exactly what it would without ``tol``);
-    ``steps_used`` (B,) int64 holds t for it, ``steps`` for an input that never converged. A spiking code
-    fluctuates around its posterior mean: a ``tol`` below that noise (≈ its relative spread / √w) never
-    fires and the rollout runs its ``steps``.
+    that stays silent has converged). From then on its state, mean code and sample are those of step t;
+    ``steps_used`` (B,) int64 holds t for it, ``steps`` for an input that never converged.
+    Where the method can narrow its batch (``InferenceSteps.select``) converged inputs leave it, so later steps
+    cost less; the others go on drawing from the same generator, no longer the numbers a rollout without
+    ``tol`` would give them (for a deterministic method: the same numbers). Otherwise they stay in the batch,
+    held, and every other input draws exactly what it would without ``tol``. A spiking code fluctuates around
+    its posterior mean: a ``tol`` below that noise (≈ its relative spread / √w) never fires and the rollout
+    runs its ``steps``.
+
+    Bookkeeping: ``index`` (B',) the original rows of the current batch (None: all, in order); ``frozen`` (B',)
+    bool the converged ones still in it; ``settled`` the values of the inputs that left (full batch).
     """
 
     def __init__(self, tol: float, window: int, steps: int, *, online: bool = False) -> None:
@@ -196,8 +238,10 @@ class Convergence:
             raise DataError("tol (anytime inference) needs a fixed input (B, D): an online input keeps changing")
         self.tol, self.window, self.steps = float(tol), window, steps
         self.steps_used: Tensor | None = None
-        self.frozen: Tensor | None = None  # (B,) bool
+        self.frozen: Tensor | None = None
+        self.index: Tensor | None = None
         self.snapshot: Step | None = None  # frozen inputs' state, mean code and sample (other rows unused)
+        self.settled: Step | None = None
         self._sum: Tensor | None = None
         self._previous: Tensor | None = None
 
@@ -205,21 +249,27 @@ class Convergence:
     def all_frozen(self) -> bool:
         return self.frozen is not None and bool(self.frozen.all())
 
-    def __call__(self, t: int, new: Step) -> Step:
-        """Step ``t`` (1-based) as the loop continues with it: frozen inputs held; checks at window ends."""
+    def index_of(self, rows: Tensor) -> Tensor:
+        """The original rows of the current batch's ``rows`` (indices or a mask)."""
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().squeeze(1)
+        return rows if self.index is None else self.index[rows]
+
+    def observe(self, t: int, new: Step) -> bool:
+        """Take step ``t`` (1-based, already ``hold``-ed) into the window means; True if inputs froze at it."""
         if self.frozen is None:
             self.frozen = torch.zeros(new.rates.shape[0], dtype=torch.bool, device=new.rates.device)
             self.steps_used = torch.full_like(self.frozen, self.steps, dtype=torch.int64)
-        new = self.hold(new)
         self._sum = new.rates.clone() if self._sum is None else self._sum.add_(new.rates)
-        if t % self.window == 0:
-            mean, self._sum = self._sum / self.window, None
-            if self._previous is not None:
-                change = (mean - self._previous).norm(dim=-1)
-                scale = torch.maximum(mean.norm(dim=-1), self._previous.norm(dim=-1))
-                self._freeze((change <= self.tol * scale) & ~self.frozen, new, t)
-            self._previous = mean
-        return new
+        if t % self.window:
+            return False
+        mean, self._sum = self._sum / self.window, None
+        previous, self._previous = self._previous, mean
+        if previous is None:
+            return False
+        change = (mean - previous).norm(dim=-1)
+        scale = torch.maximum(mean.norm(dim=-1), previous.norm(dim=-1))
+        return self._freeze((change <= self.tol * scale) & ~self.frozen, new, t)
 
     def hold(self, step: Step) -> Step:
         """``step`` with the frozen inputs' rows replaced by their frozen values."""
@@ -230,9 +280,38 @@ class Convergence:
                     torch.where(keep, self.snapshot.rates, step.rates),
                     torch.where(keep, self.snapshot.decoded, step.decoded), carry=step.carry)
 
-    def _freeze(self, rows: Tensor, step: Step, t: int) -> None:
+    def whole(self, step: Step) -> Step:
+        """``step`` of the current batch widened to every input (those that left: their settled values)."""
+        if self.settled is None:
+            return step
+        parts = []
+        for held, now in zip((*self.settled.state, self.settled.rates, self.settled.decoded),
+                             (*step.state, step.rates, step.decoded), strict=True):
+            full = held.clone()
+            full[self.index] = now
+            parts.append(full)
+        return Step(tuple(parts[:-2]), parts[-2], parts[-1])
+
+    def drop_frozen(self, step: Step) -> None:
+        """The frozen inputs (their values: ``step``'s rows) leave the batch; the rest go on."""
+        gone, keep = self.frozen, ~self.frozen
+        if self.settled is None:
+            batch = len(self.steps_used)
+            self.settled = Step(*[tuple(s.new_zeros((batch, *s.shape[1:])) for s in step.state)],
+                                step.rates.new_zeros((batch, *step.rates.shape[1:])),
+                                step.decoded.new_zeros((batch, *step.decoded.shape[1:])))
+        originals = self.index_of(gone)
+        for held, now in zip((*self.settled.state, self.settled.rates, self.settled.decoded),
+                             (*step.state, step.rates, step.decoded), strict=True):
+            held[originals] = now[gone]
+        self.index = self.index_of(keep)
+        self._sum = None if self._sum is None else self._sum[keep]
+        self._previous = None if self._previous is None else self._previous[keep]
+        self.frozen, self.snapshot = self.frozen[keep], None
+
+    def _freeze(self, rows: Tensor, step: Step, t: int) -> bool:
         if not bool(rows.any()):
-            return
+            return False
         if self.snapshot is None:
             self.snapshot = Step(tuple(s.clone() for s in step.state), step.rates.clone(), step.decoded.clone())
         else:
@@ -240,52 +319,77 @@ class Convergence:
                                  (*step.state, step.rates, step.decoded), strict=True):
                 held[rows] = now[rows]
         self.frozen |= rows
-        self.steps_used[rows] = t
+        self.steps_used[self.index_of(rows)] = t
+        return True
 
 
 class TraceRecorder:
-    """Per-step batch means of ``TRACE_KEYS`` (their meanings: ``fond.result.InferenceResult``)."""
+    """Per-step batch means of ``TRACE_KEYS`` (their meanings: ``fond.result.InferenceResult``).
+
+    Keeps each input's values of the last step (``rows``: key → (B,)), so that inputs anytime inference has
+    taken out of the batch still count in the means with their settled values.
+    """
 
     def __init__(self, method: InferenceSteps) -> None:
         self.method = method
         self.values: dict[str, list[float]] = {key: [] for key in TRACE_KEYS}
+        self.rows: dict[str, Tensor] = {}
         self._state: State | None = None
-        self._state_terms: dict[str, Any] = {}
+        self._state_terms: dict[str, Tensor] = {}
 
-    def __call__(self, frame: Tensor, new: Step, previous: Step) -> None:
-        """Measure step ``new`` (reached from ``previous``) against ``frame`` (B, D)."""
-        reconstruction = self.method.decode(new.decoded)
-        nll = gaussian_nll(frame, reconstruction, self.method.log_sigma)
-        r2 = float(r2_per_sample(frame, reconstruction).mean())
-        if new.state is not self._state:
-            self._state, self._state_terms = new.state, self._terms_of_state(frame, new, previous, r2)
-        terms = self._state_terms
-        moved = new.state is not previous.state
-        values = {"r2": r2, "r2_rates": terms["r2_rates"], "zeros": float(zeros_fraction(new.decoded).mean()),
-                  "du_norm": float(state_step_norm(new.state, previous.state).mean()) if moved else 0.0,
-                  "nll": float(nll.mean()), "kl": float(terms["kl"].mean()), "nelbo": float((nll + terms["kl"]).mean()),
-                  "rate_max": terms["rate_max"], "saturated": terms["saturated"]}
-        for key, value in values.items():
-            self.values[key].append(value)
+    def __call__(self, frame: Tensor, new: Step, previous: Step, index: Tensor | None = None) -> None:
+        """Measure step ``new`` (reached from ``previous``) against ``frame`` (B', D); ``index``: the inputs
+        (rows of the whole batch) the B' rows are, None for all in order."""
+        per_input = self._per_input(frame, new, previous)
+        if index is None:
+            self.rows = per_input
+        else:
+            for key, value in per_input.items():
+                self.rows[key][index] = value
+        self._append()
+
+    def settle(self, index: Tensor, prior_term: Tensor) -> None:
+        """Inputs ``index`` leave the batch unmoved from now on: ``du_norm`` 0, ``kl`` their ``prior_term``."""
+        self.rows = {key: value.clone() for key, value in self.rows.items()}
+        self.rows["du_norm"][index] = 0.0
+        self.rows["kl"][index] = prior_term.to(self.rows["kl"].dtype)
 
     def hold(self, steps: int, final: Step) -> None:
         """Extend the trace to ``steps`` with the values of a rollout that no longer moves (every input
-        frozen by anytime inference): each key's last value, ``du_norm`` 0, the prior term of an unmoved state."""
+        frozen by anytime inference): each input's last values, ``du_norm`` 0, the prior term of an unmoved state."""
         missing = steps - len(self.values["r2"])
         if missing <= 0:
             return
-        kl = float(self.method.prior_term(final, final).mean())
-        held = {key: values[-1] for key, values in self.values.items()}
-        held.update(du_norm=0.0, kl=kl, nelbo=held["nll"] + kl)
-        for key, value in held.items():
-            self.values[key].extend([value] * missing)
+        self.settle(torch.arange(len(final.rates)), self.method.prior_term(final, final))
+        self._append()
+        for values in self.values.values():
+            values.extend([values[-1]] * (missing - 1))
 
-    def _terms_of_state(self, frame: Tensor, new: Step, previous: Step, r2: float) -> dict[str, Any]:
-        """The terms that depend on the state alone (and the frame it is judged against)."""
+    def _append(self) -> None:
+        rows = self.rows
+        means = {key: float(rows[key].mean()) for key in ("r2", "r2_rates", "zeros", "du_norm", "nll", "kl",
+                                                          "saturated")}
+        means.update(nelbo=float((rows["nll"] + rows["kl"]).mean()), rate_max=float(rows["rate_max"].max()))
+        for key in TRACE_KEYS:
+            self.values[key].append(means[key])
+
+    def _per_input(self, frame: Tensor, new: Step, previous: Step) -> dict[str, Tensor]:
+        """Each key's value per input (B',) at step ``new``."""
+        reconstruction = self.method.decode(new.decoded)
+        r2 = r2_per_sample(frame, reconstruction)
+        if new.state is not self._state:
+            self._state, self._state_terms = new.state, self._terms_of_state(frame, new, previous, r2)
+        moved = new.state is not previous.state
+        du = state_step_norm(new.state, previous.state) if moved else torch.zeros_like(r2)
+        return {"r2": r2, "zeros": zeros_fraction(new.decoded), "du_norm": du,
+                "nll": gaussian_nll(frame, reconstruction, self.method.log_sigma), **self._state_terms}
+
+    def _terms_of_state(self, frame: Tensor, new: Step, previous: Step, r2: Tensor) -> dict[str, Tensor]:
+        """The terms that depend on the state alone (and the frame it is judged against), per input."""
         method = self.method
-        r2_rates = r2 if new.rates is new.decoded else float(r2_per_sample(frame, method.decode(new.rates)).mean())
-        return {"r2_rates": r2_rates, "kl": method.prior_term(new, previous), "rate_max": float(new.rates.max()),
-                "saturated": float(method.saturated(new).float().mean())}
+        r2_rates = r2 if new.rates is new.decoded else r2_per_sample(frame, method.decode(new.rates))
+        return {"r2_rates": r2_rates, "kl": method.prior_term(new, previous), "rate_max": new.rates.amax(-1),
+                "saturated": method.saturated(new).to(r2.dtype)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The trace: one array of length ``steps`` per key."""
@@ -317,6 +421,10 @@ class Recorder:
         self._wanted = set(self.steps)
         self._rates: list[Tensor] = []
         self._spikes: list[Tensor] = []
+
+    def wants(self, step: int) -> bool:
+        """Whether 1-based ``step`` is one to record."""
+        return step in self._wanted
 
     def __call__(self, step: int, rates: Tensor, spikes: Tensor) -> None:
         """Record after 1-based ``step`` if it was asked for."""

@@ -316,6 +316,9 @@ class RefinementSteps(InferenceSteps):
         decoded = self.family.activation(state[0] + torch.exp(state[1]) * noise, fp)
         return Step(state, self.family.mean_code(state, fp), decoded, carry=noise)
 
+    def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
+        return Step(tuple(s[rows] for s in step.state), step.rates[rows], step.decoded[rows], carry=step.carry[rows])
+
     def prior_term(self, new: Step, previous: Step) -> Tensor:
         return gaussian_kl(*new.state, self.params["mu_init"], self.params["log_sigma_init"]).sum(-1)
 
