@@ -70,10 +70,37 @@ def test_bounding_the_drive_before_exp_changes_no_bit(monkeypatch):
     for a, b in ((bounded.rates, open_.rates), (bounded.spikes, open_.spikes), (bounded.state["u"], open_.state["u"])):
         assert torch.equal(a, b)
     parts = model.components()
-    reach = torch.exp(parts.family_params["log_step_size"]) * parts.decoder.operators(x, parts.inv_variance).drive
+    with torch.no_grad():
+        reach = torch.exp(parts.family_params["log_step_size"]) * parts.decoder.operators(x, parts.inv_variance).drive
     assert float(reach.max()) > 100 and float(reach.min()) < -100  # e^{∓d} would leave float32's range
     assert None not in bounds
     assert float(bounded.spikes.sum()) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_engine_trace_terms_match_the_family_formulas(dtype):
+    """The compiled per-input trace terms (no transcendental: a Taylor series for |δ| < 0.01, the stored rates
+    above) equal the family's own KL, saturation and the generic norms, for steps from 1e-9 to 5 nats."""
+    from fond.families.poisson import poisson_kl
+
+    model = _model()
+    parts = model.components()
+    with torch.no_grad():
+        engine = fused_engine(parts, parts.decoder.operators(_x(), parts.inv_variance), _x())
+    g = torch.Generator().manual_seed(0)
+    u_old = torch.empty(6, 50, dtype=torch.float64).uniform_(-3, 6, generator=g)
+    u_old[3:, 0] = 9.5  # three inputs at the burst level (clamp_final − log 2 ≈ 9.31)
+    delta = torch.logspace(-9, 0.7, 50, dtype=torch.float64) * torch.where(torch.rand(6, 50, generator=g) < 0.5, -1, 1)
+    u = u_old + delta
+    spikes = torch.poisson(torch.exp(u).clamp_max(50), generator=g)
+    terms = engine.trace_terms(*(t.to(dtype) for t in (u, u_old, torch.exp(u), torch.exp(u_old), spikes)))
+    tight = dict(rtol=1e-9, atol=0) if dtype == torch.float64 else dict(rtol=2e-3, atol=1e-6)
+    torch.testing.assert_close(terms["kl"].double(), poisson_kl(u, u_old, "exact").sum(-1), **tight)
+    torch.testing.assert_close(terms["du_norm"].double(), delta.norm(dim=-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms["rate_max"].double(), torch.exp(u).amax(-1), rtol=1e-6, atol=0)
+    assert torch.equal(terms["zeros"].double(), (spikes == 0).double().mean(-1).to(dtype).double())
+    assert torch.equal(terms["saturated"].bool(), model.family.saturated((u.to(dtype),), parts.family_params))
+    assert terms["saturated"].any() and not terms["saturated"].all()
 
 
 def test_fused_online_input_equals_generic():

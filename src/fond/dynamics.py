@@ -162,6 +162,13 @@ class FondSteps(InferenceSteps):
             return last
         return Step(self.engine.state(), self.engine.rates.clone(), last.decoded.clone())
 
+    def trace_terms(self, new: Step, previous: Step) -> dict[str, Tensor] | None:
+        engine = self.engine
+        if engine is None or not hasattr(engine, "trace_terms") or previous.rates is None or (
+                new.state is previous.state):
+            return None
+        return engine.trace_terms(new.state[0], previous.state[0], new.rates, previous.rates, new.decoded)
+
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
         self.constants(frame)
         if self.engine is not None:

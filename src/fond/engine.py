@@ -150,7 +150,7 @@ class PoissonLinearEngine:
     ``family``: a PoissonFamily; ``params``: its tensors (``log_step_size``); ``bias``: b (K,).
     ``start(u)`` takes the initial potentials (B, K); each ``step(z, drive)`` maps the previous sample z
     (B, K) and the current drive Φᵀx/σ² (B, K) to (rates, spikes) of the new state; ``potentials()``
-    returns u = −log E. Tensors are reused between steps: copy what you keep. ``product``: "float" (one
+    returns u = −log E. Tensors are reused between steps (the rates every other step): copy what you keep. ``product``: "float" (one
     addmm), "limbs" (``LimbProduct``; float32 only) or "auto" (limbs for float32 where
     ``limb_product_available()``, else float).
     """
@@ -166,6 +166,8 @@ class PoissonLinearEngine:
         self.ceiling = math.exp(-c)
         self.floor_factor = math.exp(-family.floor)
         self.exp_bounds = exp_bounds(c, family.floor, gram.dtype)
+        self.kl_form = family.kl_form
+        self.burst_level = family.clamp_final - math.log(2.0)  # PoissonFamily.saturated's
         self.reciprocals = RECIPROCALS
         self.cutoff = SMALL_RATE_CUTOFF
         self._drive = None
@@ -189,7 +191,10 @@ class PoissonLinearEngine:
 
     def _allocate(self, inv_rates: Tensor) -> None:
         self.inv_rates = inv_rates
-        self.rates = torch.empty_like(self.inv_rates)
+        # two rate buffers, alternating: the previous step's rates stay valid through the next step (the trace
+        # terms read both)
+        self._rate_buffers = (torch.empty_like(self.inv_rates), torch.empty_like(self.inv_rates))
+        self.rates = self._rate_buffers[0]
         self.spikes = torch.empty_like(self.inv_rates)
         self.work = torch.empty_like(self.inv_rates)
         shape = self.inv_rates.shape if self.limbs is not None else (0,)
@@ -222,6 +227,7 @@ class PoissonLinearEngine:
         if self.exp_bounds != (None, None):
             self.work.clamp_(*self.exp_bounds)
         self.work.exp_()
+        self.rates = self._rate_buffers[1] if self.rates is self._rate_buffers[0] else self._rate_buffers[0]
         key1, key2 = draw_key(generator)
         kernel_threads(self.rates.numel())
         overflow = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
@@ -233,7 +239,7 @@ class PoissonLinearEngine:
 
     def potentials(self) -> Tensor:
         """u = −log E (B, K)."""
-        return -torch.log(self.inv_rates)
+        return torch.log(self.inv_rates).neg_()  # in place: a second fresh (B, K) tensor costs more than the log
 
     # -- the engine interface of ``fond.dynamics`` (see ``fused_engine``) --------------------------------
     def begin(self, state: tuple[Tensor, ...]) -> None:
@@ -248,6 +254,25 @@ class PoissonLinearEngine:
     def state(self) -> tuple[Tensor, ...]:
         """The family state ``(u,)`` now (a new tensor)."""
         return (self.potentials(),)
+
+    def trace_terms(self, u: Tensor, u_old: Tensor, rates: Tensor, rates_old: Tensor,
+                    spikes: Tensor) -> dict[str, Tensor] | None:
+        """The per-input trace terms of a step from (u_old, rates_old) to (u, rates, spikes), all (B, K), in one
+        compiled pass: ``zeros``, ``du_norm``, ``kl`` (exact form), ``rate_max``, ``saturated`` (B,) each, as
+        ``fond.rollout.TraceRecorder`` defines them; None where the family's KL is not the exact form."""
+        from fond.families.kernels import poisson_row_stats
+        from fond.families.sampling import kernel_threads
+
+        if self.kl_form != "exact":
+            return None
+        arrays = [t.contiguous() for t in (u, u_old, rates, rates_old, spikes)]
+        batch, width = u.shape
+        kl, du2, zeros = (torch.empty(batch, dtype=torch.float64) for _ in range(3))
+        kernel_threads(u.numel())
+        poisson_row_stats(*(a.numpy() for a in arrays), kl.numpy(), du2.numpy(), zeros.numpy())
+        dtype = u.dtype
+        return {"zeros": (zeros / width).to(dtype), "du_norm": du2.sqrt_().to(dtype), "kl": kl.to(dtype),
+                "rate_max": rates.amax(-1), "saturated": (u.amax(-1) >= self.burst_level).to(dtype)}
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:

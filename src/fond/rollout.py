@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from fond.errors import DataError
-from fond.metrics import gaussian_nll, r2_per_sample, zeros_fraction
+from fond.metrics import LOG_2PI, gaussian_nll, zeros_fraction
 from fond.result import TRACE_KEYS, InferenceResult
 
 __all__ = ["Step", "InferenceSteps", "run_inference", "Convergence", "Recorder", "TraceRecorder", "check_record",
@@ -105,6 +105,12 @@ class InferenceSteps(ABC):
     def saturated(self, step: Step) -> Tensor:
         """(B,) bool: inputs whose state sits at the method's clamp bound (default: none)."""
         return torch.zeros(step.state[0].shape[0], dtype=torch.bool, device=step.state[0].device)
+
+    def trace_terms(self, new: Step, previous: Step) -> dict[str, Tensor] | None:
+        """Trace terms the method computes more cheaply than ``TraceRecorder`` would (any of zeros, du_norm,
+        kl, rate_max, saturated; (B,) each, with the recorder's meanings), or None (the default: it computes
+        them all)."""
+        return None
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step | None:
         """``step`` narrowed to ``rows`` ((B',) int64 indices into its batch), to go on with ``frame`` (B', D),
@@ -336,6 +342,8 @@ class TraceRecorder:
         self.rows: dict[str, Tensor] = {}
         self._state: State | None = None
         self._state_terms: dict[str, Tensor] = {}
+        self._frame: Tensor | None = None
+        self._frame_terms: tuple = ()
 
     def __call__(self, frame: Tensor, new: Step, previous: Step, index: Tensor | None = None) -> None:
         """Measure step ``new`` (reached from ``previous``) against ``frame`` (B', D); ``index``: the inputs
@@ -375,19 +383,38 @@ class TraceRecorder:
 
     def _per_input(self, frame: Tensor, new: Step, previous: Step) -> dict[str, Tensor]:
         """Each key's value per input (B',) at step ``new``."""
-        reconstruction = self.method.decode(new.decoded)
-        r2 = r2_per_sample(frame, reconstruction)
+        method = self.method
+        r2, nll = self._fit(frame, method.decode(new.decoded))
+        fast = method.trace_terms(new, previous)
+        if fast is not None:
+            r2_rates = r2 if new.rates is new.decoded else self._fit(frame, method.decode(new.rates))[0]
+            return {"r2": r2, "nll": nll, "r2_rates": r2_rates, **fast}
         if new.state is not self._state:
             self._state, self._state_terms = new.state, self._terms_of_state(frame, new, previous, r2)
         moved = new.state is not previous.state
         du = state_step_norm(new.state, previous.state) if moved else torch.zeros_like(r2)
-        return {"r2": r2, "zeros": zeros_fraction(new.decoded), "du_norm": du,
-                "nll": gaussian_nll(frame, reconstruction, self.method.log_sigma), **self._state_terms}
+        return {"r2": r2, "zeros": zeros_fraction(new.decoded), "du_norm": du, "nll": nll, **self._state_terms}
+
+    def _fit(self, frame: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
+        """R² and the Gaussian NLL (nats) of ``reconstruction`` against ``frame`` (B', D), per input, from one
+        squared residual (``fond.metrics.r2_per_sample`` and ``gaussian_nll``, to rounding)."""
+        if frame is not self._frame:
+            total = (frame - frame.mean(-1, keepdim=True)).pow(2).sum(-1).clamp_min(1e-12)
+            log_sigma = self.method.log_sigma.to(frame.dtype)
+            constant = float((log_sigma + 0.5 * LOG_2PI).sum()) if log_sigma.ndim else None
+            self._frame, self._frame_terms = frame, (total, torch.exp(-2.0 * log_sigma), constant)
+        total, precision, constant = self._frame_terms
+        squares = (reconstruction - frame).square_()
+        if constant is None:  # a scalar log σ
+            nll = gaussian_nll(frame, reconstruction, self.method.log_sigma)
+        else:
+            nll = 0.5 * (squares @ precision) + constant
+        return 1.0 - squares.sum(-1) / total, nll
 
     def _terms_of_state(self, frame: Tensor, new: Step, previous: Step, r2: Tensor) -> dict[str, Tensor]:
         """The terms that depend on the state alone (and the frame it is judged against), per input."""
         method = self.method
-        r2_rates = r2 if new.rates is new.decoded else r2_per_sample(frame, method.decode(new.rates))
+        r2_rates = r2 if new.rates is new.decoded else self._fit(frame, method.decode(new.rates))[0]
         return {"r2_rates": r2_rates, "kl": method.prior_term(new, previous), "rate_max": new.rates.amax(-1),
                 "saturated": method.saturated(new).to(r2.dtype)}
 
