@@ -4,6 +4,9 @@ An untrained quick-sized iP-VAE (D 256, K 512, init_scale 0.05, log b = −1: a 
 5 rollouts of 50 steps. To compare two source trees (e.g. before and after a refactor), run it under each:
 
     PYTHONPATH=<tree>/src python benchmarks/per_step.py LABEL
+
+``python benchmarks/per_step.py LABEL ipvae-natural16``: a shipped model on 1000 held-out inputs of its own
+split instead (realistic rates).
 """
 
 import sys
@@ -26,10 +29,17 @@ def per_step_ms(model, x: torch.Tensor, *, trace: bool, steps: int = 50, repeats
 
 def main() -> None:
     label = sys.argv[1] if len(sys.argv) > 1 else "fond"
-    model = fond.IPVAE(256, 512, seed=0, init_scale=0.05)
-    with torch.no_grad():
-        model.log_bias.fill_(-1.0)
-    x = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0))
+    if len(sys.argv) > 2:
+        from fond.pretrained import held_out_data
+        from fond.resume import read_run
+
+        model = fond.pretrained(sys.argv[2])
+        x = held_out_data(read_run(fond.pretrained.run_folder(sys.argv[2]))).val[:1000]
+    else:
+        model = fond.IPVAE(256, 512, seed=0, init_scale=0.05)
+        with torch.no_grad():
+            model.log_bias.fill_(-1.0)
+        x = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0))
     off, on = per_step_ms(model, x, trace=False), per_step_ms(model, x, trace=True)
     print(f"{label}: trace off {off:.2f} ms/step, trace on {on:.2f} ms/step ({on / off:.2f}× the untraced step)")
 

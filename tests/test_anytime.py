@@ -260,3 +260,15 @@ def test_a_hybrid_refinement_narrows_its_batch_by_the_stated_criterion(name, tol
     expected = _first_converged_step(res.history["rates"].numpy().astype(np.float64), 10, tol)
     assert res.steps_used.tolist() == expected.tolist() and len(set(expected.tolist())) > 1
     _check_frozen_inputs_stay_put(res)
+
+
+def test_inputs_freezing_at_the_last_step_leave_a_complete_read_out(spiking):
+    """A freeze at the very last step must not narrow the batch (the read-out comes from it): stopped right
+    where the first input freezes, the result is the rollout without tol."""
+    model, x, fixed = spiking
+    used = model.infer(x, STEPS, seed=1, tol=0.1, window=WINDOW).steps_used
+    first = int(used.min())
+    assert 0 < int((used == first).sum()) < len(x)  # some inputs, not all, freeze at the last step below
+    res = model.infer(x, first, seed=1, tol=0.1, window=WINDOW)
+    assert torch.equal(res.rates, fixed.history["rates"][first - 1])
+    assert torch.equal(res.spikes, fixed.history["spikes"][first - 1])

@@ -177,13 +177,14 @@ def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergen
         if watch.all_frozen:
             done = t
             break
-        if froze and narrowable:
+        if froze and narrowable and t < steps:  # (after the last step the read-out comes from this batch)
             keep = (~watch.frozen).nonzero().squeeze(1)
             narrowed = method.select(current, keep, frame[keep])
             narrowable = narrowed is not None
             if narrowable:
                 if tracer is not None:
-                    tracer.settle(watch.index_of(watch.frozen), method.prior_term(*[_rows(current, watch.frozen)] * 2))
+                    leaving = _rows(current, watch.frozen)
+                    tracer.settle(watch.index_of(watch.frozen), method.prior_term(leaving, leaving))
                 watch.drop_frozen(current)
                 current, frame = narrowed, frame[keep]
     final = watch.whole(watch.hold(method.finish(current)))
