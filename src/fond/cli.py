@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="time inference steps and training iterations against the machine's floor "
                                       "and a straightforward implementation (Markdown table)")
     bn.add_argument("run", type=Path, nargs="?",
-                    help="a trained iP-VAE run (or pretrained:NAME) for realistic rates (default: a fresh model)")
+                    help="a trained iP-VAE run (or pretrained:NAME) for realistic rates (default: the shipped "
+                         "iP-VAE of each D at K 512; a fresh model at other sizes)")
     bn.add_argument("--batch", type=_positive_int, default=1000, help="inference batch B")
     bn.add_argument("--train-batch", type=_positive_int, default=200, help="training batch B")
     bn.add_argument("--latents", type=_positive_int, default=512, help="K")
