@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a trained model over T_test inference steps")
     ev.add_argument("run", type=Path, help="run or model directory, or pretrained:NAME (fond pretrained list)")
-    ev.add_argument("--data", help="evaluate on this data instead of the run's validation split")
+    ev.add_argument("--data", help="evaluate on this data instead of the run's validation split: every row of a "
+                                   ".npy file, patches from every image of a folder, a named set's held-out split")
+    ev.add_argument("--split-file", action="store_true",
+                    help="with --data FILE.npy or FOLDER: evaluate only the part a training run would hold out "
+                         "(10 %% of the rows, the last 15 %% of the images), as before")
     ev.add_argument("--steps", type=_positive_int, default=1000)
     ev.add_argument("--samples", type=_positive_int, help="evaluate on the first N inputs only (default: all of "
                                                           "the run's split; with --data, a test set's whole split "
@@ -281,24 +285,34 @@ def load_data(spec, **kwargs):
     gets the one error line, which names what was skipped, not the warnings that led to it as well."""
     from fond.data import load_data as load
 
+    return _quietly(load, spec, **kwargs)
+
+
+def _quietly(loader, spec, **kwargs):
+    """``loader(spec, **kwargs)`` with its warnings shown only once it has succeeded (see ``load_data``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load(spec, **kwargs)
+        data = loader(spec, **kwargs)
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return data
 
 
-def _load_run_data(spec: str, run_info: dict, seed: int, samples: int | None = None):
-    """The run's own split when ``spec`` is the data it was trained on, else ``spec`` loaded afresh with
-    ``samples`` held-out inputs, by default a named test set's whole split (all 10k MNIST test digits) or 5000."""
-    from fond.data.files import held_out_size
+def _load_run_data(spec: str, run_info: dict, seed: int, samples: int | None = None, split_file: bool = False):
+    """The run's own split when ``spec`` is the data it was trained on, else all of ``spec``
+    (``fond.data.files.evaluation_data``: every row of a .npy file, patches from every image of a folder; a
+    named set's held-out split, by default all of a test set or 5000 inputs). ``split_file``: a file or folder
+    split as for training instead (its held-out part only)."""
+    from fond.data.files import evaluation_data, held_out_size
     from fond.resume import training_split
 
     if spec == run_info.get("data", {}).get("spec") and "train" in run_info:
         trained_on, split = training_split(run_info)
         return load_data(trained_on, **split)
-    return load_data(spec, n_val=samples or held_out_size(spec) or 5000, seed=seed)
+    n_val = samples or held_out_size(spec) or 5000
+    if split_file:
+        return load_data(spec, n_val=n_val, seed=seed)
+    return _quietly(evaluation_data, spec, n_val=n_val, seed=seed)
 
 
 #: ``fond train`` options that set the run's configuration (taken from the checkpoint with --resume)
@@ -404,7 +418,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = args.data or run_info.get("data", {}).get("spec")
     if spec is None:
         raise FondError(f"{args.run}: no data recorded for this model; pass --data")
-    data = _load_run_data(spec, run_info, args.seed, args.samples)
+    data = _load_run_data(spec, run_info, args.seed, args.samples, split_file=args.split_file)
     if data.n_inputs != model.n_inputs:
         raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
     anytime = {} if args.until_converged is None else {"tol": args.until_converged, "window": args.window}

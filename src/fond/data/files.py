@@ -136,6 +136,22 @@ def load_data(
     raise _unknown(spec_str)
 
 
+def evaluation_data(spec: str, *, n_val: int = 5_000, seed: int = 0, patch_size: int = 16) -> PatchData:
+    """Data to evaluate a model on, all of it, in ``val``: every row of a .npy file (``n_val`` does not apply),
+    ``n_val`` patches drawn from every image of a folder, else ``load_data``'s held-out split of ``spec`` (a
+    named test set's, or ``n_val`` sampled inputs). ``train`` is not for training here: the same rows for a
+    file, the patches that set a folder's scale factor."""
+    path = Path(str(spec)).expanduser()
+    if path.suffix.lower() == ".npy" and not path.is_dir():
+        rows = read_npy_rows(path)
+        side = math.isqrt(rows.shape[1])
+        return PatchData(train=rows, val=rows, patch_shape=(side, side) if side * side == rows.shape[1] else None,
+                         name=path.name)
+    if path.is_dir():
+        return load_image_folder(path, patch_size=patch_size, n_train=n_val, n_val=n_val, seed=seed, hold_out=False)
+    return load_data(spec, n_val=n_val, seed=seed, patch_size=patch_size)
+
+
 # --------------------------------------------------------------------------------------------------
 # .npy files of patches
 # --------------------------------------------------------------------------------------------------
@@ -155,6 +171,21 @@ def load_npy_patches(
     path = Path(path)
     n_train, n_val = check_counts(n_train, n_val)
     seed_train, _ = derived_seeds(seed)
+    data = read_npy_rows(path, minimum_rows=2)
+    n_rows, d = data.shape
+    n_held = max(1, min(n_val, int(math.floor(_NPY_MAX_VAL_FRACTION * n_rows))))
+    order = np.random.default_rng(seed_train).permutation(n_rows)
+    val = np.ascontiguousarray(data[order[:n_held]])
+    train = np.ascontiguousarray(data[order[n_held : n_held + n_train]])
+    side = math.isqrt(d)
+    patch_shape = (side, side) if side * side == d else None
+    return PatchData(train=train, val=val, patch_shape=patch_shape, name=path.name)
+
+
+def read_npy_rows(path: str | Path, *, minimum_rows: int = 1) -> np.ndarray:
+    """Every row of the (N, D) real array in a .npy file, as float32 (N, D), checked as ``load_npy_patches``
+    describes (no pickle, 2-D, finite, N ≥ ``minimum_rows``); one clear ``DataError`` line otherwise."""
+    path = Path(path)
     if not path.exists():
         raise DataError(f"data file '{path}' does not exist")
     if not path.is_file():
@@ -186,8 +217,9 @@ def load_npy_patches(
     if arr.ndim != 2:
         raise DataError(f"data file '{path}' holds an array of shape {arr.shape}: expected a 2-D N×D array")
     n_rows, d = arr.shape
-    if n_rows < 2:
-        raise DataError(f"data file '{path}' holds {n_rows} row(s): need at least 2 (train + val)")
+    if n_rows < minimum_rows:
+        need = "at least 2 (train + val)" if minimum_rows > 1 else "at least 1"
+        raise DataError(f"data file '{path}' holds {n_rows} row(s): need {need}")
     if d < 1:
         raise DataError(f"data file '{path}' holds rows of length 0: need D ≥ 1")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -196,14 +228,7 @@ def load_npy_patches(
         data = arr.astype(np.float32)
     if not np.isfinite(data).all():
         raise DataError(f"data file '{path}' has values too large for float32")
-
-    n_held = max(1, min(n_val, int(math.floor(_NPY_MAX_VAL_FRACTION * n_rows))))
-    order = np.random.default_rng(seed_train).permutation(n_rows)
-    val = np.ascontiguousarray(data[order[:n_held]])
-    train = np.ascontiguousarray(data[order[n_held : n_held + n_train]])
-    side = math.isqrt(d)
-    patch_shape = (side, side) if side * side == d else None
-    return PatchData(train=train, val=val, patch_shape=patch_shape, name=path.name)
+    return data
 
 
 def _first_line(exc: BaseException) -> str:
@@ -233,7 +258,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def load_image_folder(folder: str | Path, *, patch_size: int = 16, n_train: int = 100_000, n_val: int = 5_000,
-                      seed: int = 0) -> PatchData:
+                      seed: int = 0, hold_out: bool = True) -> PatchData:
     """Whitened patches from a folder of images (png, jpg, jpeg, tif, tiff, bmp; not recursive).
 
     Files are sorted by name and converted to grayscale; unreadable files, images smaller than the patch
@@ -242,7 +267,8 @@ def load_image_folder(folder: str | Path, *, patch_size: int = 16, n_train: int 
     images are held out for validation: the last ceil(15 %) of the usable sorted images (at least 1) when
     there are ≥ 2; a single image is split into its top 80 % of rows (train) and bottom 20 % (val).
     Patches are then drawn exactly as for the bundled photos (std ≥ 0.25 per patch, one global scale
-    factor giving the training patches std 1).
+    factor giving the training patches std 1). ``hold_out=False``: no image is held out; train and val
+    patches are both drawn from every image (to evaluate on all of them).
 
     Returns:
         PatchData with train (n_train, patch_size²), val (n_val, patch_size²), patch_shape (s, s).
@@ -270,7 +296,10 @@ def load_image_folder(folder: str | Path, *, patch_size: int = 16, n_train: int 
             raise DataError(f"image folder '{folder}': none of its {len(files)} image file(s) is readable "
                             f"({_first_names(skipped['unreadable'])})")
         raise DataError(f"image folder '{folder}' has no usable image: skipped " + "; ".join(reasons))
-    train_images, val_images = _held_out_split(images, folder, patch_size)
+    if hold_out:
+        train_images, val_images = _held_out_split(images, folder, patch_size)
+    else:
+        train_images = val_images = [im for _, im in images]
 
     counts = f"{len(images)} image{'s' if len(images) != 1 else ''}"
     n_unusable = len(skipped["too_small"]) + len(skipped["constant"])
