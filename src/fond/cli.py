@@ -60,6 +60,13 @@ def _positive_int(text: str) -> int:
     return _argument(text, int, "an integer", lambda value: positive_int(value, "value"), "must be ≥ 1")
 
 
+def _step_list(text: str) -> list[int]:
+    steps = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not steps:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps, got {text!r}")
+    return steps
+
+
 def _nonneg_float(text: str) -> float:
     return _argument(text, float, "a number", lambda value: finite_float(value, "value", minimum=0.0),
                      "must be a finite number ≥ 0")
@@ -153,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-report", action="store_true", help="do not (re)write DIR/report")
     ev.add_argument("--out", type=Path, help="write report/ in this folder instead of DIR (default for "
                                              "pretrained:NAME: runs/pretrained-NAME)")
+
+    en = sub.add_parser("encode", help="write a model's codes (spike counts, rates, reconstructions) of a data "
+                                       "set to a .npz file, for analysis elsewhere")
+    en.add_argument("run", type=Path, help="run or model directory, or pretrained:NAME")
+    en.add_argument("--data", help="data to encode (as fond eval --data: every row of a .npy file, patches from "
+                                   "every image of a folder, a named set's held-out split); default: the run's "
+                                   "validation split")
+    en.add_argument("--out", required=True, type=Path, help="the .npz file to write")
+    en.add_argument("--steps", type=_positive_int, default=1000, help="inference steps (codes at t = steps)")
+    en.add_argument("--what", default="spikes,rates",
+                    help="comma-separated arrays to write: spikes, rates, reconstruction (default: spikes,rates)")
+    en.add_argument("--record", type=_step_list, help="comma-separated steps whose spikes and rates to keep too "
+                                                      "(e.g. 1,10,100): arrays (S, N, K) and steps (S,)")
+    en.add_argument("--samples", type=_positive_int, help="encode the first N inputs only")
+    en.add_argument("--split-file", action="store_true", help="as fond eval --split-file")
+    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--chunk", type=_positive_int, default=1000, help="inputs per rollout (bounds the memory)")
+    en.add_argument("--no-progress", action="store_true")
 
     sw = sub.add_parser("sweep", help="train and evaluate a grid of models × β × T_train × seeds (resumable)")
     sw.add_argument("config", type=Path, nargs="?",
@@ -435,6 +460,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    from fond.encode import encode
+    from fond.resume import load_model
+    from fond.train import read_run
+
+    run_info = read_run(args.run)
+    model = load_model(args.run)
+    spec = args.data or run_info.get("data", {}).get("spec")
+    if spec is None:
+        raise FondError(f"{args.run}: no data recorded for this model; pass --data")
+    data = _load_run_data(spec, run_info, args.seed, args.samples, split_file=args.split_file)
+    if data.n_inputs != model.n_inputs:
+        raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
+    x = data.val[: args.samples] if args.samples else data.val
+    shapes = encode(model, x, args.out, args.steps, what=[w.strip() for w in args.what.split(",") if w.strip()],
+                    record=args.record, seed=args.seed, chunk_size=args.chunk, progress=not args.no_progress)
+    listed = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in shapes.items())
+    print(f"fond: wrote {args.out}: {listed}", file=sys.stderr)
+    return 0
+
+
 def cmd_pretrained(args: argparse.Namespace) -> int:
     from fond import pretrained
 
@@ -571,7 +617,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 #: the run arguments of the commands that read run folders without writing into them: each may be pretrained:NAME
-_RUN_ARGUMENTS = {"eval": "run", "bench": "run", "analyze": "runs", "compare": "runs"}
+_RUN_ARGUMENTS = {"eval": "run", "encode": "run", "bench": "run", "analyze": "runs", "compare": "runs"}
 
 
 def _resolve_pretrained(args: argparse.Namespace) -> None:
@@ -608,8 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "sweep": cmd_sweep,
-                    "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench,
+        commands = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "compare": cmd_compare,
+                    "sweep": cmd_sweep, "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench,
                     "pretrained": cmd_pretrained}
         _resolve_pretrained(args)
         return commands[args.command](args)
