@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fond.config import ModelConfig
+from fond.dynamics import FondSteps
 from fond.errors import DataError
 from fond.models import build_model
-from fond.dynamics import FondSteps
 from fond.rollout import InferenceSteps, Step, run_inference
 
 STEPS, WINDOW = 240, 20

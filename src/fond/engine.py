@@ -150,9 +150,9 @@ class PoissonLinearEngine:
     ``family``: a PoissonFamily; ``params``: its tensors (``log_step_size``); ``bias``: b (K,).
     ``start(u)`` takes the initial potentials (B, K); each ``step(z, drive)`` maps the previous sample z
     (B, K) and the current drive Φᵀx/σ² (B, K) to (rates, spikes) of the new state; ``potentials()``
-    returns u = −log E. Tensors are reused between steps (the rates every other step): copy what you keep. ``product``: "float" (one
-    addmm), "limbs" (``LimbProduct``; float32 only) or "auto" (limbs for float32 where
-    ``limb_product_available()``, else float).
+    returns u = −log E. Tensors are reused between steps (the rates every other step): copy what you keep.
+    ``product``: "float" (one addmm), "limbs" (``LimbProduct``; float32 only) or "auto" (limbs for float32
+    where ``limb_product_available()``, else float).
     """
 
     def __init__(self, family, params, bias: Tensor, gram: Tensor, product: str = "auto") -> None:
