@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import signal
 import sys
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", type=Path, help="run or model directory, or pretrained:NAME (fond pretrained list)")
     ev.add_argument("--data", help="evaluate on this data instead of the run's validation split: every row of a "
                                    ".npy file, patches from every image of a folder, a named set's held-out split")
+    ev.add_argument("--images", type=Path, nargs="+", metavar="PATH",
+                    help="evaluate on your own images (files or folders), made into inputs exactly as the run's "
+                         "training inputs were (whitened patches, MNIST digits: the run's recorded preprocessing)")
     ev.add_argument("--split-file", action="store_true",
                     help="with --data FILE.npy or FOLDER: evaluate only the part a training run would hold out "
                          "(10 %% of the rows, the last 15 %% of the images), as before")
@@ -167,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--data", help="data to encode (as fond eval --data: every row of a .npy file, patches from "
                                    "every image of a folder, a named set's held-out split); default: the run's "
                                    "validation split")
+    en.add_argument("--images", type=Path, nargs="+", metavar="PATH",
+                    help="encode your own images (files or folders) through the run's recorded preprocessing")
     en.add_argument("--out", required=True, type=Path, help="the .npz file to write")
     en.add_argument("--steps", type=_positive_int, default=1000, help="inference steps (codes at t = steps)")
     en.add_argument("--what", default="spikes,rates",
@@ -323,6 +329,68 @@ def _quietly(loader, spec, **kwargs):
     return data
 
 
+def _inputs_for(args: argparse.Namespace, run_info: dict, model):
+    """The data ``fond eval`` / ``fond encode`` run on: ``--images`` through the run's preprocessing, ``--data``,
+    or the run's validation split; warned about in one line when far from the training inputs."""
+    from fond.resume import preprocessing_of
+
+    if args.images is not None and args.data is not None:
+        raise FondError("pass --images or --data, not both")
+    if args.images is not None:
+        data = _image_inputs(args.images, preprocessing_of(run_info), args.run, args.samples, args.seed)
+        spec = f"{len(args.images)} image path(s)"
+    else:
+        spec = args.data or run_info.get("data", {}).get("spec")
+        if spec is None:
+            raise FondError(f"{args.run}: no data recorded for this model; pass --data")
+        data = _load_run_data(spec, run_info, args.seed, args.samples, split_file=args.split_file)
+    if data.n_inputs != model.n_inputs:
+        raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
+    if args.data is not None:
+        _warn_if_far(run_info, data.val)
+    return data
+
+
+def _image_inputs(paths: list[Path], record, run: Path, samples: int | None, seed: int):
+    """PatchData of the images at ``paths`` (files or folders) through the run's ``Preprocessing``."""
+    from fond.data import PatchData
+    from fond.data.files import read_images
+
+    if record is None:
+        raise FondError(f"{run}: this run's inputs were not made from images by a recorded transform (a .npy "
+                        "file, colour or contrast-normalised patches): pass --data with inputs prepared as in "
+                        "training")
+    x = record.inputs_from_images(read_images(paths), n=samples or 5000, seed=seed)
+    side = math.isqrt(x.shape[1])
+    return PatchData(train=x, val=x, patch_shape=(side, side), name=f"{len(x)} inputs from images")
+
+
+def _warn_if_far(run_info: dict, x) -> None:
+    """One warning line when inputs x are far from the run's training inputs (another kind of data)."""
+    import numpy as np
+
+    from fond.data.preprocessing import STD_RATIO_WARNING
+    from fond.resume import preprocessing_of
+
+    data = run_info.get("data") or {}
+    try:
+        record = preprocessing_of(run_info)
+    except FondError:  # a model folder without its training record
+        return
+    if record is not None:
+        message = record.far_from_training(x)
+    elif "input_std" in data:
+        std = float(np.asarray(x, dtype=np.float64).std())
+        ratio = std / data["input_std"]
+        far = not 1.0 / STD_RATIO_WARNING <= ratio <= STD_RATIO_WARNING
+        message = (f"these inputs have std {std:.3g}, {ratio:.3g}× the training inputs' {data['input_std']:.3g}: "
+                   "inputs of another kind") if far else None
+    else:
+        return
+    if message:
+        warnings.warn(message, stacklevel=2)
+
+
 def _load_run_data(spec: str, run_info: dict, seed: int, samples: int | None = None, split_file: bool = False):
     """The run's own split when ``spec`` is the data it was trained on, else all of ``spec``
     (``fond.data.files.evaluation_data``: every row of a .npy file, patches from every image of a folder; a
@@ -440,14 +508,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run_info = read_run(args.run)
     model = load_model(args.run)
-    spec = args.data or run_info.get("data", {}).get("spec")
-    if spec is None:
-        raise FondError(f"{args.run}: no data recorded for this model; pass --data")
-    data = _load_run_data(spec, run_info, args.seed, args.samples, split_file=args.split_file)
-    if data.n_inputs != model.n_inputs:
-        raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
+    data = _inputs_for(args, run_info, model)
     anytime = {} if args.until_converged is None else {"tol": args.until_converged, "window": args.window}
-    write = not args.no_report and args.data is None and not anytime
+    write = not args.no_report and args.data is None and args.images is None and not anytime
     out = report_folder(args.run, args.out)  # never inside the package for pretrained:NAME
     evaluation = evaluate_and_report(out, model, data, steps=args.steps, samples=args.samples, seed=args.seed,
                                      write=write, **anytime)
@@ -467,12 +530,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     run_info = read_run(args.run)
     model = load_model(args.run)
-    spec = args.data or run_info.get("data", {}).get("spec")
-    if spec is None:
-        raise FondError(f"{args.run}: no data recorded for this model; pass --data")
-    data = _load_run_data(spec, run_info, args.seed, args.samples, split_file=args.split_file)
-    if data.n_inputs != model.n_inputs:
-        raise FondError(f"data '{spec}' has dimension {data.n_inputs}, the model expects {model.n_inputs}")
+    data = _inputs_for(args, run_info, model)
     x = data.val[: args.samples] if args.samples else data.val
     shapes = encode(model, x, args.out, args.steps, what=[w.strip() for w in args.what.split(",") if w.strip()],
                     record=args.record, seed=args.seed, chunk_size=args.chunk, progress=not args.no_progress)

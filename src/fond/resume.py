@@ -73,6 +73,23 @@ def training_split(info: dict[str, Any]) -> tuple[str, dict[str, int]]:
     return spec, {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed}
 
 
+def preprocessing_of(info: dict[str, Any]):
+    """The ``fond.data.Preprocessing`` a run's inputs were made with (``info``: its ``read_run``), or None
+    (inputs given as they are: a .npy file; a colour or contrast-normalised set). Runs that predate the record
+    get it rebuilt from their training split (exact: the same patches set the same scale)."""
+    from fond.data import load_data
+    from fond.data.preprocessing import Preprocessing
+
+    data = info.get("data") or {}
+    if "preprocessing" in data:
+        return Preprocessing.from_dict(data["preprocessing"])
+    if "input_std" in data:  # recorded after preprocessing records began: the inputs had none
+        return None
+    spec, split = training_split(info)
+    record = load_data(spec, **split).preprocessing
+    return None if record is None else Preprocessing.from_dict(record)
+
+
 # ---- writing a checkpoint -----------------------------------------------------------------------------------
 
 

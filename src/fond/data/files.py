@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ NATURAL_SIZES = range(4, 65)
 
 #: Fraction of rows of a .npy file that may at most be held out for validation.
 _NPY_MAX_VAL_FRACTION = 0.10
+#: the whitening roll-off of a folder's images (``fond.data.natural.whiten``'s default)
+FOLDER_F0 = 0.4
 
 #: Fraction of (sorted) images of a folder held out for validation; with one image, fraction of its rows.
 _FOLDER_VAL_FRACTION = 0.15
@@ -241,6 +244,29 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def read_images(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """The images at ``paths`` as 2-D float64 grey arrays in [0, 1]: each a file, or a folder whose image files
+    (``IMAGE_SUFFIXES``, sorted by name, not recursive) are all taken. One ``DataError`` line for a missing
+    path, an unreadable file or no image at all."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"image path '{path}' does not exist")
+    if not files:
+        raise DataError("no image files among " + ", ".join(str(p) for p in paths))
+    images = []
+    for path in files:
+        try:
+            images.append(_read_image(path))
+        except Exception as exc:  # any decoder failure means unreadable
+            raise DataError(f"cannot read image '{path}' ({_first_line(exc)})") from None
+    return images
+
+
 def _read_image(path: Path) -> np.ndarray:
     """Read one image file as a 2-D float64 grayscale array; raises any PIL/OS error unchanged."""
     from PIL import Image
@@ -314,6 +340,7 @@ def load_image_folder(folder: str | Path, *, patch_size: int = 16, n_train: int 
         seed=seed,
         name=f"{folder.resolve().name or folder} ({counts})",
         min_std=MIN_PATCH_STD,
+        f0=FOLDER_F0,
     )
 
 
@@ -337,7 +364,7 @@ def _whitened_images(files: list[Path], min_side: int) -> tuple[list[tuple[str, 
             skipped["too_small"].append(path.name)
             continue
         try:
-            images.append((path.name, whiten(gray)))
+            images.append((path.name, whiten(gray, FOLDER_F0)))
         except DataError:
             skipped["constant"].append(path.name)
     return images, skipped

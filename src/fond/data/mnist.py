@@ -154,7 +154,8 @@ def mnist_data(*, n_train: int = 50_000, n_val: int = 10_000, seed: int = 0, val
     if centre:
         mean = mnist_mean(cache_dir)
         train, val = train - mean, val - mean
-    return PatchData(train=np.ascontiguousarray(train), val=np.ascontiguousarray(val),
+    record = {"kind": "mnist", "input_std": float(train.std(dtype=np.float64)), "centre": centre}  # a Preprocessing
+    return PatchData(train=np.ascontiguousarray(train), val=np.ascontiguousarray(val), preprocessing=record,
                      patch_shape=MNIST_SHAPE, train_labels=labels[order], val_labels=val_labels[:n_val],
                      name=f"MNIST ({len(order)} train, {min(n_val, len(val_images))} {val_split}"
                           f"{', centred' if centre else ''})")

@@ -82,6 +82,7 @@ class PatchData:
             not images (e.g. a .npy file whose D is not a perfect square).
         name: short human-readable description of where the data came from.
         train_labels, val_labels: integer class labels (n,) for labelled sets (MNIST), else None.
+        preprocessing: the transform from raw images to these inputs (``Preprocessing.to_dict()``), or None.
     """
 
     train: np.ndarray
@@ -90,6 +91,9 @@ class PatchData:
     name: str
     train_labels: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    #: how raw images became these inputs: a ``fond.data.preprocessing.Preprocessing`` record (its
+    #: ``to_dict()``, JSON-ready), where they came from images
+    preprocessing: dict | None = None
 
     def __post_init__(self) -> None:
         for label, arr in (("train", self.train), ("val", self.val)):
@@ -547,6 +551,7 @@ def patch_data_from_images(
     name: str,
     min_std: float = MIN_PATCH_STD,
     channels: int | None = None,
+    f0: float | None = None,
 ) -> PatchData:
     """Draw train patches from ``train_images`` and val patches from ``val_images`` (already whitened;
     grey (H, W), or (H, W, C) with ``channels=C``: patch_shape (size, size, C), rows channels last).
@@ -554,6 +559,7 @@ def patch_data_from_images(
     Patches with std < ``min_std`` are rejected (see :func:`extract_patches`); train and val use
     different seeds derived from ``seed``. All patches are then multiplied by one global factor chosen
     so that the training patches have overall std 1 (the same factor is applied to validation).
+    ``f0``: the roll-off the grey images were whitened with; given, ``preprocessing`` records the transform.
     """
     n_train, n_val = check_counts(n_train, n_val)
     seed_train, seed_val = derived_seeds(seed)
@@ -566,7 +572,11 @@ def patch_data_from_images(
     train *= scale
     val *= scale
     shape = (size, size) if channels is None else (size, size, channels)
-    return PatchData(train=train, val=val, patch_shape=shape, name=name)
+    record = None
+    if f0 is not None and channels is None:  # fond.data.preprocessing.Preprocessing's fields
+        record = {"kind": "whitened", "input_std": float(train.std(dtype=np.float64)), "patch_size": size,
+                  "f0": float(f0), "min_std": float(min_std), "scale": float(scale), "centre": False}
+    return PatchData(train=train, val=val, patch_shape=shape, name=name, preprocessing=record)
 
 
 def natural_patches(
@@ -642,6 +652,7 @@ def photo_patches(
         seed=seed,
         name=name,
         channels=channels,
+        f0=f0,
     )
 
 
