@@ -3,7 +3,8 @@
 
 Every loader returns one container, :class:`PatchData` of float32 (N, D) arrays (colour rows channels last), and
 grey and colour images go through one whitening (:func:`whiten_channels`); every bad input raises
-:class:`fond.errors.DataError` with a one-line message.
+:class:`fond.errors.DataError` with a one-line message. :class:`Preprocessing` is the record of how raw images
+became a run's inputs, saved with the run and applied to a user's own images.
 """
 
 from fond.data.files import load_data
@@ -17,11 +18,13 @@ from fond.data.natural import (
     whiten,
     whiten_channels,
 )
+from fond.data.preprocessing import Preprocessing
 
 __all__ = [
     "BUNDLED_PHOTOS",
     "VALIDATION_PHOTOS",
     "PatchData",
+    "Preprocessing",
     "extract_patches",
     "load_data",
     "load_photo",
