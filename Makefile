@@ -2,13 +2,14 @@
 #   make demo   set up .venv, train the quick iP-VAE on bundled natural-image patches, evaluate, report
 #   make test   set up .venv and run the test suite
 #   make family train iP-, iG_relu- and iG-VAE with the quick preset and print them side by side
+#   make docs   build the documentation site (MkDocs, strict) into site/
 #   make reproduce  the paper's comparisons and analyses, quick preset (~40 min): runs/reproduce/index.md
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/quick
 
-.PHONY: venv demo family reproduce test test-fast lint clean
+.PHONY: venv demo family reproduce test test-fast lint docs clean
 
 # requirements.lock pins the core, test and `ray` extra packages (the Ray backend's tests run in CI too;
 # `pip install fond` alone needs no Ray).
@@ -41,6 +42,10 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -n 2 -q -m "not slow"
+
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
+	@echo "Documentation: site/index.html (mkdocs serve shows it live)"
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", default="quick", choices=PRESETS,
                     help="quick: minutes on 2 CPU cores; paper: the authors' recipe (hours; with --data "
                          f"{PAPER_DATA['natural']} or {PAPER_DATA['mnist']}); fond: the paper's schedule with fond's "
-                         "own choices (see README)")
+                         "own choices (see docs/models.md)")
     tr.add_argument("--out", type=Path,
                     help="run directory (resumed if it holds a checkpoint of the same configuration)")
     tr.add_argument("--resume", type=Path, metavar="DIR",

@@ -158,7 +158,7 @@ class BurstMonitor:
             return None
         return (f"training burst by iteration {iteration}: " + ", ".join(found) + f"; {self.window} of the "
                 f"last {len(self.recent)} iterations like this; the rollouts of this model are likely to "
-                "diverge (README: 'MNIST bursts')")
+                "diverge (docs/cli.md: 'MNIST bursts')")
 
 
 def _saturation_rate(model: torch.nn.Module) -> float | None:
