@@ -116,7 +116,7 @@ def _write(path, values):
 
 
 def test_fond_eval_names_unwhitened_photos_given_to_a_shipped_model(tmp_path, capsys):
-    """The shipped models predate the record: it is rebuilt from their training split to check the inputs."""
+    """Raw photo patches given to a model trained on whitened ones: the hint comes before a meaningless R²."""
     from fond.cli import main
 
     raw = np.stack([load_photo(VALIDATION_PHOTOS[0])[r:r + 16, c:c + 16].ravel()
@@ -126,3 +126,24 @@ def test_fond_eval_names_unwhitened_photos_given_to_a_shipped_model(tmp_path, ca
                  "--out", str(tmp_path / "report")]) == 0
     err = capsys.readouterr().err
     assert "inputs of another kind (the model was trained on whitened 16×16 patches" in err
+
+
+def test_a_loaded_model_preprocesses_images_as_its_training_did_and_keeps_the_record(tmp_path):
+    """model.preprocess is the training transform (the shipped model's held-out patches, bit for bit), and
+    the record survives model.save / fond.load; a model built in code says it has none."""
+    import fond
+    from fond.config import ModelConfig
+    from fond.models import build_model
+    from fond.pretrained import held_out_data
+    from fond.resume import read_run, training_split
+
+    model = fond.pretrained("ipvae-natural16")
+    info = read_run(fond.pretrained.run_folder("ipvae-natural16"))
+    _, split = training_split(info)
+    photos = [load_photo(name) for name in VALIDATION_PHOTOS]
+    x = model.preprocess(photos, n=split["n_val"], seed=derived_seeds(split["seed"])[1])
+    assert torch.equal(x, torch.as_tensor(held_out_data(info).val))
+    model.save(tmp_path / "copy")
+    assert fond.load(tmp_path / "copy").preprocessing == model.preprocessing
+    with pytest.raises(DataError, match="carries no preprocessing record"):
+        build_model(ModelConfig(n_inputs=16, n_latents=4, model="ipvae")).preprocess([np.zeros((20, 20))])

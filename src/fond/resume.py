@@ -52,6 +52,14 @@ def load_model(directory: str | os.PathLike[str]) -> torch.nn.Module:
     tensors = {_LEGACY_TENSOR_NAMES.get(k, k): v for k, v in tensors.items()}
     check_tensors(folder.model_path, tensors, model.state_dict())
     model.load_state_dict(tensors)
+    record = data.get("preprocessing") or (data.get("data") or {}).get("preprocessing")
+    if record is not None:
+        from fond.data.preprocessing import Preprocessing
+
+        try:
+            model.preprocessing = Preprocessing.from_dict(record)
+        except FondError as exc:
+            raise CheckpointError(f"{folder.config_path}: {exc}") from None
     return model
 
 

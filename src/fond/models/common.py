@@ -131,6 +131,9 @@ class ModelBase(torch.nn.Module):
     """
 
     default_model: str = ""
+    #: how raw images become this model's inputs (``fond.data.Preprocessing``): set by ``fond.load`` from the
+    #: run's record, kept by ``save``; None for a model built in code or trained on inputs given as they are
+    preprocessing = None
 
     def resolve_config(self, n_inputs: int | None, n_latents: int, config, options: dict):
         """``config`` if given, else a ``ModelConfig`` of ``options`` with ``model`` defaulting to the class's."""
@@ -193,11 +196,25 @@ class ModelBase(torch.nn.Module):
             x = check_input(x, self.n_inputs, like=self.input_like)
         return x, make_generator(seed, generator)
 
+    def preprocess(self, images, n: int = 5000, seed: int = 0) -> Tensor:
+        """This model's inputs made from raw images (each (H, W) grey or (H, W, 3|4) colour, floats in [0, 1]
+        or 8-bit) exactly as its training inputs were (``preprocessing``): ``n`` random whitened patches, or
+        one row per MNIST digit. (N, D) in the model's dtype; one ``DataError`` line without a record."""
+        from fond.errors import DataError
+
+        if self.preprocessing is None:
+            raise DataError("this model carries no preprocessing record (built in code, or trained on inputs "
+                            "given as they are): prepare inputs as its training inputs were")
+        x = self.preprocessing.inputs_from_images(images, n=n, seed=seed)
+        return torch.as_tensor(x).to(self.input_like.dtype)
+
     def save(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle); see ``fond.load``."""
+        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle), with the preprocessing
+        record where the model has one; see ``fond.load``."""
         from fond.checkpoint import save_model
 
-        save_model(self, directory)
+        record = None if self.preprocessing is None else {"preprocessing": self.preprocessing.to_dict()}
+        save_model(self, directory, extra=record)
 
 
 def check_input_sequence(x, n_inputs: int, steps: int, *, like: Tensor | None = None) -> Tensor:
