@@ -301,8 +301,8 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     entry — the largest rate whose Poisson tail beyond that size is below the chosen tail mass — covers
     r; the last size otherwise), and ∂count/∂r = Σ_j g'((1 − T_j)/τ)·T_j/(τ r). g: SIGMOID σ, CUBIC the
     smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
-    the sigmoid's derivative. Terms stop early once T_j > 1 + 40τ (sigmoid: every later term adds < 1e-17;
-    cubic: exactly 0); a zero rate gives count 0 and derivative 0. Counts and derivatives below 1e-30
+    the sigmoid's derivative. Terms stop at the first T_j > 1 + 40τ, before its indicator is computed (sigmoid:
+    it and every later term add < 1e-17; cubic: exactly 0); a zero rate gives count 0 and derivative 0. Counts and derivatives below 1e-30
     are stored as 0 (float32 denormals slow every later matrix product down by an order of magnitude).
     """
     n = rates.size
@@ -330,6 +330,8 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
             arrival += -math.log1p(-_uniform(key1, key2, counter))
             counter += stride
             t = arrival / r
+            if t > stop:  # this and every later term add < 1e-17 (sigmoid), exactly 0 (cubic): skip their exp
+                break
             x = (1.0 - t) * inv_tau
             if indicator == CUBIC:
                 s = min(max(0.5 * x + 0.5, 0.0), 1.0)
@@ -341,8 +343,6 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
                 slope += g * (1.0 - g) * t
                 if t < 1.0:
                     hard += 1.0
-            if t > stop:
-                break
         count = hard if indicator == STRAIGHT_THROUGH else soft
         slope *= inv_tau / r
         # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
