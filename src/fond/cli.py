@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="one analysis of trained runs: numbers (JSON) and a figure (PNG)")
     an.add_argument("kind", choices=("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency",
-                                     "serial", "tracking", "raster"))
+                                     "serial", "tracking", "raster", "cost"))
     an.add_argument("runs", type=Path, nargs="+",
                     help="run directories or pretrained:NAME (frontier: also sweep directories)")
     an.add_argument("--out", required=True, type=Path, help="folder for KIND.json and KIND.png")
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--train-samples", type=_positive_int, default=50_000,
                     help="classify: training digits of the probe (default: all 50 000, as the paper's probe)")
     an.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="classify: inference seeds")
+    an.add_argument("--target-r2", type=float, help="cost: the mean-code R² every run is costed at (default: 90 %% "
+                                                    "of the lowest final one among the runs)")
 
     rp = sub.add_parser("reproduce", help="train the paper's comparisons, run every analysis, write index.md")
     rp.add_argument("--preset", choices=("quick", "paper"), default="quick",
@@ -612,7 +614,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from fond.analysis.commands import run_analysis
 
     path = run_analysis(args.kind, args.runs, args.out, steps=args.steps, samples=args.samples,
-                        seeds=args.seeds, train_samples=args.train_samples)
+                        seeds=args.seeds, train_samples=args.train_samples, target_r2=args.target_r2)
     print(path.read_text(), end="")
     print(f"fond: {args.kind}: {path} and {path.with_suffix('.png')}", file=sys.stderr)
     return 0

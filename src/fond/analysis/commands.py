@@ -1,6 +1,6 @@
 """``fond analyze KIND RUN...``: each analysis on trained runs, writing ``OUT/<kind>.json`` and ``OUT/<kind>.png``.
 
-Kinds: frontier, convergence, classify, ood, gabor, tuning, latency, serial, tracking, raster. A RUN is a
+Kinds: frontier, convergence, classify, ood, gabor, tuning, latency, serial, tracking, raster, cost. A RUN is a
 run directory (``fond train`` / ``fond sweep``); ``frontier`` also takes sweep directories (their rows).
 """
 
@@ -67,14 +67,15 @@ def _patch_side(model) -> tuple[int, int]:
 
 
 def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 1000, samples: int = 500,
-                 seeds: Sequence[int] = (0, 1, 2), train_samples: int = 50_000) -> Path:
+                 seeds: Sequence[int] = (0, 1, 2), train_samples: int = 50_000,
+                 target_r2: float | None = None) -> Path:
     """Run analysis ``kind`` on ``runs``; return the JSON path (the PNG sits beside it)."""
     if kind not in ANALYSES:
         raise FondError(f"unknown analysis {kind!r}; expected one of {ANALYSES}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     request = _Request(kind, list(runs), out, steps=steps, samples=samples, seeds=seeds,
-                       train_samples=train_samples)
+                       train_samples=train_samples, target_r2=target_r2)
     return _ANALYSIS_FUNCTIONS[kind](request)
 
 
@@ -89,6 +90,7 @@ class _Request:
     samples: int  # held-out inputs
     seeds: Sequence[int]  # inference seeds of the classification probes
     train_samples: int  # training digits of the classification probes
+    target_r2: float | None = None  # cost: the mean-code R² every run is costed at (None: chosen from the runs)
 
     @property
     def png(self) -> Path:
@@ -271,10 +273,32 @@ def _raster(request: _Request) -> Path:
                           "mean_rate_per_step": float(np.mean(spikes))})
 
 
+def _cost(request: _Request) -> Path:
+    """Operations and estimated energy per input of each run to one mean-code R² (``fond.analysis.cost``)."""
+    from fond.analysis import cost
+    from fond.data import load_data
+    from fond.evaluate import evaluate
+
+    prepared = []
+    for run in request.runs:
+        model, spec, _ = _read_run(run)
+        x = load_data(spec, n_train=10, n_val=request.samples, seed=0).val[: request.samples]
+        prepared.append((run, model, x, evaluate(model, x, request.steps, chunk_size=100).trace["r2_rates"]))
+    target = request.target_r2
+    if target is None:  # the quality every run reaches: 90 % of the lowest final mean-code R²
+        target = 0.9 * min(float(curve[-1]) for *_, curve in prepared)
+    costs = [cost.cost_of_curve(model, x, curve, target) for _, model, x, curve in prepared]
+    cost.plot_costs(costs, request.png)
+    return request.write({"target_r2": target, "steps": request.steps, "samples": request.samples,
+                          "energy_pj_per_operation_estimates": cost.ENERGY_PJ,
+                          "runs": {run.name: c.to_dict() for (run, *_), c in zip(prepared, costs, strict=True)}})
+
+
 #: kind → the function that runs it (the order of ``ANALYSES``).
 _ANALYSIS_FUNCTIONS: dict[str, Callable[[_Request], Path]] = {
     "frontier": _frontier, "convergence": _convergence, "classify": _classify, "ood": _ood, "gabor": _gabor,
-    "tuning": _tuning, "latency": _latency, "serial": _serial, "tracking": _tracking, "raster": _raster}
+    "tuning": _tuning, "latency": _latency, "serial": _serial, "tracking": _tracking, "raster": _raster,
+    "cost": _cost}
 
 #: Every kind of analysis, in the order of the CLI's help.
 ANALYSES: tuple[str, ...] = tuple(_ANALYSIS_FUNCTIONS)

@@ -301,8 +301,9 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     entry — the largest rate whose Poisson tail beyond that size is below the chosen tail mass — covers
     r; the last size otherwise), and ∂count/∂r = Σ_j g'((1 − T_j)/τ)·T_j/(τ r). g: SIGMOID σ, CUBIC the
     smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
-    the sigmoid's derivative. Terms stop at the first T_j > 1 + 40τ, before its indicator is computed (sigmoid:
-    it and every later term add < 1e-17; cubic: exactly 0); a zero rate gives count 0 and derivative 0. Counts and derivatives below 1e-30
+    the sigmoid's derivative. Terms stop at the first T_j > 1 + 40τ, before its indicator is computed
+    (sigmoid: it and every later term add < 1e-17; cubic: exactly 0); a zero rate gives count 0 and derivative
+    0. Counts and derivatives below 1e-30
     are stored as 0 (float32 denormals slow every later matrix product down by an order of magnitude).
     """
     n = rates.size
