@@ -34,9 +34,9 @@ def test_grid_is_the_cartesian_product(patches):
 
 
 def test_preset_values_fill_unswept_axes(patches):
-    """With no β or T_train given, each model gets its own preset value (quick iP-VAE β 48, T 32 on natural patches)."""
+    """With no β or T_train given, each model gets its own preset value (quick iP-VAE β 56, T 32 on natural patches)."""
     specs = SweepConfig(models=["ipvae", "lca"], data=str(patches)).runs()
-    assert [(s.model, s.beta, s.t_train) for s in specs] == [("ipvae", 48.0, 32), ("lca", 0.0, 100)]
+    assert [(s.model, s.beta, s.t_train) for s in specs] == [("ipvae", 56.0, 32), ("lca", 0.0, 100)]
 
 
 @pytest.mark.slow
