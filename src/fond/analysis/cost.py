@@ -185,7 +185,6 @@ def plot_costs(costs: Sequence[Cost], path) -> Any:
     ax_steps.set_ylabel("inference steps to the target")
     for ax in (ax_energy, ax_steps):
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    fig.subplots_adjust(bottom=0.3, wspace=0.35)
-    fig.text(0.01, 0.01, "blue: spiking code (synaptic events, Loihi 23.6 pJ each); orange: real-valued code "
+    ax_energy.set_xlabel("blue: spiking code (synaptic events, Loihi 23.6 pJ each)\norange: real-valued code "
                          "(MACs, float32 4.6 pJ each); estimates", fontsize=7)
     return save_figure(fig, path)
