@@ -55,6 +55,7 @@ def test_steps_to_reach_and_energy_are_the_stated_arithmetic():
     energy = cost.energy_nj()
     assert energy["events_loihi_plus_float32_macs"] == pytest.approx((1000 * 23.6 + 12 * 4.6) * 1e-3)
     assert energy["events_loihi_plus_int8_macs"] == pytest.approx((1000 * 23.6 + 12 * 0.23) * 1e-3)
+    assert energy["events_as_int8_adds_plus_int8_macs"] == pytest.approx((1000 * 0.03 + 12 * 0.23) * 1e-3)
     assert ENERGY_PJ["synaptic_event_loihi"] == 23.6
 
 

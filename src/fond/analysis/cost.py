@@ -17,7 +17,8 @@ Counted (a linear decoder; per input):
 
 Energy figures (estimates, labelled as such everywhere they appear): 23.6 pJ per synaptic spike operation on
 Intel's Loihi (Davies et al. 2018, IEEE Micro 38(1), Table 2); 4.6 pJ per float32 MAC (0.9 add + 3.7 multiply)
-and 0.23 pJ per int8 MAC (0.03 + 0.2) in 45 nm CMOS (Horowitz 2014, ISSCC). Memory traffic, which dominates
+and 0.23 pJ per int8 MAC (0.03 + 0.2) in 45 nm CMOS (Horowitz 2014, ISSCC), whose 0.03 pJ per int8 addition also
+prices a synaptic event as the one addition it is at its core (a lower bound for a custom digital circuit). Memory traffic, which dominates
 real chips, is not counted.
 """
 
@@ -37,7 +38,7 @@ __all__ = ["ENERGY_PJ", "Cost", "inference_cost", "cost_of_curve", "count_operat
            "plot_costs"]
 
 #: picojoules per operation (published figures: estimates, see the module docstring)
-ENERGY_PJ = {"synaptic_event_loihi": 23.6, "mac_float32_45nm": 4.6, "mac_int8_45nm": 0.23}
+ENERGY_PJ = {"synaptic_event_loihi": 23.6, "add_int8_45nm": 0.03, "mac_float32_45nm": 4.6, "mac_int8_45nm": 0.23}
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,14 @@ class Cost:
     recurrent_macs: float
 
     def energy_nj(self) -> dict[str, float]:
-        """Estimated nanojoules per input: events on Loihi plus MACs in float32, and plus MACs in int8."""
+        """Estimated nanojoules per input: events on Loihi plus MACs in float32; plus MACs in int8; and events
+        as the one int8 addition each is at its core, plus int8 MACs (a custom digital circuit's lower bound)."""
         events = self.recurrent_events * ENERGY_PJ["synaptic_event_loihi"]
+        adds = self.recurrent_events * ENERGY_PJ["add_int8_45nm"]
         macs = self.drive_macs + self.recurrent_macs
         return {"events_loihi_plus_float32_macs": (events + macs * ENERGY_PJ["mac_float32_45nm"]) * 1e-3,
-                "events_loihi_plus_int8_macs": (events + macs * ENERGY_PJ["mac_int8_45nm"]) * 1e-3}
+                "events_loihi_plus_int8_macs": (events + macs * ENERGY_PJ["mac_int8_45nm"]) * 1e-3,
+                "events_as_int8_adds_plus_int8_macs": (adds + macs * ENERGY_PJ["mac_int8_45nm"]) * 1e-3}
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "energy_nj_estimate": self.energy_nj()}
