@@ -18,8 +18,8 @@ Counted (a linear decoder; per input):
 Energy figures (estimates, labelled as such everywhere they appear): 23.6 pJ per synaptic spike operation on
 Intel's Loihi (Davies et al. 2018, IEEE Micro 38(1), Table 2); 4.6 pJ per float32 MAC (0.9 add + 3.7 multiply)
 and 0.23 pJ per int8 MAC (0.03 + 0.2) in 45 nm CMOS (Horowitz 2014, ISSCC), whose 0.03 pJ per int8 addition also
-prices a synaptic event as the one addition it is at its core (a lower bound for a custom digital circuit). Memory traffic, which dominates
-real chips, is not counted.
+prices a synaptic event as the one addition it is at its core (a lower bound for a custom digital circuit).
+Memory traffic, which dominates real chips, is not counted.
 """
 
 from __future__ import annotations
