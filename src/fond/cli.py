@@ -369,9 +369,7 @@ def _image_inputs(paths: list[Path], record, run: Path, samples: int | None, see
 
 def _warn_if_far(run_info: dict, x) -> None:
     """One warning line when inputs x are far from the run's training inputs (another kind of data)."""
-    import numpy as np
-
-    from fond.data.preprocessing import STD_RATIO_WARNING
+    from fond.data.preprocessing import far_from_training
     from fond.resume import preprocessing_of
 
     data = run_info.get("data") or {}
@@ -382,11 +380,7 @@ def _warn_if_far(run_info: dict, x) -> None:
     if record is not None:
         message = record.far_from_training(x)
     elif "input_std" in data:
-        std = float(np.asarray(x, dtype=np.float64).std())
-        ratio = std / data["input_std"]
-        far = not 1.0 / STD_RATIO_WARNING <= ratio <= STD_RATIO_WARNING
-        message = (f"these inputs have std {std:.3g}, {ratio:.3g}× the training inputs' {data['input_std']:.3g}: "
-                   "inputs of another kind") if far else None
+        message = far_from_training(x, data["input_std"])
     else:
         return
     if message:

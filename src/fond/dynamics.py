@@ -28,7 +28,7 @@ from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
 from fond.metrics import gaussian_nll
 from fond.result import InferenceResult, UnrollLoss
-from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, run_inference
+from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
 
 __all__ = ["Components", "FondSteps", "fond_step", "unroll", "rollout", "soft_clamp_upper"]
 
@@ -175,7 +175,7 @@ class FondSteps(InferenceSteps):
             self.engine.narrow(rows)
         carry = None if step.carry is None else type(step.carry)(*(
             None if part is None else part[rows] for part in step.carry))
-        return Step(tuple(s[rows] for s in step.state), step.rates[rows], step.decoded[rows], carry=carry)
+        return rows_of(step, rows, carry)
 
     def prior_term(self, new: Step, previous: Step) -> Tensor:
         return self.parts.family.kl(new.state, previous.state).sum(-1)

@@ -18,7 +18,8 @@ pyro's ``register_kl``: ``@register_engine(PoissonFamily, LinearDecoderOperators
 ``(parts, operators, x) -> engine | None``; ``fused_engine`` looks the pair up along both classes' MROs
 (subclasses inherit their base's engine) and the dynamics never name a family. An engine offers
 ``begin(state)``, ``advance(decoded, operators, generator) -> (rates, decoded)``, ``state()`` and
-``narrow(rows)`` (go on with some of the batch's inputs: anytime inference).
+``narrow(rows)`` (go on with some of the batch's inputs: anytime inference), and may offer
+``trace_terms(...)`` (per-input trace terms in one pass, ``FondSteps.trace_terms``).
 
 The product. Spike counts are small integers, so z·W can run on the CPU's integer matrix units (AMX-INT8)
 with W split into four int8 limbs, W ≈ s·(q₁ + q₂/2⁷ + q₃/2¹⁴ + q₄/2²¹) per output column (s = max|W|/127):
@@ -166,8 +167,7 @@ class PoissonLinearEngine:
         self.ceiling = math.exp(-c)
         self.floor_factor = math.exp(-family.floor)
         self.exp_bounds = exp_bounds(c, family.floor, gram.dtype)
-        self.kl_form = family.kl_form
-        self.burst_level = family.clamp_final - math.log(2.0)  # PoissonFamily.saturated's
+        self.family, self.params = family, params
         self.reciprocals = RECIPROCALS
         self.cutoff = SMALL_RATE_CUTOFF
         self._drive = None
@@ -263,7 +263,7 @@ class PoissonLinearEngine:
         from fond.families.kernels import poisson_row_stats
         from fond.families.sampling import kernel_threads
 
-        if self.kl_form != "exact":
+        if self.family.kl_form != "exact":
             return None
         arrays = [t.contiguous() for t in (u, u_old, rates, rates_old, spikes)]
         batch, width = u.shape
@@ -272,7 +272,7 @@ class PoissonLinearEngine:
         poisson_row_stats(*(a.numpy() for a in arrays), kl.numpy(), du2.numpy(), zeros.numpy())
         dtype = u.dtype
         return {"zeros": (zeros / width).to(dtype), "du_norm": du2.sqrt_().to(dtype), "kl": kl.to(dtype),
-                "rate_max": rates.amax(-1), "saturated": (u.amax(-1) >= self.burst_level).to(dtype)}
+                "rate_max": rates.amax(-1), "saturated": self.family.saturated((u,), self.params).to(dtype)}
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:

@@ -31,7 +31,7 @@ from fond.metrics import LOG_2PI, gaussian_nll, zeros_fraction
 from fond.result import TRACE_KEYS, InferenceResult
 
 __all__ = ["Step", "InferenceSteps", "run_inference", "Convergence", "Recorder", "TraceRecorder", "check_record",
-           "state_step_norm", "DEFAULT_WINDOW"]
+           "state_step_norm", "rows_of", "DEFAULT_WINDOW"]
 
 State = tuple[Tensor, ...]
 
@@ -183,7 +183,7 @@ def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergen
             narrowable = narrowed is not None
             if narrowable:
                 if tracer is not None:
-                    leaving = _rows(current, watch.frozen)
+                    leaving = rows_of(current, watch.frozen)
                     tracer.settle(watch.index_of(watch.frozen), method.prior_term(leaving, leaving))
                 watch.drop_frozen(current)
                 current, frame = narrowed, frame[keep]
@@ -194,9 +194,20 @@ def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergen
     return result_of(method, final, steps, tracer, recorder, watch.steps_used)
 
 
-def _rows(step: Step, rows: Tensor) -> Step:
-    """``step``'s state, mean code and sample at ``rows`` (indices or a (B,) mask); no carry."""
-    return Step(tuple(s[rows] for s in step.state), step.rates[rows], step.decoded[rows])
+def _tensors(step: Step) -> tuple[Tensor, ...]:
+    """``step``'s per-input tensors: its state tensors, then its mean code and its sample."""
+    return (*step.state, step.rates, step.decoded)
+
+
+def _step_of(tensors, carry: Any = None) -> Step:
+    """The ``Step`` whose ``_tensors`` are ``tensors``."""
+    return Step(tuple(tensors[:-2]), tensors[-2], tensors[-1], carry=carry)
+
+
+def rows_of(step: Step, rows: Tensor, carry: Any = None) -> Step:
+    """``step``'s state, mean code and sample at ``rows`` (indices or a (B,) mask), with ``carry`` (what an
+    ``InferenceSteps.select`` returns once it has narrowed its own carry)."""
+    return _step_of([t[rows] for t in _tensors(step)], carry)
 
 
 def result_of(method: InferenceSteps, final: Step, steps: int, tracer: TraceRecorder | None,
@@ -283,33 +294,28 @@ class Convergence:
         if self.snapshot is None:
             return step
         keep = self.frozen[:, None]
-        return Step(tuple(torch.where(keep, a, b) for a, b in zip(self.snapshot.state, step.state, strict=True)),
-                    torch.where(keep, self.snapshot.rates, step.rates),
-                    torch.where(keep, self.snapshot.decoded, step.decoded), carry=step.carry)
+        return _step_of([torch.where(keep, a, b) for a, b in zip(_tensors(self.snapshot), _tensors(step), strict=True)],
+                        step.carry)
 
     def whole(self, step: Step) -> Step:
         """``step`` of the current batch widened to every input (those that left: their settled values)."""
         if self.settled is None:
             return step
         parts = []
-        for held, now in zip((*self.settled.state, self.settled.rates, self.settled.decoded),
-                             (*step.state, step.rates, step.decoded), strict=True):
+        for held, now in zip(_tensors(self.settled), _tensors(step), strict=True):
             full = held.clone()
             full[self.index] = now
             parts.append(full)
-        return Step(tuple(parts[:-2]), parts[-2], parts[-1])
+        return _step_of(parts)
 
     def drop_frozen(self, step: Step) -> None:
         """The frozen inputs (their values: ``step``'s rows) leave the batch; the rest go on."""
         gone, keep = self.frozen, ~self.frozen
         if self.settled is None:
             batch = len(self.steps_used)
-            self.settled = Step(*[tuple(s.new_zeros((batch, *s.shape[1:])) for s in step.state)],
-                                step.rates.new_zeros((batch, *step.rates.shape[1:])),
-                                step.decoded.new_zeros((batch, *step.decoded.shape[1:])))
+            self.settled = _step_of([t.new_zeros((batch, *t.shape[1:])) for t in _tensors(step)])
         originals = self.index_of(gone)
-        for held, now in zip((*self.settled.state, self.settled.rates, self.settled.decoded),
-                             (*step.state, step.rates, step.decoded), strict=True):
+        for held, now in zip(_tensors(self.settled), _tensors(step), strict=True):
             held[originals] = now[gone]
         self.index = self.index_of(keep)
         self._sum = None if self._sum is None else self._sum[keep]
@@ -320,10 +326,9 @@ class Convergence:
         if not bool(rows.any()):
             return False
         if self.snapshot is None:
-            self.snapshot = Step(tuple(s.clone() for s in step.state), step.rates.clone(), step.decoded.clone())
+            self.snapshot = _step_of([t.clone() for t in _tensors(step)])
         else:
-            for held, now in zip((*self.snapshot.state, self.snapshot.rates, self.snapshot.decoded),
-                                 (*step.state, step.rates, step.decoded), strict=True):
+            for held, now in zip(_tensors(self.snapshot), _tensors(step), strict=True):
                 held[rows] = now[rows]
         self.frozen |= rows
         self.steps_used[self.index_of(rows)] = t

@@ -385,9 +385,10 @@ def _resume_every_rank(folder: RunFolder, model: torch.nn.Module, optimizer: tor
 def _run_info(cfg: TrainConfig, data: PatchData, data_spec: str | None) -> dict[str, Any]:
     """What a checkpoint and ``config.json`` record beside the model: the training config and the data."""
     record = {"spec": data_spec or data.name, "patch_shape": data.patch_shape, "n_train": int(data.train.shape[0]),
-              "n_val": int(data.val.shape[0]), "input_std": float(data.train.std(dtype=np.float64))}
+              "n_val": int(data.val.shape[0])}
     if data.preprocessing is not None:
         record["preprocessing"] = dict(data.preprocessing)
+    record["input_std"] = (data.preprocessing or {}).get("input_std") or float(data.train.std(dtype=np.float64))
     return {"train": asdict(cfg), "data": record}
 
 

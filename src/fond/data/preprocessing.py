@@ -25,7 +25,7 @@ import numpy as np
 
 from fond.errors import DataError
 
-__all__ = ["KINDS", "Preprocessing"]
+__all__ = ["KINDS", "Preprocessing", "far_from_training"]
 
 KINDS = ("whitened", "mnist")
 #: inputs whose overall std is this far (either way) from the training inputs' are called another kind
@@ -83,12 +83,7 @@ class Preprocessing:
 
     def far_from_training(self, x: np.ndarray) -> str | None:
         """One line saying how inputs x (N, D) differ from the training inputs, or None where they do not."""
-        std = float(np.asarray(x, dtype=np.float64).std())
-        ratio = std / self.input_std
-        if 1.0 / STD_RATIO_WARNING <= ratio <= STD_RATIO_WARNING:
-            return None
-        return (f"these inputs have std {std:.3g}, {ratio:.3g}× the training inputs' {self.input_std:.3g}: "
-                f"inputs of another kind (the model was trained on {self.describe()})")
+        return far_from_training(x, self.input_std, self.describe())
 
     def describe(self) -> str:
         if self.kind == "mnist":
@@ -117,6 +112,18 @@ class Preprocessing:
         whitened = [whiten(image, self.f0) for image in grey]
         patches = extract_patches(whitened, size, n, seed, min_std=float(self.min_std))
         return np.ascontiguousarray(patches * np.float32(self.scale), dtype=np.float32)
+
+
+def far_from_training(x: np.ndarray, input_std: float, trained_on: str | None = None) -> str | None:
+    """One line when the overall std of inputs x (N, D) is more than ``STD_RATIO_WARNING``× off the training
+    inputs' ``input_std`` (``trained_on``: what those were, for the message), else None."""
+    std = float(np.asarray(x, dtype=np.float64).std())
+    ratio = std / input_std
+    if 1.0 / STD_RATIO_WARNING <= ratio <= STD_RATIO_WARNING:
+        return None
+    what = "" if trained_on is None else f" (the model was trained on {trained_on})"
+    return (f"these inputs have std {std:.3g}, {ratio:.3g}× the training inputs' {input_std:.3g}: inputs of "
+            f"another kind{what}")
 
 
 def _grey(image: np.ndarray, index: int) -> np.ndarray:

@@ -66,7 +66,7 @@ from fond.families.gaussian import gaussian_kl, soft_clamp_symmetric
 from fond.metrics import gaussian_nll
 from fond.models.common import ModelBase, check_input, check_loss_args, check_option
 from fond.result import InferenceResult, UnrollLoss
-from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, run_inference
+from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
 
 __all__ = ["SemiAmortizedOptions", "IterativeAmortizedOptions", "SemiAmortizedVAE", "IterativeAmortizedVAE",
            "GatedUpdateNetwork", "RefinementSteps"]
@@ -317,7 +317,7 @@ class RefinementSteps(InferenceSteps):
         return Step(state, self.family.mean_code(state, fp), decoded, carry=noise)
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
-        return Step(tuple(s[rows] for s in step.state), step.rates[rows], step.decoded[rows], carry=step.carry[rows])
+        return rows_of(step, rows, step.carry[rows])
 
     def prior_term(self, new: Step, previous: Step) -> Tensor:
         return gaussian_kl(*new.state, self.params["mu_init"], self.params["log_sigma_init"]).sum(-1)
