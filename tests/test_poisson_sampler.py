@@ -73,6 +73,22 @@ def test_chi_square_goodness_of_fit(rate, n):
     assert chi_square_pvalue(counts, rate) > P_MIN
 
 
+# The torch path (the GPU's sampler, forced here on the CPU) must pass the same test in every regime.
+@pytest.mark.parametrize("rate", [1e-2, 1.0, 9.9, 30.0, 1e3])
+def test_chi_square_goodness_of_fit_of_the_torch_backend(rate):
+    counts = draw(rate, 100_000, seed=4321, backend="torch")
+    assert np.all(counts == np.round(counts)) and counts.min() >= 0
+    assert chi_square_pvalue(counts, rate) > P_MIN
+
+
+def test_backends_are_named_and_the_compiled_one_is_cpu_only():
+    """An unknown backend or the compiled kernels off the CPU are one clear error, not a silent fallback."""
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sample_poisson(torch.ones(3), backend="numba")
+    with pytest.raises(ValueError, match="compiled samplers run on the CPU"):
+        sample_poisson(torch.ones(3, device="meta"), backend="compiled")
+
+
 # The same holds in float64 (the kernel is compiled separately for the dtype).
 @pytest.mark.parametrize("rate", [0.05, 2.0])
 def test_chi_square_float64(rate):

@@ -118,3 +118,58 @@ def test_every_model_reports_the_same_trace_quantities(name):
     assert res.trace["rate_max"][-1] == pytest.approx(float(res.rates.max()))
     np.testing.assert_allclose(res.trace["nelbo"], res.trace["nll"] + res.trace["kl"], rtol=1e-5)
     assert (res.trace["du_norm"] >= 0).all() and ((0 <= res.trace["saturated"]) & (res.trace["saturated"] <= 1)).all()
+
+
+# ---- trace subsets: record only what the caller asks for -------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["ipvae", "igvae", "lca", "pvae"])
+@pytest.mark.parametrize("keys", [("r2",), ("zeros", "du_norm", "kl"), ("nelbo", "rate_max"),
+                                  ("r2_rates", "saturated")])
+def test_a_trace_subset_holds_exactly_the_full_traces_values(model, keys):
+    """Asking for some keys changes what is computed, never a value: each equals the full trace's (same draws)."""
+    net = build_model(ModelConfig(n_inputs=16, n_latents=8, model=model), seed=1)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    full = net.infer(x, 6, seed=3).trace
+    part = net.infer(x, 6, seed=3, trace=keys).trace
+    assert tuple(part) == keys  # in TRACE_KEYS order
+    for key in keys:
+        np.testing.assert_array_equal(part[key], full[key])
+
+
+def test_a_trace_subset_under_anytime_inference_matches_the_full_one():
+    net = build_model(ModelConfig(n_inputs=16, n_latents=8, model="ipvae"), seed=1)
+    x = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
+    full = net.infer(x, 120, seed=3, tol=0.2, window=10).trace
+    part = net.infer(x, 120, seed=3, tol=0.2, window=10, trace=("du_norm", "kl", "nelbo")).trace
+    for key in part:
+        np.testing.assert_array_equal(part[key], full[key])
+
+
+def test_a_trace_without_fit_keys_never_decodes_inside_the_loop(monkeypatch):
+    """The cost claim: ("zeros", "kl") adds no decoder pass; the read-out at the end decodes twice at most."""
+    from fond.dynamics import FondSteps
+
+    calls = []
+    original = FondSteps.decode
+    monkeypatch.setattr(FondSteps, "decode", lambda self, code: calls.append(1) or original(self, code))
+    net = build_model(ModelConfig(n_inputs=16, n_latents=8, model="ipvae"), seed=1)
+    net.infer(torch.randn(4, 16), 30, trace=("zeros", "kl"))
+    assert len(calls) <= 2
+    calls.clear()
+    net.infer(torch.randn(4, 16), 30, trace=("r2",))
+    assert len(calls) >= 30
+
+
+@pytest.mark.parametrize("bad", [("r3",), 5, ["r2", "nope"]])
+def test_an_unknown_trace_key_is_one_clear_error(bad):
+    from fond.errors import DataError
+
+    net = build_model(ModelConfig(n_inputs=16, n_latents=8, model="ipvae"), seed=1)
+    with pytest.raises(DataError, match="trace"):
+        net.infer(torch.randn(2, 16), 3, trace=bad)
+
+
+def test_one_key_may_be_given_as_a_string():
+    net = build_model(ModelConfig(n_inputs=16, n_latents=8, model="ipvae"), seed=1)
+    assert tuple(net.infer(torch.randn(2, 16), 3, trace="zeros").trace) == ("zeros",)

@@ -12,7 +12,10 @@
   drawn with ``n_exp`` arrival times for every element (the paper's code; all (B, K, n_exp) tensors kept
   for the backward pass), three products per step.
 
-Times are best-of-``repeats`` wall clock; every ratio compares numbers taken in the same process.
+Times are best-of-``repeats`` wall clock; every ratio compares numbers taken in the same process. On a CUDA
+device (``device``) every timing waits for the device (``fond.device.synchronize``), the floor is the
+product on that device, and the peak memory is the device memory the iteration allocates
+(``torch.cuda.max_memory_allocated``), measured in this process.
 """
 
 from __future__ import annotations
@@ -29,26 +32,31 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from fond.device import device_name, resolve_device, seeded_generator, synchronize
+
 __all__ = ["BenchRow", "matmul_rate", "straightforward_rollout", "straightforward_unroll_loss", "run_bench",
            "format_table"]
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall-clock seconds of ``repeats`` calls (after one warm-up call)."""
+def best_time(fn: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> float:
+    """Best wall-clock seconds of ``repeats`` calls (after one warm-up call), each waited for on ``device``
+    (CUDA kernels run asynchronously: the clock stops when the device is done)."""
     fn()
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def matmul_rate(batch: int, k: int, repeats: int = 20) -> float:
-    """Best observed float32 FLOP/s of a (batch×k)·(k×k) product on this machine now."""
-    a, b = torch.randn(batch, k), torch.randn(k, k)
-    out = torch.empty(batch, k)
-    return 2.0 * batch * k * k / best_time(lambda: torch.mm(a, b, out=out), repeats)
+def matmul_rate(batch: int, k: int, repeats: int = 20, device: torch.device | str = "cpu") -> float:
+    """Best observed float32 FLOP/s of a (batch×k)·(k×k) product on ``device`` now."""
+    a, b = torch.randn(batch, k, device=device), torch.randn(k, k, device=device)
+    out = torch.empty(batch, k, device=device)
+    return 2.0 * batch * k * k / best_time(lambda: torch.mm(a, b, out=out), repeats, device)
 
 
 def straightforward_rollout(model, x: Tensor, steps: int, generator: torch.Generator) -> Tensor:
@@ -76,7 +84,7 @@ def _clamped_update(family, u: Tensor, du: Tensor) -> Tensor:
 
 
 def _unfused_relaxed(rates: Tensor, n_exp: int, temperature: float, generator: torch.Generator) -> Tensor:
-    uniforms = torch.rand((*rates.shape, n_exp), generator=generator)
+    uniforms = torch.rand((*rates.shape, n_exp), generator=generator, device=rates.device)
     arrivals = torch.cumsum(-torch.log(uniforms), dim=-1) / rates.unsqueeze(-1)
     return torch.sigmoid((1.0 - arrivals) / temperature).sum(-1)
 
@@ -156,7 +164,13 @@ def _shipped_run(inputs: int, latents: int) -> str | None:
     return str(fond.pretrained.run_folder(name))
 
 
-def _inputs(run: str | None, batch: int, inputs: int, seed: int = 0) -> Tensor:
+def _inputs(run: str | None, batch: int, inputs: int, seed: int = 0, device: torch.device | str = "cpu") -> Tensor:
+    """Held-out natural patches (D = 256) or centred MNIST digits (D = 784) for a trained run; else noise; on
+    ``device``."""
+    return _cpu_inputs(run, batch, inputs, seed).to(device)
+
+
+def _cpu_inputs(run: str | None, batch: int, inputs: int, seed: int = 0) -> Tensor:
     """Held-out natural patches (D = 256) or centred MNIST digits (D = 784) for a trained run; else noise."""
     if run and inputs in (256, 784):
         from fond.data import load_data
@@ -171,13 +185,13 @@ def _training_call(variant: str, model, x: Tensor, steps: int, beta: float, temp
     def fond_iteration() -> None:
         model.zero_grad(set_to_none=True)
         out = model.unroll_loss(x, steps, beta=beta, temperature=temperature, clamp_fraction=1.0,
-                                generator=torch.Generator().manual_seed(0))
+                                generator=seeded_generator(0, x.device))
         out.loss.backward()
 
     def baseline_iteration() -> None:
         model.zero_grad(set_to_none=True)
         loss = straightforward_unroll_loss(model, x, steps, beta=beta, temperature=temperature, n_exp=n_exp,
-                                           generator=torch.Generator().manual_seed(0))
+                                           generator=seeded_generator(0, x.device))
         loss.backward()
 
     return fond_iteration if variant == "fond" else baseline_iteration
@@ -209,6 +223,16 @@ def _peak_child(spec: str) -> None:
     print(json.dumps({"peak_mb": max(0.0, _status_mb("VmHWM") - before)}))
 
 
+def _cuda_peak_mb(call: Callable[[], None], device: torch.device) -> float:
+    """The device memory (MB) one call allocates beyond what was allocated before it."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    call()
+    synchronize(device)
+    return max(0.0, (torch.cuda.max_memory_allocated(device) - before) / 2**20)
+
+
 def _peak_mb(variant: str, **args) -> float | None:
     spec = json.dumps({"variant": variant, "threads": torch.get_num_threads(), **args})
     code = "import sys; from fond.bench import _peak_child; _peak_child(sys.argv[1])"
@@ -221,41 +245,50 @@ def _peak_mb(variant: str, **args) -> float | None:
 def run_bench(run: str | None = None, *, inference_batch: int = 1000, train_batch: int = 200, latents: int = 512,
               inputs: tuple[int, ...] = (256, 784), inference_steps: int = 100, train_steps: int = 16,
               beta: float = 24.0, temperature: float = 0.5, n_exp: int = 30, repeats: int = 3,
-              memory: bool = True, log: Callable[[str], None] | None = None) -> list[BenchRow]:
+              memory: bool = True, log: Callable[[str], None] | None = None,
+              device: str | torch.device | None = "cpu") -> list[BenchRow]:
     """Measure every row of the table (see the module docstring). ``run``: a trained iP-VAE for realistic
     rates (its D must be in ``inputs``); without one, the shipped iP-VAE of each D where one ships at this K
-    (``SHIPPED_BY_INPUTS``), else a fresh model. Returns the rows."""
+    (``SHIPPED_BY_INPUTS``), else a fresh model. ``device``: where to measure (``resolve_device``). Returns
+    the rows."""
     rows: list[BenchRow] = []
     say = log or (lambda _msg: None)
+    device = resolve_device(device)
+    say(f"device: {device_name(device)}")
     for d in inputs:
         source = run or _shipped_run(d, latents)
         try:
             model = _model(source, d, latents)
         except ValueError:  # the run's D differs: a fresh model of this size
             model, source = _model(None, d, latents), None
+        model = model.to(device)
         if source is None:
             say(f"D={d}: a fresh model on white noise; its rates run to the clamp (e^c ≈ 22,000), where the "
                 "sampler is at its slowest; training starts far below it (pass a trained run for real rates)")
         # inference
-        x = _inputs(source, inference_batch, d)
-        rate = matmul_rate(inference_batch, latents)
+        x = _inputs(source, inference_batch, d, device=device)
+        rate = matmul_rate(inference_batch, latents, device=device)
         floor = 2.0 * inference_batch * latents * latents / rate
         say(f"inference B={inference_batch} K={latents} D={d}: matrix-product rate {rate / 1e9:.0f} GFLOP/s")
-        fast = best_time(partial(model.infer, x, inference_steps, seed=0, trace=False), repeats) / inference_steps
-        slow = best_time(partial(straightforward_rollout, model, x, inference_steps, torch.Generator().manual_seed(0)),
-                         repeats) / inference_steps
+        fast = best_time(partial(model.infer, x, inference_steps, seed=0, trace=False), repeats,
+                         device) / inference_steps
+        slow = best_time(partial(straightforward_rollout, model, x, inference_steps, seeded_generator(0, device)),
+                         repeats, device) / inference_steps
         rows.append(BenchRow("inference", inference_batch, latents, d, inference_steps, fast * 1e3, floor * 1e3,
                              slow * 1e3))
         # training
-        xt = _inputs(source, train_batch, d)
-        rate = matmul_rate(train_batch, latents)
+        xt = _inputs(source, train_batch, d, device=device)
+        rate = matmul_rate(train_batch, latents, device=device)
         # forward: Φz (B·K·D) and the pull-back (B·D·K) per step; backward: twice the forward's products
         floor = 3 * 2 * (2.0 * train_batch * latents * d) * train_steps / rate
         say(f"training B={train_batch} K={latents} D={d} T_train={train_steps}")
-        fast = best_time(_training_call("fond", model, xt, train_steps, beta, temperature, n_exp), repeats)
-        slow = best_time(_training_call("baseline", model, xt, train_steps, beta, temperature, n_exp), repeats)
+        calls = {variant: _training_call(variant, model, xt, train_steps, beta, temperature, n_exp)
+                 for variant in ("fond", "baseline")}
+        fast, slow = (best_time(calls[variant], repeats, device) for variant in ("fond", "baseline"))
         peaks = {}
-        if memory:
+        if memory and device.type == "cuda":
+            peaks = {variant: _cuda_peak_mb(call, device) for variant, call in calls.items()}
+        elif memory:
             for variant in ("fond", "baseline"):
                 peaks[variant] = _peak_mb(variant, run=source, inputs=d, latents=latents, batch=train_batch,
                                           steps=train_steps, beta=beta, temperature=temperature, n_exp=n_exp)

@@ -9,6 +9,8 @@
     fond reproduce --preset quick --out runs/reproduce                 # the paper's tables and figures
     fond pretrained list                                               # the reference models that ship
     fond eval pretrained:ipvae-natural16                               # pretrained:NAME wherever a run goes
+    fond export nir pretrained:ipvae-natural16 natural16.nir           # the iP-VAE as a NIR graph (neuromorphic)
+    fond quantize pretrained:ipvae-natural16 --weight-bits 8 --state-bits 16   # an integer iP-VAE (fixed point)
 
 User errors (bad data, bad config, bad checkpoint) print one line, ``fond: error: ...``, and exit 2.
 """
@@ -25,6 +27,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from fond.device import DEVICE_HELP
 from fond.errors import FondError
 from fond.run import RunFolder
 from fond.validate import finite_float, positive_int
@@ -212,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="one analysis of trained runs: numbers (JSON) and a figure (PNG)")
     an.add_argument("kind", choices=("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency",
-                                     "serial", "tracking", "raster", "cost"))
+                                     "serial", "tracking", "raster", "cost", "bitwidth"))
     an.add_argument("runs", type=Path, nargs="+",
                     help="run directories or pretrained:NAME (frontier: also sweep directories)")
     an.add_argument("--out", required=True, type=Path, help="folder for KIND.json and KIND.png")
@@ -274,6 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--seed", type=int, default=0, help="evaluation seed")
     pk.add_argument("--gabor", action=argparse.BooleanOptionalAction, default=None,
                     help="record the Gabor fraction (default: for a linear dictionary on square natural patches)")
+
+    xp = sub.add_parser("export", help="write a model in another format: nir (a Neuromorphic Intermediate "
+                                       "Representation graph for neuromorphic simulators and chips)")
+    xps = xp.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    xn = xps.add_parser("nir", help="an iP-VAE with a linear decoder as a NIR graph (.nir, HDF5); "
+                                    "fond.export_nir.read_nir reads it back")
+    xn.add_argument("run", type=Path, help="run or model directory, or pretrained:NAME")
+    xn.add_argument("out", type=Path, help="the .nir file to write")
+    qz = sub.add_parser("quantize", help="write an iP-VAE as an integer model: fixed-point weights and membrane "
+                                         "potentials, integer Poisson draws (fond.fixedpoint)")
+    qz.add_argument("run", type=Path, help="run or model directory of an iP-VAE with a linear decoder, or "
+                                           "pretrained:NAME")
+    qz.add_argument("--weight-bits", type=_positive_int, default=8, help="bits of every weight (2..16)")
+    qz.add_argument("--state-bits", type=_positive_int, default=16, help="bits of the membrane potentials (6..24)")
+    qz.add_argument("--input-bits", type=_positive_int, default=12, help="bits of the input's levels (2..16)")
+    qz.add_argument("--input-range", type=_nonneg_float, default=16.0, help="inputs are clipped to ±this")
+    qz.add_argument("--rate-bits", type=_positive_int, default=8,
+                    help="fractional bits of u on the Poisson table's grid (1..12)")
+    qz.add_argument("--out", type=Path, help="folder to write (default: runs/NAME-wBsS)")
+    for command in (tr, ev, en, sw, an, rp, bn):
+        command.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser
 
 
@@ -290,7 +314,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_bench(str(args.run) if args.run else None, inference_batch=args.batch, train_batch=args.train_batch,
                      latents=args.latents, inputs=tuple(args.inputs), inference_steps=args.steps,
                      train_steps=args.train_steps, n_exp=args.n_exp, repeats=args.repeats, memory=not args.no_memory,
-                     log=lambda msg: print(f"fond: {msg}", file=sys.stderr))
+                     log=lambda msg: print(f"fond: {msg}", file=sys.stderr), device=args.device)
     import torch
 
     print(f"{torch.get_num_threads()} threads; times are the best of {args.repeats}")
@@ -434,7 +458,7 @@ def _resume_run(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from fond.distributed import close, context_from_env
 
-    args.distributed = context_from_env()  # torchrun: join the process group (else a single process)
+    args.distributed = context_from_env(args.device)  # torchrun: join the process group (else a single process)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
@@ -483,7 +507,8 @@ def _train_and_report(args: argparse.Namespace, cfg, model_cfg, data, spec: str)
     from fond.experiment import run_experiment
 
     result = run_experiment(data, cfg, model_cfg, args.out, data_spec=spec, eval_steps=args.eval_steps,
-                            evaluate=not args.no_eval, progress=not args.no_progress, distributed=args.distributed)
+                            evaluate=not args.no_eval, progress=not args.no_progress, distributed=args.distributed,
+                            device=args.device)
     trained = result.train
     _say(args, f"fond: trained {trained.iterations} iterations in {trained.seconds / 60:.1f} min -> {args.out}")
     if result.evaluation is None:  # --no-eval, or a rank other than 0
@@ -503,7 +528,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fond.train import read_run
 
     run_info = read_run(args.run)
-    model = load_model(args.run)
+    model = load_model(args.run, args.device)
     data = _inputs_for(args, run_info, model)
     anytime = {} if args.until_converged is None else {"tol": args.until_converged, "window": args.window}
     write = not args.no_report and args.data is None and args.images is None and not anytime
@@ -525,13 +550,38 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from fond.train import read_run
 
     run_info = read_run(args.run)
-    model = load_model(args.run)
+    model = load_model(args.run, args.device)
     data = _inputs_for(args, run_info, model)
     x = data.val[: args.samples] if args.samples else data.val
     shapes = encode(model, x, args.out, args.steps, what=[w.strip() for w in args.what.split(",") if w.strip()],
                     record=args.record, seed=args.seed, chunk_size=args.chunk, progress=not args.no_progress)
     listed = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in shapes.items())
     print(f"fond: wrote {args.out}: {listed}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fond.export_nir import write_nir
+    from fond.resume import load_model
+
+    model = load_model(args.run)
+    path = write_nir(model, args.out)
+    print(f"fond: wrote {path}: NIR graph of {model.n_latents} Poisson neurons on {model.n_inputs} inputs",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from fond.fixedpoint import quantize
+    from fond.resume import load_model
+
+    model = quantize(load_model(args.run), args.weight_bits, args.state_bits, input_bits=args.input_bits,
+                     input_range=args.input_range, rate_bits=args.rate_bits)
+    out = args.out or Path("runs") / f"{args.run.name}-w{args.weight_bits}s{args.state_bits}"
+    path = model.save(out)
+    fmt = model.fmt
+    print(f"fond: wrote {path}: {model.n_latents} integer neurons, {fmt.weight_bits}-bit weights, {fmt.state_bits}-bit "
+          f"potentials (2^-{fmt.fraction_bits} nats); fond.fixedpoint.load reads it", file=sys.stderr)
     return 0
 
 
@@ -586,7 +636,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                        cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
                                        gpus_per_run=args.gpus_per_run or 0.0, ray_cpus=args.ray_cpus, log=log)
     else:
-        rows = run_sweep(sweep, args.out, progress=args.progress, log=log)
+        rows = run_sweep(sweep, args.out, progress=args.progress, log=log, device=args.device)
     shown = ("model", "beta", "t_train", "seed", "r2", "r2_rates", "zeros", "rate_distortion", "convergence_step",
              "diverged")
     print("| " + " | ".join(shown) + " |\n|" + "---|" * len(shown))
@@ -608,7 +658,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from fond.analysis.commands import run_analysis
 
     path = run_analysis(args.kind, args.runs, args.out, steps=args.steps, samples=args.samples,
-                        seeds=args.seeds, train_samples=args.train_samples, target_r2=args.target_r2)
+                        seeds=args.seeds, train_samples=args.train_samples, target_r2=args.target_r2,
+                        device=args.device)
     print(path.read_text(), end="")
     print(f"fond: {args.kind}: {path} and {path.with_suffix('.png')}", file=sys.stderr)
     return 0
@@ -617,7 +668,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from fond.reproduce import reproduce
 
-    index = reproduce(args.preset, args.out, log=lambda m: print(f"fond: {m}", file=sys.stderr, flush=True))
+    index = reproduce(args.preset, args.out, log=lambda m: print(f"fond: {m}", file=sys.stderr, flush=True),
+                      device=args.device)
     print(f"fond: report written to {index}", file=sys.stderr)
     return 0
 
@@ -671,7 +723,8 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 #: the run arguments of the commands that read run folders without writing into them: each may be pretrained:NAME
-_RUN_ARGUMENTS = {"eval": "run", "encode": "run", "bench": "run", "analyze": "runs", "compare": "runs"}
+_RUN_ARGUMENTS = {"eval": "run", "encode": "run", "bench": "run", "analyze": "runs", "compare": "runs",
+                  "export": "run", "quantize": "run"}
 
 
 def _resolve_pretrained(args: argparse.Namespace) -> None:
@@ -710,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "compare": cmd_compare,
                     "sweep": cmd_sweep, "analyze": cmd_analyze, "reproduce": cmd_reproduce, "bench": cmd_bench,
-                    "pretrained": cmd_pretrained}
+                    "pretrained": cmd_pretrained, "export": cmd_export, "quantize": cmd_quantize}
         _resolve_pretrained(args)
         return commands[args.command](args)
     except FondError as exc:

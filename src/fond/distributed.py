@@ -2,8 +2,8 @@
 
 ``torchrun --nproc_per_node=N -m fond train ...`` (or the ``fond`` console script under torchrun) starts N
 processes; each one finds its rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT) and :func:`context_from_env` joins the process group with gloo, the backend for
-CPU tensors (fond's trainer runs on the CPU; NCCL would need GPU training, which is not built yet).
+MASTER_ADDR, MASTER_PORT) and :func:`context_from_env` joins the process group: gloo for training on the
+CPU, NCCL for training on CUDA (``--device cuda``: rank r trains on ``cuda:LOCAL_RANK``).
 Training (``fond.train.train``) then
 
 * draws the global batch of each iteration exactly as a single process would and gives rank r the rows
@@ -39,6 +39,12 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    device: str = "cpu"
+
+    @property
+    def tensor_device(self) -> torch.device:
+        """Where this rank's collective tensors live (NCCL: its GPU; gloo: the CPU)."""
+        return torch.device(self.device)
 
     @property
     def distributed(self) -> bool:
@@ -63,28 +69,35 @@ def _env_int(name: str, default: int) -> int:
         raise FondError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def context_from_env() -> DistributedContext:
+def context_from_env(device: str | torch.device | None = "cpu") -> DistributedContext:
     """Join the process group torchrun describes in the environment, or SINGLE without WORLD_SIZE > 1.
 
-    Backend: gloo (CPU tensors). An already initialised process group (e.g. set up by the caller) is used
-    as it is.
+    Backend: gloo for a CPU ``device``, NCCL for CUDA (each rank on ``cuda:LOCAL_RANK``; ``device`` as
+    ``fond.device.resolve_device`` reads it). An already initialised process group (e.g. set up by the
+    caller) is used as it is.
     """
+    from fond.device import resolve_device
+
+    cuda = resolve_device(device).type == "cuda"
     if dist.is_available() and dist.is_initialized():
-        return DistributedContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0),
-                                  dist.get_backend())
+        backend, local_rank = dist.get_backend(), _env_int("LOCAL_RANK", 0)
+        return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, backend,
+                                  f"cuda:{local_rank}" if backend == "nccl" else "cpu")
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
         return SINGLE
     if not dist.is_available():
         raise FondError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    backend = "gloo"
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local_rank)
     try:
         dist.init_process_group(backend=backend)
     except (RuntimeError, ValueError) as err:
         raise FondError(f"could not join the process group (rank {rank} of {world_size}, backend {backend}): "
                         f"{str(err).splitlines()[0]}") from None
-    return DistributedContext(rank, world_size, local_rank, backend)
+    return DistributedContext(rank, world_size, local_rank, backend, f"cuda:{local_rank}" if cuda else "cpu")
 
 
 def shard_rows(batch_size: int, context: DistributedContext) -> slice:
@@ -100,7 +113,7 @@ def any_rank(flag: bool, context: DistributedContext) -> bool:
     """True on every rank if ``flag`` is true on any rank (a collective: every rank must call it)."""
     if not context.distributed:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=context.tensor_device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
 

@@ -15,7 +15,7 @@ Nothing keeps state between calls, so rollouts do not depend on call order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,8 +88,7 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     sample = family.sample(state, fp, generator, temperature)
     reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
     total = x.new_zeros(())
-    nll_trace, kl_trace = [], []
-    rate_max = 0.0
+    terms = []  # per step: mean NLL, mean KL, largest rate, kept on the device (one host transfer at the end)
     for _ in range(steps):
         new_state = fond_step(family, fp, state, sample, pull((x - reconstruction) * inv_variance), parts.bias,
                               clamp_fraction)
@@ -101,12 +100,13 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
         nll = gaussian_nll(x, reconstruction, parts.log_sigma)
         kl = family.kl(new_state, state).sum(-1)
         total = total + (nll + beta * kl).mean()
-        nll_trace.append(float(nll.detach().mean()))
-        kl_trace.append(float(kl.detach().mean()))
-        rate_max = max(rate_max, float(family.mean_code(new_state, fp).detach().max()))
+        terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(),
+                                  family.mean_code(new_state, fp).detach().max()]).to(torch.float64))
         state = new_state
     scale = 256.0 / x.shape[1]
-    return UnrollLoss(loss=total / steps * scale, nll=np.array(nll_trace), kl=np.array(kl_trace), rate_max=rate_max)
+    table = torch.stack(terms).cpu().numpy() if terms else np.zeros((0, 3))
+    return UnrollLoss(loss=total / steps * scale, nll=table[:, 0].copy(), kl=table[:, 1].copy(),
+                      rate_max=max(0.0, float(table[:, 2].max())) if steps else 0.0)
 
 
 class FondSteps(InferenceSteps):
@@ -185,7 +185,7 @@ class FondSteps(InferenceSteps):
 
 
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-            trace: bool = True, record=None, fused: bool = True, tol: float | None = None,
+            trace: bool | Iterable[str] = True, record=None, fused: bool = True, tol: float | None = None,
             window: int = DEFAULT_WINDOW) -> InferenceResult:
     """Run ``steps`` FOND steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
 

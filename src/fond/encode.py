@@ -83,11 +83,11 @@ def _check_out(out: str | Path) -> Path:
 def _chunk_arrays(result, names: tuple[str, ...], recorded: tuple[int, ...]) -> dict[str, np.ndarray]:
     """The arrays of one chunk's ``InferenceResult``, batch on axis 0 (axis 1 for histories)."""
     finals = {"spikes": result.spikes, "rates": result.rates, "reconstruction": result.reconstruction}
-    arrays = {name: finals[name].detach().numpy() for name in names}
+    arrays = {name: finals[name].detach().cpu().numpy() for name in names}
     if recorded:
         for name in ("spikes", "rates"):
             if name in names:
-                arrays[f"{name}_history"] = result.history[name].detach().numpy()
+                arrays[f"{name}_history"] = result.history[name].detach().cpu().numpy()
     return arrays
 
 

@@ -68,7 +68,8 @@ class Evaluation:
 def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: int = 0,
              chunk_size: int = 1000, keep_features: bool = False, tol: float | None = None,
              window: int = DEFAULT_WINDOW) -> Evaluation:
-    """Roll ``model.infer`` for ``steps`` steps over ``x`` (N, D) in chunks and average the results.
+    """Roll ``model.infer`` for ``steps`` steps over ``x`` (N, D) in chunks and average the results; each
+    chunk goes to the model's device (``x`` may stay on the CPU).
 
     Per-step curves are averaged over chunks weighted by chunk size; chunk i uses seed ``seed + i``.
     ``tol``, ``window``: anytime inference (``fond.rollout.Convergence``): each input freezes once converged
@@ -89,8 +90,10 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     n_diverged = 0
     features = []
     used = run = 0.0
+    like = getattr(model, "input_like", None)  # the data follow the model, one chunk at a time
+    device = like.device if like is not None else torch.device("cpu")
     for i, begin in enumerate(range(0, n, chunk_size)):
-        chunk = x[begin:begin + chunk_size]
+        chunk = x[begin:begin + chunk_size].to(device)
         res = model.infer(chunk, steps, seed=seed + i, trace=True, **({} if tol is None else
                                                                         {"tol": tol, "window": window}))
         if tol is not None:
@@ -102,7 +105,7 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
                 sums[key] = sums.get(key, 0.0) + np.asarray(values, dtype=float) * chunk.shape[0]
         n_diverged += int(diverged_inputs(chunk, res).sum())
         if keep_features:
-            features.append(res.rates.numpy())
+            features.append(res.rates.cpu().numpy())
     trace = {k: v / n for k, v in sums.items()}
     # the trace's last step is the rollout's final state: its means are the summary numbers
     r2, r2_rates, zeros = (float(trace[k][-1]) for k in ("r2", "r2_rates", "zeros"))

@@ -45,13 +45,15 @@ def result_row(train_config, model_config, evaluation, *, iterations: int, data_
 
 def run_experiment(data, train_config, model_config, out_dir: str | Path, *, data_spec: str | None = None,
                    eval_steps: int = 1000, eval_samples: int | None = None, evaluate: bool = True,
-                   progress: bool = False, distributed=None) -> ExperimentResult:
+                   progress: bool = False, distributed=None, device=None) -> ExperimentResult:
     """Train (or resume) ``model_config`` on ``data.train`` with ``train_config`` in ``out_dir``, then
     evaluate it on ``data.val`` (its first ``eval_samples`` inputs, all if None) for ``eval_steps`` steps
     (seed 0), write the report and the per-step curves, and last ``done.json``.
 
     ``data``: a ``PatchData``. ``data_spec``: the ``--data`` spec recorded with the run (default: the data's
-    name). ``distributed``: this process's place under torchrun; only rank 0 evaluates and writes. The run
+    name). ``device``: where training and evaluation run (``fond.device.resolve_device``; None or "auto": a
+    CUDA GPU where there is one). ``distributed``: this process's place under torchrun; only rank 0 evaluates
+    and writes. The run
     folder is locked for the whole experiment (under torchrun the trainer locks it while it trains, rank 0
     again while it evaluates). Training errors (``TrainingDiverged``, ``TrainingInterrupted``, ...)
     propagate; nothing is evaluated then.
@@ -65,7 +67,7 @@ def run_experiment(data, train_config, model_config, out_dir: str | Path, *, dat
     started = time.perf_counter()
     with contextlib.nullcontext() if several else folder.lock():
         trained = train(data, train_config, folder.path, model_config=model_config, data_spec=spec,
-                        progress=progress, distributed=distributed)
+                        progress=progress, distributed=distributed, device=device)
         if not evaluate or (distributed is not None and not distributed.is_main):
             return ExperimentResult(train=trained, evaluation=None, row=None)
         with folder.lock():

@@ -125,11 +125,12 @@ def run_folder(name: str) -> Path:
     return folder.path
 
 
-def load(name: str):
-    """Pretrained model ``name``, rebuilt like ``fond.load`` from its checked folder; ``model.card`` is its card."""
+def load(name: str, device: str | None = "cpu"):
+    """Pretrained model ``name``, rebuilt like ``fond.load`` from its checked folder (on ``device``);
+    ``model.card`` is its card."""
     from fond.resume import load_model
 
-    model = load_model(run_folder(name))
+    model = load_model(run_folder(name), device)
     model.card = card(name)
     return model
 
@@ -190,7 +191,7 @@ def gabor_numbers(model, spec: str) -> dict[str, Any]:
     data = load_data(spec, n_train=10, n_val=max(GABOR_SAMPLES, 100), seed=0)
     side = int(round(model.n_inputs ** 0.5))
     used = gabor.most_active_neurons(model, data.val[:GABOR_SAMPLES], steps=GABOR_STEPS)
-    summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), (side, side), columns=used).to_dict(
+    summary = gabor.fit_dictionary(model.dictionary.detach().cpu().numpy(), (side, side), columns=used).to_dict(
         include_fits=False)
     return {"fraction_well_fit": summary["fraction_well_fit"], "median_r2": summary["median_r2"],
             "n_atoms": summary["n_atoms"], "min_r2": summary["min_r2"], "samples": GABOR_SAMPLES,

@@ -41,7 +41,7 @@ def decoder_atoms(model) -> np.ndarray:
         return model.dictionary.detach().cpu().numpy()
     with torch.no_grad():
         k = model.n_latents
-        eye = torch.eye(k, dtype=model.log_sigma_x.dtype)
+        eye = torch.eye(k, dtype=model.log_sigma_x.dtype, device=model.log_sigma_x.device)
         return (model.decode(eye) - model.decode(torch.zeros(1, k, dtype=eye.dtype))).T.cpu().numpy()
 
 
@@ -113,8 +113,8 @@ def write_report(directory: str | Path, model, evaluation: Evaluation, x_eval: n
         n = min(12, len(x_eval))
         res = model.infer(x_eval[:n], evaluation.steps, seed=0, trace=False)
         figures.append(plots.plot_reconstructions(
-            np.asarray(x_eval[:n]), {("spikes" if counts else "sample"): res.reconstruction.numpy(),
-                                     ("rates" if counts else "mean"): res.reconstruction_from_rates.numpy()},
+            np.asarray(x_eval[:n]), {("spikes" if counts else "sample"): res.reconstruction.cpu().numpy(),
+                                     ("rates" if counts else "mean"): res.reconstruction_from_rates.cpu().numpy()},
             patch_shape, out / "reconstructions.png", n=n))
     records = _read_metrics(folder.metrics_path)
     if records:

@@ -119,10 +119,10 @@ def _sweep(models, data, preset: ReproducePreset, iterations, eval_samples, **fi
                        batch_size=preset.batch_size, **fields)
 
 
-def _load(run_dir: Path):
+def _load(run_dir: Path, device=None):
     from fond.resume import load_model
 
-    return load_model(run_dir)
+    return load_model(run_dir, device)
 
 
 def _row_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -130,9 +130,9 @@ def _row_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/reproduce", *,
-              log: Callable[[str], None] | None = None) -> Path:
-    """Run the whole protocol named by ``preset`` (or given as a ``ReproducePreset``) into ``out``; return
-    the path of ``out/index.md``."""
+              log: Callable[[str], None] | None = None, device=None) -> Path:
+    """Run the whole protocol named by ``preset`` (or given as a ``ReproducePreset``) into ``out`` on
+    ``device`` (``fond.device.resolve_device``); return the path of ``out/index.md``."""
     if isinstance(preset, ReproducePreset):
         p = preset
     elif preset in REPRODUCE_PRESETS:
@@ -140,7 +140,7 @@ def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/r
     else:
         raise ConfigError(f"unknown reproduce preset {preset!r}; expected one of {tuple(REPRODUCE_PRESETS)}")
     out = Path(out)
-    stage = _Stage(p, out, out / "figures", log or (lambda message: None))
+    stage = _Stage(p, out, out / "figures", log or (lambda message: None), device)
     stage.figures.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     natural = _natural_runs(stage)  # 1. natural patches
@@ -169,6 +169,7 @@ class _Stage:
     out: Path
     figures: Path
     log: Callable[[str], None]
+    device: Any = None  # where runs train and models are loaded (fond.device.resolve_device)
 
     def sweep(self, models, data: str, folder: str, iterations: int | None, eval_samples: int,
               **fields) -> list[dict[str, Any]]:
@@ -176,7 +177,7 @@ class _Stage:
         from fond.sweep import run_sweep
 
         config = _sweep(models, data, self.preset, iterations, eval_samples, **fields)
-        return run_sweep(config, self.out / folder, log=self.log)
+        return run_sweep(config, self.out / folder, log=self.log, device=self.device)
 
     def natural_sweep(self, models, folder: str, **fields) -> list[dict[str, Any]]:
         """A sweep on natural 16×16 patches with the preset's natural budget."""
@@ -293,7 +294,7 @@ def _v1_properties(stage: _Stage, natural: _NaturalRuns) -> tuple[dict[str, Any]
 
     best_ip, p, figures = natural.best_ip, stage.preset, stage.figures
     stage.log(f"V1 properties of {best_ip['run']}: Gabor fits, grating tuning, contrast-dependent latency")
-    ip_model = _load(natural.run_dir(stage.out, best_ip))
+    ip_model = _load(natural.run_dir(stage.out, best_ip), stage.device)
     patches = load_data(p.natural_data, n_train=10, n_val=2000, seed=0)
     gabor_summary = _cached(stage.out / "gabor.json",
                             lambda: _gabor(ip_model, figures, p.eval_steps, patches.val[:500]))
@@ -310,7 +311,7 @@ def _mnist_runs(stage: _Stage) -> _MnistRuns:
     stage.log("MNIST: FOND models, hybrid, amortized, predictive coding")
     rows = stage.sweep(MNIST_MODELS, p.mnist_data, "mnist", p.mnist_iterations, p.mnist_eval_samples)
     data = load_data(p.mnist_test_data, n_train=p.probe_train, n_val=max(p.probe_test, p.ood_samples), seed=0)
-    models = {row["model"]: _load(stage.out / "mnist" / row["run"]) for row in rows}
+    models = {row["model"]: _load(stage.out / "mnist" / row["run"], stage.device) for row in rows}
     return _MnistRuns(rows, data, models)
 
 

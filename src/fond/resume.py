@@ -24,6 +24,7 @@ import torch
 
 from fond.checkpoint import check_tensors, load_tensors, read_config, save_tensors
 from fond.config import ModelConfig, TrainConfig, config_from_dict
+from fond.device import resolve_device
 from fond.errors import CheckpointError, ConfigError, FondError, StorageError
 from fond.models import build_model
 from fond.run import RunFolder
@@ -38,9 +39,10 @@ _OPTIMIZER_SLOTS = ("step", "exp_avg", "exp_inf")  # Adamax's per-parameter stat
 _LEGACY_TENSOR_NAMES = {"dictionary": "decoder.dictionary"}
 
 
-def load_model(directory: str | os.PathLike[str]) -> torch.nn.Module:
+def load_model(directory: str | os.PathLike[str], device: str | torch.device | None = "cpu") -> torch.nn.Module:
     """Rebuild a model from ``directory`` (``config.json`` + ``model.safetensors``), never unpickling;
-    one-line ``CheckpointError`` for a missing, foreign or damaged file."""
+    one-line ``CheckpointError`` for a missing, foreign or damaged file. ``device``: where the model goes
+    ("cpu", "cuda[:N]", "auto"; ``fond.device.resolve_device``): files written on any device load on any other."""
     data = read_config(directory)
     folder = RunFolder(directory)
     try:
@@ -60,7 +62,7 @@ def load_model(directory: str | os.PathLike[str]) -> torch.nn.Module:
             model.preprocessing = Preprocessing.from_dict(record)
         except FondError as exc:
             raise CheckpointError(f"{folder.config_path}: {exc}") from None
-    return model
+    return model.to(resolve_device(device))
 
 
 def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -230,7 +232,10 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Modul
     model.load_state_dict({k[len("model."):]: v for k, v in model_tensors.items()})
     optimizer.state.clear()
     for name, slots in optim.items():
-        optimizer.state[params[name]] = {slot: value.clone() for slot, value in slots.items()}
+        # Adamax keeps its step count on the CPU, its moments beside the parameter
+        optimizer.state[params[name]] = {slot: value.clone() if slot == "step" else value.to(params[name].device,
+                                                                                            copy=True)
+                                          for slot, value in slots.items()}
 
 
 def resume_from_checkpoint(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,27 +126,30 @@ def state_step_norm(new_state: State, state: State) -> Tensor:
 
 
 def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-                  trace: bool = True, record=None, tol: float | None = None,
+                  trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
                   window: int = DEFAULT_WINDOW) -> InferenceResult:
     """Run ``steps`` steps of ``method`` on x and return the ``InferenceResult``.
 
     x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t − 1] drives step t (the trace's
     R² and NLL are then measured against that frame). ``trace``: record ``InferenceResult.trace`` (per-step
-    batch means). ``record``: 1-based steps whose mean code and sample to keep in ``InferenceResult.history``.
+    batch means): True every key, False none, or the keys to record (``trace_keys``: each costs only what it
+    needs). ``record``: 1-based steps whose mean code and sample to keep in ``InferenceResult.history``.
     ``tol``: anytime inference (``Convergence``: each input is frozen once its mean code has settled within
     ``tol`` over two windows of ``window`` steps, and the rollout stops when all are; fixed input only). The
     trace and history then still cover all ``steps``: past the stop they hold the frozen values (what more
     steps would give: ``du_norm`` 0, the prior term of an unmoved state).
     Call under ``torch.no_grad()``; inputs are expected checked (``fond.models.common``).
     """
+    trace_keys(trace)  # a bad trace argument fails before any step
     if tol is not None:
         watch = Convergence(tol, window, steps, online=x.ndim == 3)
         return _run_anytime(method, x, steps, watch, generator=generator, trace=trace, record=record)
     online = x.ndim == 3
     recorder = Recorder(record, steps)
-    tracer = TraceRecorder(method) if trace else None
+    keys = trace_keys(trace)
+    tracer = TraceRecorder(method, keys) if keys else None
     frame = x[0] if online else x
-    current = method.start(frame, generator, trace=trace)
+    current = method.start(frame, generator, trace=bool(keys))
     for t in range(steps):
         if online and t > 0:
             frame = x[t]
@@ -158,11 +162,12 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
 
 
 def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergence, *,
-                 generator: torch.Generator | None, trace: bool, record) -> InferenceResult:
+                 generator: torch.Generator | None, trace: bool | Iterable[str], record) -> InferenceResult:
     """``run_inference`` with ``tol``: the batch narrows to the unconverged inputs where the method can
     (``InferenceSteps.select``); the trace, the history and the result still cover every input."""
     recorder = Recorder(record, steps)
-    tracer = TraceRecorder(method) if trace else None
+    keys = trace_keys(trace)
+    tracer = TraceRecorder(method, keys) if keys else None
     frame, narrowable, done = x, True, steps
     current = method.start(frame, generator, trace=True)
     for t in range(1, steps + 1):
@@ -335,16 +340,44 @@ class Convergence:
         return True
 
 
+#: the keys that need a decode of the sample per step (R², NLL)
+FIT_KEYS = frozenset({"r2", "nll", "nelbo"})
+
+
+def trace_keys(trace) -> tuple[str, ...]:
+    """``infer``'s ``trace`` as the keys to record, in ``TRACE_KEYS`` order: True all of them, False/None none,
+    a key or an iterable of keys those (each costs only what it needs: ``r2``/``nll``/``nelbo`` a decode of
+    the sample per step, ``r2_rates`` one of the mean code, the others next to nothing). Else ``DataError``."""
+    if trace is True:
+        return TRACE_KEYS
+    if trace is False or trace is None:
+        return ()
+    asked = (trace,) if isinstance(trace, str) else trace
+    try:
+        asked = set(asked)
+    except TypeError:
+        raise DataError(f"trace must be True, False or trace keys {TRACE_KEYS}, got {trace!r}") from None
+    unknown = sorted(str(key) for key in asked - set(TRACE_KEYS))
+    if unknown:
+        raise DataError(f"unknown trace key {unknown[0]!r}: expected some of {TRACE_KEYS}")
+    return tuple(key for key in TRACE_KEYS if key in asked)
+
+
 class TraceRecorder:
-    """Per-step batch means of ``TRACE_KEYS`` (their meanings: ``fond.result.InferenceResult``).
+    """Per-step batch means of the trace ``keys`` (their meanings: ``fond.result.TRACE_MEANINGS``).
 
     Keeps each input's values of the last step (``rows``: key → (B,)), so that inputs anytime inference has
-    taken out of the batch still count in the means with their settled values.
+    taken out of the batch still count in the means with their settled values. Computes only what ``keys``
+    need (``trace_keys``).
     """
 
-    def __init__(self, method: InferenceSteps) -> None:
-        self.method = method
-        self.values: dict[str, list[float]] = {key: [] for key in TRACE_KEYS}
+    def __init__(self, method: InferenceSteps, keys: tuple[str, ...] = TRACE_KEYS) -> None:
+        self.method, self.keys = method, keys
+        wanted = set(keys)
+        self.fit = bool(wanted & FIT_KEYS)
+        self.rates_fit = "r2_rates" in wanted
+        self.other = bool(wanted - {"r2", "nll", "r2_rates"})  # the per-state terms (nelbo needs kl)
+        self.means: list[Tensor] = []  # one (len(keys),) row per step, left on the device until arrays()
         self.rows: dict[str, Tensor] = {}
         self._state: State | None = None
         self._state_terms: dict[str, Tensor] = {}
@@ -365,41 +398,54 @@ class TraceRecorder:
     def settle(self, index: Tensor, prior_term: Tensor) -> None:
         """Inputs ``index`` leave the batch unmoved from now on: ``du_norm`` 0, ``kl`` their ``prior_term``."""
         self.rows = {key: value.clone() for key, value in self.rows.items()}
-        self.rows["du_norm"][index] = 0.0
-        self.rows["kl"][index] = prior_term.to(self.rows["kl"].dtype)
+        if "du_norm" in self.rows:
+            self.rows["du_norm"][index] = 0.0
+        if "kl" in self.rows:
+            self.rows["kl"][index] = prior_term.to(self.rows["kl"].dtype)
 
     def hold(self, steps: int, final: Step) -> None:
         """Extend the trace to ``steps`` with the values of a rollout that no longer moves (every input
         frozen by anytime inference): each input's last values, ``du_norm`` 0, the prior term of an unmoved state."""
-        missing = steps - len(self.values["r2"])
+        missing = steps - len(self.means)
         if missing <= 0:
             return
-        self.settle(torch.arange(len(final.rates)), self.method.prior_term(final, final))
+        self.settle(torch.arange(len(final.rates), device=final.rates.device), self.method.prior_term(final, final))
         self._append()
-        for values in self.values.values():
-            values.extend([values[-1]] * (missing - 1))
+        self.means.extend([self.means[-1]] * (missing - 1))
 
     def _append(self) -> None:
+        """This step's batch means (``rate_max``: the maximum), kept as one tensor: no host synchronisation
+        inside the step loop (the values reach the host once, in ``arrays``)."""
         rows = self.rows
-        means = {key: float(rows[key].mean()) for key in ("r2", "r2_rates", "zeros", "du_norm", "nll", "kl",
-                                                          "saturated")}
-        means.update(nelbo=float((rows["nll"] + rows["kl"]).mean()), rate_max=float(rows["rate_max"].max()))
-        for key in TRACE_KEYS:
-            self.values[key].append(means[key])
+        means = [(rows["nll"] + rows["kl"]).mean() if key == "nelbo" else
+                 rows[key].max() if key == "rate_max" else rows[key].mean() for key in self.keys]
+        self.means.append(torch.stack([value.to(torch.float64) for value in means]))
 
     def _per_input(self, frame: Tensor, new: Step, previous: Step) -> dict[str, Tensor]:
-        """Each key's value per input (B',) at step ``new``."""
-        method = self.method
-        r2, nll = self._fit(frame, method.decode(new.decoded))
+        """Each needed key's value per input (B',) at step ``new``."""
+        method, out = self.method, {}
+        if self.fit:
+            out["r2"], out["nll"] = self._fit(frame, method.decode(new.decoded))
+        if not self.other:
+            if self.rates_fit:
+                out["r2_rates"] = self._rates_r2(frame, new, out.get("r2"))
+            return out
         fast = method.trace_terms(new, previous)
         if fast is not None:
-            r2_rates = r2 if new.rates is new.decoded else self._fit(frame, method.decode(new.rates))[0]
-            return {"r2": r2, "nll": nll, "r2_rates": r2_rates, **fast}
+            if self.rates_fit:
+                out["r2_rates"] = self._rates_r2(frame, new, out.get("r2"))
+            return {**out, **fast}
         if new.state is not self._state:
-            self._state, self._state_terms = new.state, self._terms_of_state(frame, new, previous, r2)
+            self._state, self._state_terms = new.state, self._terms_of_state(frame, new, previous, out.get("r2"))
         moved = new.state is not previous.state
-        du = state_step_norm(new.state, previous.state) if moved else torch.zeros_like(r2)
-        return {"r2": r2, "zeros": zeros_fraction(new.decoded), "du_norm": du, "nll": nll, **self._state_terms}
+        du = state_step_norm(new.state, previous.state) if moved else new.rates.new_zeros(new.rates.shape[0])
+        return {**out, "zeros": zeros_fraction(new.decoded), "du_norm": du, **self._state_terms}
+
+    def _rates_r2(self, frame: Tensor, new: Step, r2: Tensor | None) -> Tensor:
+        """R² of the mean code's reconstruction (that of the sample when the two are one tensor)."""
+        if r2 is not None and new.rates is new.decoded:
+            return r2
+        return self._fit(frame, self.method.decode(new.rates))[0]
 
     def _fit(self, frame: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
         """R² and the Gaussian NLL (nats) of ``reconstruction`` against ``frame`` (B', D), per input, from one
@@ -417,16 +463,17 @@ class TraceRecorder:
             nll = 0.5 * (squares @ precision) + constant
         return 1.0 - squares.sum(-1) / total, nll
 
-    def _terms_of_state(self, frame: Tensor, new: Step, previous: Step, r2: Tensor) -> dict[str, Tensor]:
+    def _terms_of_state(self, frame: Tensor, new: Step, previous: Step, r2: Tensor | None) -> dict[str, Tensor]:
         """The terms that depend on the state alone (and the frame it is judged against), per input."""
         method = self.method
-        r2_rates = r2 if new.rates is new.decoded else self._fit(frame, method.decode(new.rates))[0]
-        return {"r2_rates": r2_rates, "kl": method.prior_term(new, previous), "rate_max": new.rates.amax(-1),
-                "saturated": method.saturated(new).to(r2.dtype)}
+        terms = {"r2_rates": self._rates_r2(frame, new, r2)} if self.rates_fit else {}
+        return {**terms, "kl": method.prior_term(new, previous), "rate_max": new.rates.amax(-1),
+                "saturated": method.saturated(new).to(new.rates.dtype)}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The trace: one array of length ``steps`` per key."""
-        return {key: np.asarray(values) for key, values in self.values.items()}
+        """The trace: one array of length ``steps`` per key recorded."""
+        table = torch.stack(self.means).cpu().numpy() if self.means else np.empty((0, len(self.keys)))
+        return {key: table[:, i].copy() for i, key in enumerate(self.keys)}
 
 
 def check_record(record, steps: int) -> tuple[int, ...]:

@@ -192,11 +192,13 @@ def load_sweep_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def run_point(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False) -> dict[str, Any]:
+def run_point(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False,
+              device=None) -> dict[str, Any]:
     """Train (or resume), evaluate and report one grid point in ``directory`` through
     :func:`fond.experiment.run_experiment`; return its result row (``RESULT_COLUMNS``, also in ``done.json``).
 
-    ``data``: the loaded ``PatchData`` (loaded from the sweep's spec if None).
+    ``data``: the loaded ``PatchData`` (loaded from the sweep's spec if None). ``device``: as
+    ``run_experiment``'s.
     """
     from fond.data import load_data
     from fond.experiment import run_experiment
@@ -206,7 +208,7 @@ def run_point(spec: RunSpec, directory: str | Path, *, data=None, progress: bool
         data = load_data(spec.sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
     result = run_experiment(data, cfg, spec.model_config(data.n_inputs), directory, data_spec=spec.sweep.data,
                             eval_steps=spec.sweep.eval_steps, eval_samples=spec.sweep.eval_samples,
-                            progress=progress)
+                            progress=progress, device=device)
     return result.row
 
 
@@ -266,13 +268,13 @@ def describe_row(row: dict[str, Any]) -> str:
 
 
 def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+              log: Callable[[str], None] | None = None, device=None) -> list[dict[str, Any]]:
     """Run every grid point of ``sweep`` not yet finished under ``out_dir``; write sweep.csv / sweep.json.
 
     Runs go one at a time, in this process (``fond.sweep_ray.run_sweep_ray``: as Ray tasks). The config is
     written first to ``sweep-config.json``; a different sweep config in the same folder is refused, so
     results of two grids never mix silently. Returns every finished row (including ones from earlier
-    invocations).
+    invocations). ``device``: where each run trains and is evaluated (``fond.device.resolve_device``).
     """
     from fond.data import load_data
 
@@ -290,7 +292,7 @@ def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False
         if key not in data_cache:
             data_cache[key] = load_data(sweep.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
         log(f"[{i}/{len(specs)}] {spec.name}: training {cfg.iterations} iterations")
-        row = run_point(spec, directory, data=data_cache[key], progress=progress)
+        row = run_point(spec, directory, data=data_cache[key], progress=progress, device=device)
         log(f"[{i}/{len(specs)}] {spec.name}: {describe_row(row)}")
         gather(sweep, out_dir)
     return gather(sweep, out_dir)

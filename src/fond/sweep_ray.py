@@ -133,11 +133,12 @@ def _submit(ray, pending: list[tuple[int, RunSpec]], out_dir: Path, datasets: di
     returns {task reference: (position, run)}."""
     task = ray.remote(_run_task)
     threads = max(1, int(cpus_per_run))
+    device = "cuda" if gpus_per_run > 0 else "cpu"  # a GPU reserved is a GPU used
     data_refs = {key: ray.put(data) for key, data in datasets.items()}
     refs: dict[Any, tuple[int, RunSpec]] = {}
     for i, spec in pending:
         ref = task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, name=f"fond:{spec.name}").remote(
-            spec, str(out_dir / spec.name), data_refs[_split_key(spec)], threads)
+            spec, str(out_dir / spec.name), data_refs[_split_key(spec)], threads, device)
         refs[ref] = (i, spec)
         log(f"[{i}/{total}] {spec.name}: submitted ({spec.train_config().iterations} iterations)")
     return refs
@@ -178,8 +179,9 @@ def _restore_sigterm(handler) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _run_task(spec: RunSpec, directory: str, data, threads: int) -> dict[str, Any]:
-    """One run inside a Ray worker: torch on the task's CPUs, then :func:`fond.sweep.run_point`."""
+def _run_task(spec: RunSpec, directory: str, data, threads: int, device: str = "cpu") -> dict[str, Any]:
+    """One run inside a Ray worker: torch on the task's CPUs, then :func:`fond.sweep.run_point` on ``device``
+    (a task that reserved GPUs trains on the one Ray gave it: Ray sets CUDA_VISIBLE_DEVICES, so it is "cuda")."""
     import dataclasses
 
     import numpy as np
@@ -190,7 +192,7 @@ def _run_task(spec: RunSpec, directory: str, data, threads: int) -> dict[str, An
     torch.set_num_threads(threads)
     # arrays from the object store are read-only views: give training its own writable copies
     data = dataclasses.replace(data, train=np.array(data.train), val=np.array(data.val))
-    return run_point(spec, directory, data=data)
+    return run_point(spec, directory, data=data, device=device)
 
 
 def _check_resources(cpus_per_run: float, gpus_per_run: float, ray_cpus: int | None, address: str | None) -> None:

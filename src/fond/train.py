@@ -42,13 +42,14 @@ from torch.nn.parallel import DistributedDataParallel
 from fond.checkpoint import save_model
 from fond.config import ModelConfig, TrainConfig
 from fond.data import PatchData
+from fond.device import resolve_device, seeded_generator
 from fond.distributed import SINGLE, DistributedContext, any_rank, shard_rows
 from fond.errors import FondError, StorageError
 from fond.models import build_model
 from fond.resume import read_run, resume_from_checkpoint, run_configuration, write_checkpoint
 from fond.run import CHECKPOINT, PREVIOUS_CHECKPOINT, RunFolder, atomic_write
 
-__all__ = ["train", "Schedule", "build_optimizer", "BurstMonitor", "TrainResult", "TrainingDiverged",
+__all__ = ["train", "training_device", "Schedule", "build_optimizer", "BurstMonitor", "TrainResult", "TrainingDiverged",
            "TrainingInterrupted", "run_configuration", "read_run", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
 
 
@@ -338,7 +339,7 @@ def _sampler_stream(ctx: DistributedContext) -> int:
 def _global_means(ctx: DistributedContext, *values) -> list[float]:
     """The values (scalar tensors or numbers) averaged over the ranks (the global batch's means for equal
     shards)."""
-    stacked = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    stacked = torch.tensor([float(v) for v in values], dtype=torch.float64, device=ctx.tensor_device)
     if ctx.distributed:
         dist.all_reduce(stacked)
         stacked /= ctx.world_size
@@ -408,7 +409,9 @@ class _TrainingRun:
         self.began = time.monotonic()
         self.bursts = BurstMonitor(_saturation_rate(model))
         # with DDP the forward goes through the wrapper (gradient all-reduce); the model itself is shared
-        self.unroll = (DistributedDataParallel(_UnrollLoss(model), device_ids=None, find_unused_parameters=True)
+        self.device = model.input_like.device
+        ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+        self.unroll = (DistributedDataParallel(_UnrollLoss(model), device_ids=ids, find_unused_parameters=True)
                        if ctx.distributed else model.unroll_loss)
 
     # ---- saving and stopping ------------------------------------------------------------------------------
@@ -461,7 +464,7 @@ class _TrainingRun:
     def forward(self, iteration: int, batch: torch.Tensor, **schedule: float) -> Any:
         """The unrolled loss of ``batch`` (an ``UnrollLoss``) with the sampler stream of ``iteration``;
         ``TrainingDiverged`` on every rank if it is non-finite or the forward pass failed on any rank."""
-        gen = torch.Generator().manual_seed(_stream_seed(self.cfg.seed, _sampler_stream(self.ctx), iteration))
+        gen = seeded_generator(_stream_seed(self.cfg.seed, _sampler_stream(self.ctx), iteration), self.device)
         out, failure = None, None
         try:
             out = self.unroll(batch, self.cfg.steps, generator=gen, **schedule)
@@ -575,8 +578,8 @@ class _TrainingRun:
         or an early stop; the completed iterations are checkpointed however it ends, except by a second
         signal (``TrainingInterrupted``) or non-finite parameters (``TrainingDiverged``)."""
         cfg, main = self.cfg, self.ctx.is_main
-        x_train = torch.from_numpy(np.ascontiguousarray(data.train))
-        x_eval = torch.from_numpy(np.ascontiguousarray(data.val[: cfg.eval_samples]))
+        x_train = torch.from_numpy(np.ascontiguousarray(data.train)).to(self.device)
+        x_eval = torch.from_numpy(np.ascontiguousarray(data.val[: cfg.eval_samples])).to(self.device)
         if main:
             self.logger = _Logger(self.folder, self.completed)
         self.began = time.monotonic()
@@ -603,6 +606,15 @@ class _TrainingRun:
                            seconds=time.monotonic() - self.began, model=self.model)
 
 
+def training_device(device: str | torch.device | None, ctx: DistributedContext) -> torch.device:
+    """The device this process trains on: ``device`` resolved; a CUDA device without an index under torchrun
+    is this rank's GPU (``cuda:LOCAL_RANK``)."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", ctx.local_rank if ctx.distributed else torch.cuda.current_device())
+    return resolved
+
+
 def _progress_bar(total: int, initial: int) -> Any:
     from tqdm.auto import tqdm
 
@@ -622,6 +634,7 @@ def train(
     stop_at: int | None = None,
     distributed: DistributedContext | None = None,
     on_iteration: Callable[[int, torch.nn.Module], None] | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> TrainResult:
     """Train a model on ``data.train`` with ``train_config``; checkpoints and logs go to ``out_dir``.
 
@@ -641,14 +654,17 @@ def train(
     ``distributed``: this process's place in a data-parallel group (``fond.distributed.context_from_env``
     under torchrun): each rank trains on its shard of every global batch through DistributedDataParallel,
     only rank 0 writes files (and holds the lock). ``on_iteration(done, model)`` is called after every
-    applied update.
+    applied update. ``device``: where the model, the data and the samplers live ("cpu", "cuda[:N]", "auto";
+    ``fond.device.resolve_device``; under torchrun on CUDA each rank takes the GPU of its local rank).
+    Checkpoints are device-free: a run resumes on another device (its draws then come from that device's
+    sampler).
     """
     cfg, ctx, folder = train_config, distributed or SINGLE, RunFolder(out_dir)
     model_config = model_config or ModelConfig(n_inputs=data.n_inputs, n_latents=n_latents)
     if model_config.n_inputs != data.n_inputs:
         raise FondError(f"model expects {model_config.n_inputs} inputs but the data has {data.n_inputs}")
     run_info = _run_info(cfg, data, data_spec)
-    model = build_model(model_config, seed=cfg.seed)
+    model = build_model(model_config, seed=cfg.seed).to(training_device(device, ctx))
     optimizer = build_optimizer(model, cfg)
     with _writer_lock(folder, ctx):
         start = _resume_every_rank(folder, model, optimizer, model_config, cfg, ctx, resume)

@@ -1,12 +1,13 @@
 """``fond analyze KIND RUN...``: each analysis on trained runs, writing ``OUT/<kind>.json`` and ``OUT/<kind>.png``.
 
-Kinds: frontier, convergence, classify, ood, gabor, tuning, latency, serial, tracking, raster, cost. A RUN is a
-run directory (``fond train`` / ``fond sweep``); ``frontier`` also takes sweep directories (their rows).
+Kinds: frontier, convergence, classify, ood, gabor, tuning, latency, serial, tracking, raster, cost, bitwidth. A
+RUN is a run directory (``fond train`` / ``fond sweep``); ``frontier`` also takes sweep directories (their rows).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +49,16 @@ def _rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_run(run: Path):
-    """The run's model, the ``--data`` spec it was trained on and its run information (``read_run``)."""
+def _read_run(run: Path, device=None):
+    """The run's model (on ``device``), the ``--data`` spec it was trained on and its run information
+    (``read_run``)."""
     from fond.resume import load_model, read_run
 
     info = read_run(run)
     spec = info.get("data", {}).get("spec")
     if spec is None:
         raise FondError(f"{run}: no data recorded for this run")
-    return load_model(run), spec, info
+    return load_model(run, device), spec, info
 
 
 def _patch_side(model) -> tuple[int, int]:
@@ -68,14 +70,15 @@ def _patch_side(model) -> tuple[int, int]:
 
 def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 1000, samples: int = 500,
                  seeds: Sequence[int] = (0, 1, 2), train_samples: int = 50_000,
-                 target_r2: float | None = None) -> Path:
-    """Run analysis ``kind`` on ``runs``; return the JSON path (the PNG sits beside it)."""
+                 target_r2: float | None = None, device=None) -> Path:
+    """Run analysis ``kind`` on ``runs`` (models on ``device``: ``fond.device.resolve_device``); return the JSON
+    path (the PNG sits beside it)."""
     if kind not in ANALYSES:
         raise FondError(f"unknown analysis {kind!r}; expected one of {ANALYSES}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     request = _Request(kind, list(runs), out, steps=steps, samples=samples, seeds=seeds,
-                       train_samples=train_samples, target_r2=target_r2)
+                       train_samples=train_samples, target_r2=target_r2, device=device)
     return _ANALYSIS_FUNCTIONS[kind](request)
 
 
@@ -91,6 +94,7 @@ class _Request:
     seeds: Sequence[int]  # inference seeds of the classification probes
     train_samples: int  # training digits of the classification probes
     target_r2: float | None = None  # cost: the mean-code R² every run is costed at (None: chosen from the runs)
+    device: Any = None  # where the models run (fond.device.resolve_device)
 
     @property
     def png(self) -> Path:
@@ -104,7 +108,7 @@ class _Request:
         """The model of the single run this analysis takes and its data spec."""
         if len(self.runs) != 1:
             raise FondError(f"analysis {self.kind!r} takes one run, got {len(self.runs)}")
-        model, spec, _ = _read_run(self.runs[0])
+        model, spec, _ = _read_run(self.runs[0], self.device)
         return model, spec
 
     def one_run_with_data(self):
@@ -137,7 +141,7 @@ def _convergence(request: _Request) -> Path:
     steps, samples = request.steps, request.samples
     traces, summary = {}, {}
     for run in request.runs:
-        model, spec, info = _read_run(run)
+        model, spec, info = _read_run(run, request.device)
         data = load_data(spec, n_train=10, n_val=samples, seed=0)
         trace = evaluate(model, data.val[:samples], steps).trace
         traces[run.name] = trace
@@ -155,7 +159,7 @@ def _mnist_models(request: _Request):
 
     models, specs = {}, set()
     for run in request.runs:
-        model, spec, _ = _read_run(run)
+        model, spec, _ = _read_run(run, request.device)
         if not str(spec).startswith("mnist"):
             raise FondError(f"{run}: {request.kind} needs a model trained on MNIST (this one: {spec})")
         models[run.name] = model
@@ -203,7 +207,7 @@ def _gabor(request: _Request) -> Path:
     if model.dictionary is None:
         raise FondError(f"{request.runs[0]}: Gabor fits need a linear dictionary")
     used = gabor.most_active_neurons(model, data.val[:request.samples], steps=min(request.steps, 200))
-    summary = gabor.fit_dictionary(model.dictionary.detach().numpy(), _patch_side(model), columns=used)
+    summary = gabor.fit_dictionary(model.dictionary.detach().cpu().numpy(), _patch_side(model), columns=used)
     gabor.plot_gabor_summary(summary, request.png)
     return request.write(summary.to_dict())
 
@@ -281,7 +285,7 @@ def _cost(request: _Request) -> Path:
 
     prepared = []
     for run in request.runs:
-        model, spec, _ = _read_run(run)
+        model, spec, _ = _read_run(run, request.device)
         x = load_data(spec, n_train=10, n_val=request.samples, seed=0).val[: request.samples]
         prepared.append((run, model, x, evaluate(model, x, request.steps, chunk_size=100).trace["r2_rates"]))
     target = request.target_r2
@@ -294,11 +298,28 @@ def _cost(request: _Request) -> Path:
                           "runs": {run.name: c.to_dict() for (run, *_), c in zip(prepared, costs, strict=True)}})
 
 
+def _bitwidth(request: _Request) -> Path:
+    """The integer engine at each weight and state width against the float engine (``fond.analysis.bitwidth``), on
+    the run's own held-out split; on the CPU (the integer engine's kernels run there)."""
+    from fond.analysis import bitwidth
+    from fond.pretrained import held_out_data
+
+    if len(request.runs) != 1:
+        raise FondError(f"analysis 'bitwidth' takes one run, got {len(request.runs)}")
+    model, _, info = _read_run(request.runs[0])
+    x = held_out_data(info).val[: request.samples]
+    study = bitwidth.bitwidth_study(model, x, steps=request.steps,
+                                    log=lambda message: print(f"fond: bitwidth: {message}", file=sys.stderr,
+                                                              flush=True))
+    bitwidth.plot_bitwidth(study, request.png)
+    return request.write(study.to_dict())
+
+
 #: kind → the function that runs it (the order of ``ANALYSES``).
 _ANALYSIS_FUNCTIONS: dict[str, Callable[[_Request], Path]] = {
     "frontier": _frontier, "convergence": _convergence, "classify": _classify, "ood": _ood, "gabor": _gabor,
     "tuning": _tuning, "latency": _latency, "serial": _serial, "tracking": _tracking, "raster": _raster,
-    "cost": _cost}
+    "cost": _cost, "bitwidth": _bitwidth}
 
 #: Every kind of analysis, in the order of the CLI's help.
 ANALYSES: tuple[str, ...] = tuple(_ANALYSIS_FUNCTIONS)

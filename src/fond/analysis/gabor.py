@@ -441,7 +441,7 @@ def most_active_neurons(model: Any, x: Any, *, count: int = MOST_ACTIVE_ATOMS, s
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
     with torch.no_grad():
         rates = model.infer(inputs, steps, seed=seed, trace=False).rates
-    mean_rate = rates.detach().double().mean(0).numpy()
+    mean_rate = rates.detach().double().mean(0).cpu().numpy()
     return np.argsort(-mean_rate, kind="stable")[:count].astype(np.int64)
 
 

@@ -582,10 +582,10 @@ def tracking(model: Any, frames: Any, *, seed: int = 0) -> TrackingResult:
         reconstruction = torch.as_tensor(reconstruction).detach().cpu().to(torch.float64)
     reconstruction = reconstruction.reshape(n_steps, x.shape[1], x.shape[2])
     target = x.detach().cpu().to(torch.float64)
-    r2_current = r2_per_sample(target, reconstruction).mean(-1).numpy()
+    r2_current = r2_per_sample(target, reconstruction).mean(-1).cpu().numpy()
     r2_previous = np.full(n_steps, np.nan)
     if n_steps > 1:
-        r2_previous[1:] = r2_per_sample(target[:-1], reconstruction[1:]).mean(-1).numpy()
+        r2_previous[1:] = r2_per_sample(target[:-1], reconstruction[1:]).mean(-1).cpu().numpy()
     return TrackingResult(steps=np.arange(1, n_steps + 1), r2_current=r2_current, r2_previous=r2_previous)
 
 
@@ -615,4 +615,4 @@ def spike_raster(model: Any, x: Any, steps: int = 200, *, seed: int = 0) -> np.n
     (``result.history["spikes"]`` of ``model.infer(x, steps, seed=seed, record=1..steps)``)."""
     steps = positive_int(steps, "steps")
     result = model.infer(torch.as_tensor(x), steps, seed=seed, trace=False, record=range(1, steps + 1))
-    return result.history["spikes"][:, 0].numpy()
+    return result.history["spikes"][:, 0].cpu().numpy()

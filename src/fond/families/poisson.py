@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fond.errors import DataError
 from fond.families.base import Params, PotentialFamily, Sample, State, register_family
-from fond.families.sampling import poisson_tail_cutoff, sample_poisson
+from fond.families.sampling import draw_key, poisson_tail_cutoff, sample_poisson, use_compiled_sampler
 
 __all__ = [
     "PoissonFamily",
@@ -99,27 +99,46 @@ def _rate_limits(tail: float) -> list[tuple[int, float]]:
 _LIMITS_CACHE: dict[float, list[tuple[int, float]]] = {}
 
 
-def _relaxed_from_uniforms(rates: Tensor, uniforms: Tensor, temperature: float, indicator: str) -> Tensor:
+def _relaxed_from_uniforms(rates: Tensor, uniforms: Tensor, temperature: float, indicator: str,
+                           used: Tensor | None = None) -> Tensor:
     """The relaxed count written out with autograd, from explicit uniforms (rates.shape + (n,)).
 
     The reference the compiled sampler is tested against (same draws → same value and gradient), and
-    the path for tensors off the CPU. Materialises (…, n) tensors for the backward pass.
+    the path for tensors off the CPU. Materialises (…, n) tensors for the backward pass. ``used``: a
+    boolean (…, n) mask of the terms each element counts (its own number of arrival times), None for all.
     """
     # −log U is Exp(1); tiny(U) guards log(0) without biasing (P(U < tiny) is ~1e-38).
     exp1 = -torch.log(uniforms.clamp_min(torch.finfo(uniforms.dtype).tiny))
     arrival_times = torch.cumsum(exp1, dim=-1) / rates.unsqueeze(-1)
     margin = 1.0 - arrival_times
+    weight = 1.0 if used is None else used.to(rates.dtype)
     if temperature == 0.0 or indicator == "straight_through":
-        hard = (margin > 0).to(rates.dtype).sum(-1)
+        hard = ((margin > 0).to(rates.dtype) * weight).sum(-1)
         if temperature == 0.0:
             return hard + 0.0 * rates if rates.requires_grad else hard
     scaled = margin / temperature
     if indicator == "sigmoid":
-        return torch.sigmoid(scaled).sum(-1)
+        return (torch.sigmoid(scaled) * weight).sum(-1)
     if indicator == "cubic":
-        return _cubic_step(scaled).sum(-1)
-    soft = torch.sigmoid(scaled).sum(-1)
+        return (_cubic_step(scaled) * weight).sum(-1)
+    soft = (torch.sigmoid(scaled) * weight).sum(-1)
     return hard + (soft - soft.detach())
+
+
+def _relaxed_torch(rates: Tensor, temperature: float, generator: torch.Generator | None, indicator: str,
+                   limits, sizes) -> Tensor:
+    """The element rule of ``relaxed_poisson`` in torch ops (any device): every element draws as many arrival
+    times as the batch's largest own number and counts only its own (``_term_table``), so one pass and one
+    host synchronisation (the largest number) serve the whole batch."""
+    flat = rates.reshape(-1)
+    if flat.numel() == 0:
+        return rates * 0.0
+    own = torch.as_tensor(sizes, device=flat.device)[
+        torch.bucketize(flat.detach().contiguous(), torch.as_tensor(limits, dtype=flat.dtype, device=flat.device))]
+    n = int(own.max())
+    uniforms = torch.rand((flat.numel(), n), generator=generator, dtype=rates.dtype, device=rates.device)
+    used = torch.arange(n, device=flat.device) < own.unsqueeze(-1)
+    return _relaxed_from_uniforms(flat, uniforms, temperature, indicator, used).reshape(rates.shape)
 
 
 _INDICATOR_CODES = {"sigmoid": 0, "cubic": 1, "straight_through": 2}
@@ -169,6 +188,7 @@ def relaxed_poisson(
     n_terms: int | None = None,
     tail: float = 1e-3,
     max_terms: int = 1024,
+    backend: str = "auto",
 ) -> Tensor:
     """Reparameterised Poisson sample via exponential arrival times, differentiable in ``rates``.
 
@@ -187,18 +207,17 @@ def relaxed_poisson(
     On CPU (float32/float64) one compiled pass (``fond.families.kernels.relaxed_counts``) computes the
     count and its derivative in the rate together, term by term, and stops an element's terms once its
     arrival times are past 1 + 40τ (later terms add < 1e-17 each); the backward pass is one product.
-    Elsewhere the same estimator is written out with torch ops (``_relaxed_from_uniforms``).
+    Elsewhere (or with ``backend="torch"``, ``fond.families.sampling.SAMPLER_BACKENDS``) the same estimator
+    is written out with torch ops (``_relaxed_from_uniforms``), without inspecting the rates off the CPU.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
     if indicator not in INDICATORS:
         raise ValueError(f"unknown indicator {indicator!r}: expected one of {INDICATORS}")
     detached = rates.detach()
-    if detached.numel() and not torch.isfinite(detached).all():
+    if rates.device.type == "cpu" and detached.numel() and not torch.isfinite(detached).all():
         raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
-    if rates.device.type == "cpu" and rates.dtype in (torch.float32, torch.float64):
-        from fond.families.sampling import draw_key
-
+    if use_compiled_sampler(rates, backend):
         limits, sizes = _term_table(tail, max_terms, n_terms)
         key1, key2 = draw_key(generator)
         if temperature == 0.0:
@@ -209,17 +228,7 @@ def relaxed_poisson(
     if n_terms is not None:
         uniforms = torch.rand((*rates.shape, n_terms), generator=generator, dtype=rates.dtype, device=rates.device)
         return _relaxed_from_uniforms(rates, uniforms, temperature, indicator)
-    limits, sizes = _term_table(tail, max_terms, None)
-    flat = rates.reshape(-1)
-    bucket = torch.bucketize(flat.detach(), torch.as_tensor(limits, dtype=flat.dtype, device=flat.device))
-    out = torch.zeros_like(flat)
-    for b, n in enumerate(sizes.tolist()):
-        index = torch.nonzero(bucket == b).flatten()
-        if index.numel():
-            uniforms = torch.rand((index.numel(), n), generator=generator, dtype=rates.dtype, device=rates.device)
-            out = out.index_copy(0, index, _relaxed_from_uniforms(flat.index_select(0, index), uniforms, temperature,
-                                                                  indicator))
-    return out.reshape(rates.shape)
+    return _relaxed_torch(rates, temperature, generator, indicator, *_term_table(tail, max_terms, None))
 
 
 def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_SMALL_RATE_CUTOFF", "MAX_SMALL_RATE_CUTOFF", "SMALL_RATE_CUTOFF", "RECIPROCALS", "draw_key",
+__all__ = ["SAMPLER_BACKENDS", "use_compiled_sampler",
+           "MIN_SMALL_RATE_CUTOFF", "MAX_SMALL_RATE_CUTOFF", "SMALL_RATE_CUTOFF", "RECIPROCALS", "draw_key",
            "poisson_tail_cutoff", "sample_poisson"]
 
 #: ``small_rate_cutoff`` range: PTRS is exact only for r ≥ 10, and the inverse-CDF loop takes ≈ r
@@ -37,6 +38,22 @@ MAX_SMALL_RATE_CUTOFF = 64.0
 SMALL_RATE_CUTOFF = 20.0
 #: 1/k for the inverse-CDF loop (a multiplication instead of a division per term)
 RECIPROCALS = np.concatenate([[0.0], 1.0 / np.arange(1, 257, dtype=np.float64)])
+
+
+#: where a sampler's draws come from: "auto" (the compiled kernels for float32/float64 tensors on the CPU,
+#: torch ops elsewhere), "compiled" (CPU only), "torch" (torch ops on any device: the GPU path, testable on
+#: the CPU). Both give the same distributions; the draws differ.
+SAMPLER_BACKENDS = ("auto", "compiled", "torch")
+
+
+def use_compiled_sampler(rates: Tensor, backend: str = "auto") -> bool:
+    """Whether ``rates`` are sampled by the compiled kernels under ``backend`` (``SAMPLER_BACKENDS``)."""
+    if backend not in SAMPLER_BACKENDS:
+        raise ValueError(f"sampler backend must be one of {SAMPLER_BACKENDS}, got {backend!r}")
+    on_cpu = rates.device.type == "cpu"
+    if backend == "compiled" and not on_cpu:
+        raise ValueError(f"the compiled samplers run on the CPU; rates are on {rates.device} (use backend 'torch')")
+    return backend != "torch" and on_cpu and (backend == "compiled" or rates.dtype in (torch.float32, torch.float64))
 
 
 def _validate_rates(rates: Tensor) -> tuple[float, float]:
@@ -83,6 +100,7 @@ def sample_poisson(
     generator: torch.Generator | None = None,
     *,
     small_rate_cutoff: float = SMALL_RATE_CUTOFF,
+    backend: str = "auto",
 ) -> Tensor:
     """Exact Poisson(rates) draws, same shape/dtype/device as rates (float tensor of integer values).
 
@@ -93,17 +111,20 @@ def sample_poisson(
 
     Randomness comes only from ``generator`` (None: torch's default generator), so the same generator
     state gives the same output. On CPU, rates below ``small_rate_cutoff`` (in [10, 64]) are inverted
-    from one 53-bit uniform each, the others drawn by PTRS (module docstring); on other devices the
-    whole tensor goes to ``torch.poisson``. float16/bfloat16 rates are processed in float32.
+    from one 53-bit uniform each, the others drawn by PTRS (module docstring); on other devices (or with
+    ``backend="torch"``, ``SAMPLER_BACKENDS``) the whole tensor goes to ``torch.poisson``. float16/bfloat16
+    rates are processed in float32. Off the CPU the rates are not inspected (that would stop the device
+    queue every step): a non-finite rate gives a non-finite count, which the rollout's checks report.
     """
-    rate_min, rate_max = _validate_rates(rates)
+    rate_max = _validate_rates(rates)[1] if not isinstance(rates, Tensor) or rates.device.type == "cpu" else None
+    compiled = use_compiled_sampler(rates, backend)
     if not MIN_SMALL_RATE_CUTOFF <= small_rate_cutoff <= MAX_SMALL_RATE_CUTOFF:
         raise ValueError(f"small_rate_cutoff must lie in [{MIN_SMALL_RATE_CUTOFF}, {MAX_SMALL_RATE_CUTOFF}], "
                          f"got {small_rate_cutoff}")
     with torch.no_grad():
         rates = rates.detach()
         work = rates if rates.dtype in (torch.float32, torch.float64) else rates.float()
-        if rates.device.type != "cpu":
+        if not compiled:
             return torch.poisson(work, generator=generator).to(rates.dtype)
         if rates.numel() == 0 or rate_max == 0.0:
             return torch.zeros_like(rates)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fond.device import seeded_generator
 from fond.errors import DataError
 from fond.registry import model_spec
 from fond.validate import require
@@ -47,8 +48,9 @@ def input_bound(dtype: torch.dtype) -> float:
 def check_input(x, n_inputs: int, *, like: Tensor | None = None) -> Tensor:
     """``x`` as a floating tensor of shape (B ≥ 1, n_inputs) with finite values, else ``DataError``.
 
-    like: a tensor of the model (a parameter); ``x`` must be on its device and is converted to its dtype, and
-    values too large to square in that dtype (``input_bound``) are refused instead of overflowing to NaN.
+    like: a tensor of the model (a parameter); ``x`` is converted to its dtype and moved to its device from
+    the CPU (data usually live there; a tensor on another accelerator is refused: no hidden transfers between
+    GPUs), and values too large to square in that dtype (``input_bound``) are refused instead of overflowing.
     """
     x = numeric_tensor(x)
     if x.layout != torch.strided:
@@ -58,7 +60,7 @@ def check_input(x, n_inputs: int, *, like: Tensor | None = None) -> Tensor:
         raise DataError(f"input must be floating point, got dtype {x.dtype}{hint}")
     if x.ndim != 2 or x.shape[1] != n_inputs or x.shape[0] == 0:
         raise DataError(f"input must have shape (batch ≥ 1, {n_inputs}), got {tuple(x.shape)}")
-    if like is not None and x.device != like.device:
+    if like is not None and x.device != like.device and x.device.type != "cpu":
         raise DataError(f"input is on device '{x.device}', the model on '{like.device}': move one of them "
                         f"(x.to('{like.device}'))")
     finite = torch.isfinite(x)
@@ -72,7 +74,7 @@ def check_input(x, n_inputs: int, *, like: Tensor | None = None) -> Tensor:
         kind = str(dtype).removeprefix("torch.")
         raise DataError(f"input values too large: max |x| = {largest:.3g} exceeds {bound:.3g} for a {kind} model; "
                         "rescale the data (e.g. to unit variance)")
-    return x.to(dtype)
+    return x.to(device=like.device if like is not None else x.device, dtype=dtype)
 
 
 def check_option(condition: bool, key: str, message: str) -> None:
@@ -88,17 +90,21 @@ def check_steps(steps) -> int:
     return steps
 
 
-def make_generator(seed, generator) -> torch.Generator:
-    """``generator`` if given (a ``torch.Generator``), else a new one seeded by the integer ``seed``."""
+def make_generator(seed, generator, device: torch.device | str = "cpu") -> torch.Generator:
+    """``generator`` if given (a ``torch.Generator`` on ``device``, the input's), else a new one on ``device``
+    seeded by the integer ``seed``."""
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise DataError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != torch.device(device).type:
+            raise DataError(f"generator is on device '{generator.device}', the input on '{device}': make it with "
+                            f"torch.Generator(device='{device}')")
         return generator
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise DataError(f"seed must be an integer, got {seed!r}")
     if not -(2**63) <= int(seed) < 2**64:
         raise DataError(f"seed must fit in 64 bits, got {seed}")
-    return torch.Generator().manual_seed(int(seed))
+    return seeded_generator(int(seed), device)
 
 
 def _number(value) -> float | None:
@@ -194,7 +200,7 @@ class ModelBase(torch.nn.Module):
         else:
             reject_sequence(x, self.config.model)
             x = check_input(x, self.n_inputs, like=self.input_like)
-        return x, make_generator(seed, generator)
+        return x, make_generator(seed, generator, x.device)
 
     def preprocess(self, images, n: int = 5000, seed: int = 0) -> Tensor:
         """This model's inputs made from raw images (each (H, W) grey or (H, W, 3|4) colour, floats in [0, 1]

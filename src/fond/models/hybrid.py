@@ -52,9 +52,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -226,18 +226,17 @@ class _HybridVAE(ModelBase):
         mu, xi = self.initial_state(x)
         if not mu.requires_grad:  # a frozen encoder: the refinement still needs ∂F/∂state
             mu, xi = mu.detach().requires_grad_(), xi.detach().requires_grad_()
-        nlls, kls = [], []
-        rate_max = -math.inf
+        nlls, kls, maxima = [], [], []  # the maxima stay on the device: one host read after the loop
         for t in range(n_steps + 1):
             nll, kl, _ = self._free_energy(x, mu, xi, self._noise(mu, generator), log_sigma, fp)
             nlls.append(nll)
             kls.append(kl)
-            rate_max = max(rate_max, float(self.family.mean_code((mu, xi), fp).detach().max()))
+            maxima.append(self.family.mean_code((mu, xi), fp).detach().max())
             if t == n_steps:
                 break
             grad_mu, grad_xi = self._state_grads((nll + beta * kl).sum(), mu, xi, create_graph=True)
             mu, xi = self._step(mu, xi, grad_mu, grad_xi)
-        return nlls, kls, rate_max
+        return nlls, kls, float(torch.stack(maxima).max())
 
     def _training_loss(self, x: Tensor, steps: int, beta: float, generator: torch.Generator | None) -> UnrollLoss:
         raise NotImplementedError
@@ -258,13 +257,15 @@ class _HybridVAE(ModelBase):
 
     @staticmethod
     def _pack(loss: Tensor, nlls: list[Tensor], kls: list[Tensor], rate_max: float, d: int) -> UnrollLoss:
-        return UnrollLoss(loss=loss * (256.0 / d), nll=np.array([float(n.detach().mean()) for n in nlls]),
-                          kl=np.array([float(k.detach().mean()) for k in kls]), rate_max=rate_max)
+        means = torch.stack([torch.stack([n.detach().mean(), k.detach().mean()]) for n, k in zip(nlls, kls,
+                                                                                                  strict=True)])
+        means = means.to(torch.float64).cpu().numpy()
+        return UnrollLoss(loss=loss * (256.0 / d), nll=means[:, 0].copy(), kl=means[:, 1].copy(), rate_max=rate_max)
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None, tol: float | None = None,
+              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Encoder guess, then ``steps`` refinement steps; the result has ``fond.dynamics.rollout``'s fields.
 

@@ -9,6 +9,8 @@ iP-VAE 132,353, iG-VAE 132,866, iG_relu-VAE 133,378 numbers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -72,17 +74,19 @@ class IterativeVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None, tol: float | None = None,
+              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` FOND steps with evaluation samples from the initial state and return the result.
 
         x: (B, D) inputs (same preprocessing as training), or (steps, B, D) an online input sequence (frame
         t − 1 drives step t; the posterior carries over as the prior when the input changes). record:
         1-based steps whose mean code and sample to keep in ``result.history``. seed: seeds a private generator for the
-        samples (ignored if ``generator`` is given). trace: record per-step means (costs two extra decoder
-        passes per step). Samples are exact integer spikes (Poisson), hard binaries (Bernoulli) or
-        temperature-1 draws (Gaussian). tol, window: anytime inference (``fond.rollout.Convergence``): each
-        input freezes once its mean code has settled, the rollout stops when all have, ``result.steps_used``.
+        samples (ignored if ``generator`` is given). trace: record per-step means: True every key
+        (two extra decoder passes per step), False none, or the keys wanted (``fond.rollout.trace_keys``: e.g.
+        ("zeros", "kl") costs next to nothing, "r2" one decode per step). Samples are exact integer spikes
+        (Poisson), hard binaries (Bernoulli) or temperature-1 draws (Gaussian). tol, window: anytime inference
+        (``fond.rollout.Convergence``): each input freezes once its mean code has settled, the rollout stops
+        when all have, ``result.steps_used``.
         """
         x, gen = self.inference_input(x, steps, seed, generator)
         return rollout(self.components(), x, steps, generator=gen, trace=trace, record=record, tol=tol,

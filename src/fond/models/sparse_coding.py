@@ -29,7 +29,7 @@ iterative dynamics, and the interface every ``fond`` model offers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +146,7 @@ class MAPCoding(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None, tol: float | None = None,
+              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` steps of the deterministic dynamics from a = 0 and return the result.
 
