@@ -268,6 +268,27 @@ def test_fond_quantize_writes_a_model_that_infer_runs(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("fond: error: weight_bits must be")
 
 
+def test_fond_eval_and_fond_load_take_a_quantized_folder(tmp_path, capsys):
+    """A quantized folder carries its source run's data record, so `fond eval` evaluates it on the source's
+    held-out split (and writes its report) and `fond.load` returns the integer model; CUDA is refused."""
+    import json
+
+    import fond
+    from fond.cli import main
+    from fond.errors import ConfigError
+
+    folder = tmp_path / "q"
+    assert main(["quantize", "pretrained:ipvae-natural16", "--weight-bits", "8", "--state-bits", "16", "--out",
+                 str(folder)]) == 0
+    assert isinstance(fond.load(folder), fp.QuantizedModel)
+    assert main(["eval", str(folder), "--steps", "20", "--samples", "50", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_samples"] == 50 and summary["r2"] > 0.3
+    assert (folder / "report" / "report.md").read_text().startswith("# integer iP-VAE (8-bit weights, 16-bit")
+    with pytest.raises(ConfigError, match="runs on the CPU only"):
+        fond.load(folder, device="cuda")
+
+
 def test_online_input_and_anytime_inference_run_as_in_the_float_model(shipped):
     """An input sequence (steps, B, D) swaps the integer drive every frame; tol= freezes settled inputs and narrows
     the integer batch (the keys still come one per step, as the float engine's)."""

@@ -28,10 +28,13 @@ from safetensors.torch import save as st_save
 from fond.errors import CheckpointError, read_bytes
 from fond.run import RunFolder, atomic_write
 
-__all__ = ["save_model", "read_config", "save_tensors", "load_tensors", "check_tensors", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_model", "read_config", "save_tensors", "load_tensors", "check_tensors", "FORMAT", "FORMAT_VERSION",
+           "QUANTIZED_FORMAT"]
 
 FORMAT = "fond-model"
 FORMAT_VERSION = 1
+#: the integer models ``fond quantize`` writes (``fond.fixedpoint``): read by the same commands
+QUANTIZED_FORMAT = "fond-fixedpoint"
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
@@ -152,6 +155,6 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory}: not a fond model directory (no {path.name})") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable or not JSON ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, QUANTIZED_FORMAT):
         raise CheckpointError(f"{path}: not a fond model config (missing format '{FORMAT}')")
     return data

@@ -575,13 +575,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from fond.fixedpoint import quantize
     from fond.resume import load_model
 
+    from fond.train import read_run
+
     model = quantize(load_model(args.run), args.weight_bits, args.state_bits, input_bits=args.input_bits,
                      input_range=args.input_range, rate_bits=args.rate_bits)
+    model.run_info = {key: value for key, value in read_run(args.run).items() if key in ("train", "data")}
     out = args.out or Path("runs") / f"{args.run.name}-w{args.weight_bits}s{args.state_bits}"
     path = model.save(out)
     fmt = model.fmt
     print(f"fond: wrote {path}: {model.n_latents} integer neurons, {fmt.weight_bits}-bit weights, {fmt.state_bits}-bit "
-          f"potentials (2^-{fmt.fraction_bits} nats); fond.fixedpoint.load reads it", file=sys.stderr)
+          f"potentials (2^-{fmt.fraction_bits} nats); evaluate it with `fond eval {path}`", file=sys.stderr)
     return 0
 
 

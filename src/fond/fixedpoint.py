@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 import fond.families.kernels  # noqa: F401  (numba's vector-width choice is made there, before numba loads)
+from fond.checkpoint import QUANTIZED_FORMAT
 from fond.errors import CheckpointError, ConfigError, DataError
 from fond.result import InferenceResult
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
@@ -60,7 +61,7 @@ __all__ = ["FORMAT", "Quantization", "IntegerTables", "QuantizedModel", "FixedPo
 
 import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 
-FORMAT = "fond-fixedpoint"
+FORMAT = QUANTIZED_FORMAT
 FORMAT_VERSION = 1
 #: dtypes the integer step accepts and returns
 INTEGER_DTYPES = (np.int32, np.int64)
@@ -460,13 +461,33 @@ class QuantizedModel:
     """
 
     def __init__(self, fmt: Quantization, tables: IntegerTables, family, readout: dict[str, Tensor],
-                 scales: dict[str, np.ndarray], source: dict[str, Any]) -> None:
+                 scales: dict[str, np.ndarray], source: dict[str, Any], run_info: dict[str, Any] | None = None,
+                 ) -> None:
         self.fmt, self.tables, self.family = fmt, tables, family
         self.readout, self.scales, self.source = readout, scales, source
+        #: the source run's "train" and "data" records (its data spec and split: ``fond eval`` reads them)
+        self.run_info = dict(run_info or {})
 
     @property
     def n_inputs(self) -> int:
         return int(self.tables.encoder.shape[0])
+
+    @property
+    def dictionary(self) -> Tensor:
+        """The read-out's float dictionary Φ (D, K): what each neuron's spikes write into the reconstruction."""
+        return self.readout["dictionary"]
+
+    @property
+    def config(self):
+        """The float model's ``ModelConfig`` (model, decoder, sizes) this integer model was made from."""
+        from fond.config import ModelConfig, config_from_dict
+
+        return config_from_dict(ModelConfig, self.source["model"])
+
+    @property
+    def title(self) -> str:
+        """The display name reports use: the model and its widths."""
+        return f"integer iP-VAE ({self.fmt.weight_bits}-bit weights, {self.fmt.state_bits}-bit state)"
 
     @property
     def n_latents(self) -> int:
@@ -508,7 +529,7 @@ class QuantizedModel:
         folder = RunFolder(directory)
         folder.path.mkdir(parents=True, exist_ok=True)
         config = {"format": FORMAT, "version": FORMAT_VERSION, "quantization": asdict(self.fmt),
-                  "family": asdict(self.family), "source": self.source}
+                  "family": asdict(self.family), "source": self.source, **self.run_info}
         tensors = {**self.tables.tensors(self.fmt.weight_bits), **{f"readout_{k}": v for k, v in self.readout.items()},
                    **{k: torch.from_numpy(v) for k, v in self.scales.items()}}
         save_tensors(folder.model_path, tensors, {"format": FORMAT, "quantization": config["quantization"]})
@@ -611,6 +632,7 @@ def load(directory: str | Path) -> QuantizedModel:
     readout = {"dictionary": tensors["readout_dictionary"], "log_sigma": tensors["readout_log_sigma"]}
     try:
         return QuantizedModel(Quantization(**config["quantization"]), tables, PoissonFamily(**config["family"]),
-                              readout, scales, config.get("source", {}))
+                              readout, scales, config.get("source", {}),
+                              {key: config[key] for key in ("train", "data") if key in config})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder.config_path}: malformed ({type(exc).__name__}: {exc})") from None

@@ -27,7 +27,10 @@ MODEL_TITLES = {name: registry.model_title(name) for name in registry.BUILTIN_MO
 
 
 def model_title(model) -> str:
-    """A display name: "iP-VAE", "iG_relu-VAE (mlp decoder)", ... (the title of the model's registry entry)."""
+    """A display name: "iP-VAE", "iG_relu-VAE (mlp decoder)", ... (the title of the model's registry entry, or the
+    model's own ``title``: an integer model's)."""
+    if getattr(model, "title", None):
+        return model.title
     config = model.config
     title = registry.model_title(config.model)
     return title if config.decoder == "linear" else f"{title} ({config.decoder} decoder)"

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fond.checkpoint import check_tensors, load_tensors, read_config, save_tensors
+from fond.checkpoint import QUANTIZED_FORMAT, check_tensors, load_tensors, read_config, save_tensors
 from fond.config import ModelConfig, TrainConfig, config_from_dict
 from fond.device import resolve_device
 from fond.errors import CheckpointError, ConfigError, FondError, StorageError
@@ -44,6 +44,8 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device | N
     one-line ``CheckpointError`` for a missing, foreign or damaged file. ``device``: where the model goes
     ("cpu", "cuda[:N]", "auto"; ``fond.device.resolve_device``): files written on any device load on any other."""
     data = read_config(directory)
+    if data.get("format") == QUANTIZED_FORMAT:
+        return _load_quantized(directory, device)
     folder = RunFolder(directory)
     try:
         config = config_from_dict(ModelConfig, data.get("model"), source=str(folder.config_path))
@@ -63,6 +65,24 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device | N
         except FondError as exc:
             raise CheckpointError(f"{folder.config_path}: {exc}") from None
     return model.to(resolve_device(device))
+
+
+def _load_quantized(directory: str | os.PathLike[str], device: str | torch.device | None):
+    """An integer model (``fond quantize``): its engine runs on the CPU whatever the device asked for, except
+    an explicit CUDA device, which is refused."""
+    from fond.fixedpoint import load
+
+    if device not in (None, "auto", "cpu") and _device_type(device) != "cpu":
+        raise ConfigError(f"{directory}: an integer (fixed-point) model runs on the CPU only, not on {device}")
+    return load(directory)
+
+
+def _device_type(device: str | torch.device) -> str:
+    """The kind of device ``device`` names ("cpu", "cuda", ...), whether or not this machine has one."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        return resolve_device(device).type  # the one-line error for a malformed name
 
 
 def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
