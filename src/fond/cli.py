@@ -574,7 +574,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from fond.fixedpoint import quantize
     from fond.resume import load_model
-
     from fond.train import read_run
 
     model = quantize(load_model(args.run), args.weight_bits, args.state_bits, input_bits=args.input_bits,
