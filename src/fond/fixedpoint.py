@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import fond.families.kernels  # noqa: F401  (numba's vector-width choice is made there, before numba loads)
 from fond.checkpoint import QUANTIZED_FORMAT
 from fond.errors import CheckpointError, ConfigError, DataError
+from fond.families.kernels import random_bits, random_bits_reference  # before numba: its vector-width choice
 from fond.result import InferenceResult
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
 
@@ -74,26 +74,16 @@ MULTIPLIER_BITS = 23
 #: fractional bits of the soft-clamp table's grid (at most F)
 CLAMP_TABLE_BITS = 10
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's constants, as in fond.families.kernels
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
-_ONE = np.uint64(1)
+_S32 = np.uint64(32)
 
 
 # ---- the compiled integer kernels ---------------------------------------------------------------------------
 
 @nb.njit(inline="always")
-def _mix(z):
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-@nb.njit(inline="always")
 def _uniform32(key1, key2, counter):
-    """The top 32 of the 64 random bits of ``counter`` under (key1, key2), as an int64 in [0, 2³²)."""
-    return np.int64(_mix(_mix(key1 + (counter + _ONE) * _GAMMA) ^ key2) >> _S32)
+    """The top 32 of the 64 random bits of ``counter`` under (key1, key2) (the float samplers' stream,
+    ``fond.families.kernels.random_bits``), as an int64 in [0, 2³²)."""
+    return np.int64(random_bits(key1, key2, counter) >> _S32)
 
 
 @nb.njit(inline="always")
@@ -185,15 +175,7 @@ def step_kernel(u, spikes, drive, recurrent, recurrent_multiplier, recurrent_shi
 
 def integer_uniforms(key1: int, key2: int, counters: np.ndarray) -> np.ndarray:
     """The engine's integer uniforms U ∈ [0, 2³²) (int64) of ``counters`` (uint64), in NumPy (tests)."""
-    with np.errstate(over="ignore"):
-        c = np.asarray(counters, dtype=np.uint64)
-
-        def mix(z):
-            z = (z ^ (z >> _S30)) * _M1
-            z = (z ^ (z >> _S27)) * _M2
-            return z ^ (z >> _S31)
-
-        return (mix(mix(np.uint64(key1) + (c + _ONE) * _GAMMA) ^ np.uint64(key2)) >> _S32).astype(np.int64)
+    return (random_bits_reference(key1, key2, counters) >> _S32).astype(np.int64)
 
 
 # ---- the format and the integer tables ----------------------------------------------------------------------

@@ -79,13 +79,20 @@ def _mix(z):
 
 
 @nb.njit(inline="always")
+def random_bits(key1, key2, counter):
+    """The 64 random bits (uint64) of ``counter`` under the key (key1, key2): every compiled sampler's stream,
+    float and integer (SplitMix64's finaliser over a Weyl sequence, keyed twice)."""
+    return _mix(_mix(key1 + (counter + _ONE) * GAMMA) ^ key2)
+
+
+@nb.njit(inline="always")
 def _uniform(key1, key2, counter):
     """A uniform on [0, 1) with 53 random bits: the counter's draw under the key."""
-    return float(_mix(_mix(key1 + (counter + _ONE) * GAMMA) ^ key2) >> _S11) * _TO_UNIT
+    return float(random_bits(key1, key2, counter) >> _S11) * _TO_UNIT
 
 
-def uniforms_reference(key1: int, key2: int, counters: np.ndarray) -> np.ndarray:
-    """The kernels' uniforms for ``counters`` (uint64 array), computed in NumPy (slow; for tests)."""
+def random_bits_reference(key1: int, key2: int, counters: np.ndarray) -> np.ndarray:
+    """``random_bits`` of ``counters`` (uint64 array) computed in NumPy (slow; for tests): uint64."""
     with np.errstate(over="ignore"):
         c = np.asarray(counters, dtype=np.uint64)
 
@@ -94,8 +101,12 @@ def uniforms_reference(key1: int, key2: int, counters: np.ndarray) -> np.ndarray
             z = (z ^ (z >> _S27)) * _M2
             return z ^ (z >> _S31)
 
-        bits = mix(mix(np.uint64(key1) + (c + _ONE) * GAMMA) ^ np.uint64(key2))
-    return (bits >> _S11).astype(np.float64) * _TO_UNIT
+        return mix(mix(np.uint64(key1) + (c + _ONE) * GAMMA) ^ np.uint64(key2))
+
+
+def uniforms_reference(key1: int, key2: int, counters: np.ndarray) -> np.ndarray:
+    """The kernels' uniforms for ``counters`` (uint64 array), computed in NumPy (slow; for tests)."""
+    return (random_bits_reference(key1, key2, counters) >> _S11).astype(np.float64) * _TO_UNIT
 
 
 @nb.njit(inline="always")
