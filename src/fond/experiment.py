@@ -45,7 +45,7 @@ def result_row(train_config, model_config, evaluation, *, iterations: int, data_
 
 def run_experiment(data, train_config, model_config, out_dir: str | Path, *, data_spec: str | None = None,
                    eval_steps: int = 1000, eval_samples: int | None = None, evaluate: bool = True,
-                   progress: bool = False, distributed=None, device=None) -> ExperimentResult:
+                   progress: bool = False, distributed=None, device="cpu") -> ExperimentResult:
     """Train (or resume) ``model_config`` on ``data.train`` with ``train_config`` in ``out_dir``, then
     evaluate it on ``data.val`` (its first ``eval_samples`` inputs, all if None) for ``eval_steps`` steps
     (seed 0), write the report and the per-step curves, and last ``done.json``.

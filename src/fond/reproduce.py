@@ -120,7 +120,7 @@ def _sweep(models, data, preset: ReproducePreset, iterations, eval_samples, **fi
                        batch_size=preset.batch_size, **fields)
 
 
-def _load(run_dir: Path, device=None):
+def _load(run_dir: Path, device="cpu"):
     from fond.resume import load_model
 
     return load_model(run_dir, device)
@@ -131,7 +131,7 @@ def _row_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def reproduce(preset: str | ReproducePreset = "quick", out: str | Path = "runs/reproduce", *,
-              log: Callable[[str], None] | None = None, device=None) -> Path:
+              log: Callable[[str], None] | None = None, device="cpu") -> Path:
     """Run the whole protocol named by ``preset`` (or given as a ``ReproducePreset``) into ``out`` on
     ``device`` (``fond.device.resolve_device``); return the path of ``out/index.md``."""
     if isinstance(preset, ReproducePreset):
@@ -170,7 +170,7 @@ class _Stage:
     out: Path
     figures: Path
     log: Callable[[str], None]
-    device: Any = None  # where runs train and models are loaded (fond.device.resolve_device)
+    device: Any = "cpu"  # where runs train and models are loaded (fond.device.resolve_device)
 
     def sweep(self, models, data: str, folder: str, iterations: int | None, eval_samples: int,
               **fields) -> list[dict[str, Any]]:

@@ -193,7 +193,7 @@ def load_sweep_file(path: str | Path) -> dict[str, Any]:
 
 
 def run_point(spec: RunSpec, directory: str | Path, *, data=None, progress: bool = False,
-              device=None) -> dict[str, Any]:
+              device="cpu") -> dict[str, Any]:
     """Train (or resume), evaluate and report one grid point in ``directory`` through
     :func:`fond.experiment.run_experiment`; return its result row (``RESULT_COLUMNS``, also in ``done.json``).
 
@@ -268,7 +268,7 @@ def describe_row(row: dict[str, Any]) -> str:
 
 
 def run_sweep(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = False,
-              log: Callable[[str], None] | None = None, device=None) -> list[dict[str, Any]]:
+              log: Callable[[str], None] | None = None, device="cpu") -> list[dict[str, Any]]:
     """Run every grid point of ``sweep`` not yet finished under ``out_dir``; write sweep.csv / sweep.json.
 
     Runs go one at a time, in this process (``fond.sweep_ray.run_sweep_ray``: as Ray tasks). The config is

@@ -49,7 +49,7 @@ def _rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_run(run: Path, device=None):
+def _read_run(run: Path, device="cpu"):
     """The run's model (on ``device``), the ``--data`` spec it was trained on and its run information
     (``read_run``)."""
     from fond.resume import load_model, read_run
@@ -70,7 +70,7 @@ def _patch_side(model) -> tuple[int, int]:
 
 def run_analysis(kind: str, runs: Sequence[Path], out: Path, *, steps: int = 1000, samples: int = 500,
                  seeds: Sequence[int] = (0, 1, 2), train_samples: int = 50_000,
-                 target_r2: float | None = None, device=None) -> Path:
+                 target_r2: float | None = None, device="cpu") -> Path:
     """Run analysis ``kind`` on ``runs`` (models on ``device``: ``fond.device.resolve_device``); return the JSON
     path (the PNG sits beside it)."""
     if kind not in ANALYSES:
@@ -94,7 +94,7 @@ class _Request:
     seeds: Sequence[int]  # inference seeds of the classification probes
     train_samples: int  # training digits of the classification probes
     target_r2: float | None = None  # cost: the mean-code R² every run is costed at (None: chosen from the runs)
-    device: Any = None  # where the models run (fond.device.resolve_device)
+    device: Any = "cpu"  # where the models run (fond.device.resolve_device)
 
     @property
     def png(self) -> Path:
