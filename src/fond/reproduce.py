@@ -288,19 +288,22 @@ def _convergence(stage: _Stage, natural: _NaturalRuns) -> tuple[float, float]:
 
 
 def _v1_properties(stage: _Stage, natural: _NaturalRuns) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Gabor fits, grating tuning and contrast-dependent latency of the best natural-image iP-VAE (cached in
-    ``gabor.json`` and ``latency.json``); its dictionary as a figure."""
+    """Gabor fits, grating tuning and contrast-dependent latency of the recipe's natural-image iP-VAE (the
+    preset's β: the model whose dictionary the recipe is judged by, not the β sweep's lowest d) (cached in
+    ``gabor.json`` and ``latency.json``); the atoms of its most active neurons as a figure."""
     from fond.data import load_data
     from fond.plots import plot_dictionary
+    from fond.report import atoms_by_activity
 
-    best_ip, p, figures = natural.best_ip, stage.preset, stage.figures
-    stage.log(f"V1 properties of {best_ip['run']}: Gabor fits, grating tuning, contrast-dependent latency")
-    ip_model = _load(natural.run_dir(stage.out, best_ip), stage.device)
+    main_ip, p, figures = natural.main_ip, stage.preset, stage.figures
+    stage.log(f"V1 properties of {main_ip['run']}: Gabor fits, grating tuning, contrast-dependent latency")
+    ip_model = _load(natural.run_dir(stage.out, main_ip), stage.device)
     patches = load_data(p.natural_data, n_train=10, n_val=2000, seed=0)
     gabor_summary = _cached(stage.out / "gabor.json",
                             lambda: _gabor(ip_model, figures, p.eval_steps, patches.val[:500]))
-    plot_dictionary(ip_model.dictionary.detach().numpy(), (16, 16), figures / "dictionary_natural.png",
-                    max_atoms=128, title="iP-VAE dictionary on natural patches (128 largest atoms)")
+    plot_dictionary(atoms_by_activity(ip_model, patches.val)[:, :GABOR_ATOMS], (16, 16),
+                    figures / "dictionary_natural.png", max_atoms=GABOR_ATOMS, order="index",
+                    title=f"iP-VAE (β {main_ip['beta']:g}) dictionary: the {GABOR_ATOMS} most active neurons' atoms")
     latency = _cached(stage.out / "latency.json", lambda: _latency(ip_model, patches.val[:64], p, figures))
     return gabor_summary, latency
 
@@ -584,7 +587,7 @@ def _v1_lines(findings: _Findings) -> list[str]:
     fits = findings.gabor.get("fits", {})
     tuning = findings.gabor.get("tuning", {})
     latency = findings.latency
-    return [f"### V1 properties of the iP-VAE dictionary (run {findings.natural.best_ip['run']})", "",
+    return [f"### V1 properties of the iP-VAE dictionary (the recipe's β: run {findings.natural.main_ip['run']})", "",
             f"Gabor fits: {_fmt(fits.get('fraction_well_fit'))} of the atoms of the {GABOR_ATOMS} most active "
             "neurons well fit (R² ≥ 0.7); median spatial "
             f"frequency {_fmt(fits.get('median_frequency'))} cycles/pixel; median size "
