@@ -302,6 +302,51 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
                       unresolved)
 
 
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _relaxed_screen(rates, key1, key2, counter0, stop, busy):  # pragma: no cover - compiled
+    """Pass 1 over one chunk (vectorised, no libm call): busy[i] when element i's first arrival time
+    T_1 = −log(1 − U)/r falls at or before ``stop``, i.e. 1 − U ≥ e^{−stop·r}; the others add nothing (the loop
+    of ``_relaxed_element`` would stop before its first term), so their count and derivative are 0."""
+    for i in range(busy.size):
+        r = float(rates[i])
+        sr = stop * r
+        q = 1.0 - _uniform(key1, key2, counter0 + np.uint64(i))
+        busy[i] = (r > 0.0) & ((sr >= WIDE_RATE) | (q >= _exp_neg(min(sr, WIDE_RATE))))
+
+
+@nb.njit(inline="always")
+def _relaxed_element(r, counter, stride, key1, key2, inv_tau, stop, limits, sizes, indicator):
+    """(count, ∂count/∂r) of one element of rate r > 0 whose first uniform is ``counter``'s."""
+    n_sizes = limits.size
+    terms = sizes[n_sizes]
+    for b in range(n_sizes):
+        if r <= limits[b]:
+            terms = sizes[b]
+            break
+    arrival = 0.0
+    soft = 0.0
+    slope = 0.0
+    hard = 0.0
+    for _ in range(terms):
+        arrival += -math.log1p(-_uniform(key1, key2, counter))
+        counter += stride
+        t = arrival / r
+        if t > stop:  # this and every later term add < 1e-17 (sigmoid), exactly 0 (cubic): skip their exp
+            break
+        x = (1.0 - t) * inv_tau
+        if indicator == CUBIC:
+            s = min(max(0.5 * x + 0.5, 0.0), 1.0)
+            soft += s * s * (3.0 - 2.0 * s)
+            slope += 3.0 * s * (1.0 - s) * t
+        else:
+            g = 1.0 / (1.0 + math.exp(-x))
+            soft += g
+            slope += g * (1.0 - g) * t
+            if t < 1.0:
+                hard += 1.0
+    return (hard if indicator == STRAIGHT_THROUGH else soft), slope * inv_tau / r
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, sizes,
                    indicator):  # pragma: no cover - compiled
@@ -314,52 +359,29 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
     the sigmoid's derivative. Terms stop at the first T_j > 1 + 40τ, before its indicator is computed
     (sigmoid: it and every later term add < 1e-17; cubic: exactly 0); a zero rate gives count 0 and derivative
-    0. Counts and derivatives below 1e-30
-    are stored as 0 (float32 denormals slow every later matrix product down by an order of magnitude).
+    0. Counts and derivatives below 1e-30 are stored as 0 (float32 denormals slow every later matrix product
+    down by an order of magnitude). Per chunk, a vectorised screen (``_relaxed_screen``) finds the elements
+    whose first arrival already lies past the stop (most of them: small rates) without a logarithm; only the
+    rest run the term loop.
     """
     n = rates.size
     stride = np.uint64(n)
     inv_tau = 1.0 / temperature
     stop = 1.0 + (temperature if indicator == CUBIC else 40.0 * temperature)
-    n_sizes = limits.size
-    for i in nb.prange(n):
-        r = float(rates[i])
-        if r <= 0.0:
-            counts[i] = 0.0
-            derivative[i] = 0.0
-            continue
-        terms = sizes[n_sizes]
-        for b in range(n_sizes):
-            if r <= limits[b]:
-                terms = sizes[b]
-                break
-        arrival = 0.0
-        soft = 0.0
-        slope = 0.0
-        hard = 0.0
-        counter = np.uint64(i)
-        for _ in range(terms):
-            arrival += -math.log1p(-_uniform(key1, key2, counter))
-            counter += stride
-            t = arrival / r
-            if t > stop:  # this and every later term add < 1e-17 (sigmoid), exactly 0 (cubic): skip their exp
-                break
-            x = (1.0 - t) * inv_tau
-            if indicator == CUBIC:
-                s = min(max(0.5 * x + 0.5, 0.0), 1.0)
-                soft += s * s * (3.0 - 2.0 * s)
-                slope += 3.0 * s * (1.0 - s) * t
-            else:
-                g = 1.0 / (1.0 + math.exp(-x))
-                soft += g
-                slope += g * (1.0 - g) * t
-                if t < 1.0:
-                    hard += 1.0
-        count = hard if indicator == STRAIGHT_THROUGH else soft
-        slope *= inv_tau / r
-        # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
-        counts[i] = count if count >= 1e-30 else 0.0
-        derivative[i] = slope if abs(slope) >= 1e-30 else 0.0
+    for c in nb.prange((n + CHUNK - 1) // CHUNK):
+        a = c * CHUNK
+        b = min(n, a + CHUNK)
+        busy = np.empty(b - a, np.bool_)
+        _relaxed_screen(rates[a:b], key1, key2, np.uint64(a), stop, busy)
+        for j in range(b - a):
+            i = a + j
+            count, slope = 0.0, 0.0
+            if busy[j]:
+                count, slope = _relaxed_element(float(rates[i]), np.uint64(i), stride, key1, key2, inv_tau, stop,
+                                                limits, sizes, indicator)
+            # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
+            counts[i] = count if count >= 1e-30 else 0.0
+            derivative[i] = slope if abs(slope) >= 1e-30 else 0.0
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
