@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fractional bits of u on the Poisson table's grid (1..12)")
     qz.add_argument("--out", type=Path, help="folder to write (default: runs/NAME-wBsS)")
     for command in (tr, ev, en, sw, an, rp, bn):
-        command.add_argument("--device", default="auto", help=DEVICE_HELP)
+        command.add_argument("--device", default="cpu", help=DEVICE_HELP)
     return parser
 
 

@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # torch loads on first use: the command line reads DEVICE_HEL
 
 __all__ = ["DEVICE_HELP", "resolve_device", "seeded_generator", "device_name", "synchronize"]
 
-DEVICE_HELP = ("where tensors live: auto (a CUDA GPU when one is present, else the CPU), cpu, cuda or cuda:N "
-               "(default: auto)")
+#: the default stays the CPU until the CUDA paths have been run on a GPU (docs/gpu.md): opt in with cuda or auto
+DEVICE_HELP = ("where tensors live: cpu, cuda, cuda:N or auto (a CUDA GPU when one is present, else the CPU) "
+               "(default: cpu)")
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
