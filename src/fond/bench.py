@@ -167,17 +167,14 @@ def _shipped_run(inputs: int, latents: int) -> str | None:
 def _inputs(run: str | None, batch: int, inputs: int, seed: int = 0, device: torch.device | str = "cpu") -> Tensor:
     """Held-out natural patches (D = 256) or centred MNIST digits (D = 784) for a trained run; else noise; on
     ``device``."""
-    return _cpu_inputs(run, batch, inputs, seed).to(device)
-
-
-def _cpu_inputs(run: str | None, batch: int, inputs: int, seed: int = 0) -> Tensor:
-    """Held-out natural patches (D = 256) or centred MNIST digits (D = 784) for a trained run; else noise."""
     if run and inputs in (256, 784):
         from fond.data import load_data
 
         spec = "natural16" if inputs == 256 else "mnist"
-        return torch.as_tensor(load_data(spec, n_train=10, n_val=batch).val, dtype=torch.float32)
-    return torch.randn(batch, inputs, generator=torch.Generator().manual_seed(seed))
+        x = torch.as_tensor(load_data(spec, n_train=10, n_val=batch).val, dtype=torch.float32)
+    else:
+        x = torch.randn(batch, inputs, generator=torch.Generator().manual_seed(seed))
+    return x.to(device)
 
 
 def _training_call(variant: str, model, x: Tensor, steps: int, beta: float, temperature: float,

@@ -50,6 +50,7 @@ __all__ = [
     "SquareImageConv",
     "VJPDecoderOperators",
     "make_decoder",
+    "precision_gram",
     "layer_parameters",
     "linear_parameters",
     "require_positive",
@@ -77,15 +78,21 @@ class DecoderOperators(ABC):
         """The decoder's mean g(f): (B, K) -> (B, D)."""
 
 
+def precision_gram(dictionary: Tensor, inv_variance: Tensor) -> tuple[Tensor, Tensor]:
+    """(Σ⁻¹Φ (D, K), W = ΦᵀΣ⁻¹Φ (K, K)) of a dictionary Φ (D, K) and σ_x⁻² (D,): the drive's weights and the
+    recurrent (explaining-away) matrix of a linear decoder, for the dynamics, the integer engine and NIR export."""
+    weighted = dictionary * inv_variance[:, None]
+    return weighted, dictionary.T @ weighted
+
+
 class LinearDecoderOperators(DecoderOperators):
     """Φᵀ(x − Φf)/σ_x² = drive − f·gram with drive = Φᵀx/σ_x² (B, K) and gram = ΦᵀΣ⁻¹Φ (K, K)."""
 
     def __init__(self, dictionary: Tensor, x: Tensor, inv_variance: Tensor) -> None:
         """dictionary: Φ (D, K). x: the batch (B, D). inv_variance: σ_x⁻² (D,)."""
-        weighted = dictionary * inv_variance[:, None]
+        weighted, self.gram = precision_gram(dictionary, inv_variance)
         self.dictionary = dictionary
         self.drive = x @ weighted
-        self.gram = dictionary.T @ weighted
 
     def pullback(self, f: Tensor) -> Tensor:
         return self.drive - f @ self.gram

@@ -102,13 +102,15 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 def standard_parameters(model) -> dict[str, np.ndarray]:
     """The NIR nodes' standard fields computed from the model (model dtype): drive weight (K, D) and bias (K,),
     recurrent weight (K, K), decoder weight Φ (D, K)."""
+    from fond.decoders import precision_gram
+
     parts = model.components()
     with torch.no_grad():
         step = torch.exp(parts.family_params["log_step_size"]).reshape(())
         phi = model.decoder.dictionary
-        weighted = phi * parts.inv_variance[:, None]  # Σ⁻¹Φ (D, K), as LinearDecoderOperators computes it
+        weighted, gram = precision_gram(phi, parts.inv_variance)
         return {"drive.weight": _array(step * weighted.T), "drive.bias": _array(-step * parts.bias),
-                "recurrent.weight": _array(-step * (phi.T @ weighted).T), "decoder.weight": _array(phi)}
+                "recurrent.weight": _array(-step * gram.T), "decoder.weight": _array(phi)}
 
 
 def _graph_metadata(model) -> dict[str, Any]:

@@ -319,6 +319,7 @@ def _check_width(value, name: str, low: int, high: int) -> int:
 
 def float_parts(model) -> dict[str, np.ndarray | float]:
     """A Poisson model with a linear dictionary as float64 arrays: encoder ηΦ/σ² (D, K), ηW (K, K), ηb, u_init."""
+    from fond.decoders import precision_gram
     from fond.families.poisson import PoissonFamily
 
     family = getattr(model, "family", None)
@@ -327,9 +328,8 @@ def float_parts(model) -> dict[str, np.ndarray | float]:
     parts = model.components()
     with torch.no_grad():
         eta = float(torch.exp(parts.family_params["log_step_size"]).reshape(()))
-        phi = model.dictionary.detach().double()
-        weighted = phi * parts.inv_variance.detach().double()[:, None]
-        return {"encoder": (eta * weighted).numpy(), "gram": (eta * (phi.T @ weighted)).numpy(),
+        weighted, gram = precision_gram(model.dictionary.detach().double(), parts.inv_variance.detach().double())
+        return {"encoder": (eta * weighted).numpy(), "gram": (eta * gram).numpy(),
                 "bias": (eta * parts.bias.detach().double()).numpy(), "eta": eta,
                 "initial": parts.family_params[family.initial_key].detach().double().numpy()}
 
@@ -586,18 +586,13 @@ def _check_shapes(path: Path, t: IntegerTables) -> None:
 def load(directory: str | Path) -> QuantizedModel:
     """A quantised model written by ``QuantizedModel.save`` (``fond quantize``); one-line CheckpointError if the
     folder is not one."""
-    from fond.checkpoint import load_tensors
+    from fond.checkpoint import load_tensors, read_config
     from fond.families.poisson import PoissonFamily
     from fond.run import RunFolder
 
     folder = RunFolder(directory)
-    if not folder.path.is_dir():
-        raise CheckpointError(f"{folder.path}: no such directory")
-    try:
-        config = json.loads(folder.config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder.config_path}: unreadable ({type(exc).__name__})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_config(directory)
+    if config.get("format") != FORMAT:
         raise CheckpointError(f"{folder.config_path}: not a quantised fond model (format '{FORMAT}'; write one with "
                               "`fond quantize RUN`)")
     tensors, _ = load_tensors(folder.model_path)

@@ -140,13 +140,12 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
     steps would give: ``du_norm`` 0, the prior term of an unmoved state).
     Call under ``torch.no_grad()``; inputs are expected checked (``fond.models.common``).
     """
-    trace_keys(trace)  # a bad trace argument fails before any step
+    keys = trace_keys(trace)  # a bad trace argument fails before any step
     if tol is not None:
         watch = Convergence(tol, window, steps, online=x.ndim == 3)
-        return _run_anytime(method, x, steps, watch, generator=generator, trace=trace, record=record)
+        return _run_anytime(method, x, steps, watch, generator=generator, keys=keys, record=record)
     online = x.ndim == 3
     recorder = Recorder(record, steps)
-    keys = trace_keys(trace)
     tracer = TraceRecorder(method, keys) if keys else None
     frame = x[0] if online else x
     current = method.start(frame, generator, trace=bool(keys))
@@ -162,11 +161,10 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
 
 
 def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergence, *,
-                 generator: torch.Generator | None, trace: bool | Iterable[str], record) -> InferenceResult:
+                 generator: torch.Generator | None, keys: tuple[str, ...], record) -> InferenceResult:
     """``run_inference`` with ``tol``: the batch narrows to the unconverged inputs where the method can
     (``InferenceSteps.select``); the trace, the history and the result still cover every input."""
     recorder = Recorder(record, steps)
-    keys = trace_keys(trace)
     tracer = TraceRecorder(method, keys) if keys else None
     frame, narrowable, done = x, True, steps
     current = method.start(frame, generator, trace=True)
