@@ -146,15 +146,21 @@ def test_compiled_relaxed_sampler_keeps_one_tensor_for_backward():
 
 
 def test_torch_relaxed_sampler_counts_each_element_with_its_own_terms():
-    """The torch path draws the batch's widest number of arrival times but counts each element's own: a tiny
-    rate beside a large one keeps its small-rate distribution (mean = rate at small τ), and each element's
-    truncation is that of its own term count (never more terms counted than its bucket gives)."""
+    """The torch path draws the batch's widest number of arrival times but counts each element's own: beside
+    rates of 60 (128 terms), a rate of 2 keeps its own 4 terms at tail 0.06 (P(Pois(2) > 4) = 0.053), so its
+    hard counts are min(X, 4): at most 4, with mean E[min(X, 4)] — counting all 128 would give mean 2 and
+    5 % of counts above 4."""
+    from fond.families.poisson import _term_table
+
+    limits, sizes = _term_table(0.06, 1024, None)
+    assert sizes[int(np.searchsorted(limits, 2.0))] == 4  # the premise: rate 2's own bucket holds 4 terms
     gen = torch.Generator().manual_seed(8)
-    rates = torch.cat([torch.full((100_000,), 0.2, dtype=torch.float64), torch.full((10,), 60.0, dtype=torch.float64)])
-    z = relaxed_poisson(rates, 0.0, gen, backend="torch")
+    rates = torch.cat([torch.full((100_000,), 2.0, dtype=torch.float64), torch.full((10,), 60.0, dtype=torch.float64)])
+    z = relaxed_poisson(rates, 0.0, gen, backend="torch", tail=0.06)
     small = z[:100_000]
-    assert abs(float(small.mean()) - 0.2) < 5 * math.sqrt(0.2 / 100_000)
-    assert float(small.max()) <= 4  # the 0.2 rate's own bucket: 4 arrival times
+    capped = stats.poisson(2.0).pmf(np.arange(4)) @ np.arange(4) + 4 * stats.poisson(2.0).sf(3)
+    assert float(small.max()) <= 4
+    assert abs(float(small.mean()) - capped) < 5 * math.sqrt(2.0 / 100_000)
     assert float(z[100_000:].mean()) > 40
 
 
