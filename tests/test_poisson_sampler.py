@@ -360,3 +360,25 @@ def test_wide_vector_choice_only_on_avx512_and_only_when_not_opted_out():
     assert features() == expected
     assert features(FOND_NUMBA_256_BIT="1") == "unset"
     assert features(NUMBA_CPU_FEATURES="+avx2") == "+avx2"
+
+
+# The screen (U < 1 − r − margin ⇒ count 0, no exponential) settles only counts that are truly 0: rates set so
+# that each element's F(0) = e^{−r} lies a relative 1e-9 above or below its own reference uniform put every
+# element at the screen's edge (including U near 1, r near 0, where 1 − r is closest to e^{−r}); every count
+# must still be the inverse CDF of its uniform, for the plain sampler and the fused rate step.
+@pytest.mark.parametrize("side", [1.0, -1.0])
+def test_screen_settles_only_zero_counts(side):
+    from fond.families import kernels
+
+    n = 50_000
+    u = kernels.uniforms_reference(12345, 67890, np.arange(n, dtype=np.uint64))
+    rates = -np.log(np.maximum(u, 1e-300)) * (1.0 + side * 1e-9)
+    expected = (u >= np.exp(-rates)).astype(np.float64)  # F(0) = e^{−r}; r < 1e-3 except a few: F(1) ≫ u there
+    expected += (u >= np.exp(-rates) * (1.0 + rates)) & (rates > 0)
+    out = np.empty(n)
+    kernels.poisson_counts(rates, out, np.uint64(12345), np.uint64(67890), 20.0, sampling.RECIPROCALS)
+    big = rates > 0.5  # the exact CDF for the few large rates
+    cdf = stats.poisson.cdf(np.arange(40), rates[big][:, None])
+    expected[big] = (u[big][:, None] >= cdf).sum(1)
+    assert np.array_equal(out, expected)
+    assert (expected == 1).sum() > n // 3 if side > 0 else (expected[~big] == 0).all()
