@@ -157,8 +157,31 @@ def test_a_trace_without_fit_keys_never_decodes_inside_the_loop(monkeypatch):
     net.infer(torch.randn(4, 16), 30, trace=("zeros", "kl"))
     assert len(calls) <= 2
     calls.clear()
+    residuals = FondSteps.residuals
+    monkeypatch.setattr(FondSteps, "residuals",
+                        lambda self, code, frame: calls.append(1) or residuals(self, code, frame))
     net.infer(torch.randn(4, 16), 30, trace=("r2",))
-    assert len(calls) >= 30
+    assert len(calls) >= 30  # R² needs each step's residual: from the sparse counts or a decode
+
+
+@pytest.mark.parametrize("name", ["ipvae-natural16", "ipvae-mnist"])
+def test_sparse_residuals_give_the_decoded_trace(monkeypatch, name):
+    """The trace's R² and NLL from the sample's non-zero counts (``FondSteps.residuals``) equal those of a
+    decode of the same sample, step by step (same draws), on a trained model's sparse codes."""
+    import fond
+    from fond.dynamics import FondSteps
+
+    model = fond.pretrained(name)
+    x = torch.rand(64, model.n_inputs, generator=torch.Generator().manual_seed(0))
+    sparse = model.infer(x, 20, seed=3, trace=("r2", "nll"))
+    used = []
+    original = FondSteps.residuals
+    monkeypatch.setattr(FondSteps, "residuals", lambda self, code, frame: used.append(
+        original(self, code, frame) is not None) and None)
+    decoded = model.infer(x, 20, seed=3, trace=("r2", "nll"))
+    assert sum(used) >= 15  # the sparse path was taken on most steps
+    np.testing.assert_allclose(sparse.trace["r2"], decoded.trace["r2"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sparse.trace["nll"], decoded.trace["nll"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [("r3",), 5, ["r2", "nope"]])

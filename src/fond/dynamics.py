@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fond.decoders import Decoder
+from fond.decoders import Decoder, LinearDecoderOperators
 from fond.engine import fused_engine
 from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
+from fond.families.sampling import kernel_threads
 from fond.metrics import gaussian_nll
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
@@ -128,6 +129,8 @@ class FondSteps(InferenceSteps):
         self.log_sigma = parts.log_sigma
         self.engine = None
         self.keep_state = True
+        self._atoms: Tensor | None = None  # Φᵀ (K, D) contiguous, for ``residuals``
+        self._precision: Tensor | None = None
 
     def prepare(self, frame: Tensor):
         return self.parts.decoder.operators(frame, self.parts.inv_variance)
@@ -156,6 +159,29 @@ class FondSteps(InferenceSteps):
                           self.parts.bias)
         sample = family.sample(state, fp, generator, None)
         return Step(state, family.mean_code(state, fp), family.activation(sample.value, fp), carry=sample)
+
+    def residuals(self, code: Tensor, frame: Tensor) -> tuple[Tensor, Tensor] | None:
+        """From the non-zero counts alone (``sparse_kernels.sparse_residuals``) where the decoder is linear, the
+        arrays are on the CPU and the code is sparse enough (``SPARSE_RESIDUALS_BELOW``); else None."""
+        from fond.families.sparse_kernels import SPARSE_RESIDUALS_BELOW, sparse_residuals
+
+        operators = self.constants(frame)
+        if not isinstance(operators, LinearDecoderOperators) or code.device.type != "cpu" or (
+                code.dtype not in (torch.float32, torch.float64) or code.dtype != frame.dtype):
+            return None
+        engine = self.engine
+        density = engine.density if engine is not None and code is getattr(engine, "spikes", None) else (
+            float(torch.count_nonzero(code)) / max(1, code.numel()))
+        if density >= SPARSE_RESIDUALS_BELOW:
+            return None
+        if self._atoms is None or self._atoms.dtype != code.dtype:
+            self._atoms = operators.dictionary.detach().t().to(code.dtype).contiguous()  # (K, D)
+            self._precision = self.parts.inv_variance.detach().to(code.dtype).contiguous()
+        squares, weighted = (torch.empty(code.shape[0], dtype=torch.float64) for _ in range(2))
+        kernel_threads(code.numel())
+        sparse_residuals(code.contiguous().numpy(), self._atoms.numpy(), frame.contiguous().numpy(),
+                         self._precision.numpy(), squares.numpy(), weighted.numpy())
+        return squares.to(code.dtype), weighted.to(code.dtype)
 
     def finish(self, last: Step) -> Step:
         if self.engine is None:

@@ -101,6 +101,11 @@ LIMBS = 4
 MAX_SMALL_COUNT = 255
 #: largest K for the limb product: int32 sums of 255·127·K stay exact in float32 (< 2²⁴)
 MAX_LIMB_INPUTS = 512
+#: ``product="auto"`` takes the sparse product (``fond.families.sparse_kernels``) for a step whose counts have
+#: fewer non-zero entries than this fraction: beside the float product (synthetic crossover ~0.18 at B 1000,
+#: K 512 on an AVX-512 core, sparse still ahead at 0.12 on trained models), beside AMX's int8 limbs (even at 0.12;
+#: benchmarks/engine_products.py, BENCHMARKS.md)
+SPARSE_BELOW_FLOAT, SPARSE_BELOW_LIMBS = 0.2, 0.12
 
 
 def limb_product_available() -> bool:
@@ -152,8 +157,10 @@ class PoissonLinearEngine:
     ``start(u)`` takes the initial potentials (B, K); each ``step(z, drive)`` maps the previous sample z
     (B, K) and the current drive Φᵀx/σ² (B, K) to (rates, spikes) of the new state; ``potentials()``
     returns u = −log E. Tensors are reused between steps (the rates every other step): copy what you keep.
-    ``product``: "float" (one addmm), "limbs" (``LimbProduct``; float32 only) or "auto" (limbs for float32
-    where ``limb_product_available()``, else float).
+    ``product``: "float" (one addmm), "limbs" (``LimbProduct``; float32 only), "sparse" (only the non-zero
+    counts' rows of W: ``fond.families.sparse_kernels.sparse_addmm``) or "auto": per step, sparse where the
+    counts are sparse enough (``SPARSE_BELOW_LIMBS`` / ``SPARSE_BELOW_FLOAT``), else limbs for float32 where
+    ``limb_product_available()``, else float. ``density``: the fraction of non-zero counts of the last draw.
     """
 
     def __init__(self, family, params, bias: Tensor, gram: Tensor, product: str = "auto") -> None:
@@ -172,15 +179,19 @@ class PoissonLinearEngine:
         self.cutoff = SMALL_RATE_CUTOFF
         self._drive = None
         self._neg_drive: Tensor | None = None
-        if product not in ("auto", "float", "limbs"):
-            raise ValueError(f"product must be 'auto', 'float' or 'limbs', got {product!r}")
-        if product == "auto":
+        if product not in ("auto", "float", "limbs", "sparse"):
+            raise ValueError(f"product must be 'auto', 'float', 'limbs' or 'sparse', got {product!r}")
+        dense = product
+        if product in ("auto", "sparse"):
             fits = gram.dtype == torch.float32 and gram.shape[0] <= MAX_LIMB_INPUTS
-            product = "limbs" if fits and limb_product_available() else "float"
-        if product == "limbs" and gram.dtype != torch.float32:
+            dense = "limbs" if product == "auto" and fits and limb_product_available() else "float"
+        if dense == "limbs" and gram.dtype != torch.float32:
             raise ValueError(f"the limb product needs a float32 model, got {gram.dtype}")
         self.product = product
-        self.limbs = LimbProduct(self.scaled_gram) if product == "limbs" else None
+        self.sparse_below = {"auto": SPARSE_BELOW_LIMBS if dense == "limbs" else SPARSE_BELOW_FLOAT,
+                             "sparse": 1.01}.get(product, -1.0)
+        self.limbs = LimbProduct(self.scaled_gram) if dense == "limbs" else None
+        self.density = 1.0
 
     def start(self, u: Tensor) -> None:
         self._allocate(torch.exp(-u).contiguous())
@@ -218,24 +229,37 @@ class PoissonLinearEngine:
         if drive is not self._drive:  # −η(drive − b), once per input frame
             self._drive = drive
             self._neg_drive = (self.step_size * (self.bias - drive)).contiguous()
-        small = self._small(z)
-        if small is not None:
-            self.work.copy_(self._neg_drive)
-            self.limbs.accumulate(small, self.work)  # −d
-        else:
-            torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)  # −d
+        self._product(z)  # −d into self.work
         if self.exp_bounds != (None, None):
             self.work.clamp_(*self.exp_bounds)
         self.work.exp_()
         self.rates = self._rate_buffers[1] if self.rates is self._rate_buffers[0] else self._rate_buffers[0]
         key1, key2 = draw_key(generator)
         kernel_threads(self.rates.numel())
-        overflow = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
-                                     self.rates.view(-1).numpy(), self.spikes.view(-1).numpy(),
-                                     self.small_counts.view(-1).numpy(), key1, key2, self.ceiling, self.floor_factor,
-                                     self.cutoff, self.reciprocals)
+        overflow, nonzero = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
+                                              self.rates.view(-1).numpy(), self.spikes.view(-1).numpy(),
+                                              self.small_counts.view(-1).numpy(), key1, key2, self.ceiling,
+                                              self.floor_factor, self.cutoff, self.reciprocals)
         self._small_valid = self.limbs is not None and overflow == 0
+        self.density = nonzero / max(1, self.spikes.numel())
         return self.rates, self.spikes
+
+    def _product(self, z: Tensor) -> None:
+        """self.work = −d = η(b − drive) + z·ηW with the product this step's counts make cheapest."""
+        from fond.families.sampling import kernel_threads
+        from fond.families.sparse_kernels import sparse_addmm
+
+        density = self.density if z is self.spikes else float(torch.count_nonzero(z)) / max(1, z.numel())
+        if density < self.sparse_below:
+            kernel_threads(z.numel())
+            sparse_addmm(self._neg_drive.numpy(), z.contiguous().numpy(), self.scaled_gram.numpy(), self.work.numpy())
+            return
+        small = self._small(z)
+        if small is not None:
+            self.work.copy_(self._neg_drive)
+            self.limbs.accumulate(small, self.work)
+        else:
+            torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)
 
     def potentials(self) -> Tensor:
         """u = −log E (B, K)."""
@@ -271,8 +295,9 @@ class PoissonLinearEngine:
         kernel_threads(u.numel())
         poisson_row_stats(*(a.numpy() for a in arrays), kl.numpy(), du2.numpy(), zeros.numpy())
         dtype = u.dtype
+        rate_max = rates.amax(-1)  # saturated from it: u ≥ c − log 2 ⇔ e^u ≥ e^c / 2 (one pass less over u)
         return {"zeros": (zeros / width).to(dtype), "du_norm": du2.sqrt_().to(dtype), "kl": kl.to(dtype),
-                "rate_max": rates.amax(-1), "saturated": self.family.saturated((u,), self.params).to(dtype)}
+                "rate_max": rate_max, "saturated": (rate_max >= self.family.saturation_rate()).to(dtype)}
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:

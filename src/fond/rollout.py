@@ -113,6 +113,12 @@ class InferenceSteps(ABC):
         them all)."""
         return None
 
+    def residuals(self, code: Tensor, frame: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Per input (B,) each: ‖frame − decode(code)‖² and Σ_d (frame − decode(code))_d² · σ_d⁻² (σ from
+        ``log_sigma``), where the method computes them more cheaply than a decode would (e.g. from a sparse
+        code); None otherwise (the default: the trace decodes)."""
+        return None
+
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step | None:
         """``step`` narrowed to ``rows`` ((B',) int64 indices into its batch), to go on with ``frame`` (B', D),
         the frame's rows; or None where the method cannot narrow its batch (the default). Anytime inference
@@ -423,7 +429,7 @@ class TraceRecorder:
         """Each needed key's value per input (B',) at step ``new``."""
         method, out = self.method, {}
         if self.fit:
-            out["r2"], out["nll"] = self._fit(frame, method.decode(new.decoded))
+            out["r2"], out["nll"] = self._fit_code(frame, new.decoded)
         if not self.other:
             if self.rates_fit:
                 out["r2_rates"] = self._rates_r2(frame, new, out.get("r2"))
@@ -445,15 +451,28 @@ class TraceRecorder:
             return r2
         return self._fit(frame, self.method.decode(new.rates))[0]
 
-    def _fit(self, frame: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
-        """R² and the Gaussian NLL (nats) of ``reconstruction`` against ``frame`` (B', D), per input, from one
-        squared residual (``fond.metrics.r2_per_sample`` and ``gaussian_nll``, to rounding)."""
+    def _fit_code(self, frame: Tensor, code: Tensor) -> tuple[Tensor, Tensor]:
+        """``_fit`` of the decoded ``code``, from the method's ``residuals`` where it offers them."""
+        total, _, constant = self._frame_constants(frame)
+        sums = None if constant is None else self.method.residuals(code, frame)
+        if sums is None:
+            return self._fit(frame, self.method.decode(code))
+        squares, weighted = sums
+        return 1.0 - squares / total, 0.5 * weighted + constant
+
+    def _frame_constants(self, frame: Tensor) -> tuple:
+        """(Σ_d (x − x̄)² (B',), σ⁻² (D,), Σ_d log σ_d + D/2 log 2π or None for a scalar log σ) of ``frame``."""
         if frame is not self._frame:
             total = (frame - frame.mean(-1, keepdim=True)).pow(2).sum(-1).clamp_min(1e-12)
             log_sigma = self.method.log_sigma.to(frame.dtype)
             constant = float((log_sigma + 0.5 * LOG_2PI).sum()) if log_sigma.ndim else None
             self._frame, self._frame_terms = frame, (total, torch.exp(-2.0 * log_sigma), constant)
-        total, precision, constant = self._frame_terms
+        return self._frame_terms
+
+    def _fit(self, frame: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
+        """R² and the Gaussian NLL (nats) of ``reconstruction`` against ``frame`` (B', D), per input, from one
+        squared residual (``fond.metrics.r2_per_sample`` and ``gaussian_nll``, to rounding)."""
+        total, precision, constant = self._frame_constants(frame)
         squares = (reconstruction - frame).square_()
         if constant is None:  # a scalar log σ
             nll = gaussian_nll(frame, reconstruction, self.method.log_sigma)

@@ -1,0 +1,96 @@
+"""The sparse products against dense float64 oracles, and the engine's sparse product against its float one."""
+
+import numpy as np
+import pytest
+import torch
+
+from fond import IPVAE
+from fond.families.sparse_kernels import sparse_addmm, sparse_residuals
+
+
+def _sparse_counts(rng, rows, k, dtype):
+    """Counts with every row's non-zero number from 0 to k (the 4-wide loop's remainders and an empty row)."""
+    z = rng.poisson(2.0, (rows, k)).astype(dtype) + 1
+    for b in range(rows):
+        keep = rng.permutation(k)[: b % (k + 1)]
+        mask = np.zeros(k, bool)
+        mask[keep] = True
+        z[b, ~mask] = 0
+    return z
+
+
+# The engine's recurrent input with the sparse product must be the product itself: z·W + base to rounding,
+# for float32 and float64, rows with 0 … K non-zero counts (each remainder of the four-row loop).
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_addmm_equals_the_dense_product(dtype):
+    rng = np.random.default_rng(0)
+    z = _sparse_counts(rng, 23, 11, dtype)
+    w = rng.normal(size=(11, 37)).astype(dtype)
+    base = rng.normal(size=(23, 37)).astype(dtype)
+    out = np.full((23, 37), np.nan, dtype)
+    sparse_addmm(base, z, w, out)
+    exact = base.astype(np.float64) + z.astype(np.float64) @ w.astype(np.float64)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, exact, rtol=tolerance, atol=tolerance * np.abs(exact).max())
+    assert np.array_equal(out[0], base[0])  # a row without a count is the base itself
+
+
+# The trace's R² and NLL of a sample come from these two sums: they must equal the written-out residuals.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_residuals_equal_the_written_out_sums(dtype):
+    rng = np.random.default_rng(1)
+    z = _sparse_counts(rng, 17, 9, dtype)
+    w = rng.normal(size=(9, 29)).astype(dtype)
+    x = rng.normal(size=(17, 29)).astype(dtype)
+    precision = rng.uniform(0.5, 4.0, 29).astype(dtype)
+    squares, weighted = np.empty(17), np.empty(17)
+    sparse_residuals(z, w, x, precision, squares, weighted)
+    residual = x.astype(np.float64) - z.astype(np.float64) @ w.astype(np.float64)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(squares, (residual**2).sum(1), rtol=tolerance)
+    np.testing.assert_allclose(weighted, (residual**2 * precision).sum(1), rtol=tolerance)
+
+
+def _engine(model, x, product):
+    from fond.engine import PoissonLinearEngine
+
+    parts = model.components()
+    ops = parts.decoder.operators(x, parts.inv_variance)
+    engine = PoissonLinearEngine(parts.family, parts.family_params, parts.bias, ops.gram, product=product)
+    engine.start(parts.family.initial_state(parts.family_params, x.shape[0])[0])
+    return engine, ops.drive
+
+
+# Same draws, same state: the sparse-product engine follows the float engine step for step (rates to float32
+# rounding, the same counts but for a U within rounding of a CDF level), and it reports the counts' density.
+def test_sparse_engine_steps_like_the_float_engine():
+    model = IPVAE(16, 64, seed=3, init_scale=0.05)
+    with torch.no_grad():
+        x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
+        z = torch.poisson(torch.full((300, 64), 0.1), generator=torch.Generator().manual_seed(1))
+        (fe, drive), (se, _) = _engine(model, x, "float"), _engine(model, x, "sparse")
+        for step in range(4):
+            rf, sf = fe.step(z if step == 0 else fe.spikes, drive, torch.Generator().manual_seed(step))
+            rs, ss = se.step(z if step == 0 else se.spikes, drive, torch.Generator().manual_seed(step))
+            torch.testing.assert_close(rs, rf, rtol=1e-5, atol=1e-6)
+            assert float((ss != sf).float().mean()) < 1e-3
+            assert se.density == pytest.approx(float((ss != 0).float().mean()))
+        assert 0.0 < se.density < 1.0
+
+
+# "auto" takes the sparse product only below its density threshold: a dense step keeps the dense product.
+def test_auto_product_switches_on_density(monkeypatch):
+    import fond.families.sparse_kernels as sk
+
+    model = IPVAE(16, 64, seed=3, init_scale=0.05)
+    calls, original = [], sk.sparse_addmm
+    monkeypatch.setattr(sk, "sparse_addmm", lambda *arrays: (calls.append(1), original(*arrays)))
+    with torch.no_grad():
+        x = torch.randn(50, 16, generator=torch.Generator().manual_seed(2))
+        engine, drive = _engine(model, x, "auto")
+        engine.step(torch.ones(50, 64), drive, torch.Generator().manual_seed(0))  # density 1: dense
+        assert calls == []
+        sparse = torch.zeros(50, 64)
+        sparse[:, 0] = 1.0  # density 1/64
+        engine.step(sparse, drive, torch.Generator().manual_seed(0))
+        assert calls == [1]
