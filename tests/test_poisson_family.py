@@ -173,3 +173,33 @@ def test_torch_relaxed_sampler_gradient_equals_the_compiled_one_in_distribution(
         (grad,) = torch.autograd.grad(z.sum(), rates)
         grads.append(grad.reshape(20_000, 20).mean(0))
     torch.testing.assert_close(grads[0], grads[1], rtol=0.03, atol=0.01)
+
+
+# A NaN or infinite rate (a diverged state) must stop training with one clear error, never become a count:
+# the compiled kernel checks the rates in its first pass (any chunk), the torch path before it starts.
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_relaxed_sampler_refuses_a_non_finite_rate(bad, backend):
+    from fond.families.poisson import relaxed_poisson
+
+    rates = torch.full((3, 10_000), 0.2)
+    rates[2, 9_999] = bad  # in the last chunk
+    with pytest.raises(FloatingPointError, match="non-finite Poisson rate"):
+        relaxed_poisson(rates.requires_grad_(), 0.5, torch.Generator().manual_seed(0), backend=backend)
+
+
+# The training sampler's logarithm and exponential are written without libm (so its term loop vectorises):
+# they must agree with math.log / math.exp to a few units in the last place over the whole range they see
+# (1 − U from 2⁻⁵³ to 1; −(1 − T)/τ from −700 to 700), or every relaxed count would drift.
+def test_kernel_log_and_exp_match_libm():
+    import numba
+
+    from fond.families.kernels import _exp, _log
+
+    log_all = numba.njit(lambda q: np.array([_log(v) for v in q]))
+    exp_all = numba.njit(lambda y: np.array([_exp(v) for v in y]))
+    rng = np.random.default_rng(0)
+    q = np.concatenate([rng.random(20_000), 2.0 ** -rng.uniform(0, 53, 20_000), [2.0**-53, 0.5, 1.0, 1 - 2**-53]])
+    np.testing.assert_allclose(log_all(q), np.log(q), rtol=4e-16, atol=1e-300)
+    y = np.concatenate([rng.uniform(-700, 700, 20_000), rng.uniform(-1, 1, 20_000), [0.0, -700.0, 700.0]])
+    np.testing.assert_allclose(exp_all(y), np.exp(y), rtol=4e-16)

@@ -94,3 +94,15 @@ def test_auto_product_switches_on_density(monkeypatch):
         sparse[:, 0] = 1.0  # density 1/64
         engine.step(sparse, drive, torch.Generator().manual_seed(0))
         assert calls == [1]
+
+
+# FOND_NO_AMX runs the path of a CPU without AMX (the limb product off) on one that has it.
+def test_no_amx_variable_turns_the_limb_product_off(monkeypatch):
+    from fond.engine import limb_product_available
+
+    monkeypatch.setenv("FOND_NO_AMX", "1")
+    assert not limb_product_available()
+    model = IPVAE(16, 64, seed=3, init_scale=0.05)
+    with torch.no_grad():
+        engine, _ = _engine(model, torch.randn(5, 16), "auto")
+    assert engine.limbs is None

@@ -32,6 +32,7 @@ AMX (``product="auto"``) and falls back to the float product for a step whose co
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,11 @@ SPARSE_BELOW_FLOAT, SPARSE_BELOW_LIMBS = 0.2, 0.12
 
 
 def limb_product_available() -> bool:
-    """Whether this CPU runs int8 products on AMX tiles and torch exposes oneDNN's quantised linear."""
+    """Whether this CPU runs int8 products on AMX tiles and torch exposes oneDNN's quantised linear (and the
+    environment variable ``FOND_NO_AMX`` is unset or 0: set it to run, and time, the path of a CPU without
+    AMX on one that has it)."""
+    if os.environ.get("FOND_NO_AMX", "0") not in ("", "0"):
+        return False
     try:
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")
                 and bool(torch.cpu._is_amx_tile_supported()))

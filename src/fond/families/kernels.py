@@ -63,6 +63,9 @@ FAST_LEVELS, FAST_RATE = 4, 1.0
 MID_LEVELS, MID_RATE = 12, 6.0
 WIDE_LEVELS, WIDE_RATE = 32, 20.0
 CHUNK = 8192
+#: the relaxed sampler's rounds drop their closed elements once at most this fraction is still open (closed
+#: ones left in the list add nothing: their arrival times only grow and their terms stay spent)
+COMPACT_BELOW = 0.75
 #: e^{−r} ≥ 1 − r exactly; the margin covers the rounding of 1 − r and of the tiers' e^{−r} (≤ 2.3e-16)
 SCREEN_MARGIN = 1e-15
 #: e^{−j/16}, j = 0 … 16·WIDE_RATE: ``_exp_neg``'s table
@@ -337,45 +340,151 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
 def _relaxed_screen(rates, key1, key2, counter0, stop, busy):  # pragma: no cover - compiled
     """Pass 1 over one chunk (vectorised, no libm call): busy[i] when element i's first arrival time
     T_1 = −log(1 − U)/r falls at or before ``stop``, i.e. 1 − U ≥ e^{−stop·r}; the others add nothing (the loop
-    of ``_relaxed_element`` would stop before its first term), so their count and derivative are 0."""
+    of ``_relaxed_element`` would stop before its first term), so their count and derivative are 0. Returns
+    how many rates are not finite (NaN or ±inf: the caller's error)."""
+    bad = 0
     for i in range(busy.size):
         r = float(rates[i])
-        sr = stop * r
+        finite = abs(r) < math.inf  # False for NaN too
+        sr = stop * r if finite else 0.0  # (the table exponential must not see NaN)
         q = 1.0 - _uniform(key1, key2, counter0 + np.uint64(i))
-        busy[i] = (r > 0.0) & ((sr >= WIDE_RATE) | (q >= _exp_neg(min(sr, WIDE_RATE))))
+        busy[i] = finite & (r > 0.0) & ((sr >= WIDE_RATE) | (q >= _exp_neg(min(max(sr, 0.0), WIDE_RATE))))
+        bad += not finite
+    return bad
+
+
+#: coefficients of the minimax polynomial R(z) in log(1 + f) = f − f²/2 + s·(f²/2 + R(s²)), s = f/(2 + f), for
+#: f + 1 in [√½, √2) (the classic fdlibm/Cephes reduction; error below one unit in the last place)
+_LOG_COEFFICIENTS = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+                     2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+                     1.479819860511658591e-01)
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_MANTISSA, _EXPONENT_ONE = np.uint64(0x000FFFFFFFFFFFFF), np.uint64(0x3FF0000000000000)
+_S52 = np.uint64(52)
+#: 2^{j/64}, j = 0 … 63: ``_exp``'s table
+_EXP64_TABLE = 2.0 ** (np.arange(64) / 64.0)
+_LN2_64_HI, _LN2_64_LO = _LN2_HI / 64.0, _LN2_LO / 64.0
 
 
 @nb.njit(inline="always")
-def _relaxed_element(r, counter, stride, key1, key2, inv_tau, stop, limits, sizes, indicator):
-    """(count, ∂count/∂r) of one element of rate r > 0 whose first uniform is ``counter``'s."""
-    n_sizes = limits.size
-    terms = sizes[n_sizes]
-    for b in range(n_sizes):
-        if r <= limits[b]:
-            terms = sizes[b]
-            break
-    arrival = 0.0
-    soft = 0.0
-    slope = 0.0
-    hard = 0.0
-    for _ in range(terms):
-        arrival += -math.log1p(-_uniform(key1, key2, counter))
-        counter += stride
-        t = arrival / r
-        if t > stop:  # this and every later term add < 1e-17 (sigmoid), exactly 0 (cubic): skip their exp
-            break
-        x = (1.0 - t) * inv_tau
+def _log(q):
+    """log q for a normal float64 q > 0 without a libm call (so loops over it vectorise; within ~1 ulp of
+    math.log): q = 2^k·x with x in [√½, √2), then the minimax polynomial of ``_LOG_COEFFICIENTS``."""
+    bits = np.float64(q).view(np.uint64)
+    k = np.int64(bits >> _S52) - 1023
+    x = np.uint64((bits & _MANTISSA) | _EXPONENT_ONE).view(np.float64)  # in [1, 2)
+    high = x > 1.4142135623730951
+    x = 0.5 * x if high else x
+    k = k + 1 if high else k
+    f = x - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    c = _LOG_COEFFICIENTS
+    tail = w * (c[1] + w * (c[3] + w * c[5])) + z * (c[0] + w * (c[2] + w * (c[4] + w * c[6])))
+    half_square = 0.5 * f * f
+    dk = float(k)
+    return dk * _LN2_HI - ((half_square - (s * (half_square + tail) + dk * _LN2_LO)) - f)
+
+
+@nb.njit(inline="always")
+def _exp(y):
+    """e^y for y ≤ 700 without a libm call (vectorises; within ~2 ulp of math.exp), e^{−700} for y < −700:
+    y = (64m + j)·ln2/64 + r, |r| ≤ ln2/128, e^y = 2^m · 2^{j/64} · (a degree-6 Taylor polynomial of e^r)."""
+    y = max(y, -700.0)
+    n = np.int64(round(y * (64.0 / _LN2_HI)))
+    r = (y - n * _LN2_64_HI) - n * _LN2_64_LO
+    poly = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))))
+    scale = np.uint64(((n >> 6) + 1023) << 52).view(np.float64)  # 2^m, m = ⌊n / 64⌋
+    return scale * _EXP64_TABLE[n & 63] * poly
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _sigmoid_round(index, r, arrival, soft, slope, hard, left, keep, key1, key2, counter, inv_tau,
+                   stop):  # pragma: no cover - compiled
+    """One arrival time for each open element (vectorised over them): its next uniform (counter
+    ``counter`` + element), the arrival time T, and, while T ≤ stop and terms are left, its sigmoid term
+    (and hard count) added. keep[p]: whether element p has a next term."""
+    for p in range(keep.size):
+        u = _uniform(key1, key2, counter + np.uint64(index[p]))
+        arrival[p] += -_log(1.0 - u)  # 1 − u is exact: U is on the 2⁻⁵³ grid
+        t = arrival[p] / r[p]
+        live = (t <= stop) & (left[p] > 0)
+        g = 1.0 / (1.0 + _exp((t - 1.0) * inv_tau))
+        soft[p] += g if live else 0.0
+        slope[p] += g * (1.0 - g) * t if live else 0.0
+        hard[p] += 1.0 if live and t < 1.0 else 0.0
+        left[p] -= 1
+        keep[p] = live & (left[p] > 0)
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _cubic_round(index, r, arrival, soft, slope, left, keep, key1, key2, counter, inv_tau,
+                 stop):  # pragma: no cover - compiled
+    """``_sigmoid_round`` with the cubic smooth step (a function of its own: a branch on the indicator inside
+    the loop would stop LLVM from vectorising it)."""
+    for p in range(keep.size):
+        u = _uniform(key1, key2, counter + np.uint64(index[p]))
+        arrival[p] += -_log(1.0 - u)
+        t = arrival[p] / r[p]
+        live = (t <= stop) & (left[p] > 0)
+        v = min(max(0.5 * (1.0 - t) * inv_tau + 0.5, 0.0), 1.0)
+        soft[p] += v * v * (3.0 - 2.0 * v) if live else 0.0
+        slope[p] += 3.0 * v * (1.0 - v) * t if live else 0.0
+        left[p] -= 1
+        keep[p] = live & (left[p] > 0)
+
+
+@nb.njit(error_model="numpy")
+def _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_tau, stop, limits, sizes,
+                  indicator):  # pragma: no cover - compiled
+    """The busy elements of the chunk starting at ``a``: term by term for all of them at once (one vectorised
+    round per term, ``_sigmoid_round`` or ``_cubic_round``), the ones that stopped dropped after each round;
+    writes their count and ∂count/∂r."""
+    index = np.empty(busy.size, np.int64)
+    m = _compact(busy, index)
+    index = index[:m] + a
+    r = np.empty(m)
+    left = np.empty(m, np.int64)
+    for p in range(m):
+        r[p] = rates[index[p]]
+        left[p] = sizes[limits.size]
+        for b in range(limits.size - 1, -1, -1):  # the first size whose limit covers r
+            left[p] = sizes[b] if r[p] <= limits[b] else left[p]
+    arrival, soft, slope, hard = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
+    keep = np.empty(m, np.bool_)
+    j = 0
+    while m > 0:
+        counter = np.uint64(j) * stride
         if indicator == CUBIC:
-            s = min(max(0.5 * x + 0.5, 0.0), 1.0)
-            soft += s * s * (3.0 - 2.0 * s)
-            slope += 3.0 * s * (1.0 - s) * t
+            _cubic_round(index[:m], r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], key1, key2, counter,
+                         inv_tau, stop)
         else:
-            g = 1.0 / (1.0 + math.exp(-x))
-            soft += g
-            slope += g * (1.0 - g) * t
-            if t < 1.0:
-                hard += 1.0
-    return (hard if indicator == STRAIGHT_THROUGH else soft), slope * inv_tau / r
+            _sigmoid_round(index[:m], r[:m], arrival[:m], soft[:m], slope[:m], hard[:m], left[:m], keep[:m], key1,
+                           key2, counter, inv_tau, stop)
+        open_now = 0
+        for p in range(m):
+            open_now += keep[p]
+        if open_now <= m * COMPACT_BELOW:  # write every element's values (final for the closed ones), keep the open
+            _relaxed_write(index, r, soft, slope, hard, m, counts, derivative, inv_tau, indicator)
+            kept = 0
+            for p in range(m):
+                index[kept], r[kept], arrival[kept], left[kept] = index[p], r[p], arrival[p], left[p]
+                soft[kept], slope[kept], hard[kept] = soft[p], slope[p], hard[p]
+                kept += keep[p]
+            m = kept
+        j += 1
+
+
+@nb.njit(error_model="numpy")
+def _relaxed_write(index, r, soft, slope, hard, m, counts, derivative, inv_tau, indicator):  # pragma: no cover
+    """counts and derivative of the first m listed elements from their sums so far."""
+    for p in range(m):
+        count = hard[p] if indicator == STRAIGHT_THROUGH else soft[p]
+        grad = slope[p] * inv_tau / r[p]
+        # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
+        counts[index[p]] = count if count >= 1e-30 else 0.0
+        derivative[index[p]] = grad if abs(grad) >= 1e-30 else 0.0
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
@@ -392,27 +501,25 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     (sigmoid: it and every later term add < 1e-17; cubic: exactly 0); a zero rate gives count 0 and derivative
     0. Counts and derivatives below 1e-30 are stored as 0 (float32 denormals slow every later matrix product
     down by an order of magnitude). Per chunk, a vectorised screen (``_relaxed_screen``) finds the elements
-    whose first arrival already lies past the stop (most of them: small rates) without a logarithm; only the
-    rest run the term loop.
+    whose first arrival already lies past the stop (most of them: small rates) without a logarithm; the rest
+    run their terms together, one vectorised round per term (``_relaxed_busy``; logarithm and exponential
+    without libm: ``_log``, ``_exp``), each element's sums in term order. Returns how many rates are not
+    finite (their count and derivative are 0; the caller raises).
     """
     n = rates.size
     stride = np.uint64(n)
     inv_tau = 1.0 / temperature
     stop = 1.0 + (temperature if indicator == CUBIC else 40.0 * temperature)
+    bad = 0
     for c in nb.prange((n + CHUNK - 1) // CHUNK):
         a = c * CHUNK
         b = min(n, a + CHUNK)
         busy = np.empty(b - a, np.bool_)
-        _relaxed_screen(rates[a:b], key1, key2, np.uint64(a), stop, busy)
-        for j in range(b - a):
-            i = a + j
-            count, slope = 0.0, 0.0
-            if busy[j]:
-                count, slope = _relaxed_element(float(rates[i]), np.uint64(i), stride, key1, key2, inv_tau, stop,
-                                                limits, sizes, indicator)
-            # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
-            counts[i] = count if count >= 1e-30 else 0.0
-            derivative[i] = slope if abs(slope) >= 1e-30 else 0.0
+        bad += _relaxed_screen(rates[a:b], key1, key2, np.uint64(a), stop, busy)
+        counts[a:b] = 0.0
+        derivative[a:b] = 0.0
+        _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_tau, stop, limits, sizes, indicator)
+    return bad
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})

@@ -142,6 +142,7 @@ def _relaxed_torch(rates: Tensor, temperature: float, generator: torch.Generator
 
 
 _INDICATOR_CODES = {"sigmoid": 0, "cubic": 1, "straight_through": 2}
+NON_FINITE_RATE = "non-finite Poisson rate in the relaxed sampler"
 
 
 class _CompiledRelaxedPoisson(torch.autograd.Function):
@@ -156,8 +157,9 @@ class _CompiledRelaxedPoisson(torch.autograd.Function):
         flat = rates.detach().reshape(-1).contiguous()
         counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
         kernel_threads(flat.numel())
-        relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
-                       indicator)
+        if relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
+                          indicator):
+            raise FloatingPointError(NON_FINITE_RATE)
         ctx.save_for_backward(derivative.view(rates.shape))
         return counts.view(rates.shape)
 
@@ -215,9 +217,10 @@ def relaxed_poisson(
     if indicator not in INDICATORS:
         raise ValueError(f"unknown indicator {indicator!r}: expected one of {INDICATORS}")
     detached = rates.detach()
-    if rates.device.type == "cpu" and detached.numel() and not torch.isfinite(detached).all():
-        raise FloatingPointError("non-finite Poisson rate in the relaxed sampler")
-    if use_compiled_sampler(rates, backend):
+    compiled = use_compiled_sampler(rates, backend)  # (the kernel checks the rates itself, in its first pass)
+    if not compiled and rates.device.type == "cpu" and detached.numel() and not torch.isfinite(detached).all():
+        raise FloatingPointError(NON_FINITE_RATE)
+    if compiled:
         limits, sizes = _term_table(tail, max_terms, n_terms)
         key1, key2 = draw_key(generator)
         if temperature == 0.0:
