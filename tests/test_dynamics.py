@@ -190,3 +190,23 @@ def test_clamp_limits_runaway_rates_and_ramps():
                            clamp_fraction=fraction)
         # Δu saturates at c, then u + Δu = c is clamped again: c − softplus(0).
         assert torch.allclose(out, torch.full_like(out, c - np.log(2.0)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_soft_clamp_equals_the_torch_expression(dtype):
+    """The update's clamp runs as one compiled pass with a one-product backward: its value and gradient must
+    be those of autograd through c − softplus(c − max(x, floor)) — across the floor, the softplus threshold
+    (c − x > 20), far above c — and a NaN must stay NaN (a diverged state is caught downstream, not hidden)."""
+    x = torch.cat([torch.linspace(-30, 40, 20001, dtype=torch.float64), torch.tensor([-8.0, -15.0, 10.0])]).to(dtype)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    fused = soft_clamp_upper(a, 10.0, -8.0)
+    plain = 10.0 - torch.nn.functional.softplus(10.0 - b.clamp_min(-8.0))
+    (fused * weights).sum().backward()
+    (plain * weights).sum().backward()
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(fused, plain, **tolerance)
+    torch.testing.assert_close(a.grad, b.grad, **tolerance)
+    assert float(a.grad[x == -8.0][0]) == float(b.grad[x == -8.0][0])  # at the floor: passes, as clamp_min's
+    assert torch.isnan(soft_clamp_upper(torch.tensor([float("nan"), 1.0], dtype=dtype), 10.0, -8.0)[0])

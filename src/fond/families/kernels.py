@@ -607,3 +607,27 @@ def poisson_row_stats(u_new, u_old, rates_new, rates_old, spikes, kl, du2, zeros
     """
     for b in nb.prange(u_new.shape[0]):
         kl[b], du2[b], zeros[b] = _poisson_row_stats(u_new[b], u_old[b], rates_new[b], rates_old[b], spikes[b])
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _soft_clamp_pass(x, y, slope, c, floor):  # pragma: no cover - compiled
+    """``soft_clamp_forward`` over one chunk (vectorised: ``_log``, ``_exp``, no libm call)."""
+    for i in range(x.size):
+        v = float(x[i])
+        a = c - (floor if v < floor else v)  # (NaN stays NaN: it fails the comparison)
+        e = _exp(a if a < 20.0 else 20.0)
+        big = a > 20.0  # torch's softplus threshold: softplus(a) = a and its derivative 1 above it
+        y[i] = (c - (a if big else _log(1.0 + e))) if v == v else v  # a NaN input gives NaN, as torch does
+        slope[i] = (1.0 if big else e / (1.0 + e)) if v >= floor else 0.0
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def soft_clamp_forward(x, y, slope, c, floor):  # pragma: no cover - compiled
+    """y = c − softplus(c − max(x, floor)) and slope = ∂y/∂x = σ(c − max(x, floor))·[x ≥ floor] for flat
+    arrays, in one pass (float64 inside). softplus as torch's (threshold 20: softplus(a) = a above it, with
+    derivative 1); the floor's derivative as torch's clamp_min (passes at x = floor)."""
+    n = x.size
+    for chunk in nb.prange((n + CHUNK - 1) // CHUNK):
+        a = chunk * CHUNK
+        b = min(n, a + CHUNK)
+        _soft_clamp_pass(x[a:b], y[a:b], slope[a:b], c, floor)

@@ -235,8 +235,35 @@ def relaxed_poisson(
 
 
 def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
-    """Hard floor, then the smooth upper bound c − softplus(c − x) (≈ x well below c, → c above)."""
+    """Hard floor, then the smooth upper bound c − softplus(c − x) (≈ x well below c, → c above).
+
+    On the CPU (float32/float64) one compiled pass computes the value and its derivative, and the backward
+    pass is one product (``_SoftClampUpper``); elsewhere the torch expression. Same values and gradients
+    (torch's softplus threshold and clamp_min derivative included; tested against the expression)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.numel():
+        return _SoftClampUpper.apply(x, float(c), float(floor))
     return c - F.softplus(c - x.clamp_min(floor))
+
+
+class _SoftClampUpper(torch.autograd.Function):
+    """``soft_clamp_upper`` from ``fond.families.kernels.soft_clamp_forward``: keeps one tensor (the slope)."""
+
+    @staticmethod
+    def forward(ctx, x, c, floor):  # noqa: D102
+        from fond.families.kernels import soft_clamp_forward
+        from fond.families.sampling import kernel_threads
+
+        flat = x.detach().contiguous().view(-1)
+        y, slope = torch.empty_like(flat), torch.empty_like(flat)
+        kernel_threads(flat.numel())
+        soft_clamp_forward(flat.numpy(), y.numpy(), slope.numpy(), c, floor)
+        ctx.save_for_backward(slope.view(x.shape))
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None
 
 
 @register_family("poisson")
