@@ -81,7 +81,9 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     next update (one sample shared where the paper's code draws two: the same expected objective, half
     the sampling). Per step: NLL(x | g(f(z_t))) + β·KL(q_t ‖ q_{t−1}); the loss is the batch mean of the
     mean over steps, times 256/D (the paper's scaling). The gradient reaching each state is bounded
-    elementwise by ``STATE_GRADIENT_BOUND`` (only active in an exploding unroll).
+    elementwise by ``STATE_GRADIENT_BOUND`` (only active in an exploding unroll). Where the family offers a
+    fused training step (``Family.training_update``: the iP-VAE on the CPU) it replaces ``fond_step`` and the
+    KL, with the same values and gradients.
     """
     family, fp, decoder = parts.family, parts.family_params, parts.decoder
     inv_variance = parts.inv_variance
@@ -91,15 +93,20 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     total = x.new_zeros(())
     terms = []  # per step: mean NLL, mean KL, largest rate, kept on the device (one host transfer at the end)
     for _ in range(steps):
-        new_state = fond_step(family, fp, state, sample, pull((x - reconstruction) * inv_variance), parts.bias,
-                              clamp_fraction)
-        for tensor in new_state:
-            if tensor.requires_grad:
-                tensor.register_hook(_bound_state_gradient)
+        error_pullback = pull((x - reconstruction) * inv_variance)
+        fused = family.training_update(state, sample, error_pullback, parts.bias, fp, clamp_fraction,
+                                       STATE_GRADIENT_BOUND)
+        if fused is None:
+            new_state = fond_step(family, fp, state, sample, error_pullback, parts.bias, clamp_fraction)
+            for tensor in new_state:
+                if tensor.requires_grad:
+                    tensor.register_hook(_bound_state_gradient)
+        else:
+            new_state, fused_kl = fused
         sample = family.sample(new_state, fp, generator, temperature)
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
         nll = gaussian_nll(x, reconstruction, parts.log_sigma)
-        kl = family.kl(new_state, state).sum(-1)
+        kl = family.kl(new_state, state).sum(-1) if fused is None else fused_kl
         total = total + (nll + beta * kl).mean()
         terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(),
                                   family.mean_code(new_state, fp).detach().max()]).to(torch.float64))

@@ -105,6 +105,14 @@ class Family(ABC):
     def saturated(self, state: State, params: Params) -> Tensor:
         return torch.zeros(state[0].shape[0], dtype=torch.bool, device=state[0].device)
 
+    def training_update(self, state: State, sample: Sample, error_pullback: Tensor, bias: Tensor, params: Params,
+                        clamp_fraction: float, gradient_bound: float) -> tuple[State, Tensor] | None:
+        """A fused training step, or None (the default: ``fond.dynamics`` composes ``natural_gradient``,
+        ``descend`` and ``kl``). If offered: (the state ``fond_step`` would give, its KL to ``state`` summed
+        over latents (B,)), with the gradients autograd of that composition gives, each element of the
+        gradient reaching the new state bounded by ``gradient_bound``."""
+        return None
+
 
 def ramp(initial: float, final: float, clamp_fraction: float) -> float:
     """A clamp bound after ``clamp_fraction`` ∈ [0, 1] of its ramp from ``initial`` to ``final`` (``final``

@@ -609,25 +609,93 @@ def poisson_row_stats(u_new, u_old, rates_new, rates_old, spikes, kl, du2, zeros
         kl[b], du2[b], zeros[b] = _poisson_row_stats(u_new[b], u_old[b], rates_new[b], rates_old[b], spikes[b])
 
 
+@nb.njit(inline="always")
+def _soft_clamp(v, c, floor):
+    """(c − softplus(c − max(v, floor)), its derivative in v) in float64, without libm (vectorises). softplus as
+    torch's (threshold 20: softplus(a) = a above it, derivative 1); the floor's derivative as torch's clamp_min
+    (passes at v = floor); a NaN v gives NaN."""
+    a = c - (floor if v < floor else v)  # (NaN stays NaN: it fails the comparison)
+    e = _exp(a if a < 20.0 else 20.0)
+    big = a > 20.0
+    y = (c - (a if big else _log(1.0 + e))) if v == v else v
+    return y, ((1.0 if big else e / (1.0 + e)) if v >= floor else 0.0)
+
+
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _soft_clamp_pass(x, y, slope, c, floor):  # pragma: no cover - compiled
-    """``soft_clamp_forward`` over one chunk (vectorised: ``_log``, ``_exp``, no libm call)."""
+    """``soft_clamp_forward`` over one chunk (vectorised)."""
     for i in range(x.size):
-        v = float(x[i])
-        a = c - (floor if v < floor else v)  # (NaN stays NaN: it fails the comparison)
-        e = _exp(a if a < 20.0 else 20.0)
-        big = a > 20.0  # torch's softplus threshold: softplus(a) = a and its derivative 1 above it
-        y[i] = (c - (a if big else _log(1.0 + e))) if v == v else v  # a NaN input gives NaN, as torch does
-        slope[i] = (1.0 if big else e / (1.0 + e)) if v >= floor else 0.0
+        y[i], slope[i] = _soft_clamp(float(x[i]), c, floor)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def soft_clamp_forward(x, y, slope, c, floor):  # pragma: no cover - compiled
-    """y = c − softplus(c − max(x, floor)) and slope = ∂y/∂x = σ(c − max(x, floor))·[x ≥ floor] for flat
-    arrays, in one pass (float64 inside). softplus as torch's (threshold 20: softplus(a) = a above it, with
-    derivative 1); the floor's derivative as torch's clamp_min (passes at x = floor)."""
+    """y = c − softplus(c − max(x, floor)) and slope = ∂y/∂x (``_soft_clamp``) for flat arrays, in one pass."""
     n = x.size
     for chunk in nb.prange((n + CHUNK - 1) // CHUNK):
         a = chunk * CHUNK
         b = min(n, a + CHUNK)
         _soft_clamp_pass(x[a:b], y[a:b], slope[a:b], c, floor)
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _update_row(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, terms):  # pragma: no cover - compiled
+    """``poisson_update_forward`` for one input's row (vectorised: the KL terms go to ``terms``, summed apart —
+    a sum inside the loop would keep LLVM from vectorising it)."""
+    for k in range(u.size):
+        old = float(u[k])
+        du, slope1 = _soft_clamp(eta * (float(pull[k]) - float(bias[k])), c, floor)
+        new, slope2 = _soft_clamp(old + du, c, floor)
+        delta = new - old
+        rate, rate_old = _exp(new), _exp(old)
+        # KL(Pois(e^new) ‖ Pois(e^old)) = r'(e^{−Δ} − 1 + Δ): a Taylor series for |Δ| < 0.01, else r − r' + r'Δ
+        series = delta * delta * (0.5 - delta * (1.0 / 6.0 - delta * (1.0 / 24.0 - delta * (
+            1.0 / 120.0 - delta / 720.0))))
+        terms[k] = rate * series if abs(delta) < 0.01 else rate_old - rate + rate * delta
+        u_new[k], s1[k], s2[k] = new, slope1, slope2
+        kl_new[k], kl_old[k] = rate * delta, rate_old - rate  # ∂KL/∂u', ∂KL/∂u
+
+
+@nb.njit(error_model="numpy")
+def _row_sum(values):  # pragma: no cover - compiled
+    total = 0.0
+    for k in range(values.size):
+        total += values[k]
+    return total
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def poisson_update_forward(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, kl):  # pragma: no cover
+    """The iP-VAE training update of (B, K) arrays and its KL to the previous state, in one pass:
+    u' = G(u + G(η(pull − b))), G the soft clamp (``_soft_clamp``), kl[b] = Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)).
+    Keeps what the backward pass needs: the two clamps' slopes s1, s2 and the KL's derivatives in u' and u."""
+    for b in nb.prange(u.shape[0]):
+        terms = np.empty(u.shape[1])
+        _update_row(u[b], pull[b], bias, eta, c, floor, u_new[b], s1[b], s2[b], kl_new[b], kl_old[b], terms)
+        kl[b] = _row_sum(terms)
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _update_back_row(grad_new, grad_kl, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u, grad_g,
+                     terms):  # pragma: no cover - compiled
+    """``poisson_update_backward`` for one row (vectorised; ∂L/∂g_k · (pull_k − b_k) to ``terms``)."""
+    for k in range(s1.size):
+        at_new = float(grad_new[k]) + grad_kl * float(kl_new[k])
+        at_new = min(max(at_new, -bound), bound)  # the state-gradient bound (fond.dynamics.STATE_GRADIENT_BOUND)
+        at_sum = at_new * float(s2[k])
+        g = at_sum * float(s1[k])
+        grad_u[k] = at_sum + grad_kl * float(kl_old[k])
+        grad_g[k] = g
+        terms[k] = g * (float(pull[k]) - float(bias[k]))
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def poisson_update_backward(grad_new, grad_kl, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u, grad_g,
+                            step_terms):  # pragma: no cover - compiled
+    """The backward pass of ``poisson_update_forward``: from ∂L/∂u' (B, K) and ∂L/∂kl (B,), ∂L/∂u and ∂L/∂g
+    (g = η(pull − b); the caller turns it into ∂L/∂pull, ∂L/∂b and ∂L/∂log η), step_terms[b] = Σ_k ∂L/∂g·(pull − b)."""
+    for b in nb.prange(s1.shape[0]):
+        terms = np.empty(s1.shape[1])
+        _update_back_row(grad_new[b], grad_kl[b], s1[b], s2[b], kl_new[b], kl_old[b], pull[b], bias, bound,
+                         grad_u[b], grad_g[b], terms)
+        step_terms[b] = _row_sum(terms)

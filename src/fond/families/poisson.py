@@ -245,6 +245,43 @@ def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
     return c - F.softplus(c - x.clamp_min(floor))
 
 
+class _PoissonUpdate(torch.autograd.Function):
+    """``PoissonFamily.training_update``: forward ``kernels.poisson_update_forward``, backward
+    ``kernels.poisson_update_backward``; keeps four (B, K) tensors (two clamp slopes, two KL derivatives)."""
+
+    @staticmethod
+    def forward(ctx, u, pull, bias, log_step, c, floor, bound):  # noqa: D102
+        from fond.families.kernels import poisson_update_forward
+        from fond.families.sampling import kernel_threads
+
+        u_in, pull_in, bias_in = (t.detach().contiguous() for t in (u, pull, bias))
+        eta = float(torch.exp(log_step.detach()).reshape(()))
+        new, s1, s2, kl_new, kl_old = (torch.empty_like(u_in) for _ in range(5))
+        kl = torch.empty(u_in.shape[0], dtype=torch.float64)
+        kernel_threads(u_in.numel())
+        poisson_update_forward(u_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(),
+                               s1.numpy(), s2.numpy(), kl_new.numpy(), kl_old.numpy(), kl.numpy())
+        ctx.save_for_backward(s1, s2, kl_new, kl_old, pull_in, bias_in)
+        ctx.eta, ctx.bound = eta, bound
+        return new, kl.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_new, grad_kl):  # noqa: D102
+        from fond.families.kernels import poisson_update_backward
+
+        s1, s2, kl_new, kl_old, pull, bias = ctx.saved_tensors
+        grad_new = torch.zeros_like(s1) if grad_new is None else grad_new.contiguous()
+        grad_kl = torch.zeros(s1.shape[0], dtype=s1.dtype) if grad_kl is None else grad_kl.contiguous()
+        grad_u, grad_g = torch.empty_like(s1), torch.empty_like(s1)
+        step_terms = torch.empty(s1.shape[0], dtype=torch.float64)
+        poisson_update_backward(grad_new.numpy(), grad_kl.numpy(), s1.numpy(), s2.numpy(), kl_new.numpy(),
+                                kl_old.numpy(), pull.numpy(), bias.numpy(), ctx.bound, grad_u.numpy(),
+                                grad_g.numpy(), step_terms.numpy())
+        eta = ctx.eta
+        grad_log_step = torch.full((1,), eta * float(step_terms.sum()), dtype=s1.dtype)
+        return grad_u, grad_g.mul_(eta), grad_g.sum(0).mul_(-eta), grad_log_step, None, None, None
+
+
 class _SoftClampUpper(torch.autograd.Function):
     """``soft_clamp_upper`` from ``fond.families.kernels.soft_clamp_forward``: keeps one tensor (the slope)."""
 
@@ -336,6 +373,20 @@ class PoissonFamily(PotentialFamily):
 
     def kl(self, state: State, prior_state: State) -> Tensor:
         return poisson_kl(state[0], prior_state[0], self.kl_form)  # type: ignore[arg-type]
+
+    def training_update(self, state: State, sample: Sample, error_pullback: Tensor, bias: Tensor, params: Params,
+                        clamp_fraction: float, gradient_bound: float) -> tuple[State, Tensor] | None:
+        """u' = G(u + G(η(pull − b))) and Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)) (exact form) in one compiled pass,
+        backward in another (``_PoissonUpdate``), on the CPU in float32/float64; None elsewhere."""
+        u = state[0]
+        log_step = params["log_step_size"]
+        tensors = (u, error_pullback, bias, log_step)
+        if self.kl_form != "exact" or any(t.device.type != "cpu" or t.dtype != u.dtype for t in tensors) or (
+                u.dtype not in (torch.float32, torch.float64)):
+            return None
+        c = self.clamp(clamp_fraction)
+        new, kl = _PoissonUpdate.apply(u, error_pullback, bias, log_step, c, self.floor, gradient_bound)
+        return (new,), kl
 
     def mean_code(self, state: State, params: Params) -> Tensor:
         return torch.exp(state[0])
