@@ -104,9 +104,10 @@ MAX_SMALL_COUNT = 255
 MAX_LIMB_INPUTS = 512
 #: ``product="auto"`` takes the sparse product (``fond.families.sparse_kernels``) for a step whose counts have
 #: fewer non-zero entries than this fraction: beside the float product (synthetic crossover ~0.18 at B 1000,
-#: K 512 on an AVX-512 core, sparse still ahead at 0.12 on trained models), beside AMX's int8 limbs (even at 0.12;
+#: K 512 on an AVX-512 core, sparse still ahead at 0.12 on trained models), beside AMX's int8 limbs (8–15 % faster
+#: at 0.11–0.12 on the shipped models, a crossover near 0.14;
 #: benchmarks/engine_products.py, BENCHMARKS.md)
-SPARSE_BELOW_FLOAT, SPARSE_BELOW_LIMBS = 0.2, 0.12
+SPARSE_BELOW_FLOAT, SPARSE_BELOW_LIMBS = 0.2, 0.14
 
 
 def limb_product_available() -> bool:
