@@ -4,28 +4,18 @@ on a CPU without AMX (limbs unavailable), against the float32 floor measured in 
 
     python benchmarks/engine_products.py [MODEL ...]      (default: ipvae-natural16 ipvae-mnist)
 
-B 1000 held-out inputs of the model's own split, K 512, 50 steps after 50 warm-up steps (rates settled),
+B 1000 held-out inputs of the model's own split, K 512, 50 steps (``per_step.per_step_ms``),
 best of 5; threads as torch has them (set OMP_NUM_THREADS / taskset to pin).
 """
 
 import sys
-import time
 
 import torch
+from per_step import per_step_ms  # (this script's folder is on sys.path)
 
 import fond
 import fond.engine as engine_module
 from fond.bench import matmul_rate
-
-
-def per_step_ms(model, x, steps=50, repeats=5) -> float:
-    model.infer(x, 5, seed=0, trace=False)
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        model.infer(x, steps, seed=0, trace=False)
-        best = min(best, time.perf_counter() - began)
-    return best / steps * 1e3
 
 
 def forced(product: str, amx: bool):
@@ -66,7 +56,7 @@ def main() -> None:
         density = float((model.infer(x, 100, seed=0, trace=False).spikes != 0).float().mean())
         for label, product, with_amx in variants:
             with forced(product, with_amx):
-                ms = per_step_ms(model, x)
+                ms = per_step_ms(model, x, trace=False)
             print(f"{name} (density {density:.3f}): {label}: {ms:.2f} ms/step, {ms / floor:.2f}× floor")
 
 
