@@ -27,7 +27,7 @@ from fond.engine import fused_engine
 from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
 from fond.families.sampling import kernel_threads
-from fond.metrics import gaussian_nll
+from fond.likelihood import gaussian_terms
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
 
@@ -86,14 +86,14 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     KL, with the same values and gradients.
     """
     family, fp, decoder = parts.family, parts.family_params, parts.decoder
-    inv_variance = parts.inv_variance
     state = family.initial_state(fp, x.shape[0])
     sample = family.sample(state, fp, generator, temperature)
     reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
+    scaled_error, _ = gaussian_terms(x, reconstruction, parts.log_sigma)
     total = x.new_zeros(())
     terms = []  # per step: mean NLL, mean KL, largest rate, kept on the device (one host transfer at the end)
     for _ in range(steps):
-        error_pullback = pull((x - reconstruction) * inv_variance)
+        error_pullback = pull(scaled_error)
         fused = family.training_update(state, sample, error_pullback, parts.bias, fp, clamp_fraction,
                                        STATE_GRADIENT_BOUND)
         if fused is None:
@@ -105,7 +105,7 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
             new_state, fused_kl = fused
         sample = family.sample(new_state, fp, generator, temperature)
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
-        nll = gaussian_nll(x, reconstruction, parts.log_sigma)
+        scaled_error, nll = gaussian_terms(x, reconstruction, parts.log_sigma)  # (x − x̂)/σ², NLL: one pass
         kl = family.kl(new_state, state).sum(-1) if fused is None else fused_kl
         total = total + (nll + beta * kl).mean()
         terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(),

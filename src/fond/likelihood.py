@@ -1,0 +1,95 @@
+"""The Gaussian likelihood's two per-step terms in training, from one residual.
+
+Each unrolled step needs, for the reconstruction x̂ of its sample, the scaled error (x − x̂)/σ_x² (which the
+decoder pulls back to drive the next update) and the NLL −log N(x; x̂, diag σ_x²) (the loss). Written out
+they are ~8 tensor operations forward and ~10 backward over (B, D); on the CPU ``gaussian_terms`` computes
+both in one compiled pass and their backward in another (``_GaussianTerms``: values and gradients equal
+autograd of the written-out terms, ``tests/test_likelihood.py``); elsewhere it writes them out.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import torch
+from torch import Tensor
+
+import fond.families.kernels  # noqa: F401  (its import chooses numba's vector width first)
+from fond.metrics import LOG_2PI, gaussian_nll
+
+__all__ = ["gaussian_terms"]
+
+
+def gaussian_terms(x: Tensor, reconstruction: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """((x − x̂)·σ⁻² (B, D), −log N(x; x̂, diag σ²) summed over pixels (B,), nats) for x, x̂ (B, D), log σ (D,)."""
+    fused = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 2
+             and not x.requires_grad and reconstruction.dtype == x.dtype and log_sigma.dtype == x.dtype
+             and log_sigma.shape == (x.shape[1],) and reconstruction.shape == x.shape)
+    if fused:
+        return _GaussianTerms.apply(x, reconstruction, log_sigma)
+    return (x - reconstruction) * torch.exp(-2.0 * log_sigma), gaussian_nll(x, reconstruction, log_sigma)
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _forward_row(x, mean, inv_variance, error, residual, squares):  # pragma: no cover - compiled
+    for d in range(x.size):
+        r = x[d] - mean[d]
+        residual[d] = r
+        error[d] = r * inv_variance[d]
+        squares[d] = np.float64(r) * np.float64(r) * np.float64(inv_variance[d])
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def _forward(x, mean, inv_variance, error, residual, nll):  # pragma: no cover - compiled
+    """error = (x − mean)·inv_variance, residual = x − mean, nll[b] = ½ Σ_d residual²·inv_variance (float64)."""
+    for b in nb.prange(x.shape[0]):
+        squares = np.empty(x.shape[1])
+        _forward_row(x[b], mean[b], inv_variance, error[b], residual[b], squares)
+        total = 0.0
+        for d in range(squares.size):
+            total += squares[d]
+        nll[b] = 0.5 * total
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _backward_row(grad_error, grad_nll, residual, inv_variance, grad_mean, per_pixel):  # pragma: no cover
+    for d in range(residual.size):
+        r, iv = residual[d], inv_variance[d]
+        grad_mean[d] = -iv * (grad_error[d] + grad_nll * r)
+        per_pixel[d] = grad_nll * (1.0 - r * r * iv) - 2.0 * grad_error[d] * r * iv
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def _backward(grad_error, grad_nll, residual, inv_variance, grad_mean, per_pixel):  # pragma: no cover
+    """∂L/∂mean (B, D) and each element's part of ∂L/∂log σ (B, D; the caller sums over the batch)."""
+    for b in nb.prange(residual.shape[0]):
+        _backward_row(grad_error[b], grad_nll[b], residual[b], inv_variance, grad_mean[b], per_pixel[b])
+
+
+class _GaussianTerms(torch.autograd.Function):
+    """``gaussian_terms`` from ``_forward`` / ``_backward``; keeps the residual (B, D) and σ⁻² (D,)."""
+
+    @staticmethod
+    def forward(ctx, x, reconstruction, log_sigma):  # noqa: D102
+        from fond.families.sampling import kernel_threads
+
+        x_in, mean = x.detach().contiguous(), reconstruction.detach().contiguous()
+        inv_variance = torch.exp(-2.0 * log_sigma.detach()).contiguous()
+        error, residual = torch.empty_like(x_in), torch.empty_like(x_in)
+        nll = torch.empty(x_in.shape[0], dtype=torch.float64)
+        kernel_threads(x_in.numel())
+        _forward(x_in.numpy(), mean.numpy(), inv_variance.numpy(), error.numpy(), residual.numpy(), nll.numpy())
+        constant = float(log_sigma.detach().to(torch.float64).sum()) + 0.5 * LOG_2PI * x_in.shape[1]
+        ctx.save_for_backward(residual, inv_variance)
+        return error, (nll + constant).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_error, grad_nll):  # noqa: D102
+        residual, inv_variance = ctx.saved_tensors
+        grad_error = torch.zeros_like(residual) if grad_error is None else grad_error.contiguous()
+        grad_nll = torch.zeros(residual.shape[0], dtype=residual.dtype) if grad_nll is None else grad_nll.contiguous()
+        grad_mean, per_pixel = torch.empty_like(residual), torch.empty_like(residual)
+        _backward(grad_error.numpy(), grad_nll.numpy(), residual.numpy(), inv_variance.numpy(), grad_mean.numpy(),
+                  per_pixel.numpy())
+        return None, grad_mean, per_pixel.sum(0)
+
