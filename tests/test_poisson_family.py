@@ -203,3 +203,20 @@ def test_kernel_log_and_exp_match_libm():
     np.testing.assert_allclose(log_all(q), np.log(q), rtol=4e-16, atol=1e-300)
     y = np.concatenate([rng.uniform(-700, 700, 20_000), rng.uniform(-1, 1, 20_000), [0.0, -700.0, 700.0]])
     np.testing.assert_allclose(exp_all(y), np.exp(y), rtol=4e-16)
+
+
+# The float32 versions (the fused training step of float32 models) must be as good as float32 itself allows.
+def test_kernel_float32_log_and_exp_match_libm():
+    import numba
+
+    from fond.families.kernels import _exp32, _log32
+
+    log_all = numba.njit(lambda q: np.array([_log32(v) for v in q]))
+    exp_all = numba.njit(lambda y: np.array([_exp32(v) for v in y]))
+    rng = np.random.default_rng(0)
+    q = np.concatenate([rng.random(20_000), 2.0 ** -rng.uniform(0, 100, 20_000), rng.uniform(1, 1e6, 20_000),
+                        [1.0, 0.5, 2.0]]).astype(np.float32)
+    np.testing.assert_allclose(log_all(q), np.log(q.astype(np.float64)), rtol=3e-7, atol=1e-7)
+    y = np.concatenate([rng.uniform(-87, 88, 20_000), rng.uniform(-1, 1, 20_000), [0.0, -87.0, 20.0]])
+    y = y.astype(np.float32)
+    np.testing.assert_allclose(exp_all(y), np.exp(y.astype(np.float64)), rtol=4e-7)

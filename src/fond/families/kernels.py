@@ -699,3 +699,85 @@ def poisson_update_backward(grad_new, grad_kl, s1, s2, kl_new, kl_old, pull, bia
         _update_back_row(grad_new[b], grad_kl[b], s1[b], s2[b], kl_new[b], kl_old[b], pull[b], bias, bound,
                          grad_u[b], grad_g[b], terms)
         step_terms[b] = _row_sum(terms)
+
+
+# -- float32 arithmetic for float32 models: twice the vector lanes of the float64 versions above ----------------
+
+_F32 = np.float32
+_S23 = np.uint32(23)
+_MANTISSA32, _EXPONENT_ONE32 = np.uint32(0x007FFFFF), np.uint32(0x3F800000)
+#: fdlibm logf's minimax coefficients (single precision)
+_LOG32_COEFFICIENTS = (_F32(0.66666662693), _F32(0.40000972152), _F32(0.28498786688), _F32(0.24279078841))
+_LN2_HI32, _LN2_LO32 = _F32(6.9313812256e-01), _F32(9.0580006145e-06)
+#: ln 2 / 64 split so that n · hi is exact for |n| < 2¹³ (hi has 10 significant bits)
+_LN2_64_HI32 = _F32(0.693359375 / 64.0)
+_LN2_64_LO32 = _F32((math.log(2.0) - 0.693359375) / 64.0)
+_EXP64_TABLE32 = (2.0 ** (np.arange(64) / 64.0)).astype(np.float32)
+
+
+@nb.njit(inline="always")
+def _exp32(y):
+    """``_exp`` in float32 (y ≤ 88; e^{−87} below −87), a degree-3 polynomial (|r| ≤ ln2/128)."""
+    y = max(y, _F32(-87.0))
+    n = np.int32(round(y * _F32(64.0 / math.log(2.0))))
+    r = (y - _F32(n) * _LN2_64_HI32) - _F32(n) * _LN2_64_LO32
+    poly = _F32(1.0) + r * (_F32(1.0) + r * (_F32(0.5) + r * _F32(1.0 / 6.0)))
+    scale = np.uint32(((n >> 6) + 127) << 23).view(np.float32)
+    return scale * _EXP64_TABLE32[n & 63] * poly
+
+
+@nb.njit(inline="always")
+def _log32(q):
+    """``_log`` in float32 for a normal q > 0 (fdlibm logf's reduction and coefficients)."""
+    bits = np.float32(q).view(np.uint32)
+    k = np.int32(bits >> _S23) - 127
+    x = np.uint32((bits & _MANTISSA32) | _EXPONENT_ONE32).view(np.float32)
+    high = x > _F32(1.4142135)
+    x = _F32(0.5) * x if high else x
+    k = k + 1 if high else k
+    f = x - _F32(1.0)
+    s = f / (_F32(2.0) + f)
+    z = s * s
+    w = z * z
+    c = _LOG32_COEFFICIENTS
+    tail = w * (c[1] + w * c[3]) + z * (c[0] + w * c[2])
+    half_square = _F32(0.5) * f * f
+    dk = _F32(k)
+    return dk * _LN2_HI32 - ((half_square - (s * (half_square + tail) + dk * _LN2_LO32)) - f)
+
+
+@nb.njit(inline="always")
+def _soft_clamp32(v, c, floor):
+    """``_soft_clamp`` in float32 (v, c, floor float32)."""
+    a = c - (floor if v < floor else v)
+    e = _exp32(a if a < _F32(20.0) else _F32(20.0))
+    big = a > _F32(20.0)
+    y = (c - (a if big else _log32(_F32(1.0) + e))) if v == v else v
+    return y, ((_F32(1.0) if big else e / (_F32(1.0) + e)) if v >= floor else _F32(0.0))
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _update_row32(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, terms):  # pragma: no cover - compiled
+    """``_update_row`` for float32 arrays in float32 arithmetic (eta, c, floor float32). The KL's Taylor series
+    covers |Δ| < 0.1 (to Δ⁷: relative error < 1e-8), so the direct form r − r' + r'Δ cancels at most a factor 20."""
+    for k in range(u.size):
+        old = u[k]
+        du, slope1 = _soft_clamp32(eta * (pull[k] - bias[k]), c, floor)
+        new, slope2 = _soft_clamp32(old + du, c, floor)
+        delta = new - old
+        rate, rate_old = _exp32(new), _exp32(old)
+        series = delta * delta * (_F32(0.5) - delta * (_F32(1.0 / 6.0) - delta * (_F32(1.0 / 24.0) - delta * (
+            _F32(1.0 / 120.0) - delta * (_F32(1.0 / 720.0) - delta * _F32(1.0 / 5040.0))))))
+        terms[k] = rate * series if abs(delta) < _F32(0.1) else rate_old - rate + rate * delta
+        u_new[k], s1[k], s2[k] = new, slope1, slope2
+        kl_new[k], kl_old[k] = rate * delta, rate_old - rate
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def poisson_update_forward32(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, kl):  # pragma: no cover
+    """``poisson_update_forward`` for float32 arrays in float32 arithmetic (the KL rows summed in float64)."""
+    for b in nb.prange(u.shape[0]):
+        terms = np.empty(u.shape[1], np.float32)
+        _update_row32(u[b], pull[b], bias, _F32(eta), _F32(c), _F32(floor), u_new[b], s1[b], s2[b], kl_new[b],
+                      kl_old[b], terms)
+        kl[b] = _row_sum(terms)

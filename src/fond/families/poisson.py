@@ -251,7 +251,7 @@ class _PoissonUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, pull, bias, log_step, c, floor, bound):  # noqa: D102
-        from fond.families.kernels import poisson_update_forward
+        from fond.families.kernels import poisson_update_forward, poisson_update_forward32
         from fond.families.sampling import kernel_threads
 
         u_in, pull_in, bias_in = (t.detach().contiguous() for t in (u, pull, bias))
@@ -259,8 +259,9 @@ class _PoissonUpdate(torch.autograd.Function):
         new, s1, s2, kl_new, kl_old = (torch.empty_like(u_in) for _ in range(5))
         kl = torch.empty(u_in.shape[0], dtype=torch.float64)
         kernel_threads(u_in.numel())
-        poisson_update_forward(u_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(),
-                               s1.numpy(), s2.numpy(), kl_new.numpy(), kl_old.numpy(), kl.numpy())
+        forward = poisson_update_forward32 if u_in.dtype == torch.float32 else poisson_update_forward
+        forward(u_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(), s1.numpy(), s2.numpy(),
+                kl_new.numpy(), kl_old.numpy(), kl.numpy())
         ctx.save_for_backward(s1, s2, kl_new, kl_old, pull_in, bias_in)
         ctx.eta, ctx.bound = eta, bound
         return new, kl.to(u.dtype)
