@@ -78,22 +78,34 @@ def test_sparse_engine_steps_like_the_float_engine():
         assert 0.0 < se.density < 1.0
 
 
-# "auto" takes the sparse product only below its density threshold: a dense step keeps the dense product.
-def test_auto_product_switches_on_density(monkeypatch):
+# "auto" takes the sparse product below its density threshold, leaves it only well above it (hysteresis: switching
+# products from step to step costs more than either), and keeps tiny batches on the dense product.
+def test_auto_product_switches_on_density_with_hysteresis(monkeypatch):
     import fond.families.sparse_kernels as sk
+    from fond.engine import MIN_SPARSE_SIZE, SPARSE_BELOW_FLOAT
 
     model = IPVAE(16, 64, seed=3, init_scale=0.05)
     calls, original = [], sk.sparse_addmm
     monkeypatch.setattr(sk, "sparse_addmm", lambda *arrays: (calls.append(1), original(*arrays)))
+    batch = MIN_SPARSE_SIZE // 64 + 1
+
+    def counts(density):
+        z = torch.zeros(batch, 64)
+        z[:, : round(density * 64)] = 1.0
+        return z
+
     with torch.no_grad():
-        x = torch.randn(50, 16, generator=torch.Generator().manual_seed(2))
+        x = torch.randn(batch, 16, generator=torch.Generator().manual_seed(2))
         engine, drive = _engine(model, x, "auto")
-        engine.step(torch.ones(50, 64), drive, torch.Generator().manual_seed(0))  # density 1: dense
+        between = 1.2 * SPARSE_BELOW_FLOAT  # above the threshold, below the hysteresis band's top
+        for density, sparse in [(1.0, False), (between, False), (1 / 64, True), (between, True), (1.0, False)]:
+            calls.clear()
+            engine.step(counts(density), drive, torch.Generator().manual_seed(0))
+            assert calls == ([1] if sparse else []), density
+        small, small_drive = _engine(model, x[:10], "auto")
+        calls.clear()
+        small.step(counts(1 / 64)[:10], small_drive, torch.Generator().manual_seed(0))
         assert calls == []
-        sparse = torch.zeros(50, 64)
-        sparse[:, 0] = 1.0  # density 1/64
-        engine.step(sparse, drive, torch.Generator().manual_seed(0))
-        assert calls == [1]
 
 
 # FOND_NO_AMX runs the path of a CPU without AMX (the limb product off) on one that has it.

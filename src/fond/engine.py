@@ -104,10 +104,15 @@ MAX_SMALL_COUNT = 255
 MAX_LIMB_INPUTS = 512
 #: ``product="auto"`` takes the sparse product (``fond.families.sparse_kernels``) for a step whose counts have
 #: fewer non-zero entries than this fraction: beside the float product (synthetic crossover ~0.18 at B 1000,
-#: K 512 on an AVX-512 core, sparse still ahead at 0.12 on trained models), beside AMX's int8 limbs (8–15 % faster
-#: at 0.11–0.12 on the shipped models, a crossover near 0.14;
-#: benchmarks/engine_products.py, BENCHMARKS.md)
-SPARSE_BELOW_FLOAT, SPARSE_BELOW_LIMBS = 0.2, 0.14
+#: K 512 on an AVX-512 core; 1.7–1.9× faster at 0.11–0.12 on the shipped models), and beside AMX's int8 limbs
+#: too (1.05–1.25× faster at 0.11–0.12, one or two threads; a rollout that switches between the two products
+#: from step to step measured slower than either, its two thread pools contending: benchmarks/engine_products.py,
+#: BENCHMARKS.md)
+SPARSE_BELOW_FLOAT = SPARSE_BELOW_LIMBS = 0.2
+#: once on the sparse product, a rollout leaves it only above this multiple of the threshold
+SPARSE_HYSTERESIS = 1.5
+#: batches of fewer counts (B·K) than this keep the dense product under "auto" (the product costs little there)
+MIN_SPARSE_SIZE = 16384
 
 
 def limb_product_available() -> bool:
@@ -196,8 +201,17 @@ class PoissonLinearEngine:
         self.product = product
         self.sparse_below = {"auto": SPARSE_BELOW_LIMBS if dense == "limbs" else SPARSE_BELOW_FLOAT,
                              "sparse": 1.01}.get(product, -1.0)
-        self.limbs = LimbProduct(self.scaled_gram) if dense == "limbs" else None
+        self.dense = dense
+        self._limbs: LimbProduct | None = None
         self.density = 1.0
+        self._sparse = False
+
+    @property
+    def limbs(self) -> LimbProduct | None:
+        """The int8-limb form of ηW (built on first use: a rollout that stays sparse never packs it), or None."""
+        if self._limbs is None and self.dense == "limbs":
+            self._limbs = LimbProduct(self.scaled_gram)
+        return self._limbs
 
     def start(self, u: Tensor) -> None:
         self._allocate(torch.exp(-u).contiguous())
@@ -214,17 +228,18 @@ class PoissonLinearEngine:
         self.rates = self._rate_buffers[0]
         self.spikes = torch.empty_like(self.inv_rates)
         self.work = torch.empty_like(self.inv_rates)
-        shape = self.inv_rates.shape if self.limbs is not None else (0,)
+        shape = self.inv_rates.shape if self.dense == "limbs" else (0,)
         self.small_counts = torch.empty(shape, dtype=torch.uint8)
         self._small_valid = False
 
     def _small(self, z: Tensor) -> Tensor | None:
         """z as uint8 counts if the limb product can take it, else None."""
-        if self.limbs is None:
+        if self.dense != "limbs":
             return None
-        if z is self.spikes:
-            return self.small_counts if self._small_valid else None
-        if bool(((z >= 0) & (z <= MAX_SMALL_COUNT) & (z == torch.round(z))).all()):  # e.g. the initial sample
+        if z is self.spikes and self._small_valid:
+            return self.small_counts
+        # e.g. the initial sample, or counts drawn while the rollout was on the sparse product (none written)
+        if bool(((z >= 0) & (z <= MAX_SMALL_COUNT) & (z == torch.round(z))).all()):
             return z.to(torch.uint8)
         return None
 
@@ -242,11 +257,14 @@ class PoissonLinearEngine:
         self.rates = self._rate_buffers[1] if self.rates is self._rate_buffers[0] else self._rate_buffers[0]
         key1, key2 = draw_key(generator)
         kernel_threads(self.rates.numel())
+        # uint8 counts for the limb product while the rollout is on the dense product (else made when needed)
+        small = self.dense == "limbs" and not self._sparse
         overflow, nonzero = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
                                               self.rates.view(-1).numpy(), self.spikes.view(-1).numpy(),
-                                              self.small_counts.view(-1).numpy(), key1, key2, self.ceiling,
-                                              self.floor_factor, self.cutoff, self.reciprocals)
-        self._small_valid = self.limbs is not None and overflow == 0
+                                              (self.small_counts if small else self.small_counts[:0]).view(-1).numpy(),
+                                              key1, key2, self.ceiling, self.floor_factor, self.cutoff,
+                                              self.reciprocals)
+        self._small_valid = small and overflow == 0
         self.density = nonzero / max(1, self.spikes.numel())
         return self.rates, self.spikes
 
@@ -256,7 +274,11 @@ class PoissonLinearEngine:
         from fond.families.sparse_kernels import sparse_addmm
 
         density = self.density if z is self.spikes else float(torch.count_nonzero(z)) / max(1, z.numel())
-        if density < self.sparse_below:
+        # hysteresis: a sparse rollout turns dense only above 1.5× the threshold (switching products from step to
+        # step costs more than either: their thread pools contend); tiny batches stay dense
+        limit = self.sparse_below * (SPARSE_HYSTERESIS if self._sparse else 1.0)
+        self._sparse = density < limit and (z.numel() >= MIN_SPARSE_SIZE or self.product == "sparse")
+        if self._sparse:
             kernel_threads(z.numel())
             sparse_addmm(self._neg_drive.numpy(), z.contiguous().numpy(), self.scaled_gram.numpy(), self.work.numpy())
             return

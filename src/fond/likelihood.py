@@ -9,15 +9,16 @@ autograd of the written-out terms, ``tests/test_likelihood.py``); elsewhere it w
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 import torch
 from torch import Tensor
 
-import fond.families.kernels  # noqa: F401  (its import chooses numba's vector width first)
+import fond.families.kernels  # noqa: F401  (before numba: its vector-width choice)
 from fond.metrics import LOG_2PI, gaussian_nll
 
 __all__ = ["gaussian_terms"]
+
+import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 
 
 def gaussian_terms(x: Tensor, reconstruction: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
