@@ -19,18 +19,22 @@ def _sparse_counts(rng, rows, k, dtype):
     return z
 
 
+def _problem(seed, rows, k, n, dtype):
+    """Sparse counts (rows, k), a dense (k, n) matrix, a dense (rows, n) array and the dtype's tolerance."""
+    rng = np.random.default_rng(seed)
+    z = _sparse_counts(rng, rows, k, dtype)
+    return z, rng.normal(size=(k, n)).astype(dtype), rng.normal(size=(rows, n)).astype(dtype), (
+        1e-5 if dtype == np.float32 else 1e-12)
+
+
 # The engine's recurrent input with the sparse product must be the product itself: z·W + base to rounding,
 # for float32 and float64, rows with 0 … K non-zero counts (each remainder of the four-row loop).
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sparse_addmm_equals_the_dense_product(dtype):
-    rng = np.random.default_rng(0)
-    z = _sparse_counts(rng, 23, 11, dtype)
-    w = rng.normal(size=(11, 37)).astype(dtype)
-    base = rng.normal(size=(23, 37)).astype(dtype)
+    z, w, base, tolerance = _problem(0, 23, 11, 37, dtype)
     out = np.full((23, 37), np.nan, dtype)
     sparse_addmm(base, z, w, out)
     exact = base.astype(np.float64) + z.astype(np.float64) @ w.astype(np.float64)
-    tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, exact, rtol=tolerance, atol=tolerance * np.abs(exact).max())
     assert np.array_equal(out[0], base[0])  # a row without a count is the base itself
 
@@ -38,15 +42,11 @@ def test_sparse_addmm_equals_the_dense_product(dtype):
 # The trace's R² and NLL of a sample come from these two sums: they must equal the written-out residuals.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sparse_residuals_equal_the_written_out_sums(dtype):
-    rng = np.random.default_rng(1)
-    z = _sparse_counts(rng, 17, 9, dtype)
-    w = rng.normal(size=(9, 29)).astype(dtype)
-    x = rng.normal(size=(17, 29)).astype(dtype)
-    precision = rng.uniform(0.5, 4.0, 29).astype(dtype)
+    z, w, x, tolerance = _problem(1, 17, 9, 29, dtype)
+    precision = np.random.default_rng(2).uniform(0.5, 4.0, 29).astype(dtype)
     squares, weighted = np.empty(17), np.empty(17)
     sparse_residuals(z, w, x, precision, squares, weighted)
     residual = x.astype(np.float64) - z.astype(np.float64) @ w.astype(np.float64)
-    tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(squares, (residual**2).sum(1), rtol=tolerance)
     np.testing.assert_allclose(weighted, (residual**2 * precision).sum(1), rtol=tolerance)
 
