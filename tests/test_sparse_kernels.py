@@ -82,7 +82,7 @@ def test_sparse_engine_steps_like_the_float_engine():
 # products from step to step costs more than either), and keeps tiny batches on the dense product.
 def test_auto_product_switches_on_density_with_hysteresis(monkeypatch):
     import fond.families.sparse_kernels as sk
-    from fond.engine import MIN_SPARSE_SIZE, SPARSE_BELOW_FLOAT
+    from fond.engine import MIN_SPARSE_SIZE, SPARSE_BELOW
 
     model = IPVAE(16, 64, seed=3, init_scale=0.05)
     calls, original = [], sk.sparse_addmm
@@ -97,7 +97,7 @@ def test_auto_product_switches_on_density_with_hysteresis(monkeypatch):
     with torch.no_grad():
         x = torch.randn(batch, 16, generator=torch.Generator().manual_seed(2))
         engine, drive = _engine(model, x, "auto")
-        between = 1.2 * SPARSE_BELOW_FLOAT  # above the threshold, below the hysteresis band's top
+        between = 1.2 * SPARSE_BELOW  # above the threshold, below the hysteresis band's top
         for density, sparse in [(1.0, False), (between, False), (1 / 64, True), (between, True), (1.0, False)]:
             calls.clear()
             engine.step(counts(density), drive, torch.Generator().manual_seed(0))

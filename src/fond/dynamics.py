@@ -28,6 +28,7 @@ from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
 from fond.families.sampling import kernel_threads
 from fond.likelihood import gaussian_terms
+from fond.metrics import zeros_fraction
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
 
@@ -176,9 +177,8 @@ class FondSteps(InferenceSteps):
         if not isinstance(operators, LinearDecoderOperators) or code.device.type != "cpu" or (
                 code.dtype not in (torch.float32, torch.float64) or code.dtype != frame.dtype):
             return None
-        engine = self.engine
-        density = engine.density if engine is not None and code is getattr(engine, "spikes", None) else (
-            float(torch.count_nonzero(code)) / max(1, code.numel()))
+        density = self.engine.density_of(code) if hasattr(self.engine, "density_of") else (
+            1.0 - float(zeros_fraction(code).mean()))
         if density >= SPARSE_RESIDUALS_BELOW:
             return None
         if self._atoms is None or self._atoms.dtype != code.dtype:

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from fond.decoders import LinearDecoderOperators
 from fond.families.poisson import PoissonFamily
+from fond.metrics import zeros_fraction
 
 __all__ = ["LimbProduct", "PoissonLinearEngine", "limb_product_available", "register_engine", "engine_factory",
            "fused_engine", "EngineFactory"]
@@ -108,7 +109,7 @@ MAX_LIMB_INPUTS = 512
 #: too (1.05–1.25× faster at 0.11–0.12, one or two threads; a rollout that switches between the two products
 #: from step to step measured slower than either, its two thread pools contending: benchmarks/engine_products.py,
 #: BENCHMARKS.md)
-SPARSE_BELOW_FLOAT = SPARSE_BELOW_LIMBS = 0.2
+SPARSE_BELOW = 0.2
 #: once on the sparse product, a rollout leaves it only above this multiple of the threshold
 SPARSE_HYSTERESIS = 1.5
 #: batches of fewer counts (B·K) than this keep the dense product under "auto" (the product costs little there)
@@ -170,7 +171,7 @@ class PoissonLinearEngine:
     returns u = −log E. Tensors are reused between steps (the rates every other step): copy what you keep.
     ``product``: "float" (one addmm), "limbs" (``LimbProduct``; float32 only), "sparse" (only the non-zero
     counts' rows of W: ``fond.families.sparse_kernels.sparse_addmm``) or "auto": per step, sparse where the
-    counts are sparse enough (``SPARSE_BELOW_LIMBS`` / ``SPARSE_BELOW_FLOAT``), else limbs for float32 where
+    counts are sparse enough (``SPARSE_BELOW``, with ``SPARSE_HYSTERESIS``), else limbs for float32 where
     ``limb_product_available()``, else float. ``density``: the fraction of non-zero counts of the last draw.
     """
 
@@ -199,8 +200,7 @@ class PoissonLinearEngine:
         if dense == "limbs" and gram.dtype != torch.float32:
             raise ValueError(f"the limb product needs a float32 model, got {gram.dtype}")
         self.product = product
-        self.sparse_below = {"auto": SPARSE_BELOW_LIMBS if dense == "limbs" else SPARSE_BELOW_FLOAT,
-                             "sparse": 1.01}.get(product, -1.0)
+        self.sparse_below = {"auto": SPARSE_BELOW, "sparse": 1.01}.get(product, -1.0)
         self.dense = dense
         self._limbs: LimbProduct | None = None
         self.density = 1.0
@@ -273,7 +273,7 @@ class PoissonLinearEngine:
         from fond.families.sampling import kernel_threads
         from fond.families.sparse_kernels import sparse_addmm
 
-        density = self.density if z is self.spikes else float(torch.count_nonzero(z)) / max(1, z.numel())
+        density = self.density_of(z)
         # hysteresis: a sparse rollout turns dense only above 1.5× the threshold (switching products from step to
         # step costs more than either: their thread pools contend); tiny batches stay dense
         limit = self.sparse_below * (SPARSE_HYSTERESIS if self._sparse else 1.0)
@@ -288,6 +288,10 @@ class PoissonLinearEngine:
             self.limbs.accumulate(small, self.work)
         else:
             torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)
+
+    def density_of(self, z: Tensor) -> float:
+        """The fraction of non-zero entries of z (the last draw's, known from its kernel, when z is it)."""
+        return self.density if z is self.spikes else 1.0 - float(zeros_fraction(z).mean())
 
     def potentials(self) -> Tensor:
         """u = −log E (B, K)."""

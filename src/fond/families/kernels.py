@@ -218,7 +218,7 @@ def _screened(r, u):
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _screen_pass(rates, out, key1, key2, counter0, unresolved):  # pragma: no cover - compiled
     """The screen over one chunk (vectorised): count 0 where U < 1 − r − margin, flags for the rest (whose
-    uniforms ``_gather_screened`` draws again: cheaper than storing every element's)."""
+    uniforms ``_finish_chunk`` draws again: cheaper than storing every element's)."""
     for i in range(unresolved.size):
         u = _uniform(key1, key2, counter0 + np.uint64(i))
         out[i] = 0.0
@@ -264,29 +264,22 @@ def _compact(flags, index):  # pragma: no cover - compiled
 
 
 @nb.njit(error_model="numpy")
-def _gather_screened(flags, rates, key1, key2, counter0):  # pragma: no cover - compiled
-    """``_gather`` for the elements the screen flagged, their uniforms drawn again from their counters."""
+def _flagged(flags):  # pragma: no cover - compiled
+    """The positions of the true flags, in order."""
     index = np.empty(flags.size, np.int64)
-    m = _compact(flags, index)
-    r = np.empty(m)
-    u = np.empty(m)
-    for j in range(m):
-        r[j] = rates[index[j]]
-        u[j] = _uniform(key1, key2, counter0 + np.uint64(index[j]))
-    return index[:m], r, u, np.empty(m), np.empty(m, np.bool_)
+    return index[:_compact(flags, index)]
 
 
 @nb.njit(error_model="numpy")
-def _gather(flags, rates, uniforms):  # pragma: no cover - compiled
-    """(index, rates, uniforms, counts, open flags) of the flagged elements, gathered (counts, flags empty)."""
-    index = np.empty(flags.size, np.int64)
-    m = _compact(flags, index)
-    r = np.empty(m)
-    u = np.empty(m)
+def _gather(index, rates, uniforms):  # pragma: no cover - compiled
+    """(index, rates, uniforms, counts, open flags) of the elements at ``index``, gathered (counts and flags
+    empty, to be filled by a tier)."""
+    m = index.size
+    r, u = np.empty(m), np.empty(m)
     for j in range(m):
         r[j] = rates[index[j]]
         u[j] = uniforms[index[j]]
-    return index[:m], r, u, np.empty(m), np.empty(m, np.bool_)
+    return index, r, u, np.empty(m), np.empty(m, np.bool_)
 
 
 @nb.njit(error_model="numpy")
@@ -294,14 +287,19 @@ def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals,
                   unresolved):  # pragma: no cover - compiled
     """The tiers and the scalar pass for the elements of a chunk the screen left unresolved; returns how
     many of their counts are non-zero (the screened ones are all 0)."""
-    index, r1, u1, count1, open1 = _gather_screened(unresolved, rates, key1, key2, counter0)
+    index = _flagged(unresolved)
     if index.size == 0:
         return 0
+    r1, u1 = np.empty(index.size), np.empty(index.size)
+    for j in range(index.size):
+        r1[j] = rates[index[j]]
+        u1[j] = _uniform(key1, key2, counter0 + np.uint64(index[j]))  # drawn again: the screen keeps none
+    count1, open1 = np.empty(index.size), np.empty(index.size, np.bool_)
     _fast_tier(r1, u1, count1, open1)
-    index2, r2, u2, count2, open2 = _gather(open1, r1, u1)
+    index2, r2, u2, count2, open2 = _gather(_flagged(open1), r1, u1)
     if index2.size > 0:
         _mid_tier(r2, u2, count2, open2)
-        index3, r3, u3, count3, open3 = _gather(open2, r2, u2)
+        index3, r3, u3, count3, open3 = _gather(_flagged(open2), r2, u2)
         if index3.size > 0:
             _wide_tier(r3, u3, count3, open3, min(cutoff, WIDE_RATE))
             for j in range(index3.size):
@@ -339,8 +337,8 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _relaxed_screen(rates, key1, key2, counter0, stop, busy):  # pragma: no cover - compiled
     """Pass 1 over one chunk (vectorised, no libm call): busy[i] when element i's first arrival time
-    T_1 = −log(1 − U)/r falls at or before ``stop``, i.e. 1 − U ≥ e^{−stop·r}; the others add nothing (the loop
-    of ``_relaxed_element`` would stop before its first term), so their count and derivative are 0. Returns
+    T_1 = −log(1 − U)/r falls at or before ``stop``, i.e. 1 − U ≥ e^{−stop·r}; the others add nothing (their first
+    round in ``_relaxed_busy`` would close them before any term), so their count and derivative are 0. Returns
     how many rates are not finite (NaN or ±inf: the caller's error)."""
     bad = 0
     for i in range(busy.size):
@@ -441,9 +439,8 @@ def _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_ta
     """The busy elements of the chunk starting at ``a``: term by term for all of them at once (one vectorised
     round per term, ``_sigmoid_round`` or ``_cubic_round``), the ones that stopped dropped after each round;
     writes their count and ∂count/∂r."""
-    index = np.empty(busy.size, np.int64)
-    m = _compact(busy, index)
-    index = index[:m] + a
+    index = _flagged(busy) + a
+    m = index.size
     r = np.empty(m)
     left = np.empty(m, np.int64)
     for p in range(m):
