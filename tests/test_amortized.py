@@ -201,7 +201,7 @@ def test_infer_result(model_name):
     x = torch.randn(5, 16, generator=_gen(0))
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    res = model.infer(x, 6, seed=3)
+    res = model.infer(x, 6, seed=3, trace=True)
     assert torch.equal(before, torch.get_rng_state())
     assert res.steps == 6
     assert res.rates.shape == res.spikes.shape == (5, 10)
@@ -253,7 +253,7 @@ def test_save_load_round_trip(tmp_path, model_name, encoder):
     loaded = fond.load(tmp_path / "m")
     assert type(loaded) is AmortizedVAE and loaded.config == model.config
     x = torch.randn(3, 16, generator=_gen(1))
-    a, b = model.infer(x, 4, seed=2), loaded.infer(x, 4, seed=2)
+    a, b = model.infer(x, 4, seed=2, trace=True), loaded.infer(x, 4, seed=2, trace=True)
     assert torch.equal(a.spikes, b.spikes) and torch.equal(a.rates, b.rates)
     for key in TRACE_KEYS:
         np.testing.assert_array_equal(a.trace[key], b.trace[key])

@@ -9,19 +9,21 @@ from fond import IPVAE
 from fond.bench import format_table, run_bench, straightforward_rollout, straightforward_unroll_loss
 from fond.cli import main
 
+KINDS = ["inference", "inference, default trace", "inference, every trace key", "training"]
+
 
 def test_run_bench_rows_are_complete_and_consistent():
     """Every row carries positive finite times, the floor and both ratios; training rows carry peak memory."""
     rows = run_bench(None, inference_batch=30, train_batch=20, latents=12, inputs=(16,), inference_steps=3,
                      train_steps=2, n_exp=4, repeats=1, memory=True)
-    assert [r.kind for r in rows] == ["inference", "inference, trace on", "training"]
+    assert [r.kind for r in rows] == KINDS
     for r in rows:
         for value in (r.fond_ms, r.floor_ms, r.baseline_ms):
             assert math.isfinite(value) and value > 0
         assert r.vs_floor == r.fond_ms / r.floor_ms and r.speedup == r.baseline_ms / r.fond_ms
-    assert rows[2].fond_peak_mb is not None and rows[2].baseline_peak_mb is not None
+    assert rows[3].fond_peak_mb is not None and rows[3].baseline_peak_mb is not None
     table = format_table(rows)
-    assert table.count("\n") == 4 and "fond / floor" in table
+    assert table.count("\n") == 5 and "fond / floor" in table
 
 
 def test_straightforward_baselines_follow_the_same_dynamics():
@@ -45,7 +47,7 @@ def test_cli_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| inference /step | 20 | 8 | 16 |" in printed and "| training /iteration | 10 | 8 | 16 |" in printed
-    assert [row["kind"] for row in json.loads(out.read_text())] == ["inference", "inference, trace on", "training"]
+    assert [row["kind"] for row in json.loads(out.read_text())] == KINDS
 
 
 def test_cli_bench_rejects_a_non_poisson_run(tmp_path, capsys):

@@ -31,7 +31,7 @@ def _both(model, x, steps, **kw):
 def test_fused_step_equals_the_generic_step_on_the_same_draws():
     """The rate-space rewrite of the clamped update (E = e^{−u}) is exact: float64 rollouts of 60 steps give
     the same spikes, rates, potentials and per-step trace as fond_step, draw for draw."""
-    fast, slow = _both(_model(), _x(), 60, record=[1, 30, 60])
+    fast, slow = _both(_model(), _x(), 60, record=[1, 30, 60], trace=True)
     assert torch.equal(fast.spikes, slow.spikes)
     torch.testing.assert_close(fast.rates, slow.rates, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(fast.state["u"], slow.state["u"], rtol=1e-12, atol=1e-12)
@@ -39,6 +39,22 @@ def test_fused_step_equals_the_generic_step_on_the_same_draws():
     for key in slow.trace:
         np.testing.assert_allclose(fast.trace[key], slow.trace[key], rtol=1e-10, atol=1e-12, err_msg=key)
     assert float(fast.spikes.sum()) > 0  # spiking, so the draws really were compared
+
+
+def test_default_trace_takes_the_state_terms_from_the_rates_not_the_potentials(monkeypatch):
+    """The default trace (every key but r2_rates) reads no potentials per step (the engine's u = −log E costs a
+    pass and an allocation a step): u is computed once, for the read-out, and every key still equals the
+    generic step's, whose terms come from u."""
+    from fond.engine import PoissonLinearEngine
+
+    calls = []
+    original = PoissonLinearEngine.potentials
+    monkeypatch.setattr(PoissonLinearEngine, "potentials", lambda self: calls.append(1) or original(self))
+    fast, slow = _both(_model(), _x(), 40)
+    assert len(calls) == 1
+    assert set(fast.trace) == set(slow.trace) and "r2_rates" not in fast.trace and "kl" in fast.trace
+    for key in slow.trace:
+        np.testing.assert_allclose(fast.trace[key], slow.trace[key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
 def test_fused_step_saturates_exactly_like_the_soft_clamps():
@@ -79,8 +95,9 @@ def test_bounding_the_drive_before_exp_changes_no_bit(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_engine_trace_terms_match_the_family_formulas(dtype):
-    """The compiled per-input trace terms (no transcendental: a Taylor series for |δ| < 0.01, the stored rates
-    above) equal the family's own KL, saturation and the generic norms, for steps from 1e-9 to 5 nats."""
+    """The compiled per-input trace terms from the rates alone (δ = log(r/r'), a Taylor series near δ = 0, the
+    rates away from it) equal the family's own KL, saturation and the generic norms, for steps from 1e-9 to 5
+    nats: the default trace takes them from there, never computing the potentials."""
     from fond.families.poisson import poisson_kl
 
     model = _model()
@@ -93,7 +110,7 @@ def test_engine_trace_terms_match_the_family_formulas(dtype):
     delta = torch.logspace(-9, 0.7, 50, dtype=torch.float64) * torch.where(torch.rand(6, 50, generator=g) < 0.5, -1, 1)
     u = u_old + delta
     spikes = torch.poisson(torch.exp(u).clamp_max(50), generator=g)
-    terms = engine.trace_terms(*(t.to(dtype) for t in (u, u_old, torch.exp(u), torch.exp(u_old), spikes)))
+    terms = engine.trace_terms(*(t.to(dtype) for t in (torch.exp(u), torch.exp(u_old), spikes)))
     tight = dict(rtol=1e-9, atol=0) if dtype == torch.float64 else dict(rtol=2e-3, atol=1e-6)
     torch.testing.assert_close(terms["kl"].double(), poisson_kl(u, u_old, "exact").sum(-1), **tight)
     torch.testing.assert_close(terms["du_norm"].double(), delta.norm(dim=-1), rtol=1e-6, atol=0)

@@ -53,7 +53,7 @@ def test_ipvae_numbers_unchanged():
         assert float(out.loss.detach()) == pytest.approx(loss, rel=1e-10)
         assert float(model.dictionary.grad.abs().sum()) == pytest.approx(grad_phi, rel=1e-9)
         assert float(model.u_init.grad.abs().sum()) == pytest.approx(grad_u, rel=1e-9)
-    res = model.infer(x, 40, seed=1)
+    res = model.infer(x, 40, seed=1, trace=True)
     assert float(res.spikes.sum()) == 405.0
     assert float(res.rates.sum()) == pytest.approx(404.2232045310531, rel=1e-10)
     assert float(res.trace["r2"][-1]) == pytest.approx(0.18810980693030716, rel=1e-9)

@@ -143,8 +143,8 @@ def test_16_bit_weights_give_the_float_engines_rollout_statistics(shipped):
     seeds: R² (spikes and mean code) and zeros within 0.005 of the float engine's (measured: |ΔR²| ≤ 0.0012,
     |Δzeros| ≤ 0.0002; 4-bit weights fail it by 0.15)."""
     model, x = shipped
-    float_trace = model.infer(x, 400, seed=0).trace
-    integer_trace = fp.quantize(model, 16, 16).infer(x, 400, seed=0).trace
+    float_trace = model.infer(x, 400, seed=0, trace=True).trace
+    integer_trace = fp.quantize(model, 16, 16).infer(x, 400, seed=0, trace=True).trace
     for key in ("r2", "r2_rates", "zeros"):
         assert abs(integer_trace[key][-1] - float_trace[key][-1]) < 0.005, key
     assert abs(integer_trace["r2"][-1] - 0.78) < 0.05  # a working model, not two identical failures

@@ -128,7 +128,7 @@ def test_infer_fields_and_save_load_roundtrip(tmp_path, build):
     model = build()
     model.unroll_loss(_data(8), 2, beta=3.0, temperature=1.0, generator=_gen(0))  # records β = 3
     x = _data(10, seed=1)
-    res = model.infer(x, 6, seed=4)
+    res = model.infer(x, 6, seed=4, trace=True)
     assert res.rates.shape == res.spikes.shape == (10, K)
     assert res.reconstruction.shape == res.reconstruction_from_rates.shape == (10, D)
     assert set(res.state) == {"mu", "log_sigma"} and res.steps == 6
@@ -145,7 +145,7 @@ def test_infer_fields_and_save_load_roundtrip(tmp_path, build):
     model.save(tmp_path / "m")
     loaded = fond.load(tmp_path / "m")
     assert type(loaded) is type(model) and float(loaded.refine_beta) == 3.0
-    again = loaded.infer(x, 6, seed=4)
+    again = loaded.infer(x, 6, seed=4, trace=True)
     assert torch.equal(again.spikes, res.spikes) and torch.equal(again.state["log_sigma"], res.state["log_sigma"])
     for key in TRACE_KEYS:
         assert np.array_equal(again.trace[key], res.trace[key]), key

@@ -19,7 +19,7 @@ def test_parameter_count_matches_paper(d, expected):
 
 def test_infer_returns_integer_spikes_and_consistent_fields(tiny_model, tiny_data):
     """Evaluation uses exact integer counts; reconstructions are Φ·spikes and Φ·rates."""
-    res = tiny_model.infer(torch.from_numpy(tiny_data), steps=30, seed=1)
+    res = tiny_model.infer(torch.from_numpy(tiny_data), steps=30, seed=1, trace=True)
     assert res.rates.shape == res.spikes.shape == (64, 24)
     assert torch.equal(res.spikes, res.spikes.round()) and (res.spikes >= 0).all()
     assert torch.allclose(res.reconstruction, res.spikes @ tiny_model.dictionary.T.detach())

@@ -33,7 +33,7 @@ def test_trace_is_the_energy_descending():
     """Gradient descent with a stable step never increases the energy it reports (nelbo = nll + prior term)."""
     model = PredictiveCoding(D, K, seed=2, method_options={"init_scale": 0.3}).double()
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((4, D)))
-    res = model.infer(x, 60)
+    res = model.infer(x, 60, trace=True)
     assert set(res.trace) == set(TRACE_KEYS) and all(len(v) == 60 for v in res.trace.values())
     assert (np.diff(res.trace["nelbo"]) <= 1e-12).all()
     np.testing.assert_allclose(res.trace["kl"][-1], 0.5 * float(res.rates.pow(2).sum(-1).mean()), rtol=1e-12)

@@ -9,7 +9,7 @@ import torch
 from fond.config import MODELS, ModelConfig
 from fond.metrics import gaussian_nll, r2_per_sample
 from fond.models import build_model
-from fond.result import TRACE_KEYS, TRACE_MEANINGS
+from fond.result import DEFAULT_TRACE_KEYS, TRACE_KEYS, TRACE_MEANINGS
 from fond.rollout import InferenceSteps, Step, run_inference
 
 D, K, B = 4, 4, 3
@@ -54,7 +54,7 @@ def _frames():
 def test_toy_method_trace_is_the_documented_one():
     """A fixed input: a_t = x(1 − 2^−t); every trace key equals its definition computed by hand."""
     x = _frames()[1]
-    res = run_inference(HalfWay(), x, 3, record=[2])
+    res = run_inference(HalfWay(), x, 3, record=[2], trace=True)
     a = [x * (1 - 0.5 ** t) for t in range(4)]
     assert set(res.trace) == set(TRACE_KEYS) == set(TRACE_MEANINGS)
     for t in (1, 2, 3):
@@ -110,7 +110,7 @@ def test_every_model_reports_the_same_trace_quantities(name):
     the returned result, equal the trace's (a check of the documented definitions, for every model)."""
     model = build_model(ModelConfig(n_inputs=16, n_latents=12, model=name), seed=1)
     x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
-    res = model.infer(x, 4, seed=2)
+    res = model.infer(x, 4, seed=2, trace=True)
     assert set(res.trace) == set(TRACE_KEYS) and all(v.shape == (4,) for v in res.trace.values())
     assert res.trace["r2"][-1] == pytest.approx(float(r2_per_sample(x, res.reconstruction).mean()), rel=1e-5)
     assert res.trace["r2_rates"][-1] == pytest.approx(float(r2_per_sample(x, res.reconstruction_from_rates).mean()),
@@ -123,6 +123,26 @@ def test_every_model_reports_the_same_trace_quantities(name):
 # ---- trace subsets: record only what the caller asks for -------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["ipvae", "lca"])
+def test_the_default_trace_leaves_out_only_the_per_step_mean_code_fit(name):
+    """By default every key but r2_rates (a dense decode per step) is recorded, with the values of the full
+    trace; asking for the missing key says how to record it, in one line; the final mean-code fit stays in the
+    read-out (reconstruction_from_rates)."""
+    model = build_model(ModelConfig(n_inputs=16, n_latents=12, model=name), seed=1)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    default, full = model.infer(x, 4, seed=2).trace, model.infer(x, 4, seed=2, trace=True).trace
+    assert tuple(default) == DEFAULT_TRACE_KEYS == tuple(k for k in TRACE_KEYS if k != "r2_rates")
+    for key in default:
+        np.testing.assert_array_equal(default[key], full[key])
+    with pytest.raises(KeyError, match="'r2_rates' was not recorded.*trace=True"):
+        default["r2_rates"]
+    with pytest.raises(KeyError, match="unknown trace key 'r3'"):
+        default["r3"]
+    assert model.infer(x, 4, seed=2, trace="default").trace.keys() == default.keys()
+
+
+
+
 @pytest.mark.parametrize("model", ["ipvae", "igvae", "lca", "pvae"])
 @pytest.mark.parametrize("keys", [("r2",), ("zeros", "du_norm", "kl"), ("nelbo", "rate_max"),
                                   ("r2_rates", "saturated")])
@@ -130,7 +150,7 @@ def test_a_trace_subset_holds_exactly_the_full_traces_values(model, keys):
     """Asking for some keys changes what is computed, never a value: each equals the full trace's (same draws)."""
     net = build_model(ModelConfig(n_inputs=16, n_latents=8, model=model), seed=1)
     x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
-    full = net.infer(x, 6, seed=3).trace
+    full = net.infer(x, 6, seed=3, trace=True).trace
     part = net.infer(x, 6, seed=3, trace=keys).trace
     assert tuple(part) == keys  # in TRACE_KEYS order
     for key in keys:

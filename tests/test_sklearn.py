@@ -115,7 +115,7 @@ def test_inverse_transform_reconstructs_with_the_scores_r2(fitted, data, code, t
     try:
         x = data[0]
         x_hat = fitted.inverse_transform(fitted.transform(x))
-        res = fitted.model_.infer(torch.from_numpy(x.astype(np.float32)), SMALL["steps"], seed=3)
+        res = fitted.model_.infer(torch.from_numpy(x.astype(np.float32)), SMALL["steps"], seed=3, trace=True)
         np.testing.assert_allclose(x_hat, getattr(res, reconstruction).numpy(), rtol=1e-5, atol=1e-5)
         mine = float(r2_per_sample(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(x_hat)).mean())
         assert fitted.score(x) == pytest.approx(mine, abs=1e-6)

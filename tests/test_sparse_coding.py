@@ -137,7 +137,7 @@ def test_infer_returns_the_common_result(name):
     """Evaluation, reports and the CLI read every model through the same InferenceResult fields and trace keys."""
     model = CLASSES[name](D, K, seed=0)
     x = torch.randn(6, D, generator=torch.Generator().manual_seed(0))
-    res = model.infer(x, 25)
+    res = model.infer(x, 25, trace=True)
     assert res.steps == 25 and res.rates.shape == (6, K) and res.spikes is res.rates
     assert set(res.trace) == set(TRACE_KEYS) and all(len(v) == 25 for v in res.trace.values())
     assert list(res.state) == (["u"] if name == "lca" else ["a"])

@@ -2,8 +2,8 @@
 
 ``fond bench`` (and ``benchmarks/bench_engine.py``) print, for the iP-VAE at the paper's sizes:
 
-* inference, ms per step of a rollout without trace and with ``infer``'s default trace (every key): fond's
-  engine; the **floor**, one (B×K)·(K×K)
+* inference, ms per step of a rollout without trace, with ``infer``'s default trace (every key but the
+  per-step ``r2_rates``) and with every key (``trace=True``): fond's engine; the **floor**, one (B×K)·(K×K)
   product at the float32 matrix-product rate measured now (best of several products); and a
   **straightforward** step as research code writes it — autograd on, three products (Φz, Φᵀ(x − Φz)/σ²,
   and the reconstruction of a second sample for the loss), two ``torch.poisson`` draws;
@@ -268,11 +268,12 @@ def run_bench(run: str | None = None, *, inference_batch: int = 1000, train_batc
         rate = matmul_rate(inference_batch, latents, device=device)
         floor = 2.0 * inference_batch * latents * latents / rate
         say(f"inference B={inference_batch} K={latents} D={d}: matrix-product rate {rate / 1e9:.0f} GFLOP/s")
-        fast, traced = (best_time(partial(model.infer, x, inference_steps, seed=0, trace=trace), repeats,
-                                  device) / inference_steps for trace in (False, True))
+        fast, traced, everything = (best_time(partial(model.infer, x, inference_steps, seed=0, trace=trace), repeats,
+                                              device) / inference_steps for trace in (False, "default", True))
         slow = best_time(partial(straightforward_rollout, model, x, inference_steps, seeded_generator(0, device)),
                          repeats, device) / inference_steps
-        for kind, ms in (("inference", fast), ("inference, trace on", traced)):
+        for kind, ms in (("inference", fast), ("inference, default trace", traced),
+                         ("inference, every trace key", everything)):
             rows.append(BenchRow(kind, inference_batch, latents, d, inference_steps, ms * 1e3, floor * 1e3,
                                  slow * 1e3))
         # training

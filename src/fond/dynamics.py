@@ -154,7 +154,8 @@ class FondSteps(InferenceSteps):
         self.engine = fused_engine(self.parts, operators, frame) if self.fused else None
         if self.engine is not None:
             self.engine.begin(state)
-        self.keep_state = trace
+        # the engine's potentials are computed per step only where the trace cannot take its terms from the rates
+        self.keep_state = trace and not getattr(self.engine, "terms_from_rates", False)
         return Step(state, None, family.activation(sample.value, fp), carry=sample)
 
     def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
@@ -184,11 +185,11 @@ class FondSteps(InferenceSteps):
         if self._atoms is None or self._atoms.dtype != code.dtype:
             self._atoms = operators.dictionary.detach().t().to(code.dtype).contiguous()  # (K, D)
             self._precision = self.parts.inv_variance.detach().to(code.dtype).contiguous()
-        squares, weighted = (torch.empty(code.shape[0], dtype=torch.float64) for _ in range(2))
+        squares, weighted = torch.empty(2, code.shape[0], dtype=code.dtype)  # (summed in float64 by the kernel)
         kernel_threads(code.numel())
         sparse_residuals(code.contiguous().numpy(), self._atoms.numpy(), frame.contiguous().numpy(),
                          self._precision.numpy(), squares.numpy(), weighted.numpy())
-        return squares.to(code.dtype), weighted.to(code.dtype)
+        return squares, weighted
 
     def finish(self, last: Step) -> Step:
         if self.engine is None:
@@ -197,10 +198,12 @@ class FondSteps(InferenceSteps):
 
     def trace_terms(self, new: Step, previous: Step) -> dict[str, Tensor] | None:
         engine = self.engine
-        if engine is None or not hasattr(engine, "trace_terms") or previous.rates is None or (
-                new.state is previous.state):
+        if not getattr(engine, "terms_from_rates", False):
             return None
-        return engine.trace_terms(new.state[0], previous.state[0], new.rates, previous.rates, new.decoded)
+        rates_old = previous.rates  # the start step has none: its state is the initial one
+        if rates_old is None:
+            rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
+        return engine.trace_terms(new.rates, rates_old, new.decoded)
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
         self.constants(frame)
@@ -218,7 +221,7 @@ class FondSteps(InferenceSteps):
 
 
 def rollout(parts: Components, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-            trace: bool | Iterable[str] = True, record=None, fused: bool = True, tol: float | None = None,
+            trace: bool | str | Iterable[str] = "default", record=None, fused: bool = True, tol: float | None = None,
             window: int = DEFAULT_WINDOW) -> InferenceResult:
     """Run ``steps`` FOND steps with evaluation samples (exact counts, hard binaries, τ = 1) from the initial state.
 

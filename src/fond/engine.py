@@ -311,25 +311,29 @@ class PoissonLinearEngine:
         """The family state ``(u,)`` now (a new tensor)."""
         return (self.potentials(),)
 
-    def trace_terms(self, u: Tensor, u_old: Tensor, rates: Tensor, rates_old: Tensor,
-                    spikes: Tensor) -> dict[str, Tensor] | None:
-        """The per-input trace terms of a step from (u_old, rates_old) to (u, rates, spikes), all (B, K), in one
-        compiled pass: ``zeros``, ``du_norm``, ``kl`` (exact form), ``rate_max``, ``saturated`` (B,) each, as
-        ``fond.rollout.TraceRecorder`` defines them; None where the family's KL is not the exact form."""
-        from fond.families.kernels import poisson_row_stats
+    @property
+    def terms_from_rates(self) -> bool:
+        """Whether ``trace_terms`` applies (the family's KL in the exact form): the trace then needs no potentials."""
+        return self.family.kl_form == "exact"
+
+    def trace_terms(self, rates: Tensor, rates_old: Tensor, spikes: Tensor) -> dict[str, Tensor] | None:
+        """The per-input trace terms of a step from the rates ``rates_old`` to (``rates``, ``spikes``), all (B, K),
+        in one compiled pass over the rates (δ = u − u' = log(r/r'): no potentials needed): ``zeros``,
+        ``du_norm``, ``kl`` (exact form), ``rate_max``, ``saturated`` (B,) each, as ``fond.rollout.TraceRecorder``
+        defines them; None where the family's KL is not the exact form."""
+        from fond.families.kernels import poisson_rate_stats, poisson_rate_stats32
         from fond.families.sampling import kernel_threads
 
-        if self.family.kl_form != "exact":
+        if not self.terms_from_rates:
             return None
-        arrays = [t.contiguous() for t in (u, u_old, rates, rates_old, spikes)]
-        batch, width = u.shape
-        kl, du2, zeros = (torch.empty(batch, dtype=torch.float64) for _ in range(3))
-        kernel_threads(u.numel())
-        poisson_row_stats(*(a.numpy() for a in arrays), kl.numpy(), du2.numpy(), zeros.numpy())
-        dtype = u.dtype
-        rate_max = rates.amax(-1)  # saturated from it: u ≥ c − log 2 ⇔ e^u ≥ e^c / 2 (one pass less over u)
-        return {"zeros": (zeros / width).to(dtype), "du_norm": du2.sqrt_().to(dtype), "kl": kl.to(dtype),
-                "rate_max": rate_max, "saturated": (rate_max >= self.family.saturation_rate()).to(dtype)}
+        arrays = [t.contiguous().numpy() for t in (rates, rates_old, spikes)]
+        kl, du2, zeros = torch.empty(3, rates.shape[0], dtype=rates.dtype)
+        kernel_threads(rates.numel())
+        kernel = poisson_rate_stats32 if rates.dtype == torch.float32 else poisson_rate_stats
+        kernel(*arrays, kl.numpy(), du2.numpy(), zeros.numpy())
+        rate_max = rates.amax(-1)  # saturated from it: u ≥ c − log 2 ⇔ e^u ≥ e^c / 2
+        return {"zeros": zeros.div_(rates.shape[1]), "du_norm": du2.sqrt_(), "kl": kl, "rate_max": rate_max,
+                "saturated": (rate_max >= self.family.saturation_rate()).to(rates.dtype)}
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:

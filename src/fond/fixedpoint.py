@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -486,7 +487,7 @@ class QuantizedModel:
 
     @torch.no_grad()
     def infer(self, x, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool = True, record=None, tol: float | None = None,
+              trace: bool | str | Iterable[str] = "default", record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` integer steps on x (B, D) — or (steps, B, D), an online input — and return the result.
 

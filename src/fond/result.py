@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["InferenceResult", "UnrollLoss", "TRACE_KEYS", "TRACE_MEANINGS"]
+__all__ = ["InferenceResult", "UnrollLoss", "Trace", "TRACE_KEYS", "DEFAULT_TRACE_KEYS", "TRACE_MEANINGS"]
 
 #: what each key of ``InferenceResult.trace`` means — one meaning for every inference method (the one rollout
 #: loop, ``fond.rollout.run_inference``, measures them all). Step t's value is the batch mean after step t;
@@ -32,6 +32,21 @@ TRACE_MEANINGS: dict[str, str] = {
                  "blow-up; 0 for methods without one)",
 }
 TRACE_KEYS: tuple[str, ...] = tuple(TRACE_MEANINGS)
+#: what ``infer`` records by default: every key but ``r2_rates``, whose per-step value needs a decode of the
+#: dense mean code (B×K·K×D) every step, about as much as the step itself; ask for it by name or with
+#: ``trace=True`` (the final step's value is ``InferenceResult.reconstruction_from_rates``'s R² in any case)
+DEFAULT_TRACE_KEYS: tuple[str, ...] = tuple(key for key in TRACE_KEYS if key != "r2_rates")
+
+
+class Trace(dict):
+    """``InferenceResult.trace``: key → per-step array; a key that was not recorded fails with one line that
+    says how to record it."""
+
+    def __missing__(self, key):
+        if key in TRACE_KEYS:
+            raise KeyError(f"trace key {key!r} was not recorded (recorded: {', '.join(self) or 'none'}); pass "
+                           f"trace=True to infer for every key, or trace=(..., {key!r})")
+        raise KeyError(f"unknown trace key {key!r}: the keys are {', '.join(TRACE_KEYS)}")
 
 
 @dataclass
@@ -42,13 +57,13 @@ class InferenceResult:
     Poisson latents, f(μ) for Gaussian ones, p for Bernoulli ones. spikes: (B, K) the decoder input of
     the last sample, f(z): exact integer counts for Poisson, 0/1 for Bernoulli, real for Gaussian.
     state: the family's state tensors by name (u; mu and log_sigma; logit). reconstruction: (B, D) g(spikes).
-    reconstruction_from_rates: (B, D) g(rates). trace: per-step means over the batch, each an array of
-    length ``steps`` (empty with ``trace=False``), keys ``TRACE_KEYS``: r2 (from spikes), r2_rates (from
-    rates), zeros (fraction of zero entries of f(z)), du_norm (‖state_t − state_{t−1}‖₂), nll, kl (the prior
-    term: to the online prior q_{t−1} for iterative models, to the learned prior for amortized and hybrid
-    ones, the penalty −log p(a) for point estimates), nelbo = nll + kl (nats per input), rate_max (largest
-    entry of the mean code), saturated (fraction of inputs at the clamp bound) — ``TRACE_MEANINGS`` says
-    each exactly.
+    reconstruction_from_rates: (B, D) g(rates). trace: per-step means over the batch, each an array of length ``steps``
+    (empty with ``trace=False``), keys ``DEFAULT_TRACE_KEYS`` by default, ``TRACE_KEYS`` with ``trace=True``: r2
+    (from spikes), r2_rates (from rates; not recorded by default), zeros (fraction of zero entries of f(z)), du_norm
+    (‖state_t − state_{t−1}‖₂), nll, kl (the prior term: to the online prior q_{t−1} for iterative models, to the
+    learned prior for amortized and hybrid ones, the penalty −log p(a) for point estimates), nelbo = nll + kl (nats
+    per input), rate_max (largest entry of the mean code), saturated (fraction of inputs at the clamp bound) —
+    ``TRACE_MEANINGS`` says each exactly.
     history: only when ``infer`` was given ``record=`` steps: {"steps": (S,) int array of 1-based steps,
     "rates": (S, B, K), "spikes": (S, B, K)} — the mean code and the sample after each recorded step.
     steps_used: only with ``infer(..., tol=)`` (anytime inference, ``fond.rollout.Convergence``): (B,) int64,
@@ -62,7 +77,7 @@ class InferenceResult:
     reconstruction: Tensor
     reconstruction_from_rates: Tensor
     steps: int
-    trace: dict[str, np.ndarray] = field(default_factory=dict)
+    trace: Trace = field(default_factory=Trace)
     history: dict[str, Any] | None = None
     steps_used: Tensor | None = None
 

@@ -29,15 +29,17 @@ from torch import Tensor
 
 from fond.errors import DataError
 from fond.metrics import LOG_2PI, gaussian_nll, zeros_fraction
-from fond.result import TRACE_KEYS, InferenceResult
+from fond.result import DEFAULT_TRACE_KEYS, TRACE_KEYS, InferenceResult, Trace
 
 __all__ = ["Step", "InferenceSteps", "run_inference", "Convergence", "Recorder", "TraceRecorder", "check_record",
-           "state_step_norm", "rows_of", "DEFAULT_WINDOW"]
+           "state_step_norm", "rows_of", "DEFAULT_WINDOW", "DEFAULT_TRACE"]
 
 State = tuple[Tensor, ...]
 
 #: anytime inference's default window (steps): long enough to average a spiking code's step-to-step noise
 DEFAULT_WINDOW = 50
+#: ``infer``'s default ``trace``: ``fond.result.DEFAULT_TRACE_KEYS`` (every key but the per-step ``r2_rates``)
+DEFAULT_TRACE = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,8 @@ class InferenceSteps(ABC):
 
     @abstractmethod
     def start(self, frame: Tensor, generator: torch.Generator | None, *, trace: bool) -> Step:
-        """The state at t = 0 for the first frame (B, D); ``trace``: whether the loop will read each step's state."""
+        """The state at t = 0 for the first frame (B, D); ``trace``: whether the loop will read each step's state
+        terms (``trace_terms``, or the state itself where the method offers none)."""
 
     @abstractmethod
     def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
@@ -132,18 +135,18 @@ def state_step_norm(new_state: State, state: State) -> Tensor:
 
 
 def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: torch.Generator | None = None,
-                  trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
+                  trace: bool | str | Iterable[str] = "default", record=None, tol: float | None = None,
                   window: int = DEFAULT_WINDOW) -> InferenceResult:
     """Run ``steps`` steps of ``method`` on x and return the ``InferenceResult``.
 
     x: (B, D) a fixed input, or (steps, B, D) an online input whose frame x[t − 1] drives step t (the trace's
-    R² and NLL are then measured against that frame). ``trace``: record ``InferenceResult.trace`` (per-step
-    batch means): True every key, False none, or the keys to record (``trace_keys``: each costs only what it
-    needs). ``record``: 1-based steps whose mean code and sample to keep in ``InferenceResult.history``.
-    ``tol``: anytime inference (``Convergence``: each input is frozen once its mean code has settled within
-    ``tol`` over two windows of ``window`` steps, and the rollout stops when all are; fixed input only). The
-    trace and history then still cover all ``steps``: past the stop they hold the frozen values (what more
-    steps would give: ``du_norm`` 0, the prior term of an unmoved state).
+    R² and NLL are then measured against that frame). ``trace``: record ``InferenceResult.trace`` (per-step batch
+    means): "default" every key but ``r2_rates``, True every key, False none, or the keys to record (``trace_keys``:
+    each costs only what it needs). ``record``: 1-based steps whose mean code and sample to keep in
+    ``InferenceResult.history``. ``tol``: anytime inference (``Convergence``: each input is frozen once its mean
+    code has settled within ``tol`` over two windows of ``window`` steps, and the rollout stops when all are; fixed
+    input only). The trace and history then still cover all ``steps``: past the stop they hold the frozen values
+    (what more steps would give: ``du_norm`` 0, the prior term of an unmoved state).
     Call under ``torch.no_grad()``; inputs are expected checked (``fond.models.common``).
     """
     keys = trace_keys(trace)  # a bad trace argument fails before any step
@@ -154,7 +157,7 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
     recorder = Recorder(record, steps)
     tracer = TraceRecorder(method, keys) if keys else None
     frame = x[0] if online else x
-    current = method.start(frame, generator, trace=bool(keys))
+    current = method.start(frame, generator, trace=tracer is not None and tracer.reads_state)
     for t in range(steps):
         if online and t > 0:
             frame = x[t]
@@ -231,7 +234,7 @@ def result_of(method: InferenceSteps, final: Step, steps: int, tracer: TraceReco
         reconstruction=reconstruction,
         reconstruction_from_rates=from_rates,
         steps=steps,
-        trace={} if tracer is None else tracer.arrays(),
+        trace=Trace() if tracer is None else tracer.arrays(),
         history=recorder.history(),
         steps_used=steps_used,
     )
@@ -349,18 +352,23 @@ FIT_KEYS = frozenset({"r2", "nll", "nelbo"})
 
 
 def trace_keys(trace) -> tuple[str, ...]:
-    """``infer``'s ``trace`` as the keys to record, in ``TRACE_KEYS`` order: True all of them, False/None none,
-    a key or an iterable of keys those (each costs only what it needs: ``r2``/``nll``/``nelbo`` a decode of
-    the sample per step, ``r2_rates`` one of the mean code, the others next to nothing). Else ``DataError``."""
+    """``infer``'s ``trace`` as the keys to record, in ``TRACE_KEYS`` order: "default" ``DEFAULT_TRACE_KEYS``
+    (every key but ``r2_rates``), True all of them, False/None none, a key or an iterable of keys those (each
+    costs only what it needs: ``r2``/``nll``/``nelbo`` the sample's residual per step, from its non-zero counts
+    where the code is sparse; ``r2_rates`` a decode of the dense mean code; the others one pass over the
+    code). Else ``DataError``."""
     if trace is True:
         return TRACE_KEYS
+    if isinstance(trace, str) and trace == DEFAULT_TRACE:
+        return DEFAULT_TRACE_KEYS
     if trace is False or trace is None:
         return ()
     asked = (trace,) if isinstance(trace, str) else trace
     try:
         asked = set(asked)
     except TypeError:
-        raise DataError(f"trace must be True, False or trace keys {TRACE_KEYS}, got {trace!r}") from None
+        raise DataError(f"trace must be True, False, {DEFAULT_TRACE!r} or trace keys {TRACE_KEYS}, got {trace!r}"
+                        ) from None
     unknown = sorted(str(key) for key in asked - set(TRACE_KEYS))
     if unknown:
         raise DataError(f"unknown trace key {unknown[0]!r}: expected some of {TRACE_KEYS}")
@@ -381,6 +389,8 @@ class TraceRecorder:
         self.fit = bool(wanted & FIT_KEYS)
         self.rates_fit = "r2_rates" in wanted
         self.other = bool(wanted - {"r2", "nll", "r2_rates"})  # the per-state terms (nelbo needs kl)
+        #: whether the recorder reads each step's state terms (the fit keys need only the code)
+        self.reads_state = self.other
         self.means: list[Tensor] = []  # one (len(keys),) row per step, left on the device until arrays()
         self.rows: dict[str, Tensor] = {}
         self._state: State | None = None
@@ -490,7 +500,7 @@ class TraceRecorder:
     def arrays(self) -> dict[str, np.ndarray]:
         """The trace: one array of length ``steps`` per key recorded."""
         table = torch.stack(self.means).cpu().numpy() if self.means else np.empty((0, len(self.keys)))
-        return {key: table[:, i].copy() for i, key in enumerate(self.keys)}
+        return Trace({key: table[:, i].copy() for i, key in enumerate(self.keys)})
 
 
 def check_record(record, steps: int) -> tuple[int, ...]:

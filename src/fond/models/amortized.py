@@ -143,7 +143,7 @@ class AmortizedVAE(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
+              trace: bool | str | Iterable[str] = "default", record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """One encoder pass, then ``steps`` evaluation samples from the same posterior; the result of the last.
 

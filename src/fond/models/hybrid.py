@@ -265,16 +265,16 @@ class _HybridVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
+              trace: bool | str | Iterable[str] = "default", record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Encoder guess, then ``steps`` refinement steps; the result has ``fond.dynamics.rollout``'s fields.
 
-        rates = f(μ) and spikes = f(z) of the last sample (B, K); state = {"mu", "log_sigma"};
-        reconstruction = g(spikes), reconstruction_from_rates = g(rates). trace (``trace=True``): per-step
-        batch means of ``TRACE_KEYS``, each of length ``steps``, where kl is KL(q_t ‖ learned prior), nelbo
-        = nll + kl, du_norm = ‖(μ, ξ)_t − (μ, ξ)_{t−1}‖₂ and saturated the fraction of inputs with over half
-        the means pinned near the clamp. seed: of a private generator (ignored if ``generator`` is given).
-        tol, window: anytime inference (``fond.rollout.Convergence``; ``result.steps_used``).
+        rates = f(μ) and spikes = f(z) of the last sample (B, K); state = {"mu", "log_sigma"}; reconstruction =
+        g(spikes), reconstruction_from_rates = g(rates). trace: per-step batch means of ``DEFAULT_TRACE_KEYS``
+        (``trace=True``: ``TRACE_KEYS``), each of length ``steps``, where kl is KL(q_t ‖ learned prior), nelbo = nll
+        + kl, du_norm = ‖(μ, ξ)_t − (μ, ξ)_{t−1}‖₂ and saturated the fraction of inputs with over half the means
+        pinned near the clamp. seed: of a private generator (ignored if ``generator`` is given). tol, window:
+        anytime inference (``fond.rollout.Convergence``; ``result.steps_used``).
         """
         x, gen = self.inference_input(x, steps, seed, generator)
         return run_inference(RefinementSteps(self), x, steps, generator=gen, trace=trace, record=record,

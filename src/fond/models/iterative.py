@@ -74,16 +74,17 @@ class IterativeVAE(ModelBase):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
+              trace: bool | str | Iterable[str] = "default", record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` FOND steps with evaluation samples from the initial state and return the result.
 
         x: (B, D) inputs (same preprocessing as training), or (steps, B, D) an online input sequence (frame
         t − 1 drives step t; the posterior carries over as the prior when the input changes). record:
         1-based steps whose mean code and sample to keep in ``result.history``. seed: seeds a private generator for the
-        samples (ignored if ``generator`` is given). trace: record per-step means: True every key
-        (two extra decoder passes per step), False none, or the keys wanted (``fond.rollout.trace_keys``: e.g.
-        ("zeros", "kl") costs next to nothing, "r2" one decode per step). Samples are exact integer spikes
+        samples (ignored if ``generator`` is given). trace: record per-step means: by default every
+        key but ``r2_rates`` (``fond.result.DEFAULT_TRACE_KEYS``), True every key (``r2_rates`` decodes the dense
+        mean code each step), False none, or the keys wanted (``fond.rollout.trace_keys``: e.g. ("zeros", "kl")
+        costs next to nothing). Samples are exact integer spikes
         (Poisson), hard binaries (Bernoulli) or temperature-1 draws (Gaussian). tol, window: anytime inference
         (``fond.rollout.Convergence``): each input freezes once its mean code has settled, the rollout stops
         when all have, ``result.steps_used``.

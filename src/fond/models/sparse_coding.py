@@ -146,7 +146,7 @@ class MAPCoding(ModelBase):
 
     @torch.no_grad()
     def infer(self, x: Tensor, steps: int = 1000, *, seed: int = 0, generator: torch.Generator | None = None,
-              trace: bool | Iterable[str] = True, record=None, tol: float | None = None,
+              trace: bool | str | Iterable[str] = "default", record=None, tol: float | None = None,
               window: int = DEFAULT_WINDOW) -> InferenceResult:
         """Run ``steps`` steps of the deterministic dynamics from a = 0 and return the result.
 
