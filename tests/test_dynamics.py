@@ -216,12 +216,15 @@ def test_compiled_soft_clamp_equals_the_torch_expression(dtype):
 def test_fused_training_update_gives_autograds_loss_and_gradients(monkeypatch, clamp_fraction):
     """The iP-VAE's fused training step (update, clamps and KL in one compiled pass, its backward in another)
     must give the loss, the per-step NLL/KL and every parameter's gradient that autograd of the composed
-    step gives on the same draws (float64; rates spanning the floor, the clamp ramp and the KL's two forms)."""
+    step gives on the same draws (float64; rates spanning the floor, the clamp ramp and the KL's two forms; a
+    step size η ≠ 1, as training learns it: at η = 1 a gradient off by a factor η would pass)."""
     from fond import IPVAE
     from fond.families.poisson import PoissonFamily
 
     def run(fused: bool):
         model = IPVAE(16, 12, seed=5, init_scale=0.4).double()
+        with torch.no_grad():
+            model.log_step_size.fill_(-0.7)
         if not fused:
             monkeypatch.setattr(PoissonFamily, "training_update", lambda *args, **kwargs: None)
         x = torch.randn(9, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
@@ -241,6 +244,26 @@ def test_fused_training_update_gives_autograds_loss_and_gradients(monkeypatch, c
         assert float(plain_grads[name].abs().sum()) > 0, name
 
 
+def test_fused_training_update_returns_the_new_rates_with_their_gradient():
+    """The fused step hands e^{u'} to the sampler (no second exponential per step) and takes e^u from the step
+    before: its value must be e^{u'} and the Jacobians of all three outputs (u', e^{u'}, KL) must match finite
+    differences (float64 gradcheck), e^u counting as a function of u."""
+    from fond.families.poisson import _PoissonUpdate
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.empty(3, 7, dtype=torch.float64).uniform_(-3, 3, generator=g).requires_grad_()
+    pull = (torch.randn(3, 7, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    bias = torch.rand(7, generator=g, dtype=torch.float64).requires_grad_()
+    log_step = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
+
+    def step(u, pull, bias, log_step):
+        return _PoissonUpdate.apply(u, torch.exp(u).detach(), pull, bias, log_step, 4.0, -8.0, 1e6)
+
+    new, rates, _ = step(u, pull, bias, log_step)
+    torch.testing.assert_close(rates, torch.exp(new), rtol=1e-15, atol=0)
+    assert torch.autograd.gradcheck(step, (u, pull, bias, log_step))
+
+
 def test_fused_training_update_in_float32_follows_the_composed_step(monkeypatch):
     """A float32 model's fused step computes in float32 (twice the vector lanes): its loss and gradients must
     stay within float32 rounding of the composed step's on the same draws."""
@@ -249,6 +272,8 @@ def test_fused_training_update_in_float32_follows_the_composed_step(monkeypatch)
 
     def run(fused: bool):
         model = IPVAE(16, 12, seed=5, init_scale=0.4)
+        with torch.no_grad():
+            model.log_step_size.fill_(-0.7)
         if not fused:
             monkeypatch.setattr(PoissonFamily, "training_update", lambda *args, **kwargs: None)
         x = torch.randn(9, 16, generator=torch.Generator().manual_seed(1)) * 3

@@ -93,24 +93,26 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     scaled_error, _ = gaussian_terms(x, reconstruction, parts.log_sigma)
     total = x.new_zeros(())
     terms = []  # per step: mean NLL, mean KL, largest rate, kept on the device (one host transfer at the end)
+    mean = None  # the state's mean code where the fused step returned it
     for _ in range(steps):
         error_pullback = pull(scaled_error)
         fused = family.training_update(state, sample, error_pullback, parts.bias, fp, clamp_fraction,
-                                       STATE_GRADIENT_BOUND)
+                                       STATE_GRADIENT_BOUND, mean_code=mean)
         if fused is None:
             new_state = fond_step(family, fp, state, sample, error_pullback, parts.bias, clamp_fraction)
             for tensor in new_state:
                 if tensor.requires_grad:
                     tensor.register_hook(_bound_state_gradient)
+            sample, kl, mean = family.sample(new_state, fp, generator, temperature), None, None
         else:
-            new_state, fused_kl = fused
-        sample = family.sample(new_state, fp, generator, temperature)
+            new_state, kl, mean = fused
+            sample = family.sample(new_state, fp, generator, temperature, mean_code=mean)
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
         scaled_error, nll = gaussian_terms(x, reconstruction, parts.log_sigma)  # (x − x̂)/σ², NLL: one pass
-        kl = family.kl(new_state, state).sum(-1) if fused is None else fused_kl
+        kl = family.kl(new_state, state).sum(-1) if kl is None else kl
         total = total + (nll + beta * kl).mean()
-        terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(),
-                                  family.mean_code(new_state, fp).detach().max()]).to(torch.float64))
+        largest = (family.mean_code(new_state, fp) if mean is None else mean).detach().max()
+        terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(), largest]).to(torch.float64))
         state = new_state
     scale = 256.0 / x.shape[1]
     table = torch.stack(terms).cpu().numpy() if terms else np.zeros((0, 3))

@@ -81,7 +81,10 @@ class Family(ABC):
 
     @abstractmethod
     def sample(self, state: State, params: Params, generator: torch.Generator | None,
-               temperature: float | None) -> Sample: ...
+               temperature: float | None, mean_code: Tensor | None = None) -> Sample:
+        """A draw from q(state): exact (``temperature`` None) or relaxed. ``mean_code``: the state's mean code
+        where the caller already has it (``training_update`` returns it), which a family may use instead of
+        computing it again (same value, same gradient)."""
 
     def activation(self, z: Tensor, params: Params) -> Tensor:
         return z
@@ -106,11 +109,13 @@ class Family(ABC):
         return torch.zeros(state[0].shape[0], dtype=torch.bool, device=state[0].device)
 
     def training_update(self, state: State, sample: Sample, error_pullback: Tensor, bias: Tensor, params: Params,
-                        clamp_fraction: float, gradient_bound: float) -> tuple[State, Tensor] | None:
+                        clamp_fraction: float, gradient_bound: float,
+                        mean_code: Tensor | None = None) -> tuple[State, Tensor, Tensor] | None:
         """A fused training step, or None (the default: ``fond.dynamics`` composes ``natural_gradient``,
         ``descend`` and ``kl``). If offered: (the state ``fond_step`` would give, its KL to ``state`` summed
-        over latents (B,)), with the gradients autograd of that composition gives, each element of the
-        gradient reaching the new state bounded by ``gradient_bound``."""
+        over latents (B,), the new state's mean code), with the gradients autograd of that composition gives,
+        each element of the gradient reaching the new state bounded by ``gradient_bound``. ``mean_code``: the
+        input state's, where the caller has it (the previous call's)."""
         return None
 
 

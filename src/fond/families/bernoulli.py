@@ -151,7 +151,7 @@ class BernoulliFamily(PotentialFamily):
         return self.logit_init_low, self.logit_init_high
 
     def sample(self, state: State, params: Params, generator: torch.Generator | None,
-               temperature: float | None) -> Sample:
+               temperature: float | None, mean_code: Tensor | None = None) -> Sample:
         if temperature is None:
             return Sample(sample_bernoulli(state[0], generator))
         return Sample(relaxed_bernoulli(state[0], temperature, generator,

@@ -129,7 +129,7 @@ class GaussianFamily(Family):
         return (params["mu_init"].expand(batch_size, -1), params["log_sigma_init"].expand(batch_size, -1))
 
     def sample(self, state: State, params: Params, generator: torch.Generator | None,
-               temperature: float | None) -> Sample:
+               temperature: float | None, mean_code: Tensor | None = None) -> Sample:
         z, noise = sample_gaussian(state[0], state[1], generator)
         return Sample(z, noise)
 

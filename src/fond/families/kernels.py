@@ -660,7 +660,8 @@ def soft_clamp_forward(x, y, slope, c, floor):  # pragma: no cover - compiled
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _update_row(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, terms):  # pragma: no cover - compiled
+def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
+                terms):  # pragma: no cover - compiled
     """``poisson_update_forward`` for one input's row (vectorised: the KL terms go to ``terms``, summed apart —
     a sum inside the loop would keep LLVM from vectorising it)."""
     for k in range(u.size):
@@ -668,7 +669,8 @@ def _update_row(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, ter
         du, slope1 = _soft_clamp(eta * (float(pull[k]) - float(bias[k])), c, floor)
         new, slope2 = _soft_clamp(old + du, c, floor)
         delta = new - old
-        rate, rate_old = _exp(new), _exp(old)
+        rate, rate_old = _exp(new), float(rates_in[k])
+        rates_out[k] = rate
         # KL(Pois(e^new) ‖ Pois(e^old)) = r'(e^{−Δ} − 1 + Δ): a Taylor series for |Δ| < 0.01, else r − r' + r'Δ
         series = delta * delta * (0.5 - delta * (1.0 / 6.0 - delta * (1.0 / 24.0 - delta * (
             1.0 / 120.0 - delta / 720.0))))
@@ -686,22 +688,25 @@ def _row_sum(values):  # pragma: no cover - compiled
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_update_forward(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, kl):  # pragma: no cover
+def poisson_update_forward(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
+                           kl):  # pragma: no cover - compiled
     """The iP-VAE training update of (B, K) arrays and its KL to the previous state, in one pass:
-    u' = G(u + G(η(pull − b))), G the soft clamp (``_soft_clamp``), kl[b] = Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)).
+    u' = G(u + G(η(pull − b))), G the soft clamp (``_soft_clamp``), the new rates e^{u'} (``rates_out``),
+    kl[b] = Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)) with e^u given (``rates_in``: the previous step's ``rates_out``).
     Keeps what the backward pass needs: the two clamps' slopes s1, s2 and the KL's derivatives in u' and u."""
     for b in nb.prange(u.shape[0]):
         terms = np.empty(u.shape[1])
-        _update_row(u[b], pull[b], bias, eta, c, floor, u_new[b], s1[b], s2[b], kl_new[b], kl_old[b], terms)
+        _update_row(u[b], rates_in[b], pull[b], bias, eta, c, floor, u_new[b], rates_out[b], s1[b], s2[b], kl_new[b],
+                    kl_old[b], terms)
         kl[b] = _row_sum(terms)
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _update_back_row(grad_new, grad_kl, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u, grad_g,
+def _update_back_row(grad_new, grad_rate, grad_kl, rates, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u, grad_g,
                      terms):  # pragma: no cover - compiled
     """``poisson_update_backward`` for one row (vectorised; ∂L/∂g_k · (pull_k − b_k) to ``terms``)."""
     for k in range(s1.size):
-        at_new = float(grad_new[k]) + grad_kl * float(kl_new[k])
+        at_new = float(grad_new[k]) + grad_kl * float(kl_new[k]) + float(grad_rate[k]) * float(rates[k])
         at_new = min(max(at_new, -bound), bound)  # the state-gradient bound (fond.dynamics.STATE_GRADIENT_BOUND)
         at_sum = at_new * float(s2[k])
         g = at_sum * float(s1[k])
@@ -711,14 +716,15 @@ def _update_back_row(grad_new, grad_kl, s1, s2, kl_new, kl_old, pull, bias, boun
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_update_backward(grad_new, grad_kl, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u, grad_g,
-                            step_terms):  # pragma: no cover - compiled
-    """The backward pass of ``poisson_update_forward``: from ∂L/∂u' (B, K) and ∂L/∂kl (B,), ∂L/∂u and ∂L/∂g
-    (g = η(pull − b); the caller turns it into ∂L/∂pull, ∂L/∂b and ∂L/∂log η), step_terms[b] = Σ_k ∂L/∂g·(pull − b)."""
+def poisson_update_backward(grad_new, grad_rate, grad_kl, rates, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u,
+                            grad_g, step_terms):  # pragma: no cover - compiled
+    """The backward pass of ``poisson_update_forward``: from ∂L/∂u' and ∂L/∂r' (B, K; r' = e^{u'} = ``rates``) and
+    ∂L/∂kl (B,), ∂L/∂u and ∂L/∂g (g = η(pull − b); the caller turns it into ∂L/∂pull, ∂L/∂b and ∂L/∂log η),
+    step_terms[b] = Σ_k ∂L/∂g·(pull − b). The whole gradient reaching u' is bounded by ``bound``."""
     for b in nb.prange(s1.shape[0]):
         terms = np.empty(s1.shape[1])
-        _update_back_row(grad_new[b], grad_kl[b], s1[b], s2[b], kl_new[b], kl_old[b], pull[b], bias, bound,
-                         grad_u[b], grad_g[b], terms)
+        _update_back_row(grad_new[b], grad_rate[b], grad_kl[b], rates[b], s1[b], s2[b], kl_new[b], kl_old[b], pull[b],
+                         bias, bound, grad_u[b], grad_g[b], terms)
         step_terms[b] = _row_sum(terms)
 
 
@@ -778,7 +784,8 @@ def _soft_clamp32(v, c, floor):
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _update_row32(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, terms):  # pragma: no cover - compiled
+def _update_row32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
+                  terms):  # pragma: no cover - compiled
     """``_update_row`` for float32 arrays in float32 arithmetic (eta, c, floor float32). The KL's Taylor series
     covers |Δ| < 0.1 (to Δ⁷: relative error < 1e-8), so the direct form r − r' + r'Δ cancels at most a factor 20."""
     for k in range(u.size):
@@ -786,7 +793,8 @@ def _update_row32(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, t
         du, slope1 = _soft_clamp32(eta * (pull[k] - bias[k]), c, floor)
         new, slope2 = _soft_clamp32(old + du, c, floor)
         delta = new - old
-        rate, rate_old = _exp32(new), _exp32(old)
+        rate, rate_old = _exp32(new), rates_in[k]
+        rates_out[k] = rate
         series = delta * delta * (_F32(0.5) - delta * (_F32(1.0 / 6.0) - delta * (_F32(1.0 / 24.0) - delta * (
             _F32(1.0 / 120.0) - delta * (_F32(1.0 / 720.0) - delta * _F32(1.0 / 5040.0))))))
         terms[k] = rate * series if abs(delta) < _F32(0.1) else rate_old - rate + rate * delta
@@ -795,10 +803,11 @@ def _update_row32(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, t
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_update_forward32(u, pull, bias, eta, c, floor, u_new, s1, s2, kl_new, kl_old, kl):  # pragma: no cover
+def poisson_update_forward32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
+                             kl):  # pragma: no cover - compiled
     """``poisson_update_forward`` for float32 arrays in float32 arithmetic (the KL rows summed in float64)."""
     for b in nb.prange(u.shape[0]):
         terms = np.empty(u.shape[1], np.float32)
-        _update_row32(u[b], pull[b], bias, _F32(eta), _F32(c), _F32(floor), u_new[b], s1[b], s2[b], kl_new[b],
-                      kl_old[b], terms)
+        _update_row32(u[b], rates_in[b], pull[b], bias, _F32(eta), _F32(c), _F32(floor), u_new[b], rates_out[b],
+                      s1[b], s2[b], kl_new[b], kl_old[b], terms)
         kl[b] = _row_sum(terms)

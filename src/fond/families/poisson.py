@@ -247,40 +247,43 @@ def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
 
 class _PoissonUpdate(torch.autograd.Function):
     """``PoissonFamily.training_update``: forward ``kernels.poisson_update_forward``, backward
-    ``kernels.poisson_update_backward``; keeps four (B, K) tensors (two clamp slopes, two KL derivatives)."""
+    ``kernels.poisson_update_backward``; keeps five (B, K) tensors (the new rates, two clamp slopes, two KL
+    derivatives). ``rates`` is e^u, taken as a value: its gradient is part of u's."""
 
     @staticmethod
-    def forward(ctx, u, pull, bias, log_step, c, floor, bound):  # noqa: D102
+    def forward(ctx, u, rates, pull, bias, log_step, c, floor, bound):  # noqa: D102
         from fond.families.kernels import poisson_update_forward, poisson_update_forward32
         from fond.families.sampling import kernel_threads
 
-        u_in, pull_in, bias_in = (t.detach().contiguous() for t in (u, pull, bias))
+        u_in, rates_in, pull_in, bias_in = (t.detach().contiguous() for t in (u, rates, pull, bias))
         eta = float(torch.exp(log_step.detach()).reshape(()))
-        new, s1, s2, kl_new, kl_old = (torch.empty_like(u_in) for _ in range(5))
+        new, rates_out, s1, s2, kl_new, kl_old = torch.empty((6, *u_in.shape), dtype=u_in.dtype)
         kl = torch.empty(u_in.shape[0], dtype=torch.float64)
         kernel_threads(u_in.numel())
         forward = poisson_update_forward32 if u_in.dtype == torch.float32 else poisson_update_forward
-        forward(u_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(), s1.numpy(), s2.numpy(),
-                kl_new.numpy(), kl_old.numpy(), kl.numpy())
-        ctx.save_for_backward(s1, s2, kl_new, kl_old, pull_in, bias_in)
+        forward(u_in.numpy(), rates_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(),
+                rates_out.numpy(), s1.numpy(), s2.numpy(), kl_new.numpy(), kl_old.numpy(), kl.numpy())
+        ctx.save_for_backward(rates_out, s1, s2, kl_new, kl_old, pull_in, bias_in)
         ctx.eta, ctx.bound = eta, bound
-        return new, kl.to(u.dtype)
+        return new, rates_out, kl.to(u.dtype)
 
     @staticmethod
-    def backward(ctx, grad_new, grad_kl):  # noqa: D102
+    def backward(ctx, grad_new, grad_rates, grad_kl):  # noqa: D102
         from fond.families.kernels import poisson_update_backward
 
-        s1, s2, kl_new, kl_old, pull, bias = ctx.saved_tensors
+        rates, s1, s2, kl_new, kl_old, pull, bias = ctx.saved_tensors
         grad_new = torch.zeros_like(s1) if grad_new is None else grad_new.contiguous()
+        grad_rates = torch.zeros_like(s1) if grad_rates is None else grad_rates.contiguous()
         grad_kl = torch.zeros(s1.shape[0], dtype=s1.dtype) if grad_kl is None else grad_kl.contiguous()
         grad_u, grad_g = torch.empty_like(s1), torch.empty_like(s1)
         step_terms = torch.empty(s1.shape[0], dtype=torch.float64)
-        poisson_update_backward(grad_new.numpy(), grad_kl.numpy(), s1.numpy(), s2.numpy(), kl_new.numpy(),
-                                kl_old.numpy(), pull.numpy(), bias.numpy(), ctx.bound, grad_u.numpy(),
-                                grad_g.numpy(), step_terms.numpy())
+        poisson_update_backward(grad_new.numpy(), grad_rates.numpy(), grad_kl.numpy(), rates.numpy(), s1.numpy(),
+                                s2.numpy(), kl_new.numpy(), kl_old.numpy(), pull.numpy(), bias.numpy(), ctx.bound,
+                                grad_u.numpy(), grad_g.numpy(), step_terms.numpy())
         eta = ctx.eta
         grad_log_step = torch.full((1,), eta * float(step_terms.sum()), dtype=s1.dtype)
-        return grad_u, grad_g.mul_(eta), grad_g.sum(0).mul_(-eta), grad_log_step, None, None, None
+        grad_bias = grad_g.sum(0).mul_(-eta)  # (before grad_g is scaled in place for the pull-back's gradient)
+        return grad_u, None, grad_g.mul_(eta), grad_bias, grad_log_step, None, None, None
 
 
 class _SoftClampUpper(torch.autograd.Function):
@@ -359,8 +362,8 @@ class PoissonFamily(PotentialFamily):
         return self.u_init_low, self.u_init_high
 
     def sample(self, state: State, params: Params, generator: torch.Generator | None,
-               temperature: float | None) -> Sample:
-        rates = torch.exp(state[0])
+               temperature: float | None, mean_code: Tensor | None = None) -> Sample:
+        rates = torch.exp(state[0]) if mean_code is None else mean_code
         if temperature is None:
             return Sample(sample_poisson(rates, generator))
         n_terms = n_terms_for(rates, self.n_exp_tail, self.max_terms) if self.n_exp_rule == "batch" else None
@@ -376,9 +379,11 @@ class PoissonFamily(PotentialFamily):
         return poisson_kl(state[0], prior_state[0], self.kl_form)  # type: ignore[arg-type]
 
     def training_update(self, state: State, sample: Sample, error_pullback: Tensor, bias: Tensor, params: Params,
-                        clamp_fraction: float, gradient_bound: float) -> tuple[State, Tensor] | None:
-        """u' = G(u + G(η(pull − b))) and Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)) (exact form) in one compiled pass,
-        backward in another (``_PoissonUpdate``), on the CPU in float32/float64; None elsewhere."""
+                        clamp_fraction: float, gradient_bound: float,
+                        mean_code: Tensor | None = None) -> tuple[State, Tensor, Tensor] | None:
+        """u' = G(u + G(η(pull − b))), the rates e^{u'} and Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)) (exact form) in one
+        compiled pass, backward in another (``_PoissonUpdate``), on the CPU in float32/float64; None elsewhere.
+        ``mean_code``: e^u where the caller has it (the previous step's rates), else computed here."""
         u = state[0]
         log_step = params["log_step_size"]
         tensors = (u, error_pullback, bias, log_step)
@@ -386,8 +391,10 @@ class PoissonFamily(PotentialFamily):
                 u.dtype not in (torch.float32, torch.float64)):
             return None
         c = self.clamp(clamp_fraction)
-        new, kl = _PoissonUpdate.apply(u, error_pullback, bias, log_step, c, self.floor, gradient_bound)
-        return (new,), kl
+        rates = torch.exp(u.detach()) if mean_code is None else mean_code
+        new, new_rates, kl = _PoissonUpdate.apply(u, rates, error_pullback, bias, log_step, c, self.floor,
+                                                  gradient_bound)
+        return (new,), kl, new_rates
 
     def mean_code(self, state: State, params: Params) -> Tensor:
         return torch.exp(state[0])
