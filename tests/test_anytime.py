@@ -101,6 +101,18 @@ def test_an_input_stops_exactly_when_the_stated_criterion_first_holds(spiking, t
     assert 0 < (expected < STEPS).sum()  # the test means something: some inputs converge
 
 
+@pytest.mark.parametrize("trace", [False, "default", True])
+def test_a_frozen_inputs_state_is_the_one_its_code_came_from(spiking, trace):
+    """The read-out's state of every input, frozen early or not, is the state of its final mean code (rates =
+    mean_code(state)), whatever the trace: the engine may skip the state per step only where nothing reads it."""
+    model, x, _ = spiking
+    res = model.infer(x, STEPS, seed=1, tol=0.2, window=WINDOW, trace=trace)
+    assert (res.steps_used < STEPS).any()
+    parts = model.components()
+    state = tuple(res.state[name] for name in parts.family.state_names)
+    torch.testing.assert_close(parts.family.mean_code(state, parts.family_params), res.rates, rtol=1e-5, atol=1e-6)
+
+
 def test_a_tolerance_of_zero_freezes_only_a_code_that_has_not_moved(spiking):
     """A spiking code never repeats itself exactly: at tol 0 only a silent code (all-zero relu) can freeze."""
     model, x, fixed = spiking

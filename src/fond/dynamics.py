@@ -156,8 +156,7 @@ class FondSteps(InferenceSteps):
         self.engine = fused_engine(self.parts, operators, frame) if self.fused else None
         if self.engine is not None:
             self.engine.begin(state)
-        # the engine's potentials are computed per step only where the trace cannot take its terms from the rates
-        self.keep_state = trace and not getattr(self.engine, "terms_from_rates", False)
+        self.keep_state = trace
         return Step(state, None, family.activation(sample.value, fp), carry=sample)
 
     def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
@@ -197,6 +196,12 @@ class FondSteps(InferenceSteps):
         if self.engine is None:
             return last
         return Step(self.engine.state(), self.engine.rates.clone(), last.decoded.clone())
+
+    def terms_suffice(self) -> None:
+        """The engine's potentials u = −log E are then computed per step only where its trace terms need them
+        (they come from the rates for the exact KL)."""
+        if getattr(self.engine, "terms_from_rates", False):
+            self.keep_state = False
 
     def trace_terms(self, new: Step, previous: Step) -> dict[str, Tensor] | None:
         engine = self.engine

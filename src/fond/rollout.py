@@ -88,7 +88,12 @@ class InferenceSteps(ABC):
     @abstractmethod
     def start(self, frame: Tensor, generator: torch.Generator | None, *, trace: bool) -> Step:
         """The state at t = 0 for the first frame (B, D); ``trace``: whether the loop will read each step's state
-        terms (``trace_terms``, or the state itself where the method offers none)."""
+        (or its trace terms: see ``terms_suffice``)."""
+
+    def terms_suffice(self) -> None:  # noqa: B027  (an optional hook: the default keeps every state)
+        """Called by the loop after ``start`` when it reads each step's state only through ``trace_terms`` (a
+        plain rollout: no anytime snapshots); a method whose ``trace_terms`` need no state may then skip
+        computing the state per step. Default: nothing."""
 
     @abstractmethod
     def step(self, previous: Step, frame: Tensor, generator: torch.Generator | None) -> Step:
@@ -158,6 +163,7 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
     tracer = TraceRecorder(method, keys) if keys else None
     frame = x[0] if online else x
     current = method.start(frame, generator, trace=tracer is not None and tracer.reads_state)
+    method.terms_suffice()
     for t in range(steps):
         if online and t > 0:
             frame = x[t]
