@@ -103,13 +103,13 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
             for tensor in new_state:
                 if tensor.requires_grad:
                     tensor.register_hook(_bound_state_gradient)
-            sample, kl, mean = family.sample(new_state, fp, generator, temperature), None, None
+            kl, mean = family.kl(new_state, state).sum(-1), None
+            sample = family.sample(new_state, fp, generator, temperature)
         else:
             new_state, kl, mean = fused
             sample = family.sample(new_state, fp, generator, temperature, mean_code=mean)
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
         scaled_error, nll = gaussian_terms(x, reconstruction, parts.log_sigma)  # (x − x̂)/σ², NLL: one pass
-        kl = family.kl(new_state, state).sum(-1) if kl is None else kl
         total = total + (nll + beta * kl).mean()
         largest = (family.mean_code(new_state, fp) if mean is None else mean).detach().max()
         terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(), largest]).to(torch.float64))

@@ -394,9 +394,8 @@ class TraceRecorder:
         wanted = set(keys)
         self.fit = bool(wanted & FIT_KEYS)
         self.rates_fit = "r2_rates" in wanted
-        self.other = bool(wanted - {"r2", "nll", "r2_rates"})  # the per-state terms (nelbo needs kl)
-        #: whether the recorder reads each step's state terms (the fit keys need only the code)
-        self.reads_state = self.other
+        #: whether the recorder reads each step's state terms (nelbo needs kl; the fit keys need only the code)
+        self.reads_state = bool(wanted - {"r2", "nll", "r2_rates"})
         self.means: list[Tensor] = []  # one (len(keys),) row per step, left on the device until arrays()
         self.rows: dict[str, Tensor] = {}
         self._state: State | None = None
@@ -451,7 +450,7 @@ class TraceRecorder:
         method, out = self.method, {}
         if self.fit:
             out["r2"], out["nll"] = self._fit_code(frame, new.decoded)
-        if not self.other:
+        if not self.reads_state:
             if self.rates_fit:
                 out["r2_rates"] = self._rates_r2(frame, new, out.get("r2"))
             return out
