@@ -136,6 +136,27 @@ def test_compiled_relaxed_sampler_equals_the_autograd_reference_on_the_same_draw
     assert float(grad.abs().sum()) > 1.0  # a real gradient, not two zeros agreeing
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.3])
+def test_float32_relaxed_sampler_stops_its_terms_within_float32_resolution(temperature):
+    """A float32 model's sampler draws terms only to 1 + 22τ (``RELAXED_REACH``, ~half of float64's 40τ): the count
+    and gradient must still equal the float64 sampler's (every term to 1 + 40τ) on the same draws to float32's
+    resolution (the gradient in u = log r), or the shortcut would bias training."""
+    rates = torch.exp(torch.empty(60, 50, dtype=torch.float64).uniform_(-5, 3.5,
+                                                                         generator=torch.Generator().manual_seed(4)))
+    weights = torch.randn(60, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    values = {}
+    for dtype in (torch.float32, torch.float64):
+        r = rates.to(dtype).to(torch.float64).to(dtype).requires_grad_(True)
+        z = relaxed_poisson(r, temperature, torch.Generator().manual_seed(6))
+        (grad,) = torch.autograd.grad((z * weights.to(dtype)).sum(), r)
+        values[dtype] = (z.detach().double(), grad.double())
+    (z32, g32), (z64, g64) = values[torch.float32], values[torch.float64]
+    assert float(z64.sum()) > 1000.0  # counts far from zero: the terms past 1 + 22τ are drawn in float64
+    assert torch.allclose(z32, z64, rtol=2e-7, atol=1e-7)
+    # in the state u = log r (what training differentiates): a left-out term moves r·∂z/∂r by < 23·e^{−22}/τ
+    assert torch.allclose(g32 * rates, g64 * rates, rtol=1e-5, atol=1e-7)
+
+
 def test_compiled_relaxed_sampler_keeps_one_tensor_for_backward():
     """Memory: the fused sampler saves one tensor of the rates' shape for the backward pass, whatever n_terms."""
     saved = []

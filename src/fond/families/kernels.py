@@ -63,6 +63,9 @@ FAST_LEVELS, FAST_RATE = 4, 1.0
 MID_LEVELS, MID_RATE = 12, 6.0
 WIDE_LEVELS, WIDE_RATE = 32, 20.0
 CHUNK = 8192
+#: the relaxed sampler's chunk: larger, since its busy elements' last rounds (the few largest rates) cost per
+#: round and chunk, not per element
+RELAXED_CHUNK = 32768
 #: the relaxed sampler's rounds drop their closed elements once at most this fraction is still open (closed
 #: ones left in the list add nothing: their arrival times only grow and their terms stay spent)
 COMPACT_BELOW = 0.75
@@ -398,7 +401,7 @@ def _exp(y):
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _sigmoid_round(index, r, arrival, soft, slope, hard, left, keep, key1, key2, counter, inv_tau,
+def _sigmoid_round(index, inv_r, arrival, soft, slope, hard, left, keep, key1, key2, counter, inv_tau,
                    stop):  # pragma: no cover - compiled
     """One arrival time for each open element (vectorised over them): its next uniform (counter
     ``counter`` + element), the arrival time T, and, while T ≤ stop and terms are left, its sigmoid term
@@ -406,7 +409,7 @@ def _sigmoid_round(index, r, arrival, soft, slope, hard, left, keep, key1, key2,
     for p in range(keep.size):
         u = _uniform(key1, key2, counter + np.uint64(index[p]))
         arrival[p] += -_log(1.0 - u)  # 1 − u is exact: U is on the 2⁻⁵³ grid
-        t = arrival[p] / r[p]
+        t = arrival[p] * inv_r[p]
         live = (t <= stop) & (left[p] > 0)
         g = 1.0 / (1.0 + _exp((t - 1.0) * inv_tau))
         soft[p] += g if live else 0.0
@@ -417,14 +420,14 @@ def _sigmoid_round(index, r, arrival, soft, slope, hard, left, keep, key1, key2,
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _cubic_round(index, r, arrival, soft, slope, left, keep, key1, key2, counter, inv_tau,
+def _cubic_round(index, inv_r, arrival, soft, slope, left, keep, key1, key2, counter, inv_tau,
                  stop):  # pragma: no cover - compiled
     """``_sigmoid_round`` with the cubic smooth step (a function of its own: a branch on the indicator inside
     the loop would stop LLVM from vectorising it)."""
     for p in range(keep.size):
         u = _uniform(key1, key2, counter + np.uint64(index[p]))
         arrival[p] += -_log(1.0 - u)
-        t = arrival[p] / r[p]
+        t = arrival[p] * inv_r[p]
         live = (t <= stop) & (left[p] > 0)
         v = min(max(0.5 * (1.0 - t) * inv_tau + 0.5, 0.0), 1.0)
         soft[p] += v * v * (3.0 - 2.0 * v) if live else 0.0
@@ -441,32 +444,33 @@ def _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_ta
     writes their count and ∂count/∂r."""
     index = _flagged(busy) + a
     m = index.size
-    r = np.empty(m)
+    inv_r = np.empty(m)
     left = np.empty(m, np.int64)
     for p in range(m):
-        r[p] = rates[index[p]]
+        r = float(rates[index[p]])
+        inv_r[p] = 1.0 / r
         left[p] = sizes[limits.size]
         for b in range(limits.size - 1, -1, -1):  # the first size whose limit covers r
-            left[p] = sizes[b] if r[p] <= limits[b] else left[p]
+            left[p] = sizes[b] if r <= limits[b] else left[p]
     arrival, soft, slope, hard = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
     keep = np.empty(m, np.bool_)
     j = 0
     while m > 0:
         counter = np.uint64(j) * stride
         if indicator == CUBIC:
-            _cubic_round(index[:m], r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], key1, key2, counter,
+            _cubic_round(index[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], key1, key2, counter,
                          inv_tau, stop)
         else:
-            _sigmoid_round(index[:m], r[:m], arrival[:m], soft[:m], slope[:m], hard[:m], left[:m], keep[:m], key1,
+            _sigmoid_round(index[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], hard[:m], left[:m], keep[:m], key1,
                            key2, counter, inv_tau, stop)
         open_now = 0
         for p in range(m):
             open_now += keep[p]
         if open_now <= m * COMPACT_BELOW:  # write every element's values (final for the closed ones), keep the open
-            _relaxed_write(index, r, soft, slope, hard, m, counts, derivative, inv_tau, indicator)
+            _relaxed_write(index, inv_r, soft, slope, hard, m, counts, derivative, inv_tau, indicator)
             kept = 0
             for p in range(m):
-                index[kept], r[kept], arrival[kept], left[kept] = index[p], r[p], arrival[p], left[p]
+                index[kept], inv_r[kept], arrival[kept], left[kept] = index[p], inv_r[p], arrival[p], left[p]
                 soft[kept], slope[kept], hard[kept] = soft[p], slope[p], hard[p]
                 kept += keep[p]
             m = kept
@@ -474,19 +478,19 @@ def _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_ta
 
 
 @nb.njit(error_model="numpy")
-def _relaxed_write(index, r, soft, slope, hard, m, counts, derivative, inv_tau, indicator):  # pragma: no cover
+def _relaxed_write(index, inv_r, soft, slope, hard, m, counts, derivative, inv_tau, indicator):  # pragma: no cover
     """counts and derivative of the first m listed elements from their sums so far."""
     for p in range(m):
         count = hard[p] if indicator == STRAIGHT_THROUGH else soft[p]
-        grad = slope[p] * inv_tau / r[p]
+        grad = slope[p] * inv_tau * inv_r[p]
         # below 1e-30 store 0: float32 denormals (< 1.2e-38) would make every later product ~40× slower
         counts[index[p]] = count if count >= 1e-30 else 0.0
         derivative[index[p]] = grad if abs(grad) >= 1e-30 else 0.0
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, sizes,
-                   indicator):  # pragma: no cover - compiled
+def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, sizes, indicator,
+                   reach):  # pragma: no cover - compiled
     """Relaxed Poisson counts and their derivative in the rate, for a flat array of rates.
 
     Arrival times T_j = S_j / r, S_j = Σ_{i≤j} E_i (E_i = −log(1 − U_i), Exp(1)); the count is
@@ -494,23 +498,25 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     entry — the largest rate whose Poisson tail beyond that size is below the chosen tail mass — covers
     r; the last size otherwise), and ∂count/∂r = Σ_j g'((1 − T_j)/τ)·T_j/(τ r). g: SIGMOID σ, CUBIC the
     smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
-    the sigmoid's derivative. Terms stop at the first T_j > 1 + 40τ, before its indicator is computed
-    (sigmoid: it and every later term add < 1e-17; cubic: exactly 0); a zero rate gives count 0 and derivative
+    the sigmoid's derivative. Terms stop at the first T_j > 1 + ``reach``·τ, before its indicator is computed
+    (sigmoid: it and every later term add less than e^{−reach}, below the output's resolution for the reach of
+    its width, ``relaxed_reach``; cubic: stop at 1 + τ, exactly 0); a zero rate gives count 0 and derivative
     0. Counts and derivatives below 1e-30 are stored as 0 (float32 denormals slow every later matrix product
     down by an order of magnitude). Per chunk, a vectorised screen (``_relaxed_screen``) finds the elements
     whose first arrival already lies past the stop (most of them: small rates) without a logarithm; the rest
     run their terms together, one vectorised round per term (``_relaxed_busy``; logarithm and exponential
-    without libm: ``_log``, ``_exp``), each element's sums in term order. Returns how many rates are not
+    without libm: ``_log``, ``_exp``), each element's sums in term order; chunks of ``RELAXED_CHUNK`` (the
+    rounds of the few largest rates cost per round, not per element). Returns how many rates are not
     finite (their count and derivative are 0; the caller raises).
     """
     n = rates.size
     stride = np.uint64(n)
     inv_tau = 1.0 / temperature
-    stop = 1.0 + (temperature if indicator == CUBIC else 40.0 * temperature)
+    stop = 1.0 + (temperature if indicator == CUBIC else reach * temperature)
     bad = 0
-    for c in nb.prange((n + CHUNK - 1) // CHUNK):
-        a = c * CHUNK
-        b = min(n, a + CHUNK)
+    for c in nb.prange((n + RELAXED_CHUNK - 1) // RELAXED_CHUNK):
+        a = c * RELAXED_CHUNK
+        b = min(n, a + RELAXED_CHUNK)
         busy = np.empty(b - a, np.bool_)
         bad += _relaxed_screen(rates[a:b], key1, key2, np.uint64(a), stop, busy)
         counts[a:b] = 0.0

@@ -142,6 +142,10 @@ def _relaxed_torch(rates: Tensor, temperature: float, generator: torch.Generator
 
 
 _INDICATOR_CODES = {"sigmoid": 0, "cubic": 1, "straight_through": 2}
+#: how far past t = 1, in units of τ, the compiled sampler draws an element's sigmoid terms, by the output's
+#: width: the terms left out add up to ~r·τ·e^{−reach} to the count (float64 e^{−40} = 4e-18, float32 e^{−22} =
+#: 3e-10: below each width's resolution) and < (1 + reach·τ)·e^{−reach}/τ to the derivative in log r
+RELAXED_REACH = {torch.float64: 40.0, torch.float32: 22.0}
 NON_FINITE_RATE = "non-finite Poisson rate in the relaxed sampler"
 
 
@@ -158,7 +162,7 @@ class _CompiledRelaxedPoisson(torch.autograd.Function):
         counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
         kernel_threads(flat.numel())
         if relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
-                          indicator):
+                          indicator, RELAXED_REACH[flat.dtype]):
             raise FloatingPointError(NON_FINITE_RATE)
         ctx.save_for_backward(derivative.view(rates.shape))
         return counts.view(rates.shape)
@@ -208,7 +212,8 @@ def relaxed_poisson(
 
     On CPU (float32/float64) one compiled pass (``fond.families.kernels.relaxed_counts``) computes the
     count and its derivative in the rate together, term by term, and stops an element's terms once its
-    arrival times are past 1 + 40τ (later terms add < 1e-17 each); the backward pass is one product.
+    arrival times are past 1 + 40τ (float32: 1 + 22τ; ``RELAXED_REACH``: the later terms add less than the
+    output's resolution); the backward pass is one product.
     Elsewhere (or with ``backend="torch"``, ``fond.families.sampling.SAMPLER_BACKENDS``) the same estimator
     is written out with torch ops (``_relaxed_from_uniforms``), without inspecting the rates off the CPU.
     """
