@@ -211,7 +211,8 @@ def test_relaxed_sampler_refuses_a_non_finite_rate(bad, backend):
 
 # The training sampler's logarithm and exponential are written without libm (so its term loop vectorises):
 # they must agree with math.log / math.exp to a few units in the last place over the whole range they see
-# (1 − U from 2⁻⁵³ to 1; −(1 − T)/τ from −700 to 700), or every relaxed count would drift.
+# (1 − U from 2⁻⁵³ to 1, 1 + e^a up to e^20, rate ratios; −(1 − T)/τ from −700 to 700), or every relaxed count
+# would drift.
 def test_kernel_log_and_exp_match_libm():
     import numba
 
@@ -220,8 +221,10 @@ def test_kernel_log_and_exp_match_libm():
     log_all = numba.njit(lambda q: np.array([_log(v) for v in q]))
     exp_all = numba.njit(lambda y: np.array([_exp(v) for v in y]))
     rng = np.random.default_rng(0)
-    q = np.concatenate([rng.random(20_000), 2.0 ** -rng.uniform(0, 53, 20_000), [2.0**-53, 0.5, 1.0, 1 - 2**-53]])
+    q = np.concatenate([rng.random(20_000), 2.0 ** -rng.uniform(0, 53, 20_000), 2.0 ** rng.uniform(-1000, 1000, 20_000),
+                        rng.uniform(0.98, 1.02, 20_000), [2.0**-53, 0.5, 1.0, 1 - 2**-53, 1 + 2**-52, 2.0**-1022]])
     np.testing.assert_allclose(log_all(q), np.log(q), rtol=4e-16, atol=1e-300)
+    assert log_all(np.array([1.0]))[0] == 0.0
     y = np.concatenate([rng.uniform(-700, 700, 20_000), rng.uniform(-1, 1, 20_000), [0.0, -700.0, 700.0]])
     np.testing.assert_allclose(exp_all(y), np.exp(y), rtol=4e-16)
 
