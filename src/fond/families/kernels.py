@@ -354,37 +354,14 @@ def _relaxed_screen(rates, key1, key2, counter0, stop, busy):  # pragma: no cove
     return bad
 
 
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = HI + LO, HI·k exact for |k| < 2¹¹
-#: ``_log``'s table: z in [0.6875, 1.375) falls in one of 2⁷ buckets by its top mantissa bits (the bits of
-#: z − 0.6875's float pattern); bucket i has centre c_i (1 for the two buckets beside 1, so that log z near 1 is
-#: log1p of an exact z − 1), 1/c_i, and ln c_i as HI (a multiple of 2⁻³³, so that k·ln2_HI + HI is exact) + LO
-_LOG_BITS = 7
-_LOG_OFFSET = 0x3FE6000000000000
-_LOG_SHIFT = 52 - _LOG_BITS
-_LOG_ONE = (0x3FF0000000000000 - _LOG_OFFSET) >> _LOG_SHIFT  # the bucket starting at z = 1
-
-
-def _log_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from decimal import Decimal, localcontext
-
-    inverse, log_hi, log_lo = (np.empty(1 << _LOG_BITS) for _ in range(3))
-    with localcontext() as context:
-        context.prec = 50
-        for i in range(1 << _LOG_BITS):
-            centre = np.uint64(_LOG_OFFSET + (i << _LOG_SHIFT) + (1 << (_LOG_SHIFT - 1))).view(np.float64)
-            centre = 1.0 if i in (_LOG_ONE - 1, _LOG_ONE) else float(centre)
-            exact = Decimal(centre).ln()
-            hi = float(round(exact * 2**33) / Decimal(2**33))
-            inverse[i], log_hi[i], log_lo[i] = 1.0 / centre, hi, float(exact - Decimal(hi))
-    return inverse, log_hi, log_lo
-
-
-_LOG_INVERSE, _LOG_HI, _LOG_LO = _log_table()
-_LOG_OFFSET_U, _LOG_TOP = np.uint64(_LOG_OFFSET), np.uint64(0xFFF << 52)
-_LOG_BUCKET, _LOG_HALF = np.uint64((1 << _LOG_SHIFT) - 1), np.uint64(1 << (_LOG_SHIFT - 1))
-_LOG_INDEX_MASK, _LOG_SHIFT_U = np.uint64((1 << _LOG_BITS) - 1), np.uint64(_LOG_SHIFT)
-#: log1p(r) = r + r²·(−1/2 + r/3 − …): Taylor to r⁹ (|r| < 0.006 here: the omitted terms are < 1e-23 of r)
-_LOG1P_TAYLOR = tuple((-1.0) ** (k + 1) / k for k in range(2, 10))
+#: coefficients of the minimax polynomial R(z) in log(1 + f) = f − f²/2 + s·(f²/2 + R(s²)), s = f/(2 + f), for
+#: f + 1 in [√½, √2) (the classic fdlibm/Cephes reduction; error below one unit in the last place)
+_LOG_COEFFICIENTS = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+                     2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+                     1.479819860511658591e-01)
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_MANTISSA, _EXPONENT_ONE = np.uint64(0x000FFFFFFFFFFFFF), np.uint64(0x3FF0000000000000)
+_S52 = np.uint64(52)
 #: 2^{j/64}, j = 0 … 63: ``_exp``'s table
 _EXP64_TABLE = 2.0 ** (np.arange(64) / 64.0)
 _LN2_64_HI, _LN2_64_LO = _LN2_HI / 64.0, _LN2_LO / 64.0
@@ -392,25 +369,23 @@ _LN2_64_HI, _LN2_64_LO = _LN2_HI / 64.0, _LN2_LO / 64.0
 
 @nb.njit(inline="always")
 def _log(q):
-    """log q for a normal float64 q > 0 without a libm call or a division (so loops over it vectorise; within
-    1 ulp of math.log): q = 2^k·z, z in [0.6875, 1.375), log q = k·ln2 + ln c + log1p((z − c)/c) with the
-    bucket centre c of ``_LOG_INVERSE``/``_LOG_HI``/``_LOG_LO`` (z − c is exact), the sum's rounding kept apart."""
+    """log q for a normal float64 q > 0 without a libm call (so loops over it vectorise; within ~1 ulp of
+    math.log): q = 2^k·x with x in [√½, √2), then the minimax polynomial of ``_LOG_COEFFICIENTS``."""
     bits = np.float64(q).view(np.uint64)
-    shifted = bits - _LOG_OFFSET_U
-    i = np.int64((shifted >> _LOG_SHIFT_U) & _LOG_INDEX_MASK)
-    k = np.int64(shifted) >> 52
-    z_bits = bits - (shifted & _LOG_TOP)
-    z = np.uint64(z_bits).view(np.float64)
-    centre = np.uint64((z_bits & ~_LOG_BUCKET) | _LOG_HALF).view(np.float64)
-    centre = 1.0 if (i == _LOG_ONE - 1) | (i == _LOG_ONE) else centre
-    r = (z - centre) * _LOG_INVERSE[i]
+    k = np.int64(bits >> _S52) - 1023
+    x = np.uint64((bits & _MANTISSA) | _EXPONENT_ONE).view(np.float64)  # in [1, 2)
+    high = x > 1.4142135623730951
+    x = 0.5 * x if high else x
+    k = k + 1 if high else k
+    f = x - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    c = _LOG_COEFFICIENTS
+    tail = w * (c[1] + w * (c[3] + w * c[5])) + z * (c[0] + w * (c[2] + w * (c[4] + w * c[6])))
+    half_square = 0.5 * f * f
     dk = float(k)
-    w = dk * _LN2_HI + _LOG_HI[i]  # exact
-    hi = w + r
-    lo = (w - hi) + r  # the rounding of hi (|w| ≥ |r| or w = 0)
-    t = _LOG1P_TAYLOR
-    tail = t[0] + r * (t[1] + r * (t[2] + r * (t[3] + r * (t[4] + r * (t[5] + r * (t[6] + r * t[7]))))))
-    return hi + (lo + (dk * _LN2_LO + _LOG_LO[i]) + r * r * tail)
+    return dk * _LN2_HI - ((half_square - (s * (half_square + tail) + dk * _LN2_LO)) - f)
 
 
 @nb.njit(inline="always")
