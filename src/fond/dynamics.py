@@ -186,7 +186,7 @@ class FondSteps(InferenceSteps):
         if self._atoms is None or self._atoms.dtype != code.dtype:
             self._atoms = operators.dictionary.detach().t().to(code.dtype).contiguous()  # (K, D)
             self._precision = self.parts.inv_variance.detach().to(code.dtype).contiguous()
-        squares, weighted = torch.empty(2, code.shape[0], dtype=code.dtype)  # (summed in float64 by the kernel)
+        squares, weighted = torch.empty(2, code.shape[0], dtype=torch.float64)  # (summed in float64 by the kernel)
         kernel_threads(code.numel())
         sparse_residuals(code.contiguous().numpy(), self._atoms.numpy(), frame.contiguous().numpy(),
                          self._precision.numpy(), squares.numpy(), weighted.numpy())

@@ -327,13 +327,14 @@ class PoissonLinearEngine:
         if not self.terms_from_rates:
             return None
         arrays = [t.contiguous().numpy() for t in (rates, rates_old, spikes)]
-        kl, du2, zeros = torch.empty(3, rates.shape[0], dtype=rates.dtype)
+        # float64 like the trace's fit terms: the recorder stacks them without a conversion
+        kl, du2, zeros, rate_max = torch.empty(4, rates.shape[0], dtype=torch.float64)
         kernel_threads(rates.numel())
         kernel = poisson_rate_stats32 if rates.dtype == torch.float32 else poisson_rate_stats
-        kernel(*arrays, kl.numpy(), du2.numpy(), zeros.numpy())
-        rate_max = rates.amax(-1)  # saturated from it: u ≥ c − log 2 ⇔ e^u ≥ e^c / 2
+        kernel(*arrays, kl.numpy(), du2.numpy(), zeros.numpy(), rate_max.numpy())
         return {"zeros": zeros.div_(rates.shape[1]), "du_norm": du2.sqrt_(), "kl": kl, "rate_max": rate_max,
-                "saturated": (rate_max >= self.family.saturation_rate()).to(rates.dtype)}
+                # u ≥ c − log 2 ⇔ e^u ≥ e^c / 2
+                "saturated": (rate_max >= self.family.saturation_rate()).to(torch.float64)}
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:

@@ -407,7 +407,8 @@ class TraceRecorder:
     def __call__(self, frame: Tensor, new: Step, previous: Step, index: Tensor | None = None) -> None:
         """Measure step ``new`` (reached from ``previous``) against ``frame`` (B', D); ``index``: the inputs
         (rows of the whole batch) the B' rows are, None for all in order."""
-        per_input = self._per_input(frame, new, previous)
+        # float64 rows (a no-op for the engine's terms, already float64): one stack per step, no conversions
+        per_input = {key: value.to(torch.float64) for key, value in self._per_input(frame, new, previous).items()}
         if index is None:
             self.rows = per_input
         else:
@@ -437,9 +438,7 @@ class TraceRecorder:
         """This step's batch means (``rate_max``: the maximum), kept as one tensor: no host synchronisation
         inside the step loop (the values reach the host once, in ``arrays``)."""
         rows = self.rows
-        values = [rows["nll"] + rows["kl"] if key == "nelbo" else rows[key] for key in self.keys]
-        same = all(value.dtype == values[0].dtype for value in values)
-        table = torch.stack(values if same else [value.to(torch.float64) for value in values]).to(torch.float64)
+        table = torch.stack([rows["nll"] + rows["kl"] if key == "nelbo" else rows[key] for key in self.keys])
         if self._maximum is None:
             self._maximum = torch.tensor([key == "rate_max" for key in self.keys], device=table.device)
         # a few tensor operations per step however many keys (each one costs microseconds at B ≤ 10⁴)

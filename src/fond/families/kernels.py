@@ -585,7 +585,7 @@ def _saturate(counts, small):  # pragma: no cover - compiled
 @nb.njit(fastmath=True, error_model="numpy")
 def _poisson_rate_row_stats(rates_new, rates_old, spikes):  # pragma: no cover - compiled
     """``poisson_rate_stats`` of one float64 row: (kl, δ², zeros), δ = log(r/r') with the libm-free ``_log`` (so the
-    loop vectorises; a running max in it does not: rate maxima are left to torch)."""
+    loop vectorises; a running max in it does not: ``_row_max`` is a loop of its own)."""
     divergence, squares, silent = 0.0, 0.0, 0.0
     for k in range(rates_new.size):
         rate, rate_old = rates_new[k], rates_old[k]
@@ -615,25 +615,37 @@ def _poisson_rate_row_stats32(rates_new, rates_old, spikes):  # pragma: no cover
     return divergence, squares, silent
 
 
+@nb.njit(error_model="numpy")
+def _row_max_bits(bits):  # pragma: no cover - compiled
+    """The largest of a non-empty row of unsigned integers: the bit patterns of positive floats, which order
+    as the floats do (an integer maximum vectorises; LLVM leaves a float one scalar)."""
+    largest = bits[0]
+    for k in range(bits.size):
+        largest = max(largest, bits[k])
+    return largest
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_rate_stats(rates_new, rates_old, spikes, kl, du2, zeros):  # pragma: no cover - compiled
+def poisson_rate_stats(rates_new, rates_old, spikes, kl, du2, zeros, rate_max):  # pragma: no cover - compiled
     """One pass over a (B, K) float64 iP-VAE step's rates and counts for per-input trace terms, without the
     potentials (``poisson_rate_stats32`` for float32).
 
     Writes, per row b: kl[b] = Σ_k KL(Pois(r_k) ‖ Pois(r'_k)) in the exact form r·(e^{−δ} − 1 + δ) with
     δ = u − u' = log(r/r') (e^{−δ} = r'/r away from δ = 0, a Taylor series near it); du2[b] = Σ δ²;
-    zeros[b] = #{spikes = 0}. Rates must be positive and normal (a Poisson family's clamps keep them in
-    [e^floor, e^c]).
+    zeros[b] = #{spikes = 0}; rate_max[b] = max_k r_k (the row still in cache). Rates must be positive and normal
+    (a Poisson family's clamps keep them in [e^floor, e^c]).
     """
     for b in nb.prange(rates_new.shape[0]):
         kl[b], du2[b], zeros[b] = _poisson_rate_row_stats(rates_new[b], rates_old[b], spikes[b])
+        rate_max[b] = np.uint64(_row_max_bits(rates_new[b].view(np.uint64))).view(np.float64)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_rate_stats32(rates_new, rates_old, spikes, kl, du2, zeros):  # pragma: no cover - compiled
+def poisson_rate_stats32(rates_new, rates_old, spikes, kl, du2, zeros, rate_max):  # pragma: no cover - compiled
     """``poisson_rate_stats`` for float32 rates and counts, in float32 arithmetic (16 lanes)."""
     for b in nb.prange(rates_new.shape[0]):
         kl[b], du2[b], zeros[b] = _poisson_rate_row_stats32(rates_new[b], rates_old[b], spikes[b])
+        rate_max[b] = np.uint32(_row_max_bits(rates_new[b].view(np.uint32))).view(np.float32)
 
 
 @nb.njit(inline="always")
