@@ -111,7 +111,7 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
         scaled_error, nll = gaussian_terms(x, reconstruction, parts.log_sigma)  # (x − x̂)/σ², NLL: one pass
         total = total + (nll + beta * kl).mean()
-        largest = (family.mean_code(new_state, fp) if mean is None else mean).detach().max()
+        largest = (family.mean_code(new_state, fp) if mean is None else mean).detach().amax()  # (max(): 2× slower)
         terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(), largest]).to(torch.float64))
         state = new_state
     scale = 256.0 / x.shape[1]
