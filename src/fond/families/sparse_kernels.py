@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import fond.families.kernels  # noqa: F401  (before numba: its vector-width choice)
+from fond.families.kernels import ROW_BLOCK  # (before numba: its vector-width choice)
 
 __all__ = ["sparse_addmm", "sparse_residuals", "SPARSE_RESIDUALS_BELOW"]
 
@@ -62,11 +62,13 @@ def _accumulate(acc, zb, w, index):  # pragma: no cover - compiled
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def sparse_addmm(base, z, w, out):  # pragma: no cover - compiled
     """out (B, N) = base (B, N) + z (B, K) · w (K, N), visiting only z's non-zero entries."""
-    for b in nb.prange(z.shape[0]):
+    rows = z.shape[0]
+    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         index = np.empty(z.shape[1], np.int64)
-        row = out[b]
-        row[:] = base[b]
-        _accumulate(row, z[b], w, index)
+        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            row = out[b]
+            row[:] = base[b]
+            _accumulate(row, z[b], w, index)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
@@ -75,11 +77,14 @@ def sparse_residuals(z, w, x, precision, squares, weighted):  # pragma: no cover
 
     z (B, K), w (K, D), x (B, D), precision (D,); only z's non-zero entries are visited.
     """
-    for b in nb.prange(z.shape[0]):
+    rows = z.shape[0]
+    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         index = np.empty(z.shape[1], np.int64)
-        acc = np.zeros(w.shape[1], w.dtype)
-        _accumulate(acc, z[b], w, index)
-        squares[b], weighted[b] = _residual_sums(x[b], acc, precision)
+        acc = np.empty(w.shape[1], w.dtype)
+        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            acc[:] = 0.0
+            _accumulate(acc, z[b], w, index)
+            squares[b], weighted[b] = _residual_sums(x[b], acc, precision)
 
 
 @nb.njit(fastmath=True, boundscheck=False)
