@@ -492,8 +492,8 @@ def _relaxed_write(index, inv_r, soft, slope, hard, m, counts, derivative, inv_t
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, sizes, indicator,
-                   reach):  # pragma: no cover - compiled
+def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, sizes, indicator, reach,
+                   threads):  # pragma: no cover - compiled
     """Relaxed Poisson counts and their derivative in the rate, for a flat array of rates.
 
     Arrival times T_j = S_j / r, S_j = Σ_{i≤j} E_i (E_i = −log(1 − U_i), Exp(1)); the count is
@@ -508,8 +508,9 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     down by an order of magnitude). Per chunk, a vectorised screen (``_relaxed_screen``) finds the elements
     whose first arrival already lies past the stop (most of them: small rates) without a logarithm; the rest
     run their terms together, one vectorised round per term (``_relaxed_busy``; logarithm and exponential
-    without libm: ``_log``, ``_exp``), each element's sums in term order; chunks of ``RELAXED_CHUNK`` (the
-    rounds of the few largest rates cost per round, not per element). Returns how many rates are not
+    without libm: ``_log``, ``_exp``), each element's sums in term order; equal chunks of up to ``RELAXED_CHUNK``
+    elements, the same number for every thread (the rounds of the few largest rates cost per round, not per
+    element). Returns how many rates are not
     finite (their count and derivative are 0; the caller raises).
     """
     n = rates.size
@@ -517,9 +518,12 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     inv_tau = 1.0 / temperature
     stop = 1.0 + (temperature if indicator == CUBIC else reach * temperature)
     bad = 0
-    for c in nb.prange((n + RELAXED_CHUNK - 1) // RELAXED_CHUNK):
-        a = c * RELAXED_CHUNK
-        b = min(n, a + RELAXED_CHUNK)
+    # equal chunks, as many for each of the ``threads`` threads (prange hands each an equal share of the chunks)
+    chunks = threads * max(1, (n + threads * RELAXED_CHUNK - 1) // (threads * RELAXED_CHUNK))
+    size = (n + chunks - 1) // chunks
+    for c in nb.prange(chunks):
+        a = min(n, c * size)
+        b = min(n, a + size)
         busy = np.empty(b - a, np.bool_)
         bad += _relaxed_screen(rates[a:b], key1, key2, np.uint64(a), stop, busy)
         counts[a:b] = 0.0

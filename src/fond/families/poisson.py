@@ -160,9 +160,8 @@ class _CompiledRelaxedPoisson(torch.autograd.Function):
 
         flat = rates.detach().reshape(-1).contiguous()
         counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
-        kernel_threads(flat.numel())
         if relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
-                          indicator, RELAXED_REACH[flat.dtype]):
+                          indicator, RELAXED_REACH[flat.dtype], kernel_threads(flat.numel())):
             raise FloatingPointError(NON_FINITE_RATE)
         ctx.save_for_backward(derivative.view(rates.shape))
         return counts.view(rates.shape)

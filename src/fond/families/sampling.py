@@ -85,14 +85,15 @@ def draw_key(generator: torch.Generator | None) -> tuple[np.uint64, np.uint64]:
 SERIAL_KERNEL_SIZE = 16384
 
 
-def kernel_threads(size: int) -> None:
+def kernel_threads(size: int) -> int:
     """Run the compiled kernels on as many threads as torch uses (numba has its own pool), or on one for
-    arrays of fewer than ``SERIAL_KERNEL_SIZE`` elements."""
+    arrays of fewer than ``SERIAL_KERNEL_SIZE`` elements; returns that number."""
     import fond.families.kernels  # noqa: F401, I001  (numba's vector-width choice is made there, before numba loads)
     import numba
 
-    threads = 1 if size < SERIAL_KERNEL_SIZE else torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    threads = max(1, min(1 if size < SERIAL_KERNEL_SIZE else torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
 
 
 def sample_poisson(
