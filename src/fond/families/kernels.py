@@ -64,8 +64,9 @@ MID_LEVELS, MID_RATE = 12, 6.0
 WIDE_LEVELS, WIDE_RATE = 32, 20.0
 CHUNK = 8192
 #: rows per parallel task of the row-wise kernels: their scratch buffers are allocated once per block, not once
-#: per row (an allocation costs ~60 ns, a row of 512 elements a few hundred)
-ROW_BLOCK = 16
+#: per row (an allocation costs ~60 ns, a row of 512 elements a few hundred); small, so that prange's equal
+#: shares of blocks stay equal shares of rows (B 200: 50 blocks, 25 a thread on 2 threads)
+ROW_BLOCK = 4
 #: the relaxed sampler's chunk: larger, since its busy elements' last rounds (the few largest rates) cost per
 #: round and chunk, not per element
 RELAXED_CHUNK = 32768
