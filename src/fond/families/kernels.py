@@ -504,15 +504,14 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     smooth step s²(3 − 2s) of s = clamp((x + 1)/2, 0, 1), STRAIGHT_THROUGH the hard count #{T_j < 1} with
     the sigmoid's derivative. Terms stop at the first T_j > 1 + ``reach``·τ, before its indicator is computed
     (sigmoid: it and every later term add less than e^{−reach}, below the output's resolution for the reach of
-    its width, ``relaxed_reach``; cubic: stop at 1 + τ, exactly 0); a zero rate gives count 0 and derivative
-    0. Counts and derivatives below 1e-30 are stored as 0 (float32 denormals slow every later matrix product
-    down by an order of magnitude). Per chunk, a vectorised screen (``_relaxed_screen``) finds the elements
-    whose first arrival already lies past the stop (most of them: small rates) without a logarithm; the rest
-    run their terms together, one vectorised round per term (``_relaxed_busy``; logarithm and exponential
+    its width, ``fond.families.poisson.RELAXED_REACH``; cubic: stop at 1 + τ, exactly 0); a zero rate gives count
+    0 and derivative 0. Counts and derivatives below 1e-30 are stored as 0 (float32 denormals slow every later
+    matrix product down by an order of magnitude). Per chunk, a vectorised screen (``_relaxed_screen``) finds the
+    elements whose first arrival already lies past the stop (most of them: small rates) without a logarithm; the
+    rest run their terms together, one vectorised round per term (``_relaxed_busy``; logarithm and exponential
     without libm: ``_log``, ``_exp``), each element's sums in term order; equal chunks of up to ``RELAXED_CHUNK``
     elements, the same number for every thread (the rounds of the few largest rates cost per round, not per
-    element). Returns how many rates are not
-    finite (their count and derivative are 0; the caller raises).
+    element). Returns how many rates are not finite (their count and derivative are 0; the caller raises).
     """
     n = rates.size
     stride = np.uint64(n)
