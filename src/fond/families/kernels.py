@@ -510,8 +510,9 @@ def relaxed_counts(rates, counts, derivative, key1, key2, temperature, limits, s
     elements whose first arrival already lies past the stop (most of them: small rates) without a logarithm; the
     rest run their terms together, one vectorised round per term (``_relaxed_busy``; logarithm and exponential
     without libm: ``_log``, ``_exp``), each element's sums in term order; equal chunks of up to ``RELAXED_CHUNK``
-    elements, the same number for every thread (the rounds of the few largest rates cost per round, not per
-    element). Returns how many rates are not finite (their count and derivative are 0; the caller raises).
+    elements, the same number for each of the ``threads`` threads (the rounds of the few largest rates cost per
+    round, not per element). Returns how many rates are not finite (their count and derivative are 0; the caller
+    raises).
     """
     n = rates.size
     stride = np.uint64(n)
