@@ -686,8 +686,7 @@ def soft_clamp_forward(x, y, slope, c, floor):  # pragma: no cover - compiled
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
-                terms):  # pragma: no cover - compiled
+def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, terms):  # pragma: no cover
     """``poisson_update_forward`` for one input's row (vectorised: the KL terms go to ``terms``, summed apart —
     a sum inside the loop would keep LLVM from vectorising it)."""
     for k in range(u.size):
@@ -702,7 +701,6 @@ def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2
             1.0 / 120.0 - delta / 720.0))))
         terms[k] = rate * series if abs(delta) < 0.01 else rate_old - rate + rate * delta
         u_new[k], s1[k], s2[k] = new, slope1, slope2
-        kl_new[k], kl_old[k] = rate * delta, rate_old - rate  # ∂KL/∂u', ∂KL/∂u
 
 
 @nb.njit(error_model="numpy")
@@ -714,46 +712,49 @@ def _row_sum(values):  # pragma: no cover - compiled
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_update_forward(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
+def poisson_update_forward(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2,
                            kl):  # pragma: no cover - compiled
     """The iP-VAE training update of (B, K) arrays and its KL to the previous state, in one pass:
     u' = G(u + G(η(pull − b))), G the soft clamp (``_soft_clamp``), the new rates e^{u'} (``rates_out``),
     kl[b] = Σ_k KL(Pois(e^{u'}) ‖ Pois(e^u)) with e^u given (``rates_in``: the previous step's ``rates_out``).
-    Keeps what the backward pass needs: the two clamps' slopes s1, s2 and the KL's derivatives in u' and u."""
+    Writes what the backward pass needs beyond its inputs and outputs: the two clamps' slopes s1, s2 (the KL's
+    derivatives r'(u' − u) and r − r' it recomputes from u, u', r, r')."""
     rows = u.shape[0]
     for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         terms = np.empty(u.shape[1])
         for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            _update_row(u[b], rates_in[b], pull[b], bias, eta, c, floor, u_new[b], rates_out[b], s1[b], s2[b],
-                        kl_new[b], kl_old[b], terms)
+            _update_row(u[b], rates_in[b], pull[b], bias, eta, c, floor, u_new[b], rates_out[b], s1[b], s2[b], terms)
             kl[b] = _row_sum(terms)
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _update_back_row(grad_new, grad_rate, grad_kl, rates, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u, grad_g,
-                     terms):  # pragma: no cover - compiled
+def _update_back_row(grad_new, grad_rate, grad_kl, u, u_new, rates_in, rates, s1, s2, pull, bias, bound, grad_u,
+                     grad_g, terms):  # pragma: no cover - compiled
     """``poisson_update_backward`` for one row (vectorised; ∂L/∂g_k · (pull_k − b_k) to ``terms``)."""
     for k in range(s1.size):
-        at_new = float(grad_new[k]) + grad_kl * float(kl_new[k]) + float(grad_rate[k]) * float(rates[k])
+        rate = float(rates[k])
+        # ∂KL/∂u' = r'(u' − u), ∂KL/∂u = r − r'
+        at_new = float(grad_new[k]) + grad_kl * rate * (float(u_new[k]) - float(u[k])) + float(grad_rate[k]) * rate
         at_new = min(max(at_new, -bound), bound)  # the state-gradient bound (fond.dynamics.STATE_GRADIENT_BOUND)
         at_sum = at_new * float(s2[k])
         g = at_sum * float(s1[k])
-        grad_u[k] = at_sum + grad_kl * float(kl_old[k])
+        grad_u[k] = at_sum + grad_kl * (float(rates_in[k]) - rate)
         grad_g[k] = g
         terms[k] = g * (float(pull[k]) - float(bias[k]))
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_update_backward(grad_new, grad_rate, grad_kl, rates, s1, s2, kl_new, kl_old, pull, bias, bound, grad_u,
-                            grad_g, step_terms):  # pragma: no cover - compiled
-    """The backward pass of ``poisson_update_forward``: from ∂L/∂u' and ∂L/∂r' (B, K; r' = e^{u'} = ``rates``) and
+def poisson_update_backward(grad_new, grad_rate, grad_kl, u, u_new, rates_in, rates, s1, s2, pull, bias, bound,
+                            grad_u, grad_g, step_terms):  # pragma: no cover - compiled
+    """The backward pass of ``poisson_update_forward`` (its inputs u, r = ``rates_in``, its outputs u', r' =
+    ``rates``, the slopes s1, s2): from ∂L/∂u' and ∂L/∂r' (B, K) and
     ∂L/∂kl (B,), ∂L/∂u and ∂L/∂g (g = η(pull − b); the caller turns it into ∂L/∂pull, ∂L/∂b and ∂L/∂log η),
     step_terms[b] = Σ_k ∂L/∂g·(pull − b). The whole gradient reaching u' is bounded by ``bound``."""
     rows = s1.shape[0]
     for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         terms = np.empty(s1.shape[1])
         for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            _update_back_row(grad_new[b], grad_rate[b], grad_kl[b], rates[b], s1[b], s2[b], kl_new[b], kl_old[b],
+            _update_back_row(grad_new[b], grad_rate[b], grad_kl[b], u[b], u_new[b], rates_in[b], rates[b], s1[b], s2[b],
                              pull[b], bias, bound, grad_u[b], grad_g[b], terms)
             step_terms[b] = _row_sum(terms)
 
@@ -814,8 +815,7 @@ def _soft_clamp32(v, c, floor):
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _update_row32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
-                  terms):  # pragma: no cover - compiled
+def _update_row32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, terms):  # pragma: no cover
     """``_update_row`` for float32 arrays in float32 arithmetic (eta, c, floor float32). The KL's Taylor series
     covers |Δ| < 0.1 (to Δ⁷: relative error < 1e-8), so the direct form r − r' + r'Δ cancels at most a factor 20."""
     for k in range(u.size):
@@ -829,11 +829,10 @@ def _update_row32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, 
             _F32(1.0 / 120.0) - delta * (_F32(1.0 / 720.0) - delta * _F32(1.0 / 5040.0))))))
         terms[k] = rate * series if abs(delta) < _F32(0.1) else rate_old - rate + rate * delta
         u_new[k], s1[k], s2[k] = new, slope1, slope2
-        kl_new[k], kl_old[k] = rate * delta, rate_old - rate
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_update_forward32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, kl_new, kl_old,
+def poisson_update_forward32(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2,
                              kl):  # pragma: no cover - compiled
     """``poisson_update_forward`` for float32 arrays in float32 arithmetic (the KL rows summed in float64)."""
     rows = u.shape[0]
@@ -841,5 +840,5 @@ def poisson_update_forward32(u, rates_in, pull, bias, eta, c, floor, u_new, rate
         terms = np.empty(u.shape[1], np.float32)
         for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
             _update_row32(u[b], rates_in[b], pull[b], bias, _F32(eta), _F32(c), _F32(floor), u_new[b], rates_out[b],
-                          s1[b], s2[b], kl_new[b], kl_old[b], terms)
+                          s1[b], s2[b], terms)
             kl[b] = _row_sum(terms)

@@ -251,8 +251,9 @@ def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
 
 class _PoissonUpdate(torch.autograd.Function):
     """``PoissonFamily.training_update``: forward ``kernels.poisson_update_forward``, backward
-    ``kernels.poisson_update_backward``; keeps five (B, K) tensors (the new rates, two clamp slopes, two KL
-    derivatives). ``rates`` is e^u, taken as a value: its gradient is part of u's."""
+    ``kernels.poisson_update_backward``; writes two (B, K) tensors for the backward pass beside its outputs (the
+    clamps' slopes; the KL's derivatives come back from u, u' and the rates). ``rates`` is e^u, taken as a value:
+    its gradient is part of u's."""
 
     @staticmethod
     def forward(ctx, u, rates, pull, bias, log_step, c, floor, bound):  # noqa: D102
@@ -261,13 +262,13 @@ class _PoissonUpdate(torch.autograd.Function):
 
         u_in, rates_in, pull_in, bias_in = (t.detach().contiguous() for t in (u, rates, pull, bias))
         eta = float(torch.exp(log_step.detach()).reshape(()))
-        new, rates_out, s1, s2, kl_new, kl_old = torch.empty((6, *u_in.shape), dtype=u_in.dtype)
+        new, rates_out, s1, s2 = torch.empty((4, *u_in.shape), dtype=u_in.dtype)
         kl = torch.empty(u_in.shape[0], dtype=torch.float64)
         kernel_threads(u_in.numel())
         forward = poisson_update_forward32 if u_in.dtype == torch.float32 else poisson_update_forward
         forward(u_in.numpy(), rates_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(),
-                rates_out.numpy(), s1.numpy(), s2.numpy(), kl_new.numpy(), kl_old.numpy(), kl.numpy())
-        ctx.save_for_backward(rates_out, s1, s2, kl_new, kl_old, pull_in, bias_in)
+                rates_out.numpy(), s1.numpy(), s2.numpy(), kl.numpy())
+        ctx.save_for_backward(u_in, new, rates_in, rates_out, s1, s2, pull_in, bias_in)
         ctx.eta, ctx.bound = eta, bound
         return new, rates_out, kl.to(u.dtype)
 
@@ -275,15 +276,15 @@ class _PoissonUpdate(torch.autograd.Function):
     def backward(ctx, grad_new, grad_rates, grad_kl):  # noqa: D102
         from fond.families.kernels import poisson_update_backward
 
-        rates, s1, s2, kl_new, kl_old, pull, bias = ctx.saved_tensors
+        u, new, rates_in, rates, s1, s2, pull, bias = ctx.saved_tensors
         grad_new = torch.zeros_like(s1) if grad_new is None else grad_new.contiguous()
         grad_rates = torch.zeros_like(s1) if grad_rates is None else grad_rates.contiguous()
         grad_kl = torch.zeros(s1.shape[0], dtype=s1.dtype) if grad_kl is None else grad_kl.contiguous()
         grad_u, grad_g = torch.empty_like(s1), torch.empty_like(s1)
         step_terms = torch.empty(s1.shape[0], dtype=torch.float64)
-        poisson_update_backward(grad_new.numpy(), grad_rates.numpy(), grad_kl.numpy(), rates.numpy(), s1.numpy(),
-                                s2.numpy(), kl_new.numpy(), kl_old.numpy(), pull.numpy(), bias.numpy(), ctx.bound,
-                                grad_u.numpy(), grad_g.numpy(), step_terms.numpy())
+        poisson_update_backward(grad_new.numpy(), grad_rates.numpy(), grad_kl.numpy(), u.numpy(), new.numpy(),
+                                rates_in.numpy(), rates.numpy(), s1.numpy(), s2.numpy(), pull.numpy(), bias.numpy(),
+                                ctx.bound, grad_u.numpy(), grad_g.numpy(), step_terms.numpy())
         eta = ctx.eta
         grad_log_step = torch.full((1,), eta * float(step_terms.sum()), dtype=s1.dtype)
         grad_bias = grad_g.sum(0).mul_(-eta)  # (before grad_g is scaled in place for the pull-back's gradient)
