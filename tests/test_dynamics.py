@@ -264,6 +264,38 @@ def test_fused_training_update_returns_the_new_rates_with_their_gradient():
     assert torch.autograd.gradcheck(step, (u, pull, bias, log_step))
 
 
+def test_float32_training_update_in_rate_space_matches_float64_to_float32_resolution():
+    """The float32 update runs in rate space (e^{−u'} = e^{−c} + min(e^{−u}·A, e^{−floor}), one exponential and
+    one logarithm); the float64 one in log space, tested against autograd above. On states and pulls that reach
+    the floor, the clamp and both KL forms, every output must agree to float32's resolution, and a NaN must
+    still reach u' and r' (training's divergence check reads it)."""
+    from fond.families.kernels import poisson_update_forward, poisson_update_forward32
+
+    g = torch.Generator().manual_seed(3)
+    u = torch.empty(40, 64, dtype=torch.float64).uniform_(-9.0, 5.0, generator=g)
+    pull = torch.randn(40, 64, generator=g, dtype=torch.float64) * torch.logspace(-4, 1.5, 64, dtype=torch.float64)
+    bias = torch.rand(64, generator=g, dtype=torch.float64)
+    u, pull, bias = (t.float().double() for t in (u, pull, bias))  # the same inputs in both widths
+    pull[0, :3] = float("nan")
+    outputs = {}
+    for dtype, kernel in ((torch.float64, poisson_update_forward), (torch.float32, poisson_update_forward32)):
+        arrays = [t.to(dtype).contiguous() for t in (u, torch.exp(u), pull, bias)]
+        new, rates, s1, s2 = torch.empty((4, *u.shape), dtype=dtype)
+        kl = torch.empty(u.shape[0], dtype=torch.float64)
+        kernel(*(a.numpy() for a in arrays), 0.6, 5.0, -8.0, new.numpy(), rates.numpy(), s1.numpy(), s2.numpy(),
+               kl.numpy())
+        outputs[dtype] = [t.double() for t in (new, rates, s1, s2)] + [kl]
+    (new, rates, s1, s2, kl), (new32, rates32, s1_32, s2_32, kl32) = outputs[torch.float64], outputs[torch.float32]
+    assert torch.isnan(new32[0, :3]).all() and torch.isnan(rates32[0, :3]).all() and torch.isnan(kl32[0])
+    ok = ~torch.isnan(new)
+    assert float(new[ok].min()) < -7.9 and float(new[ok].max()) > 4.9 and float(s2[ok].min()) < 0.1  # both clamps
+    torch.testing.assert_close(new32[ok], new[ok], rtol=0, atol=1e-6)
+    torch.testing.assert_close(rates32[ok], rates[ok], rtol=1e-6, atol=0)
+    torch.testing.assert_close(s1_32[ok], s1[ok], rtol=0, atol=3e-7)
+    torch.testing.assert_close(s2_32[ok], s2[ok], rtol=0, atol=3e-7)
+    torch.testing.assert_close(kl32[1:], kl[1:], rtol=1e-5, atol=1e-6)
+
+
 def test_fused_training_update_in_float32_follows_the_composed_step(monkeypatch):
     """A float32 model's fused step computes in float32 (twice the vector lanes): its loss and gradients must
     stay within float32 rounding of the composed step's on the same draws."""
