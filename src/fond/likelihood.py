@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fond.families.kernels import ROW_BLOCK  # (before numba: its vector-width choice)
+from fond.families.kernels import block_rows, row_blocks  # (before numba: its vector-width choice)
 from fond.metrics import LOG_2PI, gaussian_nll
 
 __all__ = ["gaussian_terms"]
@@ -44,9 +44,10 @@ def _forward_row(x, mean, inv_variance, error, residual, squares):  # pragma: no
 def _forward(x, mean, inv_variance, error, residual, nll):  # pragma: no cover - compiled
     """error = (x − mean)·inv_variance, residual = x − mean, nll[b] = ½ Σ_d residual²·inv_variance (float64)."""
     rows = x.shape[0]
-    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):  # (one scratch row per block of rows)
+    for block in nb.prange(row_blocks(rows)):  # (one scratch row per block of rows)
         squares = np.empty(x.shape[1])
-        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
             _forward_row(x[b], mean[b], inv_variance, error[b], residual[b], squares)
             total = 0.0
             for d in range(squares.size):

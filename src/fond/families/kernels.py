@@ -593,7 +593,7 @@ def _saturate(counts, small):  # pragma: no cover - compiled
 @nb.njit(fastmath=True, error_model="numpy")
 def _poisson_rate_row_stats(rates_new, rates_old, spikes):  # pragma: no cover - compiled
     """``poisson_rate_stats`` of one float64 row: (kl, δ², zeros), δ = log(r/r') with the libm-free ``_log`` (so the
-    loop vectorises; a running max in it does not: ``_row_max`` is a loop of its own)."""
+    loop vectorises; a running max in it does not: ``_row_max_bits`` is a loop of its own)."""
     divergence, squares, silent = 0.0, 0.0, 0.0
     for k in range(rates_new.size):
         rate, rate_old = rates_new[k], rates_old[k]
@@ -685,6 +685,19 @@ def soft_clamp_forward(x, y, slope, c, floor):  # pragma: no cover - compiled
         _soft_clamp_pass(x[a:b], y[a:b], slope[a:b], c, floor)
 
 
+@nb.njit(inline="always")
+def row_blocks(rows):
+    """How many blocks of ``ROW_BLOCK`` rows the row-wise kernels' prange runs over ``rows`` rows."""
+    return (rows + ROW_BLOCK - 1) // ROW_BLOCK
+
+
+@nb.njit(inline="always")
+def block_rows(block, rows):
+    """(first, end) of block ``block``'s rows (``row_blocks``)."""
+    first = block * ROW_BLOCK
+    return first, min(rows, first + ROW_BLOCK)
+
+
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2, terms):  # pragma: no cover
     """``poisson_update_forward`` for one input's row (vectorised: the KL terms go to ``terms``, summed apart —
@@ -720,9 +733,10 @@ def poisson_update_forward(u, rates_in, pull, bias, eta, c, floor, u_new, rates_
     Writes what the backward pass needs beyond its inputs and outputs: the two clamps' slopes s1, s2 (the KL's
     derivatives r'(u' − u) and r − r' it recomputes from u, u', r, r')."""
     rows = u.shape[0]
-    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+    for block in nb.prange(row_blocks(rows)):
         terms = np.empty(u.shape[1])
-        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
             _update_row(u[b], rates_in[b], pull[b], bias, eta, c, floor, u_new[b], rates_out[b], s1[b], s2[b], terms)
             kl[b] = _row_sum(terms)
 
@@ -751,9 +765,10 @@ def poisson_update_backward(grad_new, grad_rate, grad_kl, u, u_new, rates_in, ra
     ∂L/∂kl (B,), ∂L/∂u and ∂L/∂g (g = η(pull − b); the caller turns it into ∂L/∂pull, ∂L/∂b and ∂L/∂log η),
     step_terms[b] = Σ_k ∂L/∂g·(pull − b). The whole gradient reaching u' is bounded by ``bound``."""
     rows = s1.shape[0]
-    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+    for block in nb.prange(row_blocks(rows)):
         terms = np.empty(s1.shape[1])
-        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
             _update_back_row(grad_new[b], grad_rate[b], grad_kl[b], u[b], u_new[b], rates_in[b], rates[b], s1[b], s2[b],
                              pull[b], bias, bound, grad_u[b], grad_g[b], terms)
             step_terms[b] = _row_sum(terms)
@@ -850,9 +865,10 @@ def poisson_update_forward32(u, rates_in, pull, bias, eta, c, floor, u_new, rate
     KL rows summed in float64)."""
     rows = u.shape[0]
     ceiling, floor_factor = _F32(math.exp(-c)), _F32(math.exp(-floor))
-    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+    for block in nb.prange(row_blocks(rows)):
         terms = np.empty(u.shape[1], np.float32)
-        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
             _update_row32(u[b], rates_in[b], pull[b], bias, _F32(eta), ceiling, floor_factor, _F32(floor), u_new[b],
                           rates_out[b], s1[b], s2[b], terms)
             kl[b] = _row_sum(terms)

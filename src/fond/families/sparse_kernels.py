@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fond.families.kernels import ROW_BLOCK  # (before numba: its vector-width choice)
+from fond.families.kernels import block_rows, row_blocks  # (before numba: its vector-width choice)
 
 __all__ = ["sparse_addmm", "sparse_residuals", "SPARSE_RESIDUALS_BELOW"]
 
@@ -63,9 +63,10 @@ def _accumulate(acc, zb, w, index):  # pragma: no cover - compiled
 def sparse_addmm(base, z, w, out):  # pragma: no cover - compiled
     """out (B, N) = base (B, N) + z (B, K) · w (K, N), visiting only z's non-zero entries."""
     rows = z.shape[0]
-    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+    for block in nb.prange(row_blocks(rows)):
         index = np.empty(z.shape[1], np.int64)
-        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
             row = out[b]
             row[:] = base[b]
             _accumulate(row, z[b], w, index)
@@ -78,10 +79,11 @@ def sparse_residuals(z, w, x, precision, squares, weighted):  # pragma: no cover
     z (B, K), w (K, D), x (B, D), precision (D,); only z's non-zero entries are visited.
     """
     rows = z.shape[0]
-    for block in nb.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+    for block in nb.prange(row_blocks(rows)):
         index = np.empty(z.shape[1], np.int64)
         acc = np.empty(w.shape[1], w.dtype)
-        for b in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
             acc[:] = 0.0
             _accumulate(acc, z[b], w, index)
             squares[b], weighted[b] = _residual_sums(x[b], acc, precision)
