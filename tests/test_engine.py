@@ -176,8 +176,42 @@ def test_engine_lookup_walks_both_mros():
         register_engine(PoissonFamily(), LinearDecoderOperators)
 
 
-needs_onednn = pytest.mark.skipif(not hasattr(torch.ops.onednn, "qlinear_prepack"),
-                                  reason="this torch build has no oneDNN quantised linear")
+def _int8_exact() -> bool:
+    from fond.engine import int8_product_exact
+
+    return int8_product_exact()
+
+
+needs_onednn = pytest.mark.skipif(not _int8_exact(), reason="no oneDNN quantised linear with exact int8 sums here "
+                                  "(VNNI or AMX)")
+
+
+# oneDNN's int8 product saturates on CPUs without VNNI/AMX (AVX2 only): there the limb product must refuse, not run.
+def test_limb_product_refuses_a_cpu_whose_int8_product_saturates(monkeypatch):
+    import fond.engine as engine
+
+    monkeypatch.setattr(engine, "int8_product_exact", lambda: False)
+    with pytest.raises(RuntimeError, match="exact int8 sums"):
+        engine.LimbProduct(torch.randn(8, 8))
+    parts = IPVAE(16, 8, seed=0).components()
+    with pytest.raises(RuntimeError, match="exact int8 sums"):
+        engine.PoissonLinearEngine(parts.family, parts.family_params, parts.bias, torch.eye(8), product="limbs")
+    assert not engine.limb_product_available()
+
+
+# The probe must agree with the product it vouches for, on its worst case (pairs of 255·127 overflow int16).
+@pytest.mark.skipif(not hasattr(torch.ops.onednn, "qlinear_prepack"), reason="no oneDNN quantised linear")
+def test_int8_exactness_probe_agrees_with_a_saturating_product():
+    import fond.engine as engine
+
+    engine.int8_product_exact.cache_clear()
+    exact = engine.int8_product_exact()
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((3, 512), 127, dtype=torch.int8), None)
+    out = torch.zeros(1, 3)
+    torch.ops.onednn.qlinear_pointwise.binary(torch.full((1, 512), 255, dtype=torch.uint8), 1.0, 0, packed,
+                                              torch.ones(3), torch.zeros(3, dtype=torch.int64), out, None, 1.0, 0,
+                                              torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
+    assert bool((out == 255.0 * 127.0 * 512).all()) == exact
 
 
 @needs_onednn

@@ -31,6 +31,7 @@ AMX (``product="auto"``) and falls back to the float product for a step whose co
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -124,9 +125,26 @@ def limb_product_available() -> bool:
         return False
     try:
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")
-                and bool(torch.cpu._is_amx_tile_supported()))
+                and bool(torch.cpu._is_amx_tile_supported()) and int8_product_exact())
     except (AttributeError, RuntimeError):
         return False
+
+
+@functools.cache
+def int8_product_exact() -> bool:
+    """Whether oneDNN's uint8·int8 product sums exactly in int32 on this CPU, checked on its worst case (counts
+    255 against weights 127). CPUs with VNNI or AMX accumulate in int32; without them (AVX2 only: e.g. AMD Zen 3)
+    oneDNN multiplies pairs into int16 and saturates at 32767, and the limb product would be wrong by orders of
+    magnitude. False also where torch has no oneDNN quantised linear."""
+    if not hasattr(torch.ops.onednn, "qlinear_prepack"):
+        return False
+    k = 64
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((1, k), 127, dtype=torch.int8), None)
+    out = torch.zeros(1, 1)
+    torch.ops.onednn.qlinear_pointwise.binary(torch.full((1, k), 255, dtype=torch.uint8), 1.0, 0, packed,
+                                              torch.ones(1), torch.zeros(1, dtype=torch.int64), out, None, 1.0, 0,
+                                              torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
+    return float(out) == 255.0 * 127.0 * k
 
 
 class LimbProduct:
@@ -141,6 +159,9 @@ class LimbProduct:
         if weight.ndim != 2 or weight.shape[0] > MAX_LIMB_INPUTS:
             raise ValueError(f"LimbProduct needs a (K, N) weight with K ≤ {MAX_LIMB_INPUTS}, got "
                              f"{tuple(weight.shape)}")
+        if not int8_product_exact():
+            raise RuntimeError("the limb product needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN int8 "
+                               "product saturates: use product='float' or 'sparse'")
         columns = weight.detach().t().to(torch.float64)  # (N, K): oneDNN's linear computes z·Wᵀ
         scale = (columns.abs().amax(1) / 127.0).to(torch.float32).to(torch.float64)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -199,6 +220,9 @@ class PoissonLinearEngine:
             dense = "limbs" if product == "auto" and fits and limb_product_available() else "float"
         if dense == "limbs" and gram.dtype != torch.float32:
             raise ValueError(f"the limb product needs a float32 model, got {gram.dtype}")
+        if dense == "limbs" and not int8_product_exact():
+            raise RuntimeError("product='limbs' needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN int8 "
+                               "product saturates: use 'float', 'sparse' or 'auto'")
         self.product = product
         self.sparse_below = {"auto": SPARSE_BELOW, "sparse": 1.01}.get(product, -1.0)
         self.dense = dense
