@@ -839,11 +839,11 @@ def _exp32(y):
 def _log32(q):
     """``_log`` in float32 for a normal q > 0 (fdlibm logf's reduction and coefficients)."""
     bits = np.float32(q).view(np.uint32)
-    k = np.int32(bits >> _S23) - 127
     x = np.uint32((bits & _MANTISSA32) | _EXPONENT_ONE32).view(np.float32)
     high = x > _F32(1.4142135)
     x = _F32(0.5) * x if high else x
-    k = k + 1 if high else k
+    # k in float32 from an int32 (k as a Python int would be int64: no int64→float32 conversion on AVX2)
+    dk = _F32(np.int32(bits >> _S23)) - (_F32(126.0) if high else _F32(127.0))
     f = x - _F32(1.0)
     s = f / (_F32(2.0) + f)
     z = s * s
@@ -851,7 +851,6 @@ def _log32(q):
     c = _LOG32_COEFFICIENTS
     tail = w * (c[1] + w * c[3]) + z * (c[0] + w * c[2])
     half_square = _F32(0.5) * f * f
-    dk = _F32(k)
     return dk * _LN2_HI32 - ((half_square - (s * (half_square + tail) + dk * _LN2_LO32)) - f)
 
 
