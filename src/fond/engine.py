@@ -160,8 +160,8 @@ class LimbProduct:
             raise ValueError(f"LimbProduct needs a (K, N) weight with K ≤ {MAX_LIMB_INPUTS}, got "
                              f"{tuple(weight.shape)}")
         if not int8_product_exact():
-            raise RuntimeError("the limb product needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN int8 "
-                               "product saturates: use product='float' or 'sparse'")
+            raise RuntimeError("the limb product needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN "
+                               "int8 product saturates: use product='float' or 'sparse'")
         columns = weight.detach().t().to(torch.float64)  # (N, K): oneDNN's linear computes z·Wᵀ
         scale = (columns.abs().amax(1) / 127.0).to(torch.float32).to(torch.float64)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
