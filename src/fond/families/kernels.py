@@ -746,8 +746,10 @@ def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2
         u_new[k], s1[k], s2[k] = new, slope1, slope2
 
 
-@nb.njit(error_model="numpy")
+@nb.njit(fastmath=True, error_model="numpy")
 def _row_sum(values):  # pragma: no cover - compiled
+    """Σ values in float64, reassociated into vector lanes (one chain of dependent additions would take the
+    adder's latency per element: ~0.15 ms for a B 200 × K 512 kernel call, as much as its arithmetic)."""
     total = 0.0
     for k in range(values.size):
         total += values[k]
