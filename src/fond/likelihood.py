@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fond.families.kernels import _row_sum, block_rows, row_blocks  # (before numba: its vector-width choice)
+from fond.families.kernels import block_rows, row_blocks, row_sum  # (before numba: its vector-width choice)
 from fond.metrics import LOG_2PI, gaussian_nll
 
 __all__ = ["gaussian_terms"]
@@ -49,7 +49,7 @@ def _forward(x, mean, inv_variance, error, residual, nll):  # pragma: no cover -
         first, end = block_rows(block, rows)
         for b in range(first, end):
             _forward_row(x[b], mean[b], inv_variance, error[b], residual[b], squares)
-            nll[b] = 0.5 * _row_sum(squares)
+            nll[b] = 0.5 * row_sum(squares)
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})

@@ -747,7 +747,7 @@ def _update_row(u, rates_in, pull, bias, eta, c, floor, u_new, rates_out, s1, s2
 
 
 @nb.njit(fastmath=True, error_model="numpy")
-def _row_sum(values):  # pragma: no cover - compiled
+def row_sum(values):  # pragma: no cover - compiled
     """Σ values in float64, reassociated into vector lanes (one chain of dependent additions would take the
     adder's latency per element: ~0.15 ms for a B 200 × K 512 kernel call, as much as its arithmetic)."""
     total = 0.0
@@ -770,7 +770,7 @@ def poisson_update_forward(u, rates_in, pull, bias, eta, c, floor, u_new, rates_
         first, end = block_rows(block, rows)
         for b in range(first, end):
             _update_row(u[b], rates_in[b], pull[b], bias, eta, c, floor, u_new[b], rates_out[b], s1[b], s2[b], terms)
-            kl[b] = _row_sum(terms)
+            kl[b] = row_sum(terms)
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
@@ -803,7 +803,7 @@ def poisson_update_backward(grad_new, grad_rate, grad_kl, u, u_new, rates_in, ra
         for b in range(first, end):
             _update_back_row(grad_new[b], grad_rate[b], grad_kl[b], u[b], u_new[b], rates_in[b], rates[b], s1[b], s2[b],
                              pull[b], bias, bound, grad_u[b], grad_g[b], terms)
-            step_terms[b] = _row_sum(terms)
+            step_terms[b] = row_sum(terms)
 
 
 # -- float32 arithmetic for float32 models: twice the vector lanes of the float64 versions above ----------------
@@ -908,4 +908,4 @@ def poisson_update_forward32(u, rates_in, pull, bias, eta, c, floor, u_new, rate
         for b in range(first, end):
             _update_row32(u[b], rates_in[b], pull[b], bias, _F32(eta), ceiling, floor_factor, _F32(floor), u_new[b],
                           rates_out[b], s1[b], s2[b], terms)
-            kl[b] = _row_sum(terms)
+            kl[b] = row_sum(terms)
