@@ -27,7 +27,7 @@ from fond.engine import fused_engine
 from fond.families.base import Family, Sample, State
 from fond.families.poisson import soft_clamp_upper
 from fond.families.sampling import kernel_threads
-from fond.likelihood import gaussian_terms
+from fond.likelihood import gaussian_precision, gaussian_terms
 from fond.metrics import zeros_fraction
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
@@ -87,12 +87,14 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     KL, with the same values and gradients.
     """
     family, fp, decoder = parts.family, parts.family_params, parts.decoder
+    precision = gaussian_precision(parts.log_sigma)  # (σ⁻², the NLL's constant): once, not once a step
     state = family.initial_state(fp, x.shape[0])
     sample = family.sample(state, fp, generator, temperature)
     reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
-    scaled_error, _ = gaussian_terms(x, reconstruction, parts.log_sigma)
-    total = x.new_zeros(())
-    terms = []  # per step: mean NLL, mean KL, largest rate, kept on the device (one host transfer at the end)
+    scaled_error, _ = gaussian_terms(x, reconstruction, parts.log_sigma, precision)
+    # per step: NLL and KL (B,) and the largest rate, stacked once after the loop (a few tensor operations per
+    # step fewer, and one node in the backward graph instead of four a step)
+    nlls, kls, largest = [], [], []
     mean = None  # the state's mean code where the fused step returned it
     for _ in range(steps):
         error_pullback = pull(scaled_error)
@@ -109,15 +111,21 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
             new_state, kl, mean = fused
             sample = family.sample(new_state, fp, generator, temperature, mean_code=mean)
         reconstruction, pull = decoder.with_pullback(family.activation(sample.value, fp))
-        scaled_error, nll = gaussian_terms(x, reconstruction, parts.log_sigma)  # (x − x̂)/σ², NLL: one pass
-        total = total + (nll + beta * kl).mean()
-        largest = (family.mean_code(new_state, fp) if mean is None else mean).detach().amax()  # (max(): 2× slower)
-        terms.append(torch.stack([nll.detach().mean(), kl.detach().mean(), largest]).to(torch.float64))
+        # (x − x̂)/σ², NLL: one pass
+        scaled_error, nll = gaussian_terms(x, reconstruction, parts.log_sigma, precision)
+        nlls.append(nll)
+        kls.append(kl)
+        largest.append((family.mean_code(new_state, fp) if mean is None else mean).detach().amax())  # (max(): 2×)
         state = new_state
     scale = 256.0 / x.shape[1]
-    table = torch.stack(terms).cpu().numpy() if terms else np.zeros((0, 3))
+    if not steps:  # (as the mean over no steps: NaN)
+        return UnrollLoss(loss=x.new_zeros(()) / steps * scale, nll=np.zeros(0), kl=np.zeros(0), rate_max=0.0)
+    nll_steps, kl_steps = torch.stack(nlls), torch.stack(kls)  # (steps, B)
+    total = (nll_steps + beta * kl_steps).mean(1).sum()
+    table = torch.stack([nll_steps.detach().mean(1), kl_steps.detach().mean(1), torch.stack(largest)], 1)
+    table = table.to(torch.float64).cpu().numpy()
     return UnrollLoss(loss=total / steps * scale, nll=table[:, 0].copy(), kl=table[:, 1].copy(),
-                      rate_max=max(0.0, float(table[:, 2].max())) if steps else 0.0)
+                      rate_max=max(0.0, float(table[:, 2].max())))
 
 
 class FondSteps(InferenceSteps):

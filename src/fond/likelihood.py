@@ -16,18 +16,29 @@ from torch import Tensor
 from fond.families.kernels import block_rows, row_blocks, row_sum  # (before numba: its vector-width choice)
 from fond.metrics import LOG_2PI, gaussian_nll
 
-__all__ = ["gaussian_terms"]
+__all__ = ["gaussian_precision", "gaussian_terms"]
 
 import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 
 
-def gaussian_terms(x: Tensor, reconstruction: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """((x − x̂)·σ⁻² (B, D), −log N(x; x̂, diag σ²) summed over pixels (B,), nats) for x, x̂ (B, D), log σ (D,)."""
+def gaussian_precision(log_sigma: Tensor) -> tuple[Tensor, float]:
+    """(σ⁻² (D,), Σ_d log σ_d + D/2·log 2π) of log σ (D,), taken as values (no gradient): what ``gaussian_terms``
+    needs of σ besides log σ itself. An unroll computes it once and hands it to every step (``precision=``)."""
+    detached = log_sigma.detach()
+    constant = float(detached.to(torch.float64).sum()) + 0.5 * LOG_2PI * detached.shape[-1]
+    return torch.exp(-2.0 * detached).contiguous(), constant
+
+
+def gaussian_terms(x: Tensor, reconstruction: Tensor, log_sigma: Tensor,
+                   precision: tuple[Tensor, float] | None = None) -> tuple[Tensor, Tensor]:
+    """((x − x̂)·σ⁻² (B, D), −log N(x; x̂, diag σ²) summed over pixels (B,), nats) for x, x̂ (B, D), log σ (D,).
+    ``precision``: ``gaussian_precision(log_sigma)`` where the caller has it (the same log σ), else computed here."""
     fused = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 2
              and not x.requires_grad and reconstruction.dtype == x.dtype and log_sigma.dtype == x.dtype
              and log_sigma.shape == (x.shape[1],) and reconstruction.shape == x.shape)
     if fused:
-        return _GaussianTerms.apply(x, reconstruction, log_sigma)
+        inv_variance, constant = gaussian_precision(log_sigma) if precision is None else precision
+        return _GaussianTerms.apply(x, reconstruction, log_sigma, inv_variance, constant)
     return (x - reconstruction) * torch.exp(-2.0 * log_sigma), gaussian_nll(x, reconstruction, log_sigma)
 
 
@@ -41,15 +52,16 @@ def _forward_row(x, mean, inv_variance, error, residual, squares):  # pragma: no
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
-def _forward(x, mean, inv_variance, error, residual, nll):  # pragma: no cover - compiled
-    """error = (x − mean)·inv_variance, residual = x − mean, nll[b] = ½ Σ_d residual²·inv_variance (float64)."""
+def _forward(x, mean, inv_variance, constant, error, residual, nll):  # pragma: no cover - compiled
+    """error = (x − mean)·inv_variance, residual = x − mean, nll[b] = ½ Σ_d residual²·inv_variance + constant
+    (summed in float64, stored in nll's type)."""
     rows = x.shape[0]
     for block in nb.prange(row_blocks(rows)):  # (one scratch row per block of rows)
         squares = np.empty(x.shape[1])
         first, end = block_rows(block, rows)
         for b in range(first, end):
             _forward_row(x[b], mean[b], inv_variance, error[b], residual[b], squares)
-            nll[b] = 0.5 * row_sum(squares)
+            nll[b] = 0.5 * row_sum(squares) + constant
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
@@ -68,21 +80,21 @@ def _backward(grad_error, grad_nll, residual, inv_variance, grad_mean, per_pixel
 
 
 class _GaussianTerms(torch.autograd.Function):
-    """``gaussian_terms`` from ``_forward`` / ``_backward``; keeps the residual (B, D) and σ⁻² (D,)."""
+    """``gaussian_terms`` from ``_forward`` / ``_backward``; keeps the residual (B, D) and σ⁻² (D,). σ⁻² and the
+    NLL's constant come in as values (``gaussian_precision``); log σ is an input for its gradient."""
 
     @staticmethod
-    def forward(ctx, x, reconstruction, log_sigma):  # noqa: D102
+    def forward(ctx, x, reconstruction, log_sigma, inv_variance, constant):  # noqa: D102
         from fond.families.sampling import kernel_threads
 
         x_in, mean = x.detach().contiguous(), reconstruction.detach().contiguous()
-        inv_variance = torch.exp(-2.0 * log_sigma.detach()).contiguous()
         error, residual = torch.empty_like(x_in), torch.empty_like(x_in)
-        nll = torch.empty(x_in.shape[0], dtype=torch.float64)
+        nll = torch.empty(x_in.shape[0], dtype=x_in.dtype)
         kernel_threads(x_in.numel())
-        _forward(x_in.numpy(), mean.numpy(), inv_variance.numpy(), error.numpy(), residual.numpy(), nll.numpy())
-        constant = float(log_sigma.detach().to(torch.float64).sum()) + 0.5 * LOG_2PI * x_in.shape[1]
+        _forward(x_in.numpy(), mean.numpy(), inv_variance.numpy(), constant, error.numpy(), residual.numpy(),
+                 nll.numpy())
         ctx.save_for_backward(residual, inv_variance)
-        return error, (nll + constant).to(x.dtype)
+        return error, nll
 
     @staticmethod
     def backward(ctx, grad_error, grad_nll):  # noqa: D102
@@ -92,5 +104,5 @@ class _GaussianTerms(torch.autograd.Function):
         grad_mean, per_pixel = torch.empty_like(residual), torch.empty_like(residual)
         _backward(grad_error.numpy(), grad_nll.numpy(), residual.numpy(), inv_variance.numpy(), grad_mean.numpy(),
                   per_pixel.numpy())
-        return None, grad_mean, per_pixel.sum(0)
+        return None, grad_mean, per_pixel.sum(0), None, None
 
