@@ -244,6 +244,20 @@ def test_fused_training_update_gives_autograds_loss_and_gradients(monkeypatch, c
         assert float(plain_grads[name].abs().sum()) > 0, name
 
 
+def test_unroll_loss_is_the_mean_over_steps_of_the_reported_nll_and_kl():
+    """The objective training descends and the per-step NLL/KL curves it reports must be one thing: loss = the mean
+    over steps of (mean NLL + β·mean KL), times 256/D (the paper's scaling), each term from that step's sample."""
+    from fond import IPVAE
+
+    model = IPVAE(16, 12, seed=5, init_scale=0.4).double()
+    x = torch.randn(9, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    for steps in (1, 5):
+        out = model.unroll_loss(x, steps, beta=2.5, temperature=0.4, generator=torch.Generator().manual_seed(2))
+        assert out.nll.shape == out.kl.shape == (steps,)
+        expected = float(np.mean(out.nll + 2.5 * out.kl)) * 256.0 / 16
+        assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-12)
+
+
 def test_fused_training_update_returns_the_new_rates_with_their_gradient():
     """The fused step hands e^{u'} to the sampler (no second exponential per step) and takes e^u from the step
     before: its value must be e^{u'} and the Jacobians of all three outputs (u', e^{u'}, KL) must match finite

@@ -182,8 +182,8 @@ def _int8_exact() -> bool:
     return int8_product_exact()
 
 
-needs_onednn = pytest.mark.skipif(not _int8_exact(), reason="no oneDNN quantised linear with exact int8 sums here "
-                                  "(VNNI or AMX)")
+needs_exact_int8 = pytest.mark.skipif(not _int8_exact(), reason="no oneDNN quantised linear with exact int8 sums "
+                                      "here (VNNI or AMX)")
 
 
 # oneDNN's int8 product saturates on CPUs without VNNI/AMX (AVX2 only): there the limb product must refuse, not run.
@@ -214,7 +214,7 @@ def test_int8_exactness_probe_agrees_with_a_saturating_product():
     assert bool((out == 255.0 * 127.0 * 512).all()) == exact
 
 
-@needs_onednn
+@needs_exact_int8
 def test_limb_product_is_as_accurate_as_a_float32_product():
     """Four int8 limbs with exact int32 sums must lose no more than float32 itself: the evaluation engine
     swaps its one product for this one, so a coarser product would change every rollout."""
@@ -249,7 +249,7 @@ def _engines(model, x, first_sample):
     return out
 
 
-@needs_onednn
+@needs_exact_int8
 def test_limb_engine_steps_like_the_float_engine():
     """Same draws, same state: the limb-product engine's rates agree with the float engine's to float32
     rounding and its spikes are the same counts (a rounding-level rate change flips a count only when U
@@ -270,7 +270,7 @@ def test_limb_engine_steps_like_the_float_engine():
             assert float(sf.sum()) > 0
 
 
-@needs_onednn
+@needs_exact_int8
 def test_limb_engine_takes_the_float_product_for_counts_above_255():
     """A uint8 spike matrix cannot hold a count of 300: such a step must use the float product (and say so
     through the overflow count), not wrap the count around modulo 256."""

@@ -140,11 +140,24 @@ def int8_product_exact() -> bool:
         return False
     k = 64
     packed = torch.ops.onednn.qlinear_prepack(torch.full((1, k), 127, dtype=torch.int8), None)
-    out = torch.zeros(1, 1)
-    torch.ops.onednn.qlinear_pointwise.binary(torch.full((1, k), 255, dtype=torch.uint8), 1.0, 0, packed,
-                                              torch.ones(1), torch.zeros(1, dtype=torch.int64), out, None, 1.0, 0,
-                                              torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
+    out = _int8_product_add(torch.full((1, k), 255, dtype=torch.uint8), packed, torch.ones(1),
+                            torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1))
     return float(out) == 255.0 * 127.0 * k
+
+
+def _int8_product_add(counts: Tensor, packed, scale: Tensor, zero_points: Tensor, out: Tensor) -> Tensor:
+    """out (B, N) float32 += counts (B, K) uint8 · (packed int8 weight (N, K))ᵀ · scale (N,): one oneDNN call
+    (a "sum" post-op, in place); returns out."""
+    torch.ops.onednn.qlinear_pointwise.binary(counts, 1.0, 0, packed, scale, zero_points, out, None, 1.0, 0,
+                                              torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
+    return out
+
+
+def _require_exact_int8(what: str, instead: str) -> None:
+    """One line where ``int8_product_exact`` is False: ``what`` cannot run here, use ``instead``."""
+    if not int8_product_exact():
+        raise RuntimeError(f"{what} needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN int8 product "
+                           f"saturates: use {instead}")
 
 
 class LimbProduct:
@@ -159,9 +172,7 @@ class LimbProduct:
         if weight.ndim != 2 or weight.shape[0] > MAX_LIMB_INPUTS:
             raise ValueError(f"LimbProduct needs a (K, N) weight with K ≤ {MAX_LIMB_INPUTS}, got "
                              f"{tuple(weight.shape)}")
-        if not int8_product_exact():
-            raise RuntimeError("the limb product needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN "
-                               "int8 product saturates: use product='float' or 'sparse'")
+        _require_exact_int8("the limb product", "product='float' or 'sparse'")
         columns = weight.detach().t().to(torch.float64)  # (N, K): oneDNN's linear computes z·Wᵀ
         scale = (columns.abs().amax(1) / 127.0).to(torch.float32).to(torch.float64)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -178,8 +189,7 @@ class LimbProduct:
     def accumulate(self, counts: Tensor, out: Tensor) -> Tensor:
         """out (B, N) float32 += counts (B, K) uint8 · W, in place; returns out."""
         for packed, scale in zip(self.packed, self.scales, strict=True):
-            torch.ops.onednn.qlinear_pointwise.binary(counts, 1.0, 0, packed, scale, self.zero_points, out, None,
-                                                      1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
+            _int8_product_add(counts, packed, scale, self.zero_points, out)
         return out
 
 
@@ -220,9 +230,8 @@ class PoissonLinearEngine:
             dense = "limbs" if product == "auto" and fits and limb_product_available() else "float"
         if dense == "limbs" and gram.dtype != torch.float32:
             raise ValueError(f"the limb product needs a float32 model, got {gram.dtype}")
-        if dense == "limbs" and not int8_product_exact():
-            raise RuntimeError("product='limbs' needs exact int8 sums (a CPU with VNNI or AMX); this CPU's oneDNN int8 "
-                               "product saturates: use 'float', 'sparse' or 'auto'")
+        if dense == "limbs":
+            _require_exact_int8("product='limbs'", "'float', 'sparse' or 'auto'")
         self.product = product
         self.sparse_below = {"auto": SPARSE_BELOW, "sparse": 1.01}.get(product, -1.0)
         self.dense = dense

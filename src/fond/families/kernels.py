@@ -434,7 +434,9 @@ def _sigmoid_round(index, inv_r, arrival, soft, slope, left, keep, key1, key2, c
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _straight_through_round(index, inv_r, arrival, soft, slope, hard, left, keep, key1, key2, counter, inv_tau,
                             stop):  # pragma: no cover - compiled
-    """``_sigmoid_round`` that also counts the hard arrivals T < 1 (the sigmoid alone skips that array: ~4 %)."""
+    """``_sigmoid_round`` that also counts the hard arrivals T < 1 (the sigmoid alone skips that array: ~4 %). The
+    rounds repeat their first lines rather than share an inlined helper: with one, LLVM left the loop scalar
+    (``tests/test_vectorisation.py``)."""
     for p in range(keep.size):
         u = _uniform(key1, key2, counter + np.uint64(index[p]))
         arrival[p] += -_log(1.0 - u)
@@ -473,17 +475,16 @@ def _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_ta
     writes their count and ∂count/∂r."""
     index = _flagged(busy) + a
     m = index.size
-    arrival, soft, slope, hard = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
-    inv_r = np.empty(m)
+    r, inv_r = np.empty(m), np.empty(m)
     for p in range(m):
-        arrival[p] = float(rates[index[p]])  # (the rates, until the rounds start)
-        inv_r[p] = 1.0 / arrival[p]
+        r[p] = float(rates[index[p]])
+        inv_r[p] = 1.0 / r[p]
     level = np.zeros(m, np.int64)  # the first size whose limit covers r: sizes[#limits below r]
     for b in range(limits.size):  # (limits ascending; one vectorised pass per limit)
         for p in range(m):
-            level[p] += arrival[p] > limits[b]
+            level[p] += r[p] > limits[b]
     left = sizes[level]
-    arrival[:] = 0.0
+    arrival, soft, slope, hard = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
     keep = np.empty(m, np.bool_)
     j = 0
     while m > 0:
