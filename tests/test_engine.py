@@ -94,23 +94,29 @@ def test_bounding_the_drive_before_exp_changes_no_bit(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_engine_trace_terms_match_the_family_formulas(dtype):
+def test_trace_rows_state_terms_match_the_family_formulas(dtype):
     """The compiled per-input trace terms from the rates alone (δ = log(r/r'), a Taylor series near δ = 0, the
     rates away from it) equal the family's own KL, saturation and the generic norms, for steps from 1e-9 to 5
     nats: the default trace takes them from there, never computing the potentials."""
     from fond.families.poisson import poisson_kl
+    from fond.families.sparse_kernels import poisson_trace_rows
+    from fond.result import TRACE_ROW_KEYS
 
     model = _model()
     parts = model.components()
-    with torch.no_grad():
-        engine = fused_engine(parts, parts.decoder.operators(_x(), parts.inv_variance), _x())
     g = torch.Generator().manual_seed(0)
     u_old = torch.empty(6, 50, dtype=torch.float64).uniform_(-3, 6, generator=g)
     u_old[3:, 0] = 9.5  # three inputs at the burst level (clamp_final − log 2 ≈ 9.31)
     delta = torch.logspace(-9, 0.7, 50, dtype=torch.float64) * torch.where(torch.rand(6, 50, generator=g) < 0.5, -1, 1)
     u = u_old + delta
     spikes = torch.poisson(torch.exp(u).clamp_max(50), generator=g)
-    terms = engine.trace_terms(*(t.to(dtype) for t in (torch.exp(u), torch.exp(u_old), spikes)))
+    table = np.empty((6, 7))
+    kind = torch.empty(0, dtype=dtype).numpy().dtype
+    unused = (np.empty((1, 1), kind), np.empty((1, 1), kind), np.empty(1, kind), np.empty(6))  # no fit asked
+    poisson_trace_rows(*(t.to(dtype).numpy() for t in (torch.exp(u), torch.exp(u_old), spikes)), *unused, 0.0,
+                       model.family.saturation_rate(), False, True, table)
+    terms = {key: torch.from_numpy(table[:, i]) for i, key in enumerate(TRACE_ROW_KEYS)}
+    assert terms["r2"].isnan().all() and terms["nll"].isnan().all()  # not asked for
     tight = dict(rtol=1e-9, atol=0) if dtype == torch.float64 else dict(rtol=2e-3, atol=1e-6)
     torch.testing.assert_close(terms["kl"].double(), poisson_kl(u, u_old, "exact").sum(-1), **tight)
     torch.testing.assert_close(terms["du_norm"].double(), delta.norm(dim=-1), rtol=1e-6, atol=0)

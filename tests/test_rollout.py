@@ -177,16 +177,16 @@ def test_a_trace_without_fit_keys_never_decodes_inside_the_loop(monkeypatch):
     net.infer(torch.randn(4, 16), 30, trace=("zeros", "kl"))
     assert len(calls) <= 2
     calls.clear()
-    residuals = FondSteps.residuals
-    monkeypatch.setattr(FondSteps, "residuals",
-                        lambda self, code, frame: calls.append(1) or residuals(self, code, frame))
+    rows = FondSteps.trace_rows
+    monkeypatch.setattr(FondSteps, "trace_rows", lambda self, *args, fit, stats: (
+        calls.append(1) if fit else None) or rows(self, *args, fit=fit, stats=stats))
     net.infer(torch.randn(4, 16), 30, trace=("r2",))
     assert len(calls) >= 30  # R² needs each step's residual: from the sparse counts or a decode
 
 
 @pytest.mark.parametrize("name", ["ipvae-natural16", "ipvae-mnist"])
 def test_sparse_residuals_give_the_decoded_trace(monkeypatch, name):
-    """The trace's R² and NLL from the sample's non-zero counts (``FondSteps.residuals``) equal those of a
+    """The trace's R² and NLL from the sample's non-zero counts (``FondSteps.trace_rows``) equal those of a
     decode of the same sample, step by step (same draws), on a trained model's sparse codes."""
     import fond
     from fond.dynamics import FondSteps
@@ -195,8 +195,8 @@ def test_sparse_residuals_give_the_decoded_trace(monkeypatch, name):
     x = torch.rand(64, model.n_inputs, generator=torch.Generator().manual_seed(0))
     sparse = model.infer(x, 20, seed=3, trace=("r2", "nll"))
     used = []
-    original = FondSteps.residuals
-    monkeypatch.setattr(FondSteps, "residuals", lambda self, code, frame: used.append(
+    original = FondSteps._sparse_fit_arrays
+    monkeypatch.setattr(FondSteps, "_sparse_fit_arrays", lambda self, code, frame: used.append(
         original(self, code, frame) is not None) and None)
     decoded = model.infer(x, 20, seed=3, trace=("r2", "nll"))
     assert sum(used) >= 15  # the sparse path was taken on most steps

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fond import IPVAE
-from fond.families.sparse_kernels import sparse_addmm, sparse_residuals
+from fond.families.sparse_kernels import poisson_trace_rows, sparse_addmm
 
 
 def _sparse_counts(rng, rows, k, dtype):
@@ -39,16 +39,19 @@ def test_sparse_addmm_equals_the_dense_product(dtype):
     assert np.array_equal(out[0], base[0])  # a row without a count is the base itself
 
 
-# The trace's R² and NLL of a sample come from these two sums: they must equal the written-out residuals.
+# The trace's R² and NLL of a sample come from these two sums over its non-zero counts: they must equal the
+# written-out residuals, and the columns not asked for stay NaN (a caller that reads one sees it at once).
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sparse_residuals_equal_the_written_out_sums(dtype):
+def test_trace_rows_fit_equals_the_written_out_residuals(dtype):
     z, w, x, tolerance = _problem(1, 17, 9, 29, dtype)
     precision = np.random.default_rng(2).uniform(0.5, 4.0, 29).astype(dtype)
-    squares, weighted = np.empty(17), np.empty(17)
-    sparse_residuals(z, w, x, precision, squares, weighted)
+    total = np.random.default_rng(3).uniform(10.0, 20.0, 17)
+    table = np.empty((17, 7))
+    poisson_trace_rows(z, z, z, w, x, precision, total, -3.5, 1e3, True, False, table)
     residual = x.astype(np.float64) - z.astype(np.float64) @ w.astype(np.float64)
-    np.testing.assert_allclose(squares, (residual**2).sum(1), rtol=tolerance)
-    np.testing.assert_allclose(weighted, (residual**2 * precision).sum(1), rtol=tolerance)
+    np.testing.assert_allclose(table[:, 0], 1.0 - (residual**2).sum(1) / total, rtol=tolerance)
+    np.testing.assert_allclose(table[:, 3], 0.5 * (residual**2 * precision).sum(1) - 3.5, rtol=tolerance)
+    assert np.isnan(table[:, [1, 2, 4, 5, 6]]).all()
 
 
 def _engine(model, x, product):

@@ -178,10 +178,38 @@ class FondSteps(InferenceSteps):
         sample = family.sample(state, fp, generator, None)
         return Step(state, family.mean_code(state, fp), family.activation(sample.value, fp), carry=sample)
 
-    def residuals(self, code: Tensor, frame: Tensor) -> tuple[Tensor, Tensor] | None:
-        """From the non-zero counts alone (``sparse_kernels.sparse_residuals``) where the decoder is linear, the
-        arrays are on the CPU and the code is sparse enough (``SPARSE_RESIDUALS_BELOW``); else None."""
-        from fond.families.sparse_kernels import SPARSE_RESIDUALS_BELOW, sparse_residuals
+    def trace_rows(self, frame: Tensor, new: Step, previous: Step, total: Tensor, constant: float, *, fit: bool,
+                   stats: bool) -> Tensor | None:
+        """One compiled pass (``sparse_kernels.poisson_trace_rows``) for the trace: with ``fit`` the sample's R² and
+        NLL from its non-zero counts (a linear decoder, a sparse enough code), with ``stats`` the state terms from
+        the engine's rates (the exact KL: no potentials); None where either cannot be had so."""
+        from fond.families.sparse_kernels import poisson_trace_rows
+
+        code = new.decoded
+        if code.device.type != "cpu" or code.dtype not in (torch.float32, torch.float64) or (
+                stats and not getattr(self.engine, "terms_from_rates", False)):
+            return None
+        dtype = code.numpy().dtype  # (placeholders of the same array types where the fit is not asked: one compilation)
+        arrays = self._sparse_fit_arrays(code, frame) if fit else (np.empty((1, 1), dtype), np.empty((1, 1), dtype),
+                                                                   np.empty(1, dtype))
+        if arrays is None:
+            return None
+        rates, rates_old = new.rates, previous.rates  # the start step has no rates: its state is the initial one
+        if stats and rates_old is None:
+            rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
+        rates, rates_old = (rates, rates_old) if stats else (code, code)
+        table = torch.empty(code.shape[0], 7, dtype=torch.float64)
+        kernel_threads(code.numel())
+        poisson_trace_rows(rates.contiguous().numpy(), rates_old.contiguous().numpy(), code.contiguous().numpy(),
+                           *arrays, total.numpy(), constant, self.parts.family.saturation_rate(), fit, stats,
+                           table.numpy())
+        return table
+
+    def _sparse_fit_arrays(self, code: Tensor, frame: Tensor) -> tuple | None:
+        """(Φᵀ (K, D), the frame (B, D), σ⁻² (D,)) as NumPy arrays of ``code``'s dtype, where the sample's fit can
+        come from its non-zero counts: a linear decoder, CPU arrays of one float dtype, a code sparser than
+        ``SPARSE_RESIDUALS_BELOW``; else None."""
+        from fond.families.sparse_kernels import SPARSE_RESIDUALS_BELOW
 
         operators = self.constants(frame)
         if not isinstance(operators, LinearDecoderOperators) or code.device.type != "cpu" or (
@@ -194,11 +222,7 @@ class FondSteps(InferenceSteps):
         if self._atoms is None or self._atoms.dtype != code.dtype:
             self._atoms = operators.dictionary.detach().t().to(code.dtype).contiguous()  # (K, D)
             self._precision = self.parts.inv_variance.detach().to(code.dtype).contiguous()
-        squares, weighted = torch.empty(2, code.shape[0], dtype=torch.float64)  # (summed in float64 by the kernel)
-        kernel_threads(code.numel())
-        sparse_residuals(code.contiguous().numpy(), self._atoms.numpy(), frame.contiguous().numpy(),
-                         self._precision.numpy(), squares.numpy(), weighted.numpy())
-        return squares, weighted
+        return self._atoms.numpy(), frame.contiguous().numpy(), self._precision.numpy()
 
     def finish(self, last: Step) -> Step:
         if self.engine is None:
@@ -206,19 +230,10 @@ class FondSteps(InferenceSteps):
         return Step(self.engine.state(), self.engine.rates.clone(), last.decoded.clone())
 
     def terms_suffice(self) -> None:
-        """The engine's potentials u = −log E are then computed per step only where its trace terms need them
-        (they come from the rates for the exact KL)."""
+        """The engine's potentials u = −log E are then computed per step only where the trace needs them
+        (``trace_rows`` takes the state terms from the rates for the exact KL)."""
         if getattr(self.engine, "terms_from_rates", False):
             self.keep_state = False
-
-    def trace_terms(self, new: Step, previous: Step) -> dict[str, Tensor] | None:
-        engine = self.engine
-        if not getattr(engine, "terms_from_rates", False):
-            return None
-        rates_old = previous.rates  # the start step has none: its state is the initial one
-        if rates_old is None:
-            rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
-        return engine.trace_terms(new.rates, rates_old, new.decoded)
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
         self.constants(frame)

@@ -18,8 +18,8 @@ pyro's ``register_kl``: ``@register_engine(PoissonFamily, LinearDecoderOperators
 ``(parts, operators, x) -> engine | None``; ``fused_engine`` looks the pair up along both classes' MROs
 (subclasses inherit their base's engine) and the dynamics never name a family. An engine offers
 ``begin(state)``, ``advance(decoded, operators, generator) -> (rates, decoded)``, ``state()`` and
-``narrow(rows)`` (go on with some of the batch's inputs: anytime inference), and may offer
-``trace_terms(...)`` (per-input trace terms in one pass, ``FondSteps.trace_terms``).
+``narrow(rows)`` (go on with some of the batch's inputs: anytime inference), and may say ``terms_from_rates``
+(the trace's state terms come from its rates: ``FondSteps.trace_rows``).
 
 The product. Spike counts are small integers, so z·W can run on the CPU's integer matrix units (AMX-INT8)
 with W split into four int8 limbs, W ≈ s·(q₁ + q₂/2⁷ + q₃/2¹⁴ + q₄/2²¹) per output column (s = max|W|/127):
@@ -346,28 +346,9 @@ class PoissonLinearEngine:
 
     @property
     def terms_from_rates(self) -> bool:
-        """Whether ``trace_terms`` applies (the family's KL in the exact form): the trace then needs no potentials."""
+        """Whether the trace's state terms can come from the rates alone (the family's KL in the exact form:
+        ``FondSteps.trace_rows``): the trace then needs no potentials."""
         return self.family.kl_form == "exact"
-
-    def trace_terms(self, rates: Tensor, rates_old: Tensor, spikes: Tensor) -> dict[str, Tensor] | None:
-        """The per-input trace terms of a step from the rates ``rates_old`` to (``rates``, ``spikes``), all (B, K),
-        in one compiled pass over the rates (δ = u − u' = log(r/r'): no potentials needed): ``zeros``,
-        ``du_norm``, ``kl`` (exact form), ``rate_max``, ``saturated`` (B,) each, as ``fond.rollout.TraceRecorder``
-        defines them; None where the family's KL is not the exact form."""
-        from fond.families.kernels import poisson_rate_stats, poisson_rate_stats32
-        from fond.families.sampling import kernel_threads
-
-        if not self.terms_from_rates:
-            return None
-        arrays = [t.contiguous().numpy() for t in (rates, rates_old, spikes)]
-        # float64 like the trace's fit terms: the recorder stacks them without a conversion
-        kl, du2, zeros, rate_max = torch.empty(4, rates.shape[0], dtype=torch.float64)
-        kernel_threads(rates.numel())
-        kernel = poisson_rate_stats32 if rates.dtype == torch.float32 else poisson_rate_stats
-        kernel(*arrays, kl.numpy(), du2.numpy(), zeros.numpy(), rate_max.numpy())
-        return {"zeros": zeros.div_(rates.shape[1]), "du_norm": du2.sqrt_(), "kl": kl, "rate_max": rate_max,
-                # u ≥ c − log 2 ⇔ e^u ≥ e^c / 2
-                "saturated": (rate_max >= self.family.saturation_rate()).to(torch.float64)}
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["InferenceResult", "UnrollLoss", "Trace", "TRACE_KEYS", "DEFAULT_TRACE_KEYS", "TRACE_MEANINGS"]
+__all__ = ["InferenceResult", "UnrollLoss", "Trace", "TRACE_KEYS", "DEFAULT_TRACE_KEYS", "TRACE_MEANINGS",
+           "TRACE_ROW_KEYS"]
 
 #: what each key of ``InferenceResult.trace`` means — one meaning for every inference method (the one rollout
 #: loop, ``fond.rollout.run_inference``, measures them all). Step t's value is the batch mean after step t;
@@ -36,6 +37,9 @@ TRACE_KEYS: tuple[str, ...] = tuple(TRACE_MEANINGS)
 #: dense mean code (B×K·K×D) every step, about as much as the step itself; ask for it by name or with
 #: ``trace=True`` (the final step's value is ``InferenceResult.reconstruction_from_rates``'s R² in any case)
 DEFAULT_TRACE_KEYS: tuple[str, ...] = tuple(key for key in TRACE_KEYS if key != "r2_rates")
+#: the columns of a method's one-pass trace table (``fond.rollout.InferenceSteps.trace_rows``), in ``TRACE_KEYS``
+#: order: every key measured per input but ``r2_rates`` (``nelbo`` is nll + kl)
+TRACE_ROW_KEYS: tuple[str, ...] = ("r2", "zeros", "du_norm", "nll", "kl", "rate_max", "saturated")
 
 
 class Trace(dict):

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fond.errors import DataError
 from fond.metrics import LOG_2PI, gaussian_nll, zeros_fraction
-from fond.result import DEFAULT_TRACE_KEYS, TRACE_KEYS, InferenceResult, Trace
+from fond.result import DEFAULT_TRACE_KEYS, TRACE_KEYS, TRACE_ROW_KEYS, InferenceResult, Trace
 
 __all__ = ["Step", "InferenceSteps", "run_inference", "Convergence", "Recorder", "TraceRecorder", "check_record",
            "state_step_norm", "rows_of", "DEFAULT_WINDOW", "DEFAULT_TRACE"]
@@ -91,8 +91,8 @@ class InferenceSteps(ABC):
         (or its trace terms: see ``terms_suffice``)."""
 
     def terms_suffice(self) -> None:  # noqa: B027  (an optional hook: the default keeps every state)
-        """Called by the loop after ``start`` when it reads each step's state only through ``trace_terms`` (a
-        plain rollout: no anytime snapshots); a method whose ``trace_terms`` need no state may then skip
+        """Called by the loop after ``start`` when it reads each step's state only through ``trace_rows`` (a
+        plain rollout: no anytime snapshots); a method whose ``trace_rows`` need no state may then skip
         computing the state per step. Default: nothing."""
 
     @abstractmethod
@@ -115,16 +115,13 @@ class InferenceSteps(ABC):
         """(B,) bool: inputs whose state sits at the method's clamp bound (default: none)."""
         return torch.zeros(step.state[0].shape[0], dtype=torch.bool, device=step.state[0].device)
 
-    def trace_terms(self, new: Step, previous: Step) -> dict[str, Tensor] | None:
-        """Trace terms the method computes more cheaply than ``TraceRecorder`` would (any of zeros, du_norm,
-        kl, rate_max, saturated; (B,) each, with the recorder's meanings), or None (the default: it computes
-        them all)."""
-        return None
-
-    def residuals(self, code: Tensor, frame: Tensor) -> tuple[Tensor, Tensor] | None:
-        """Per input (B,) each: ‖frame − decode(code)‖² and Σ_d (frame − decode(code))_d² · σ_d⁻² (σ from
-        ``log_sigma``), where the method computes them more cheaply than a decode would (e.g. from a sparse
-        code); None otherwise (the default: the trace decodes)."""
+    def trace_rows(self, frame: Tensor, new: Step, previous: Step, total: Tensor, constant: float, *, fit: bool,
+                   stats: bool) -> Tensor | None:
+        """The per-input trace values of step ``new`` in one pass, where the method has one cheaper than the
+        recorder's own (a decode and the state's terms): (B, 7) float64, the columns
+        ``fond.result.TRACE_ROW_KEYS`` (r2, zeros, du_norm, nll, kl, rate_max, saturated) with the
+        recorder's meanings — with ``fit`` r2 and nll (given the frame's ``total`` Σ_d (x − x̄)² (B,) float64 and
+        the NLL's ``constant`` Σ_d log σ_d + D/2 log 2π), with ``stats`` the other five; or None (the default)."""
         return None
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step | None:
@@ -384,45 +381,52 @@ def trace_keys(trace) -> tuple[str, ...]:
 class TraceRecorder:
     """Per-step batch means of the trace ``keys`` (their meanings: ``fond.result.TRACE_MEANINGS``).
 
-    Keeps each input's values of the last step (``rows``: key → (B,)), so that inputs anytime inference has
-    taken out of the batch still count in the means with their settled values. Computes only what ``keys``
-    need (``trace_keys``).
+    Each step's per-input values form one (B, M) float64 table, a column per measured key (``measured``: the keys
+    but ``nelbo``, which is the mean of nll + kl, with those two); the recorder keeps the last step's table
+    (``rows``), so that inputs anytime inference has taken out of the batch still count in the means with their
+    settled values. Computes only what ``keys`` need (``trace_keys``), in one pass where the method offers it
+    (``InferenceSteps.trace_rows``).
     """
 
     def __init__(self, method: InferenceSteps, keys: tuple[str, ...] = TRACE_KEYS) -> None:
         self.method, self.keys = method, keys
-        wanted = set(keys)
+        wanted = set(keys) | ({"nll", "kl"} if "nelbo" in keys else set())
+        #: the per-input columns, in ``TRACE_KEYS`` order
+        self.measured = tuple(key for key in TRACE_KEYS if key in wanted and key != "nelbo")
+        self.column = {key: i for i, key in enumerate(self.measured)}
         self.fit = bool(wanted & FIT_KEYS)
         self.rates_fit = "r2_rates" in wanted
         #: whether the recorder reads each step's state terms (nelbo needs kl; the fit keys need only the code)
         self.reads_state = bool(wanted - {"r2", "nll", "r2_rates"})
-        self.means: list[Tensor] = []  # one (len(keys),) row per step, left on the device until arrays()
-        self.rows: dict[str, Tensor] = {}
+        self.means: list[Tensor] = []  # one (M,) row per step, left on the device until arrays()
+        self.rows: Tensor | None = None  # (B, M) float64: each input's values at its last step
         self._state: State | None = None
         self._state_terms: dict[str, Tensor] = {}
         self._frame: Tensor | None = None
         self._frame_terms: tuple = ()
-        self._maximum: Tensor | None = None  # (len(keys),) bool: the keys averaged by their maximum
+        self._maximum = torch.tensor([key == "rate_max" for key in self.measured])  # the columns averaged by max
+        # the one pass's columns to keep (None: all of them, in order; False: no one pass, it would add nothing)
+        one_pass = set(self.measured) - {"r2_rates"}
+        self._one_pass_columns = False if not one_pass else None if self.measured == TRACE_ROW_KEYS else (
+            torch.tensor([TRACE_ROW_KEYS.index(key) for key in self.measured]) if not self.rates_fit else None)
 
     def __call__(self, frame: Tensor, new: Step, previous: Step, index: Tensor | None = None) -> None:
         """Measure step ``new`` (reached from ``previous``) against ``frame`` (B', D); ``index``: the inputs
         (rows of the whole batch) the B' rows are, None for all in order."""
-        # float64 rows (a no-op for the engine's terms, already float64): one stack per step, no conversions
-        per_input = {key: value.to(torch.float64) for key, value in self._per_input(frame, new, previous).items()}
+        table = self._table(frame, new, previous)
         if index is None:
-            self.rows = per_input
+            self.rows = table
         else:
-            for key, value in per_input.items():
-                self.rows[key][index] = value
+            self.rows[index] = table
         self._append()
 
     def settle(self, index: Tensor, prior_term: Tensor) -> None:
         """Inputs ``index`` leave the batch unmoved from now on: ``du_norm`` 0, ``kl`` their ``prior_term``."""
-        self.rows = {key: value.clone() for key, value in self.rows.items()}
-        if "du_norm" in self.rows:
-            self.rows["du_norm"][index] = 0.0
-        if "kl" in self.rows:
-            self.rows["kl"][index] = prior_term.to(self.rows["kl"].dtype)
+        self.rows = self.rows.clone()
+        if "du_norm" in self.column:
+            self.rows[index, self.column["du_norm"]] = 0.0
+        if "kl" in self.column:
+            self.rows[index, self.column["kl"]] = prior_term.to(self.rows.dtype)
 
     def hold(self, steps: int, final: Step) -> None:
         """Extend the trace to ``steps`` with the values of a rollout that no longer moves (every input
@@ -438,26 +442,48 @@ class TraceRecorder:
         """This step's batch means (``rate_max``: the maximum), kept as one tensor: no host synchronisation
         inside the step loop (the values reach the host once, in ``arrays``)."""
         rows = self.rows
-        table = torch.stack([rows["nll"] + rows["kl"] if key == "nelbo" else rows[key] for key in self.keys])
-        if self._maximum is None:
-            self._maximum = torch.tensor([key == "rate_max" for key in self.keys], device=table.device)
+        if self._maximum.device != rows.device:
+            self._maximum = self._maximum.to(rows.device)
         # a few tensor operations per step however many keys (each one costs microseconds at B ≤ 10⁴)
-        self.means.append(torch.where(self._maximum, table.amax(1), table.mean(1)))
+        self.means.append(torch.where(self._maximum, rows.amax(0), rows.mean(0)))
+
+    def _table(self, frame: Tensor, new: Step, previous: Step) -> Tensor:
+        """The (B', M) float64 table of step ``new``: from the method's one pass where it has one, else per key."""
+        table = self._one_pass(frame, new, previous) if self._one_pass_columns is not False else None
+        if table is not None and not self.rates_fit:
+            return table if self._one_pass_columns is None else table[:, self._one_pass_columns]
+        values = self._per_input(frame, new, previous) if table is None else {
+            key: table[:, i] for i, key in enumerate(TRACE_ROW_KEYS)}
+        if self.rates_fit and table is not None:
+            values["r2_rates"] = self._rates_r2(frame, new, values["r2"] if self.fit else None)
+        # float64 columns (a no-op for the one pass's, already float64): one stack per step
+        return torch.stack([values[key].to(torch.float64) for key in self.measured], 1)
+
+    def _one_pass(self, frame: Tensor, new: Step, previous: Step) -> Tensor | None:
+        """``InferenceSteps.trace_rows`` for the measured keys; where its fit cannot be had (a dense code, a scalar
+        log σ), its state terms and the recorder's fit from a decode."""
+        total, _, constant, total64 = self._frame_constants(frame)
+        fit, stats = self.fit and constant is not None, self.reads_state
+        if not (fit or stats):  # (only the fit asked, with a scalar log σ: the decode's)
+            return None
+        table = self.method.trace_rows(frame, new, previous, total64, constant or 0.0, fit=fit, stats=stats)
+        if table is None and fit and stats:
+            table = self.method.trace_rows(frame, new, previous, total64, 0.0, fit=False, stats=True)
+            fit = False
+        if table is not None and self.fit and not fit:
+            r2, nll = self._fit(frame, self.method.decode(new.decoded))
+            table[:, TRACE_ROW_KEYS.index("r2")], table[:, TRACE_ROW_KEYS.index("nll")] = r2, nll
+        return table
 
     def _per_input(self, frame: Tensor, new: Step, previous: Step) -> dict[str, Tensor]:
-        """Each needed key's value per input (B',) at step ``new``."""
-        method, out = self.method, {}
+        """Each needed key's value per input (B',) at step ``new``, from a decode and the state."""
+        out = {}
         if self.fit:
-            out["r2"], out["nll"] = self._fit_code(frame, new.decoded)
+            out["r2"], out["nll"] = self._fit(frame, self.method.decode(new.decoded))
         if not self.reads_state:
             if self.rates_fit:
                 out["r2_rates"] = self._rates_r2(frame, new, out.get("r2"))
             return out
-        fast = method.trace_terms(new, previous)
-        if fast is not None:
-            if self.rates_fit:
-                out["r2_rates"] = self._rates_r2(frame, new, out.get("r2"))
-            return {**out, **fast}
         if new.state is not self._state:
             self._state, self._state_terms = new.state, self._terms_of_state(frame, new, previous, out.get("r2"))
         moved = new.state is not previous.state
@@ -470,28 +496,21 @@ class TraceRecorder:
             return r2
         return self._fit(frame, self.method.decode(new.rates))[0]
 
-    def _fit_code(self, frame: Tensor, code: Tensor) -> tuple[Tensor, Tensor]:
-        """``_fit`` of the decoded ``code``, from the method's ``residuals`` where it offers them."""
-        total, _, constant = self._frame_constants(frame)
-        sums = None if constant is None else self.method.residuals(code, frame)
-        if sums is None:
-            return self._fit(frame, self.method.decode(code))
-        squares, weighted = sums
-        return 1.0 - squares / total, 0.5 * weighted + constant
-
     def _frame_constants(self, frame: Tensor) -> tuple:
-        """(Σ_d (x − x̄)² (B',), σ⁻² (D,), Σ_d log σ_d + D/2 log 2π or None for a scalar log σ) of ``frame``."""
+        """(Σ_d (x − x̄)² (B',), σ⁻² (D,), Σ_d log σ_d + D/2 log 2π or None for a scalar log σ, the first in
+        float64) of ``frame``."""
         if frame is not self._frame:
             total = (frame - frame.mean(-1, keepdim=True)).pow(2).sum(-1).clamp_min(1e-12)
             log_sigma = self.method.log_sigma.to(frame.dtype)
             constant = float((log_sigma + 0.5 * LOG_2PI).sum()) if log_sigma.ndim else None
-            self._frame, self._frame_terms = frame, (total, torch.exp(-2.0 * log_sigma), constant)
+            self._frame = frame
+            self._frame_terms = (total, torch.exp(-2.0 * log_sigma), constant, total.to(torch.float64).contiguous())
         return self._frame_terms
 
     def _fit(self, frame: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
         """R² and the Gaussian NLL (nats) of ``reconstruction`` against ``frame`` (B', D), per input, from one
         squared residual (``fond.metrics.r2_per_sample`` and ``gaussian_nll``, to rounding)."""
-        total, precision, constant = self._frame_constants(frame)
+        total, precision, constant, _ = self._frame_constants(frame)
         squares = (reconstruction - frame).square_()
         if constant is None:  # a scalar log σ
             nll = gaussian_nll(frame, reconstruction, self.method.log_sigma)
@@ -507,9 +526,12 @@ class TraceRecorder:
                 "saturated": method.saturated(new).to(new.rates.dtype)}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The trace: one array of length ``steps`` per key recorded."""
-        table = torch.stack(self.means).cpu().numpy() if self.means else np.empty((0, len(self.keys)))
-        return Trace({key: table[:, i].copy() for i, key in enumerate(self.keys)})
+        """The trace: one array of length ``steps`` per key recorded (``nelbo``: the means of nll and kl added)."""
+        table = torch.stack(self.means).cpu().numpy() if self.means else np.empty((0, len(self.measured)))
+        column = {key: table[:, i] for i, key in enumerate(self.measured)}
+        if "nelbo" in self.keys:
+            column["nelbo"] = column["nll"] + column["kl"]
+        return Trace({key: column[key].copy() for key in self.keys})
 
 
 def check_record(record, steps: int) -> tuple[int, ...]:

@@ -41,6 +41,7 @@ _prefer_wide_vectors()
 
 import numba as nb  # noqa: E402  (after the vector-width choice above)
 import numpy as np  # noqa: E402
+from numba.extending import overload  # noqa: E402
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -623,8 +624,9 @@ def _saturate(counts, small):  # pragma: no cover - compiled
 
 @nb.njit(fastmath=True, error_model="numpy")
 def _poisson_rate_row_stats(rates_new, rates_old, spikes):  # pragma: no cover - compiled
-    """``poisson_rate_stats`` of one float64 row: (kl, δ², zeros), δ = log(r/r') with the libm-free ``_log`` (so the
-    loop vectorises; a running max in it does not: ``_row_max_bits`` is a loop of its own)."""
+    """``rate_row_stats`` of one float64 row: (kl, δ², zeros), δ = log(r/r') with the libm-free ``_log`` (so the
+    loop vectorises; a running max in it does not: ``_row_max_bits`` is a loop of its own). The KL in the exact
+    form r·(e^{−δ} − 1 + δ): e^{−δ} = r'/r away from δ = 0, a Taylor series near it."""
     divergence, squares, silent = 0.0, 0.0, 0.0
     for k in range(rates_new.size):
         rate, rate_old = rates_new[k], rates_old[k]
@@ -664,27 +666,35 @@ def _row_max_bits(bits):  # pragma: no cover - compiled
     return largest
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_rate_stats(rates_new, rates_old, spikes, kl, du2, zeros, rate_max):  # pragma: no cover - compiled
-    """One pass over a (B, K) float64 iP-VAE step's rates and counts for per-input trace terms, without the
-    potentials (``poisson_rate_stats32`` for float32).
+def rate_row_stats(rates_new, rates_old, spikes):
+    """The trace statistics of one input's Poisson step from the rates ``rates_old`` to (``rates_new``,
+    ``spikes``), (K,) each: (Σ_k KL(Pois(r_k) ‖ Pois(r'_k)), Σ_k δ_k², #{spikes = 0}, max_k r_k) as floats,
+    δ = log(r/r').
 
-    Writes, per row b: kl[b] = Σ_k KL(Pois(r_k) ‖ Pois(r'_k)) in the exact form r·(e^{−δ} − 1 + δ) with
-    δ = u − u' = log(r/r') (e^{−δ} = r'/r away from δ = 0, a Taylor series near it); du2[b] = Σ δ²;
-    zeros[b] = #{spikes = 0}; rate_max[b] = max_k r_k (the row still in cache). Rates must be positive and normal
-    (a Poisson family's clamps keep them in [e^floor, e^c]).
-    """
-    for b in nb.prange(rates_new.shape[0]):
-        kl[b], du2[b], zeros[b] = _poisson_rate_row_stats(rates_new[b], rates_old[b], spikes[b])
-        rate_max[b] = np.uint64(_row_max_bits(rates_new[b].view(np.uint64))).view(np.float64)
+    In compiled code (numba), the rates' own precision: ``_poisson_rate_row_stats`` (float64) or
+    ``_poisson_rate_row_stats32`` (float32) and an integer maximum over the rates' bit patterns. Called from
+    Python: this NumPy form in float64 (a reference for tests)."""
+    rates, rates_before = np.asarray(rates_new, np.float64), np.asarray(rates_old, np.float64)
+    delta = np.log(rates / rates_before)
+    divergence = float(np.sum(rates * (np.expm1(-delta) + delta)))  # r·(e^{−δ} − 1 + δ)
+    return divergence, float(np.sum(delta * delta)), float(np.sum(np.asarray(spikes) == 0)), float(rates.max())
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy")
-def poisson_rate_stats32(rates_new, rates_old, spikes, kl, du2, zeros, rate_max):  # pragma: no cover - compiled
-    """``poisson_rate_stats`` for float32 rates and counts, in float32 arithmetic (16 lanes)."""
-    for b in nb.prange(rates_new.shape[0]):
-        kl[b], du2[b], zeros[b] = _poisson_rate_row_stats32(rates_new[b], rates_old[b], spikes[b])
-        rate_max[b] = np.uint32(_row_max_bits(rates_new[b].view(np.uint32))).view(np.float32)
+@overload(rate_row_stats, jit_options={"error_model": "numpy"})
+def _rate_row_stats_compiled(rates_new, rates_old, spikes):  # pragma: no cover - compiled
+    """``rate_row_stats`` in compiled code, by the rates' dtype."""
+    if rates_new.dtype == nb.types.float32:
+        def row_stats32(rates_new, rates_old, spikes):
+            divergence, squares, silent = _poisson_rate_row_stats32(rates_new, rates_old, spikes)
+            largest = np.uint32(_row_max_bits(rates_new.view(np.uint32))).view(np.float32)
+            return float(divergence), float(squares), float(silent), float(largest)
+        return row_stats32
+
+    def row_stats64(rates_new, rates_old, spikes):
+        divergence, squares, silent = _poisson_rate_row_stats(rates_new, rates_old, spikes)
+        largest = np.uint64(_row_max_bits(rates_new.view(np.uint64))).view(np.float64)
+        return divergence, squares, silent, largest
+    return row_stats64
 
 
 @nb.njit(inline="always")

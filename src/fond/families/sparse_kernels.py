@@ -7,8 +7,9 @@ by the cache's bandwidth, not by one addition chain), vectorised over N. Which p
 density and the CPU (``fond.engine``: the dense float product, AMX's int8 limbs, or this).
 
 * ``sparse_addmm(base, z, w, out)``: out = base + z·w.
-* ``sparse_residuals(z, w, x, precision, squares, weighted)``: per input, ‖x − z·w‖² and
-  Σ_d (x − z·w)_d² · precision_d, without writing z·w out (the trace's R² and Gaussian NLL of a sample).
+* ``poisson_trace_rows(...)``: an iP-VAE step's per-input trace values in one pass: R² and NLL of the sample from
+  ‖x − z·w‖² and Σ_d (x − z·w)_d² · σ_d⁻² over its non-zero counts, without writing z·w out, and the rate
+  statistics (``fond.families.kernels.rate_row_stats``).
 
 Arrays are float32 or float64 NumPy views of contiguous tensors; sums are in the arrays' type, the two
 residual sums in float64.
@@ -18,15 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from fond.families.kernels import block_rows, row_blocks  # (before numba: its vector-width choice)
+from fond.families.kernels import block_rows, rate_row_stats, row_blocks  # (before numba: its vector width)
 
-__all__ = ["sparse_addmm", "sparse_residuals", "SPARSE_RESIDUALS_BELOW"]
+__all__ = ["sparse_addmm", "poisson_trace_rows", "SPARSE_RESIDUALS_BELOW"]
 
 import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 
-#: the trace takes ``sparse_residuals`` for a code with fewer non-zero entries than this fraction, a decode
-#: otherwise (measured at B 1000, K 512, D 256 on an AVX-512 core: 1.2 ms at 0.09, 1.8 ms at 0.2, against
-#: ~2 ms for the float decode and its residual)
+#: the trace takes the sample's fit from its non-zero counts (``poisson_trace_rows``) for a code with fewer non-zero
+#: entries than this fraction, a decode otherwise (measured at B 1000, K 512, D 256 on an AVX-512 core: 1.2 ms at
+#: 0.09, 1.8 ms at 0.2, against ~2 ms for the float decode and its residual)
 SPARSE_RESIDUALS_BELOW = 0.25
 
 
@@ -72,23 +73,6 @@ def sparse_addmm(base, z, w, out):  # pragma: no cover - compiled
             _accumulate(row, z[b], w, index)
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def sparse_residuals(z, w, x, precision, squares, weighted):  # pragma: no cover - compiled
-    """Per input b: squares[b] = ‖x_b − z_b·w‖², weighted[b] = Σ_d (x_b − z_b·w)_d² · precision_d (float64).
-
-    z (B, K), w (K, D), x (B, D), precision (D,); only z's non-zero entries are visited.
-    """
-    rows = z.shape[0]
-    for block in nb.prange(row_blocks(rows)):
-        index = np.empty(z.shape[1], np.int64)
-        acc = np.empty(w.shape[1], w.dtype)
-        first, end = block_rows(block, rows)
-        for b in range(first, end):
-            acc[:] = 0.0
-            _accumulate(acc, z[b], w, index)
-            squares[b], weighted[b] = _residual_sums(x[b], acc, precision)
-
-
 @nb.njit(fastmath=True, boundscheck=False)
 def _residual_sums(x, acc, precision):  # pragma: no cover - compiled
     """(Σ_d (x_d − acc_d)², Σ_d (x_d − acc_d)² · precision_d) in float64, summed in vector lanes (reassociated:
@@ -99,3 +83,40 @@ def _residual_sums(x, acc, precision):  # pragma: no cover - compiled
         plain += r * r
         scaled += r * r * np.float64(precision[d])
     return plain, scaled
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def poisson_trace_rows(rates_new, rates_old, spikes, w, x, precision, total, constant, saturation, fit, stats,
+                       table):  # pragma: no cover - compiled
+    """The trace's per-input values of an iP-VAE step, one row per input, in one pass over the inputs.
+
+    rates_old → (rates_new, spikes): the step's rates and counts (B, K), float32 or float64; w: the linear
+    decoder's atoms Φᵀ (K, D); x: the frame (B, D); precision: σ⁻² (D,); total: Σ_d (x − x̄)² per input (B,)
+    float64; constant: the NLL's Σ_d log σ_d + D/2 log 2π; saturation: the rate of a saturated input. Writes
+    table (B, 7) float64, the columns ``fond.result.TRACE_ROW_KEYS``: with ``fit``, R² and the Gaussian NLL of the
+    sample's decode z·w, from its non-zero counts only (‖x − z·w‖² and Σ_d (x − z·w)_d²·σ_d⁻² in float64, z·w never
+    written out); with ``stats``, the zeros' fraction, ‖δ‖, the KL (``rate_row_stats``, δ = u − u' = log(r/r')),
+    the largest rate and whether it reaches ``saturation``. Columns not asked for are NaN (and w, x, precision,
+    total, or the rates, are not read).
+    """
+    rows, k = spikes.shape
+    for block in nb.prange(row_blocks(rows)):
+        index = np.empty(k, np.int64)
+        acc = np.empty(w.shape[1], w.dtype)
+        first, end = block_rows(block, rows)
+        for b in range(first, end):
+            row = table[b]
+            row[:] = np.nan
+            if fit:
+                acc[:] = 0.0
+                _accumulate(acc, spikes[b], w, index)
+                squares, weighted = _residual_sums(x[b], acc, precision)
+                row[0] = 1.0 - squares / total[b]
+                row[3] = 0.5 * weighted + constant
+            if stats:
+                kl, du2, silent, largest = rate_row_stats(rates_new[b], rates_old[b], spikes[b])
+                row[1] = silent / k
+                row[2] = np.sqrt(du2)
+                row[4] = kl
+                row[5] = largest
+                row[6] = 1.0 if largest >= saturation else 0.0
