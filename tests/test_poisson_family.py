@@ -244,3 +244,18 @@ def test_kernel_float32_log_and_exp_match_libm():
     y = np.concatenate([rng.uniform(-87, 88, 20_000), rng.uniform(-1, 1, 20_000), [0.0, -87.0, 20.0]])
     y = y.astype(np.float32)
     np.testing.assert_allclose(exp_all(y), np.exp(y.astype(np.float64)), rtol=4e-7)
+
+
+# The evaluation engine's e^{−d} comes from this pass instead of torch's clamp and exp: it must clamp like them, be as
+# exact as the dtype allows, and let a NaN through (a NaN drive must surface, not become a finite rate).
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clamped_exp_equals_the_clamped_exponential(dtype):
+    from fond.families.kernels import clamped_exp
+
+    rng = np.random.default_rng(1)
+    a = np.concatenate([rng.uniform(-80, 20, 50_000), [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0]]).astype(dtype)
+    low, high = dtype(-50.0), dtype(11.0)
+    expected = np.exp(np.clip(a.astype(np.float64), -50.0, 11.0))
+    clamped_exp(a, low, high)
+    assert np.isnan(a[-6]) and np.isnan(expected[-6])
+    np.testing.assert_allclose(a, expected, rtol=4e-7 if dtype == np.float32 else 4e-16)

@@ -59,6 +59,8 @@ CASES = {
     "training sampler's round (_sigmoid_round)": (kernels._sigmoid_round, _sigmoid_round_args),
     "training sampler's screen (_relaxed_screen)": (kernels._relaxed_screen, _relaxed_screen_args),
     "evaluation rate step (_rate_screen_pass)": (kernels._rate_screen_pass, _rate_screen_args),
+    "evaluation step's exponential (_clamped_exp_pass)": (
+        kernels._clamped_exp_pass, lambda: (_rows(dtype=F32)[0], F32(-50.0), F32(11.0))),
     "trace's rate statistics (_poisson_rate_row_stats32)": (
         kernels._poisson_rate_row_stats32, lambda: tuple(_rows(dtype=F32, count=3))),
 }

@@ -37,6 +37,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -217,6 +218,7 @@ class PoissonLinearEngine:
         self.ceiling = math.exp(-c)
         self.floor_factor = math.exp(-family.floor)
         self.exp_bounds = exp_bounds(c, family.floor, gram.dtype)
+        self.exp_range = exp_range(self.exp_bounds, gram.dtype)
         self.family, self.params = family, params
         self.reciprocals = RECIPROCALS
         self.cutoff = SMALL_RATE_CUTOFF
@@ -277,19 +279,17 @@ class PoissonLinearEngine:
         return None
 
     def step(self, z: Tensor, drive: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        from fond.families.kernels import poisson_rate_step
+        from fond.families.kernels import clamped_exp, poisson_rate_step
         from fond.families.sampling import draw_key, kernel_threads
 
         if drive is not self._drive:  # −η(drive − b), once per input frame
             self._drive = drive
             self._neg_drive = (self.step_size * (self.bias - drive)).contiguous()
         self._product(z)  # −d into self.work
-        if self.exp_bounds != (None, None):
-            self.work.clamp_(*self.exp_bounds)
-        self.work.exp_()
+        kernel_threads(self.work.numel())
+        clamped_exp(self.work.view(-1).numpy(), *self.exp_range)  # e^{−d}
         self.rates = self._rate_buffers[1] if self.rates is self._rate_buffers[0] else self._rate_buffers[0]
         key1, key2 = draw_key(generator)
-        kernel_threads(self.rates.numel())
         # uint8 counts for the limb product while the rollout is on the dense product (else made when needed)
         small = self.dense == "limbs" and not self._sparse
         overflow, nonzero = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
@@ -349,6 +349,18 @@ class PoissonLinearEngine:
         """Whether the trace's state terms can come from the rates alone (the family's KL in the exact form:
         ``FondSteps.trace_rows``): the trace then needs no potentials."""
         return self.family.kl_form == "exact"
+
+
+#: the inputs ``fond.families.kernels.clamped_exp`` takes, by dtype (float32: e^{−87} below −87, finite to 88;
+#: float64: ±700)
+EXP_RANGE = {torch.float32: (-87.0, 88.0), torch.float64: (-700.0, 700.0)}
+
+
+def exp_range(bounds: tuple[float | None, float | None], dtype: torch.dtype) -> tuple[np.floating, np.floating]:
+    """``exp_bounds``'s (low, high) with an open side closed at ``EXP_RANGE``, as NumPy scalars of ``dtype``."""
+    (low, high), (least, most) = bounds, EXP_RANGE[dtype]
+    kind = np.float32 if dtype == torch.float32 else np.float64
+    return kind(least if low is None else max(low, least)), kind(most if high is None else min(high, most))
 
 
 def exp_bounds(c: float, floor: float, dtype: torch.dtype) -> tuple[float | None, float | None]:
