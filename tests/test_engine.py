@@ -57,6 +57,28 @@ def test_default_trace_takes_the_state_terms_from_the_rates_not_the_potentials(m
         np.testing.assert_allclose(fast.trace[key], slow.trace[key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
+def test_a_dense_code_keeps_the_one_pass_state_terms_and_decodes_the_fit(monkeypatch):
+    """Where the sample is too dense for the fit from its non-zero counts, the trace still takes the state terms
+    from the engine's one pass and the R² and NLL from a decode: every key equals the generic step's."""
+    import fond.families.sparse_kernels as sparse_kernels
+    from fond.dynamics import FondSteps
+
+    monkeypatch.setattr(sparse_kernels, "SPARSE_RESIDUALS_BELOW", 0.0)  # every code counts as dense
+    answered = []
+    rows = FondSteps.trace_rows
+
+    def recorded(self, *args, fit, stats):
+        table = rows(self, *args, fit=fit, stats=stats)
+        answered.append((fit, stats, table is not None))
+        return table
+
+    monkeypatch.setattr(FondSteps, "trace_rows", recorded)
+    fast, slow = _both(_model(), _x(), 30)
+    assert (False, True, True) in answered and (True, True, True) not in answered  # state terms only, no fit
+    for key in slow.trace:
+        np.testing.assert_allclose(fast.trace[key], slow.trace[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+
 def test_fused_step_saturates_exactly_like_the_soft_clamps():
     """Inputs 1000× too strong drive every neuron into both soft clamps and the hard floor: the engine's
     bounds (rates ≤ e^c) must agree with the family's softplus clamps, not just stay finite."""
