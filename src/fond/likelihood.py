@@ -16,7 +16,7 @@ from torch import Tensor
 from fond.families.kernels import block_rows, row_blocks, row_sum  # (before numba: its vector-width choice)
 from fond.metrics import LOG_2PI, gaussian_nll
 
-__all__ = ["gaussian_precision", "gaussian_terms"]
+__all__ = ["gaussian_precision", "gaussian_terms", "gaussian_terms_arrays", "gaussian_terms_backward"]
 
 import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 
@@ -79,20 +79,42 @@ def _backward(grad_error, grad_nll, residual, inv_variance, grad_mean, per_pixel
         _backward_row(grad_error[b], grad_nll[b], residual[b], inv_variance, grad_mean[b], per_pixel[b])
 
 
+def gaussian_terms_arrays(x: Tensor, reconstruction: Tensor, inv_variance: Tensor,
+                          constant: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``gaussian_terms`` on contiguous CPU tensors without autograd, in one compiled pass: (the scaled error
+    (x − x̂)·σ⁻² (B, D), the residual x − x̂ (B, D) its backward needs, the NLL (B,))."""
+    from fond.families.sampling import kernel_threads
+
+    error, residual = torch.empty_like(x), torch.empty_like(x)
+    nll = torch.empty(x.shape[0], dtype=x.dtype)
+    kernel_threads(x.numel())
+    _forward(x.numpy(), reconstruction.numpy(), inv_variance.numpy(), constant, error.numpy(), residual.numpy(),
+             nll.numpy())
+    return error, residual, nll
+
+
+def gaussian_terms_backward(grad_error: Tensor, grad_nll: Tensor, residual: Tensor,
+                            inv_variance: Tensor) -> tuple[Tensor, Tensor]:
+    """The backward pass of ``gaussian_terms_arrays`` from ∂L/∂error (B, D) and ∂L/∂nll (B,), contiguous: (∂L/∂x̂
+    (B, D), ∂L/∂log σ (D,))."""
+    from fond.families.sampling import kernel_threads
+
+    grad_mean, per_pixel = torch.empty_like(residual), torch.empty_like(residual)
+    kernel_threads(residual.numel())
+    _backward(grad_error.numpy(), grad_nll.numpy(), residual.numpy(), inv_variance.numpy(), grad_mean.numpy(),
+              per_pixel.numpy())
+    return grad_mean, per_pixel.sum(0)
+
+
 class _GaussianTerms(torch.autograd.Function):
-    """``gaussian_terms`` from ``_forward`` / ``_backward``; keeps the residual (B, D) and σ⁻² (D,). σ⁻² and the
-    NLL's constant come in as values (``gaussian_precision``); log σ is an input for its gradient."""
+    """``gaussian_terms`` from ``gaussian_terms_arrays`` / ``gaussian_terms_backward``; keeps the residual (B, D)
+    and σ⁻² (D,). σ⁻² and the NLL's constant come in as values (``gaussian_precision``); log σ is an input for
+    its gradient."""
 
     @staticmethod
     def forward(ctx, x, reconstruction, log_sigma, inv_variance, constant):  # noqa: D102
-        from fond.families.sampling import kernel_threads
-
-        x_in, mean = x.detach().contiguous(), reconstruction.detach().contiguous()
-        error, residual = torch.empty_like(x_in), torch.empty_like(x_in)
-        nll = torch.empty(x_in.shape[0], dtype=x_in.dtype)
-        kernel_threads(x_in.numel())
-        _forward(x_in.numpy(), mean.numpy(), inv_variance.numpy(), constant, error.numpy(), residual.numpy(),
-                 nll.numpy())
+        error, residual, nll = gaussian_terms_arrays(x.detach().contiguous(), reconstruction.detach().contiguous(),
+                                                     inv_variance, constant)
         ctx.save_for_backward(residual, inv_variance)
         return error, nll
 
@@ -101,8 +123,5 @@ class _GaussianTerms(torch.autograd.Function):
         residual, inv_variance = ctx.saved_tensors
         grad_error = torch.zeros_like(residual) if grad_error is None else grad_error.contiguous()
         grad_nll = torch.zeros(residual.shape[0], dtype=residual.dtype) if grad_nll is None else grad_nll.contiguous()
-        grad_mean, per_pixel = torch.empty_like(residual), torch.empty_like(residual)
-        _backward(grad_error.numpy(), grad_nll.numpy(), residual.numpy(), inv_variance.numpy(), grad_mean.numpy(),
-                  per_pixel.numpy())
-        return None, grad_mean, per_pixel.sum(0), None, None
-
+        grad_mean, grad_log_sigma = gaussian_terms_backward(grad_error, grad_nll, residual, inv_variance)
+        return None, grad_mean, grad_log_sigma, None, None

@@ -28,6 +28,9 @@ __all__ = [
     "N_EXP_RULES",
     "poisson_kl",
     "relaxed_poisson",
+    "relaxed_draw",
+    "poisson_update_arrays",
+    "poisson_update_backward_arrays",
     "sample_poisson",
     "poisson_tail_cutoff",
     "n_terms_for",
@@ -155,21 +158,40 @@ class _CompiledRelaxedPoisson(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rates, temperature, key1, key2, limits, sizes, indicator):  # noqa: D102
-        from fond.families.kernels import relaxed_counts
-        from fond.families.sampling import kernel_threads
-
-        flat = rates.detach().reshape(-1).contiguous()
-        counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
-        if relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
-                          indicator, RELAXED_REACH[flat.dtype], kernel_threads(flat.numel())):
-            raise FloatingPointError(NON_FINITE_RATE)
-        ctx.save_for_backward(derivative.view(rates.shape))
-        return counts.view(rates.shape)
+        counts, derivative = _relaxed_arrays(rates.detach().contiguous(), temperature, key1, key2, limits, sizes,
+                                             indicator)
+        ctx.save_for_backward(derivative)
+        return counts
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         (derivative,) = ctx.saved_tensors
         return grad * derivative, None, None, None, None, None, None
+
+
+def _relaxed_arrays(rates: Tensor, temperature: float, key1, key2, limits, sizes,
+                    indicator: int) -> tuple[Tensor, Tensor]:
+    """(counts, ∂counts/∂r) of contiguous CPU float rates from ``kernels.relaxed_counts``; FloatingPointError for a
+    non-finite rate."""
+    from fond.families.kernels import relaxed_counts
+    from fond.families.sampling import kernel_threads
+
+    flat = rates.reshape(-1)
+    counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
+    if relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
+                      indicator, RELAXED_REACH[flat.dtype], kernel_threads(flat.numel())):
+        raise FloatingPointError(NON_FINITE_RATE)
+    return counts.view(rates.shape), derivative.view(rates.shape)
+
+
+def relaxed_draw(rates: Tensor, temperature: float, generator: torch.Generator | None, *,
+                 indicator: Indicator = "sigmoid", tail: float = 1e-3, max_terms: int = 1024) -> tuple[Tensor, Tensor]:
+    """``relaxed_poisson``'s compiled draw (element rule) without autograd: (counts, ∂counts/∂r), the shape of
+    ``rates`` (contiguous, CPU, float32/float64), for τ > 0 — the same key from ``generator`` and the same values,
+    for code that writes its own backward pass (``fond.unroll_engine``)."""
+    limits, sizes = _term_table(tail, max_terms, None)
+    key1, key2 = draw_key(generator)
+    return _relaxed_arrays(rates, float(temperature), key1, key2, limits, sizes, _INDICATOR_CODES[indicator])
 
 
 def _term_table(tail: float, max_terms: int, n_terms: int | None) -> tuple:
@@ -249,42 +271,62 @@ def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
     return c - F.softplus(c - x.clamp_min(floor))
 
 
+def poisson_update_arrays(u: Tensor, rates: Tensor, pull: Tensor, bias: Tensor, eta: float, c: float,
+                          floor: float) -> tuple[Tensor, ...]:
+    """``PoissonFamily.training_update`` on contiguous CPU tensors without autograd
+    (``kernels.poisson_update_forward``): (u', e^{u'}, the clamps' slopes s1, s2, KL per input (B,) float64)."""
+    from fond.families.kernels import poisson_update_forward, poisson_update_forward32
+    from fond.families.sampling import kernel_threads
+
+    new, rates_out, s1, s2 = torch.empty((4, *u.shape), dtype=u.dtype)
+    kl = torch.empty(u.shape[0], dtype=torch.float64)
+    kernel_threads(u.numel())
+    forward = poisson_update_forward32 if u.dtype == torch.float32 else poisson_update_forward
+    forward(u.numpy(), rates.numpy(), pull.numpy(), bias.numpy(), eta, c, floor, new.numpy(), rates_out.numpy(),
+            s1.numpy(), s2.numpy(), kl.numpy())
+    return new, rates_out, s1, s2, kl
+
+
+def poisson_update_backward_arrays(grad_new: Tensor, grad_rates: Tensor, grad_kl: Tensor, saved: tuple,
+                                   bound: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward pass of ``poisson_update_arrays`` (``kernels.poisson_update_backward``) from ∂L/∂u', ∂L/∂e^{u'}
+    (B, K) and ∂L/∂kl (B,), contiguous; ``saved``: (u, u', rates in, rates out, s1, s2, pull, bias). Returns
+    (∂L/∂u, ∂L/∂g with g = η(pull − b), the per-input terms Σ_k ∂L/∂g·(pull − b) in float64)."""
+    from fond.families.kernels import poisson_update_backward
+    from fond.families.sampling import kernel_threads
+
+    s1 = saved[4]
+    grad_u, grad_g = torch.empty_like(s1), torch.empty_like(s1)
+    step_terms = torch.empty(s1.shape[0], dtype=torch.float64)
+    kernel_threads(s1.numel())
+    poisson_update_backward(grad_new.numpy(), grad_rates.numpy(), grad_kl.numpy(), *(t.numpy() for t in saved), bound,
+                            grad_u.numpy(), grad_g.numpy(), step_terms.numpy())
+    return grad_u, grad_g, step_terms
+
+
 class _PoissonUpdate(torch.autograd.Function):
-    """``PoissonFamily.training_update``: forward ``kernels.poisson_update_forward``, backward
-    ``kernels.poisson_update_backward``; writes two (B, K) tensors for the backward pass beside its outputs (the
+    """``PoissonFamily.training_update``: forward ``poisson_update_arrays``, backward
+    ``poisson_update_backward_arrays``; writes two (B, K) tensors for the backward pass beside its outputs (the
     clamps' slopes; the KL's derivatives come back from u, u' and the rates). ``rates`` is e^u, taken as a value:
     its gradient is part of u's."""
 
     @staticmethod
     def forward(ctx, u, rates, pull, bias, log_step, c, floor, bound):  # noqa: D102
-        from fond.families.kernels import poisson_update_forward, poisson_update_forward32
-        from fond.families.sampling import kernel_threads
-
         u_in, rates_in, pull_in, bias_in = (t.detach().contiguous() for t in (u, rates, pull, bias))
         eta = float(torch.exp(log_step.detach()).reshape(()))
-        new, rates_out, s1, s2 = torch.empty((4, *u_in.shape), dtype=u_in.dtype)
-        kl = torch.empty(u_in.shape[0], dtype=torch.float64)
-        kernel_threads(u_in.numel())
-        forward = poisson_update_forward32 if u_in.dtype == torch.float32 else poisson_update_forward
-        forward(u_in.numpy(), rates_in.numpy(), pull_in.numpy(), bias_in.numpy(), eta, c, floor, new.numpy(),
-                rates_out.numpy(), s1.numpy(), s2.numpy(), kl.numpy())
+        new, rates_out, s1, s2, kl = poisson_update_arrays(u_in, rates_in, pull_in, bias_in, eta, c, floor)
         ctx.save_for_backward(u_in, new, rates_in, rates_out, s1, s2, pull_in, bias_in)
         ctx.eta, ctx.bound = eta, bound
         return new, rates_out, kl.to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_new, grad_rates, grad_kl):  # noqa: D102
-        from fond.families.kernels import poisson_update_backward
-
-        u, new, rates_in, rates, s1, s2, pull, bias = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        s1 = saved[4]
         grad_new = torch.zeros_like(s1) if grad_new is None else grad_new.contiguous()
         grad_rates = torch.zeros_like(s1) if grad_rates is None else grad_rates.contiguous()
         grad_kl = torch.zeros(s1.shape[0], dtype=s1.dtype) if grad_kl is None else grad_kl.contiguous()
-        grad_u, grad_g = torch.empty_like(s1), torch.empty_like(s1)
-        step_terms = torch.empty(s1.shape[0], dtype=torch.float64)
-        poisson_update_backward(grad_new.numpy(), grad_rates.numpy(), grad_kl.numpy(), u.numpy(), new.numpy(),
-                                rates_in.numpy(), rates.numpy(), s1.numpy(), s2.numpy(), pull.numpy(), bias.numpy(),
-                                ctx.bound, grad_u.numpy(), grad_g.numpy(), step_terms.numpy())
+        grad_u, grad_g, step_terms = poisson_update_backward_arrays(grad_new, grad_rates, grad_kl, saved, ctx.bound)
         eta = ctx.eta
         grad_log_step = torch.full((1,), eta * float(step_terms.sum()), dtype=s1.dtype)
         grad_bias = grad_g.sum(0).mul_(-eta)  # (before grad_g is scaled in place for the pull-back's gradient)
