@@ -1,0 +1,146 @@
+"""The training engine: a whole BPTT unroll as one autograd Function, for the combination that admits it.
+
+``fond.dynamics.unroll`` builds the unroll's graph step by step from the family's fused pieces (the relaxed
+sampler, the training update, the Gaussian terms), about 300 tensor operations and a dozen autograd nodes a
+step. For Poisson latents with a linear decoder on the CPU, ``fused_unroll`` runs the same computation — the
+same kernels in the same order, the same draws from the same generator, the same values — forward in one loop
+without autograd and backward in one hand-written loop in reverse (``_PoissonLinearUnroll``): per step, forward
+
+    pull_t = e_{t−1}·Φ,  (u_t, r_t, KL_t) = update(u_{t−1}, r_{t−1}, pull_t),  z_t ~ relaxed(r_t),
+    x̂_t = z_t·Φᵀ,  (e_t, NLL_t) = Gaussian terms(x, x̂_t)        (e = (x − x̂)/σ²)
+
+and backward, from ∂L/∂NLL_t and ∂L/∂KL_t: the Gaussian terms' backward → ∂L/∂x̂_t, ·Φ → ∂L/∂z_t, times ∂z/∂r
+(from the sampler) → ∂L/∂r_t, the update's backward → ∂L/∂u_{t−1} and ∂L/∂pull_t, ·Φᵀ → ∂L/∂e_{t−1}; the
+dictionary's gradient accumulates x̂'s and the pull's products in place. Its gradients equal autograd's on the
+same draws (``tests/test_unroll_engine.py``); it keeps what autograd would keep for the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from fond.decoders import LinearDecoder
+from fond.families.poisson import (
+    PoissonFamily,
+    poisson_update_arrays,
+    poisson_update_backward_arrays,
+    relaxed_draw,
+)
+from fond.likelihood import gaussian_precision, gaussian_terms_arrays, gaussian_terms_backward
+from fond.result import UnrollLoss
+
+__all__ = ["fused_unroll", "unroll_applies"]
+
+
+def unroll_applies(parts, x: Tensor, temperature: float) -> bool:
+    """Whether ``fused_unroll`` takes this unroll: an iP-VAE (``PoissonFamily`` itself, exact KL, each element its
+    own number of arrival times) with a ``LinearDecoder``, τ > 0, and x and every learned tensor on the CPU in
+    one float dtype. Exact types: a subclass may change what a step computes."""
+    family, decoder = parts.family, parts.decoder
+    if type(family) is not PoissonFamily or type(decoder) is not LinearDecoder:
+        return False
+    tensors = (decoder.dictionary, parts.log_sigma, parts.bias, *parts.family_params.values())
+    return (family.kl_form == "exact" and family.n_exp_rule == "element" and temperature > 0 and x.ndim == 2
+            and parts.log_sigma.shape == (x.shape[1],) and not x.requires_grad and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors))
+
+
+def fused_unroll(parts, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float,
+                 generator: torch.Generator | None, gradient_bound: float) -> UnrollLoss | None:
+    """``fond.dynamics.unroll`` as one autograd Function where ``unroll_applies`` (and steps ≥ 1), else None.
+
+    parts: ``fond.dynamics.Components``; x (B, D); ``gradient_bound``: the bound on the gradient reaching each
+    state (``fond.dynamics.STATE_GRADIENT_BOUND``)."""
+    if steps < 1 or not unroll_applies(parts, x, temperature):
+        return None
+    family, params = parts.family, parts.family_params
+    settings = (family, steps, float(beta), float(temperature), family.clamp(clamp_fraction), generator,
+                gradient_bound)
+    loss, table = _PoissonLinearUnroll.apply(parts.decoder.dictionary, parts.log_sigma, parts.bias,
+                                             params["log_step_size"], params[family.initial_key], x, settings)
+    table = table.to(torch.float64).numpy()
+    return UnrollLoss(loss=loss, nll=table[:, 0].copy(), kl=table[:, 1].copy(),
+                      rate_max=max(0.0, float(table[:, 2].max())))
+
+
+class _PoissonLinearUnroll(torch.autograd.Function):
+    """Inputs: Φ (D, K), log σ (D,), b (K,), log η (1,), u₀ (K,), x (B, D), the settings (family, steps, β, τ, c,
+    generator, gradient bound). Outputs: the loss (scalar) and a (steps, 3) table of the per-step mean NLL, mean
+    KL and largest rate (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, dictionary, log_sigma, bias, log_step, initial, x, settings):  # noqa: D102
+        family, steps, beta, temperature, c, generator, _ = settings
+        phi, x, bias = (t.detach().contiguous() for t in (dictionary, x, bias))
+        inv_variance, constant = gaussian_precision(log_sigma)
+        eta = float(torch.exp(log_step.detach()).reshape(()))
+        u = initial.detach().expand(x.shape[0], -1).contiguous()
+        rates = torch.exp(u)
+        draw = {"indicator": family.indicator, "tail": family.n_exp_tail, "max_terms": family.max_terms}
+        counts, slope = relaxed_draw(rates, temperature, generator, **draw)
+        error, residual, _ = gaussian_terms_arrays(x, counts @ phi.T, inv_variance, constant)
+        saved = [(rates, counts, slope, residual)]
+        nlls, kls, largest = [], [], []
+        for _ in range(steps):
+            pull = error @ phi
+            new, new_rates, s1, s2, kl = poisson_update_arrays(u, rates, pull, bias, eta, c, family.floor)
+            counts, slope = relaxed_draw(new_rates, temperature, generator, **draw)
+            previous_error = error
+            error, residual, nll = gaussian_terms_arrays(x, counts @ phi.T, inv_variance, constant)
+            saved.append(((u, new, rates, new_rates, s1, s2, pull, bias), previous_error, counts, slope, residual))
+            nlls.append(nll)
+            kls.append(kl.to(x.dtype))
+            largest.append(new_rates.amax())
+            u, rates = new, new_rates
+        nll_steps, kl_steps = torch.stack(nlls), torch.stack(kls)  # (steps, B)
+        scale = 256.0 / x.shape[1]
+        loss = (nll_steps + beta * kl_steps).mean(1).sum() / steps * scale
+        ctx.saved, ctx.phi, ctx.inv_variance, ctx.eta, ctx.scale = saved, phi, inv_variance, eta, scale
+        ctx.settings = settings
+        table = torch.stack([nll_steps.mean(1), kl_steps.mean(1), torch.stack(largest)], 1)
+        ctx.mark_non_differentiable(table)
+        return loss, table
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_table):  # noqa: D102
+        _, steps, beta, _, _, _, bound = ctx.settings
+        phi, inv_variance, eta, saved = ctx.phi, ctx.inv_variance, ctx.eta, ctx.saved
+        batch, dtype = saved[0][0].shape[0], phi.dtype
+        per_input = float(grad_loss) * ctx.scale / steps / batch  # ∂L/∂NLL_t[b]; ∂L/∂KL_t[b] is β times it
+        grad_nll, grad_kl = (torch.full((batch,), value, dtype=dtype) for value in (per_input, beta * per_input))
+        grad_u = torch.zeros_like(saved[0][0])  # ∂L/∂u_t from the later steps
+        grad_error = torch.zeros(batch, phi.shape[0], dtype=dtype)  # ∂L/∂e_t from the next step's pull
+        grad_phi, grad_log_sigma = torch.zeros_like(phi), torch.zeros(phi.shape[0], dtype=dtype)
+        grad_bias, grad_log_step = torch.zeros(phi.shape[1], dtype=dtype), 0.0
+        for t in range(steps, 0, -1):
+            update, previous_error, counts, slope, residual = saved[t]
+            grad_rates = _decode_backward(grad_error, grad_nll, counts, slope, residual, phi, inv_variance,
+                                          grad_phi, grad_log_sigma)
+            grad_u, grad_g, step_terms = poisson_update_backward_arrays(grad_u, grad_rates, grad_kl, update, bound)
+            grad_log_step += eta * float(step_terms.sum())
+            grad_bias.sub_(grad_g.sum(0), alpha=eta)
+            grad_pull = grad_g.mul_(eta)
+            grad_error = grad_pull @ phi.T
+            grad_phi.addmm_(previous_error.T, grad_pull)
+        rates, counts, slope, residual = saved[0]
+        grad_rates = _decode_backward(grad_error, torch.zeros_like(grad_nll), counts, slope, residual, phi,
+                                      inv_variance, grad_phi, grad_log_sigma)
+        grad_initial = grad_u.add_(grad_rates.mul_(rates)).sum(0)  # u₀ = the initial vector for every input
+        ctx.saved = None
+        return (grad_phi, grad_log_sigma, grad_bias, torch.full((1,), grad_log_step, dtype=dtype), grad_initial,
+                None, None)
+
+
+def _decode_backward(grad_error: Tensor, grad_nll: Tensor, counts: Tensor, slope: Tensor, residual: Tensor,
+                     phi: Tensor, inv_variance: Tensor, grad_phi: Tensor, grad_log_sigma: Tensor) -> Tensor:
+    """One step's Gaussian terms, decode and sample backward: ∂L/∂r (B, K) from ∂L/∂e and ∂L/∂NLL; adds the step's
+    parts of ∂L/∂Φ and ∂L/∂log σ in place."""
+    grad_mean, grad_sigma = gaussian_terms_backward(grad_error, grad_nll, residual, inv_variance)
+    grad_log_sigma.add_(grad_sigma)
+    grad_phi.addmm_(grad_mean.T, counts)
+    return (grad_mean @ phi).mul_(slope)
+

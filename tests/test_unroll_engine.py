@@ -1,0 +1,93 @@
+"""The whole unroll as one autograd Function (``fond.unroll_engine``) against the step-by-step autograd unroll."""
+
+import numpy as np
+import pytest
+import torch
+
+from fond import IGVAE, IPVAE
+from fond.config import ModelConfig
+from fond.dynamics import unroll
+from fond.models import build_model
+from fond.unroll_engine import fused_unroll, unroll_applies
+
+
+def _model(dtype=torch.float64, **options):
+    model = IPVAE(12, 20, seed=2, init_scale=0.4, **options).to(dtype)
+    with torch.no_grad():
+        model.log_bias.fill_(-0.5)
+        model.log_sigma_x.copy_(torch.linspace(-0.3, 0.2, 12))
+    return model
+
+
+def _x(dtype=torch.float64, n=9):
+    return torch.from_numpy(np.random.default_rng(0).standard_normal((n, 12)) * 2.0).to(dtype)
+
+
+def _loss_and_grads(model, x, *, fused, steps=6, clamp_fraction=1.0, temperature=0.5):
+    model.zero_grad(set_to_none=True)
+    out = unroll(model.components(), x, steps, beta=3.0, temperature=temperature, clamp_fraction=clamp_fraction,
+                 generator=torch.Generator().manual_seed(5), fused=fused)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+# The fused unroll replaces the training path of the main model: its loss, its per-step record and every
+# parameter's gradient must be autograd's on the same draws (float64: to rounding), whichever indicator and
+# however far the clamps have ramped.
+@pytest.mark.parametrize("indicator", ["sigmoid", "cubic", "straight_through"])
+@pytest.mark.parametrize("clamp_fraction", [1.0, 0.3])
+def test_fused_unroll_equals_autograd_on_the_same_draws(indicator, clamp_fraction):
+    model, x = _model(family_options={"indicator": indicator}), _x()
+    fused, fused_grads = _loss_and_grads(model, x, fused=True, clamp_fraction=clamp_fraction)
+    reference, grads = _loss_and_grads(model, x, fused=False, clamp_fraction=clamp_fraction)
+    assert type(fused.loss.grad_fn).__name__ == "_PoissonLinearUnrollBackward"  # the fused path ran
+    torch.testing.assert_close(fused.loss, reference.loss, rtol=1e-12, atol=0)
+    for key in ("nll", "kl"):
+        np.testing.assert_allclose(getattr(fused, key), getattr(reference, key), rtol=1e-12, err_msg=key)
+    assert fused.rate_max == pytest.approx(reference.rate_max, rel=1e-12)
+    assert set(fused_grads) == set(grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-9, atol=1e-12 * float(grad.abs().max()),
+                                   msg=name)
+        assert float(grad.abs().max()) > 0, name  # every parameter gets a gradient: the comparison means something
+
+
+def test_fused_unroll_equals_autograd_in_float32():
+    """The float32 models the trainer runs: the same to float32's rounding."""
+    model, x = _model(torch.float32), _x(torch.float32)
+    fused, fused_grads = _loss_and_grads(model, x, fused=True)
+    reference, grads = _loss_and_grads(model, x, fused=False)
+    torch.testing.assert_close(fused.loss, reference.loss, rtol=1e-6, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=2e-4, atol=2e-5 * float(grad.abs().max()), msg=name)
+
+
+def test_a_non_finite_rate_fails_like_the_autograd_unroll():
+    """A dictionary with a NaN gives NaN rates: both paths stop with the sampler's FloatingPointError."""
+    model, x = _model(), _x()
+    with torch.no_grad():
+        model.decoder.dictionary[0, 0] = float("nan")
+    for fused in (True, False):
+        with pytest.raises(FloatingPointError, match="non-finite Poisson rate"):
+            unroll(model.components(), x, 3, beta=1.0, temperature=0.5, clamp_fraction=1.0,
+                   generator=torch.Generator().manual_seed(0), fused=fused)
+
+
+@pytest.mark.parametrize("case", ["mlp decoder", "gaussian family", "batch rule", "hard counts", "no steps"])
+def test_the_fused_unroll_declines_what_it_does_not_compute(case):
+    """Everything but the iP-VAE × linear decoder with relaxed counts, each element its own number of terms,
+    falls back to the step-by-step unroll (None)."""
+    temperature, steps = 0.5, 4
+    if case == "mlp decoder":
+        model = build_model(ModelConfig(n_inputs=12, n_latents=20, model="ipvae", decoder="mlp"), seed=1)
+    elif case == "gaussian family":
+        model = IGVAE(12, 20, seed=1)
+    elif case == "batch rule":
+        model = IPVAE(12, 20, seed=1, family_options={"n_exp_rule": "batch"})
+    else:
+        model = IPVAE(12, 20, seed=1)
+        temperature, steps = (0.0, 4) if case == "hard counts" else (0.5, 0)
+    x = _x(torch.float32)
+    assert fused_unroll(model.components(), x, steps, beta=1.0, temperature=temperature, clamp_fraction=1.0,
+                        generator=None, gradient_bound=1e6) is None
+    assert unroll_applies(IPVAE(12, 20, seed=1).components(), x, 0.5)
