@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from fond.decoders import LinearDecoder
+from fond.families import sampling
 from fond.families.poisson import (
     PoissonFamily,
     poisson_update_arrays,
@@ -36,8 +37,9 @@ __all__ = ["fused_unroll", "unroll_applies"]
 
 def unroll_applies(parts, x: Tensor, temperature: float) -> bool:
     """Whether ``fused_unroll`` takes this unroll: an iP-VAE (``PoissonFamily`` itself, exact KL, each element its
-    own number of arrival times) with a ``LinearDecoder``, τ > 0, and x and every learned tensor on the CPU in
-    one float dtype. Exact types: a subclass may change what a step computes."""
+    own number of arrival times) with a ``LinearDecoder``, τ > 0, x and every learned tensor on the CPU in one
+    float dtype, and the relaxed sampler on its compiled path (``sampling.use_compiled_sampler``). Exact types: a
+    subclass may change what a step computes."""
     family, decoder = parts.family, parts.decoder
     if type(family) is not PoissonFamily or type(decoder) is not LinearDecoder:
         return False
@@ -45,7 +47,8 @@ def unroll_applies(parts, x: Tensor, temperature: float) -> bool:
     return (family.kl_form == "exact" and family.n_exp_rule == "element" and temperature > 0 and x.ndim == 2
             and parts.log_sigma.shape == (x.shape[1],) and not x.requires_grad and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
-            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors))
+            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+            and sampling.use_compiled_sampler(x))
 
 
 def fused_unroll(parts, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float,
