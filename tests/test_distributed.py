@@ -31,11 +31,8 @@ WORKER = textwrap.dedent('''
 
     out, report, stop_at, fixed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "fixed"
     iterations = int(sys.argv[5]) if len(sys.argv) > 5 else 4
-    if fixed:  # the sampler's randomness fixed: the relaxed sample is its mean (∂sample/∂rate = 1)
-        import fond.unroll_engine as unroll_engine
+    if fixed:  # the sampler's randomness fixed: the relaxed sample is its mean
         poisson.relaxed_poisson = lambda rates, temperature, generator, **options: rates
-        unroll_engine.relaxed_draw = lambda rates, temperature, generator, **options: (rates.clone(),
-                                                                                      torch.ones_like(rates))
     ctx = context_from_env()
     writes = []
     def inside(path):

@@ -13,6 +13,11 @@ and backward, from ∂L/∂NLL_t and ∂L/∂KL_t: the Gaussian terms' backward 
 (from the sampler) → ∂L/∂r_t, the update's backward → ∂L/∂u_{t−1} and ∂L/∂pull_t, ·Φᵀ → ∂L/∂e_{t−1}; the
 dictionary's gradient accumulates x̂'s and the pull's products in place. Its gradients equal autograd's on the
 same draws (``tests/test_unroll_engine.py``); it keeps what autograd would keep for the backward pass.
+
+Opt-in, for now: 6–14 % faster an iteration at T 16 on an AMD EPYC, but in a process that runs only it, glibc's
+allocator returns the freed step tensors to the system every iteration and faults them back in (~8,000 page faults
+and ~25 ms an iteration at B 200, T 32: slower than the step graph). Keeping the unroll's storage across
+iterations is what it needs before it can be the default (BENCHMARKS.md, session 30).
 """
 
 from __future__ import annotations
@@ -121,6 +126,7 @@ class _PoissonLinearUnroll(torch.autograd.Function):
         grad_bias, grad_log_step = torch.zeros(phi.shape[1], dtype=dtype), 0.0
         for t in range(steps, 0, -1):
             update, previous_error, counts, slope, residual = saved[t]
+            saved[t] = None  # released step by step, as autograd releases a node's tensors after its backward
             grad_rates = _decode_backward(grad_error, grad_nll, counts, slope, residual, phi, inv_variance,
                                           grad_phi, grad_log_sigma)
             grad_u, grad_g, step_terms = poisson_update_backward_arrays(grad_u, grad_rates, grad_kl, update, bound)
