@@ -203,10 +203,11 @@ class FondSteps(InferenceSteps):
                                                                    np.empty(1, dtype))
         if arrays is None:
             return None
-        rates, rates_old = new.rates, previous.rates  # the start step has no rates: its state is the initial one
-        if stats and rates_old is None:
-            rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
-        rates, rates_old = (rates, rates_old) if stats else (code, code)
+        rates = rates_old = code  # (not read without the state terms)
+        if stats:  # the start step has no rates: its state is the initial one
+            rates, rates_old = new.rates, previous.rates
+            if rates_old is None:
+                rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
         table = torch.empty(code.shape[0], 7, dtype=torch.float64)
         kernel_threads(code.numel())
         poisson_trace_rows(rates.contiguous().numpy(), rates_old.contiguous().numpy(), code.contiguous().numpy(),

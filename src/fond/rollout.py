@@ -405,10 +405,11 @@ class TraceRecorder:
         self._frame: Tensor | None = None
         self._frame_terms: tuple = ()
         self._maximum = torch.tensor([key == "rate_max" for key in self.measured])  # the columns averaged by max
-        # the one pass's columns to keep (None: all of them, in order; False: no one pass, it would add nothing)
-        one_pass = set(self.measured) - {"r2_rates"}
-        self._one_pass_columns = False if not one_pass else None if self.measured == TRACE_ROW_KEYS else (
-            torch.tensor([TRACE_ROW_KEYS.index(key) for key in self.measured]) if not self.rates_fit else None)
+        #: whether the method's one pass (``trace_rows``) has any measured key (r2_rates it never gives)
+        self.one_pass = bool(set(self.measured) - {"r2_rates"})
+        # the one pass's columns that are the measured ones, where they all are (None: every column, in order)
+        self._row_columns = None if self.rates_fit or self.measured == TRACE_ROW_KEYS else torch.tensor(
+            [TRACE_ROW_KEYS.index(key) for key in self.measured])
 
     def __call__(self, frame: Tensor, new: Step, previous: Step, index: Tensor | None = None) -> None:
         """Measure step ``new`` (reached from ``previous``) against ``frame`` (B', D); ``index``: the inputs
@@ -449,9 +450,9 @@ class TraceRecorder:
 
     def _table(self, frame: Tensor, new: Step, previous: Step) -> Tensor:
         """The (B', M) float64 table of step ``new``: from the method's one pass where it has one, else per key."""
-        table = self._one_pass(frame, new, previous) if self._one_pass_columns is not False else None
+        table = self._one_pass(frame, new, previous) if self.one_pass else None
         if table is not None and not self.rates_fit:
-            return table if self._one_pass_columns is None else table[:, self._one_pass_columns]
+            return table if self._row_columns is None else table[:, self._row_columns]
         values = self._per_input(frame, new, previous) if table is None else {
             key: table[:, i] for i, key in enumerate(TRACE_ROW_KEYS)}
         if self.rates_fit and table is not None:

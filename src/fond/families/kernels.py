@@ -673,7 +673,7 @@ def rate_row_stats(rates_new, rates_old, spikes):
 
     In compiled code (numba), the rates' own precision: ``_poisson_rate_row_stats`` (float64) or
     ``_poisson_rate_row_stats32`` (float32) and an integer maximum over the rates' bit patterns. Called from
-    Python: this NumPy form in float64 (a reference for tests)."""
+    Python: the same quantities in NumPy, in float64."""
     rates, rates_before = np.asarray(rates_new, np.float64), np.asarray(rates_old, np.float64)
     delta = np.log(rates / rates_before)
     divergence = float(np.sum(rates * (np.expm1(-delta) + delta)))  # r·(e^{−δ} − 1 + δ)
