@@ -136,6 +136,22 @@ def test_compiled_relaxed_sampler_equals_the_autograd_reference_on_the_same_draw
     assert float(grad.abs().sum()) > 1.0  # a real gradient, not two zeros agreeing
 
 
+def test_relaxed_screen_never_idles_an_element_whose_first_arrival_is_in_reach():
+    """The training sampler's screen decides with a polynomial bound instead of an exponential: it may mark busy an
+    element that its first round then closes, but never idle one whose first arrival T₁ = −log(1 − U)/r is at or
+    before the stop, or that element's terms would be missing from its count."""
+    from fond.families.kernels import _relaxed_screen, uniforms_reference
+
+    rng = np.random.default_rng(7)
+    rates = np.exp(rng.uniform(-14.0, 4.0, 200_000))
+    stop, busy = 12.0, np.empty(rates.size, np.bool_)
+    assert _relaxed_screen(rates, np.uint64(11), np.uint64(13), np.uint64(5), stop, busy) == 0
+    uniforms = uniforms_reference(11, 13, np.arange(5, 5 + rates.size, dtype=np.uint64))
+    in_reach = -np.log1p(-uniforms) / rates <= stop
+    assert in_reach.sum() > 10_000 and busy[in_reach].all()
+    assert (busy & ~in_reach).sum() < 0.01 * rates.size  # the bound's excess, ≈ (stop·r)⁴/24 where stop·r < 1
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.3])
 def test_float32_relaxed_sampler_stops_its_terms_within_float32_resolution(temperature):
     """A float32 model's sampler draws terms only to 1 + 22τ (``RELAXED_REACH``, ~half of float64's 40τ): the count

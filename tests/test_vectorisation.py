@@ -38,10 +38,12 @@ def _update_row32_args():
 
 
 def _sigmoid_round_args():
-    inv_r, arrival, soft, slope = _rows(count=4)
-    index, left = np.arange(64, dtype=np.int64), np.full(64, 8, np.int64)
-    return (index, inv_r, arrival, soft, slope, left, np.empty(64, np.bool_), np.uint64(1), np.uint64(2),
-            np.uint64(0), 2.0, 12.0)
+    steps, inv_r, arrival, soft, slope = _rows(count=5)
+    return steps, inv_r, arrival, soft, slope, np.full(64, 8, np.int64), np.empty(64, np.bool_), 2.0, 12.0
+
+
+def _exponential_steps_args():
+    return np.arange(64, dtype=np.int64), np.empty(64), np.uint64(1), np.uint64(2), np.uint64(0)
 
 
 def _relaxed_screen_args():
@@ -58,6 +60,7 @@ CASES = {
     "float32 training update (_update_row32)": (kernels._update_row32, _update_row32_args),
     "training sampler's round (_sigmoid_round)": (kernels._sigmoid_round, _sigmoid_round_args),
     "training sampler's screen (_relaxed_screen)": (kernels._relaxed_screen, _relaxed_screen_args),
+    "training sampler's arrival steps (_exponential_steps)": (kernels._exponential_steps, _exponential_steps_args),
     "evaluation rate step (_rate_screen_pass)": (kernels._rate_screen_pass, _rate_screen_args),
     "evaluation step's exponential (_clamped_exp_pass)": (
         kernels._clamped_exp_pass, lambda: (_rows(dtype=F32)[0], F32(-50.0), F32(11.0))),

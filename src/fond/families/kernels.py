@@ -98,10 +98,25 @@ def random_bits(key1, key2, counter):
     return _mix(_mix(key1 + (counter + _ONE) * GAMMA) ^ key2)
 
 
+#: 2⁵² and 2⁸⁴ as float64 bit patterns: OR-ing a 32-bit integer into the low mantissa of one gives 2⁵² + m (2⁸⁴ +
+#: m·2³²) exactly; ``_integer_float`` subtracts them again
+_MAGIC52, _MAGIC84 = np.uint64(0x4330000000000000), np.uint64(0x4530000000000000)
+_TWO52, _TWO84 = 2.0**52, 2.0**84
+_LOW32, _S32 = np.uint64(0xFFFFFFFF), np.uint64(32)
+
+
+@nb.njit(inline="always")
+def _integer_float(m):
+    """float(m) for a uint64 m < 2⁶⁴ exactly when m < 2⁵³, from two halves through the float64 bit patterns: AVX2
+    has no 64-bit integer → float conversion (LLVM extracts each lane to a scalar one), these are four vector ops."""
+    high = np.uint64((m >> _S32) | _MAGIC84).view(np.float64) - _TWO84
+    return high + (np.uint64((m & _LOW32) | _MAGIC52).view(np.float64) - _TWO52)
+
+
 @nb.njit(inline="always")
 def _uniform(key1, key2, counter):
     """A uniform on [0, 1) with 53 random bits: the counter's draw under the key."""
-    return float(random_bits(key1, key2, counter) >> _S11) * _TO_UNIT
+    return _integer_float(random_bits(key1, key2, counter) >> _S11) * _TO_UNIT
 
 
 def random_bits_reference(key1: int, key2: int, counters: np.ndarray) -> np.ndarray:
@@ -342,19 +357,26 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
         _finish_chunk(rates[a:b], out[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, unresolved)
 
 
+#: 1 + 2⁻⁵⁰: the screen's bound's margin over its own rounding (a few ulp) and the rounds' (the rounds decide)
+_SCREEN_SLACK = 1.0 + 2.0**-50
+
+
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def _relaxed_screen(rates, key1, key2, counter0, stop, busy):  # pragma: no cover - compiled
-    """Pass 1 over one chunk (vectorised, no libm call): busy[i] when element i's first arrival time
-    T_1 = −log(1 − U)/r falls at or before ``stop``, i.e. 1 − U ≥ e^{−stop·r}; the others add nothing (their first
-    round in ``_relaxed_busy`` would close them before any term), so their count and derivative are 0. Returns
-    how many rates are not finite (NaN or ±inf: the caller's error)."""
+    """Pass 1 over one chunk (vectorised, no exponential): busy[i] unless element i's first arrival time
+    T_1 = −log(1 − U)/r surely falls past ``stop``; those add nothing, so their count and derivative are 0. T_1 ≤
+    stop iff U ≤ 1 − e^{−y}, y = stop·r, and 1 − e^{−y} ≤ y − y²/2 + y³/6 for every y ≥ 0 (the Taylor remainder
+    has the sign of −y⁴): an element above that bound is idle. The few between (probability ≈ y⁴/24) are marked
+    busy and closed by their first round in ``_relaxed_busy`` before any term, so the result is that of the
+    exact screen; the rounds decide every busy element. Returns how many rates are not finite (NaN or ±inf: the
+    caller's error)."""
     bad = 0
     for i in range(busy.size):
         r = float(rates[i])
         finite = abs(r) < math.inf  # False for NaN too
-        sr = stop * r if finite else 0.0  # (the table exponential must not see NaN)
-        q = 1.0 - _uniform(key1, key2, counter0 + np.uint64(i))
-        busy[i] = finite & (r > 0.0) & ((sr >= WIDE_RATE) | (q >= _exp_neg(min(max(sr, 0.0), WIDE_RATE))))
+        y = stop * r if finite else 0.0
+        bound = y * (1.0 - y * (0.5 - y * (1.0 / 6.0))) * _SCREEN_SLACK
+        busy[i] = finite & (r > 0.0) & (_uniform(key1, key2, counter0 + np.uint64(i)) <= bound)
         bad += not finite
     return bad
 
@@ -367,21 +389,19 @@ _LOG_COEFFICIENTS = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.85714
 _LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _MANTISSA, _EXPONENT_ONE = np.uint64(0x000FFFFFFFFFFFFF), np.uint64(0x3FF0000000000000)
 _S52 = np.uint64(52)
-#: 2^{j/64}, j = 0 … 63: ``_exp``'s table
-_EXP64_TABLE = 2.0 ** (np.arange(64) / 64.0)
-_LN2_64_HI, _LN2_64_LO = _LN2_HI / 64.0, _LN2_LO / 64.0
 
 
 @nb.njit(inline="always")
 def _log(q):
     """log q for a normal float64 q > 0 without a libm call (so loops over it vectorise; within ~1 ulp of
-    math.log): q = 2^k·x with x in [√½, √2), then the minimax polynomial of ``_LOG_COEFFICIENTS``."""
+    math.log): q = 2^k·x with x in [√½, √2), then the minimax polynomial of ``_LOG_COEFFICIENTS``; k read as a float
+    from the exponent's bits (no integer → float conversion, which AVX2 lacks)."""
     bits = np.float64(q).view(np.uint64)
-    k = np.int64(bits >> _S52) - 1023
+    k = np.uint64((bits >> _S52) | _MAGIC52).view(np.float64) - (_TWO52 + 1023.0)  # the exponent, as a float
     x = np.uint64((bits & _MANTISSA) | _EXPONENT_ONE).view(np.float64)  # in [1, 2)
     high = x > 1.4142135623730951
     x = 0.5 * x if high else x
-    k = k + 1 if high else k
+    dk = k + 1.0 if high else k
     f = x - 1.0
     s = f / (2.0 + f)
     z = s * s
@@ -389,40 +409,52 @@ def _log(q):
     c = _LOG_COEFFICIENTS
     tail = w * (c[1] + w * (c[3] + w * c[5])) + z * (c[0] + w * (c[2] + w * (c[4] + w * c[6])))
     half_square = 0.5 * f * f
-    dk = float(k)
     return dk * _LN2_HI - ((half_square - (s * (half_square + tail) + dk * _LN2_LO)) - f)
 
 
 #: 1.5·2⁵²: y + it rounds y to an integer (to even, as ``round``) and holds 2⁵¹ + that integer in its low mantissa bits
 _SHIFTER = 1.5 * 2.0**52
-_LOW52, _BIAS45, _BIAS1023, _S6 = np.uint64((1 << 52) - 1), np.uint64(1 << 45), np.uint64(1023), np.uint64(6)
+_LOW52, _BIAS = np.uint64((1 << 52) - 1), np.uint64((1 << 51) - 1023)
+#: 1/k!, k = 0 … 13: the Taylor coefficients of e^r (the first left out, |r|¹⁴/14! ≤ 4e-18 for |r| ≤ ln2/2)
+_EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(14))
 
 
 @nb.njit(inline="always")
 def _exp(y):
-    """e^y for y ≤ 700 without a libm call (vectorises; within ~2 ulp of math.exp), e^{−700} for y < −700:
-    y = (64m + j)·ln2/64 + r, |r| ≤ ln2/128, e^y = 2^m · 2^{j/64} · (a degree-6 Taylor polynomial of e^r). n = 64m + j
-    is rounded by adding ``_SHIFTER`` and read from the sum's bits: a float→int64 conversion has no AVX2 instruction
-    (LLVM emulates it; measured 1.3–1.6× slower loops on an AMD EPYC without AVX-512)."""
+    """e^y for y ≤ 709 without a libm call or a table (so loops over it vectorise: a table's gather made LLVM's Zen 3
+    cost model keep them scalar; within ~1 ulp of math.exp), e^{−700} for y < −700: y = n·ln2 + r, |r| ≤ ln2/2,
+    e^y = 2ⁿ · (the degree-13 Taylor polynomial of e^r). n is rounded by adding ``_SHIFTER`` and read from the sum's
+    bits: a float→int64 conversion has no AVX2 instruction (LLVM emulates it; measured 1.3–1.6× slower loops on an
+    AMD EPYC without AVX-512)."""
     y = max(y, -700.0)
-    shifted = y * (64.0 / _LN2_HI) + _SHIFTER
+    shifted = y * (1.0 / (_LN2_HI + _LN2_LO)) + _SHIFTER
     n = shifted - _SHIFTER
     bits = np.float64(shifted).view(np.uint64) & _LOW52  # 2⁵¹ + n
-    r = (y - n * _LN2_64_HI) - n * _LN2_64_LO
-    poly = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))))
-    scale = np.uint64(((bits >> _S6) - _BIAS45 + _BIAS1023) << _S52).view(np.float64)  # 2^m, m = ⌊n / 64⌋
-    return scale * _EXP64_TABLE[bits & np.uint64(63)] * poly
+    r = (y - n * _LN2_HI) - n * _LN2_LO
+    c = _EXP_TAYLOR
+    poly = c[13]
+    for k in range(12, -1, -1):  # Horner: one multiply-add per term
+        poly = c[k] + r * poly
+    return np.uint64((bits - _BIAS) << _S52).view(np.float64) * poly  # 2ⁿ · e^r
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _sigmoid_round(index, inv_r, arrival, soft, slope, left, keep, key1, key2, counter, inv_tau,
-                   stop):  # pragma: no cover - compiled
-    """One arrival time for each open element (vectorised over them): its next uniform (counter
-    ``counter`` + element), the arrival time T, and, while T ≤ stop and terms are left, its sigmoid term
-    added. keep[p]: whether element p has a next term."""
+def _exponential_steps(index, steps, key1, key2, counter):  # pragma: no cover - compiled
+    """steps[p] = E = −log(1 − U), U the uniform of counter ``counter`` + index[p]: each open element's next
+    inter-arrival time in units of 1/r (1 − U is exact: U is on the 2⁻⁵³ grid). A pass of its own, before the round
+    that uses it: in one loop with the round's exponential, the constants of both spilled out of AVX2's sixteen
+    registers (1.7× slower on an AMD EPYC)."""
+    for p in range(steps.size):
+        steps[p] = -_log(1.0 - _uniform(key1, key2, counter + np.uint64(index[p])))
+
+
+@nb.njit(error_model="numpy", fastmath={"contract"})
+def _sigmoid_round(steps, inv_r, arrival, soft, slope, left, keep, inv_tau, stop):  # pragma: no cover - compiled
+    """One arrival for each open element (vectorised over them): its arrival time T after the step
+    (``_exponential_steps``), and, while T ≤ stop and terms are left, its sigmoid term added. keep[p]: whether
+    element p has a next term."""
     for p in range(keep.size):
-        u = _uniform(key1, key2, counter + np.uint64(index[p]))
-        arrival[p] += -_log(1.0 - u)  # 1 − u is exact: U is on the 2⁻⁵³ grid
+        arrival[p] += steps[p]
         t = arrival[p] * inv_r[p]
         live = (t <= stop) & (left[p] > 0)
         g = 1.0 / (1.0 + _exp((t - 1.0) * inv_tau))
@@ -433,14 +465,13 @@ def _sigmoid_round(index, inv_r, arrival, soft, slope, left, keep, key1, key2, c
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _straight_through_round(index, inv_r, arrival, soft, slope, hard, left, keep, key1, key2, counter, inv_tau,
+def _straight_through_round(steps, inv_r, arrival, soft, slope, hard, left, keep, inv_tau,
                             stop):  # pragma: no cover - compiled
     """``_sigmoid_round`` that also counts the hard arrivals T < 1 (the sigmoid alone skips that array: ~4 %). The
     rounds repeat their first lines rather than share an inlined helper: with one, LLVM left the loop scalar
     (``tests/test_vectorisation.py``)."""
     for p in range(keep.size):
-        u = _uniform(key1, key2, counter + np.uint64(index[p]))
-        arrival[p] += -_log(1.0 - u)
+        arrival[p] += steps[p]
         t = arrival[p] * inv_r[p]
         live = (t <= stop) & (left[p] > 0)
         g = 1.0 / (1.0 + _exp((t - 1.0) * inv_tau))
@@ -452,13 +483,11 @@ def _straight_through_round(index, inv_r, arrival, soft, slope, hard, left, keep
 
 
 @nb.njit(error_model="numpy", fastmath={"contract"})
-def _cubic_round(index, inv_r, arrival, soft, slope, left, keep, key1, key2, counter, inv_tau,
-                 stop):  # pragma: no cover - compiled
+def _cubic_round(steps, inv_r, arrival, soft, slope, left, keep, inv_tau, stop):  # pragma: no cover - compiled
     """``_sigmoid_round`` with the cubic smooth step (a function of its own: a branch on the indicator inside
     the loop would stop LLVM from vectorising it)."""
     for p in range(keep.size):
-        u = _uniform(key1, key2, counter + np.uint64(index[p]))
-        arrival[p] += -_log(1.0 - u)
+        arrival[p] += steps[p]
         t = arrival[p] * inv_r[p]
         live = (t <= stop) & (left[p] > 0)
         v = min(max(0.5 * (1.0 - t) * inv_tau + 0.5, 0.0), 1.0)
@@ -486,19 +515,17 @@ def _relaxed_busy(rates, counts, derivative, busy, a, key1, key2, stride, inv_ta
             level[p] += r[p] > limits[b]
     left = sizes[level]
     arrival, soft, slope, hard = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
-    keep = np.empty(m, np.bool_)
+    keep, steps = np.empty(m, np.bool_), np.empty(m)
     j = 0
     while m > 0:
-        counter = np.uint64(j) * stride
+        _exponential_steps(index[:m], steps[:m], key1, key2, np.uint64(j) * stride)
         if indicator == CUBIC:
-            _cubic_round(index[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], key1, key2,
-                         counter, inv_tau, stop)
+            _cubic_round(steps[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], inv_tau, stop)
         elif indicator == STRAIGHT_THROUGH:
-            _straight_through_round(index[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], hard[:m], left[:m],
-                                    keep[:m], key1, key2, counter, inv_tau, stop)
+            _straight_through_round(steps[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], hard[:m], left[:m],
+                                    keep[:m], inv_tau, stop)
         else:
-            _sigmoid_round(index[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], key1, key2,
-                           counter, inv_tau, stop)
+            _sigmoid_round(steps[:m], inv_r[:m], arrival[:m], soft[:m], slope[:m], left[:m], keep[:m], inv_tau, stop)
         open_now = 0
         for p in range(m):
             open_now += keep[p]
