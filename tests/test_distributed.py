@@ -24,6 +24,7 @@ WORKER = textwrap.dedent('''
     import torch
     from safetensors.torch import save_file
     import fond.families.poisson as poisson
+    import fond.unroll_engine as unroll_engine
     from fond.config import ModelConfig, preset
     from fond.data import load_data
     from fond.distributed import close, context_from_env
@@ -31,8 +32,12 @@ WORKER = textwrap.dedent('''
 
     out, report, stop_at, fixed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "fixed"
     iterations = int(sys.argv[5]) if len(sys.argv) > 5 else 4
-    if fixed:  # the sampler's randomness fixed: the relaxed sample is its mean
+    if fixed:  # the sampler's randomness fixed: the relaxed sample is its mean (step graph and fused unroll)
         poisson.relaxed_poisson = lambda rates, temperature, generator, **options: rates
+        def mean_draw(rates, temperature, generator, out=None, **options):
+            counts, slope = out if out is not None else (torch.empty_like(rates), torch.empty_like(rates))
+            return counts.copy_(rates), slope.fill_(1.0)
+        unroll_engine.relaxed_draw = mean_draw
     ctx = context_from_env()
     writes = []
     def inside(path):

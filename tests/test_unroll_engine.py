@@ -91,3 +91,63 @@ def test_the_fused_unroll_declines_what_it_does_not_compute(case):
     assert fused_unroll(model.components(), x, steps, beta=1.0, temperature=temperature, clamp_fraction=1.0,
                         generator=None, gradient_bound=1e6) is None
     assert unroll_applies(IPVAE(12, 20, seed=1).components(), x, 0.5)
+
+
+def _grads_after(model, loss) -> dict:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _model_loss(model, x, seed):
+    return model.unroll_loss(x, 5, beta=3.0, temperature=0.5, generator=torch.Generator().manual_seed(seed)).loss
+
+
+def test_the_workspace_keeps_its_storage_from_one_iteration_to_the_next():
+    """The point of the workspace: the second iteration writes into the first one's storage (no new allocation for
+    glibc to fault in), and the gradients are still autograd's."""
+    model, x = _model(), _x()
+    first = _model_loss(model, x, 0)
+    _grads_after(model, first)
+    held = {name: t.data_ptr() for name, t in model.unroll_workspace._tensors.items()}
+    assert set(held) >= {"u", "rates", "counts", "error"}
+    second = _model_loss(model, x, 1)
+    assert {name: t.data_ptr() for name, t in model.unroll_workspace._tensors.items()} == held
+    fused = _grads_after(model, second)
+    model.zero_grad(set_to_none=True)
+    graph = unroll(model.components(), x, 5, beta=3.0, temperature=0.5, clamp_fraction=1.0,
+                   generator=torch.Generator().manual_seed(1), fused=False)
+    reference = _grads_after(model, graph.loss)
+    for name, grad in reference.items():
+        torch.testing.assert_close(fused[name], grad, rtol=1e-9, atol=1e-12 * float(grad.abs().max()), msg=name)
+
+
+def test_two_live_unrolls_never_share_the_workspace():
+    """Two forward passes before either backward (two losses summed, say): the second must not overwrite what the
+    first saved, or the first one's gradients would silently be wrong."""
+    model, x = _model(), _x()
+    both = _grads_after(model, _model_loss(model, x, 0) + _model_loss(model, x[:5], 1))
+    model.zero_grad(set_to_none=True)
+    graphs = [unroll(model.components(), inputs, 5, beta=3.0, temperature=0.5, clamp_fraction=1.0,
+                     generator=torch.Generator().manual_seed(seed), fused=False) for inputs, seed in ((x, 0), (x[:5], 1))]
+    reference = _grads_after(model, graphs[0].loss + graphs[1].loss)
+    for name, grad in reference.items():
+        torch.testing.assert_close(both[name], grad, rtol=1e-9, atol=1e-12 * float(grad.abs().max()), msg=name)
+
+
+def test_a_dropped_unroll_frees_the_workspace_and_a_copy_starts_empty():
+    """A loss computed and thrown away (no backward) must not keep the workspace lent for ever; a model's copy (an
+    EMA, a checkpointed clone) gets its own, empty workspace rather than a share of the original's storage."""
+    import copy
+
+    model, x = _model(), _x()
+    loss = _model_loss(model, x, 0)
+    held = model.unroll_workspace._tensors["u"].data_ptr()
+    del loss
+    again = _model_loss(model, x, 1)
+    assert model.unroll_workspace._borrower() is again.grad_fn  # lent to the new unroll, not left to the dropped one
+    assert model.unroll_workspace._tensors["u"].data_ptr() == held
+    _grads_after(model, again)
+    assert model.unroll_workspace._borrower is None  # given back by the backward pass
+    assert copy.deepcopy(model).unroll_workspace._tensors == {}
+    assert not any("workspace" in key for key in model.state_dict())

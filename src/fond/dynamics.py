@@ -31,7 +31,7 @@ from fond.likelihood import gaussian_precision, gaussian_terms
 from fond.metrics import zeros_fraction
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
-from fond.unroll_engine import fused_unroll
+from fond.unroll_engine import UnrollWorkspace, fused_unroll
 
 __all__ = ["Components", "FondSteps", "fond_step", "unroll", "rollout", "soft_clamp_upper"]
 
@@ -76,7 +76,8 @@ def _bound_state_gradient(grad: Tensor) -> Tensor:
 
 
 def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float,
-           generator: torch.Generator | None = None, fused: bool = False) -> UnrollLoss:
+           generator: torch.Generator | None = None, fused: bool = True,
+           workspace: UnrollWorkspace | None = None) -> UnrollLoss:
     """Unroll ``steps`` steps with relaxed samples from the initial state; return the BPTT objective.
 
     Each step samples z_t from q_t once; that sample is decoded for the step's NLL and also drives the
@@ -85,14 +86,14 @@ def unroll(parts: Components, x: Tensor, steps: int, *, beta: float, temperature
     mean over steps, times 256/D (the paper's scaling). The gradient reaching each state is bounded
     elementwise by ``STATE_GRADIENT_BOUND`` (only active in an exploding unroll). Where the family offers a
     fused training step (``Family.training_update``: the iP-VAE on the CPU) it replaces ``fond_step`` and the
-    KL, with the same values and gradients. ``fused=True``: where the whole unroll admits one autograd Function
-    (the iP-VAE with a linear decoder on the CPU: ``fond.unroll_engine.fused_unroll``) it runs as one — the same
-    draws, values and gradients without a graph of every step. Not the default: in a process that runs only it,
-    glibc returns the freed step tensors to the system each iteration and faults them back in (BENCHMARKS.md).
+    KL, with the same values and gradients. Where the whole unroll admits one autograd Function (the iP-VAE with a
+    linear decoder on the CPU: ``fond.unroll_engine.fused_unroll``) it runs as one unless ``fused=False`` — the same
+    draws, values and gradients without a graph of every step; ``workspace`` (``fond.unroll_engine.UnrollWorkspace``)
+    keeps its storage from one call to the next.
     """
     if fused:
         whole = fused_unroll(parts, x, steps, beta=beta, temperature=temperature, clamp_fraction=clamp_fraction,
-                             generator=generator, gradient_bound=STATE_GRADIENT_BOUND)
+                             generator=generator, gradient_bound=STATE_GRADIENT_BOUND, workspace=workspace)
         if whole is not None:
             return whole
     family, fp, decoder = parts.family, parts.family_params, parts.decoder

@@ -79,14 +79,15 @@ def _backward(grad_error, grad_nll, residual, inv_variance, grad_mean, per_pixel
         _backward_row(grad_error[b], grad_nll[b], residual[b], inv_variance, grad_mean[b], per_pixel[b])
 
 
-def gaussian_terms_arrays(x: Tensor, reconstruction: Tensor, inv_variance: Tensor,
-                          constant: float) -> tuple[Tensor, Tensor, Tensor]:
+def gaussian_terms_arrays(x: Tensor, reconstruction: Tensor, inv_variance: Tensor, constant: float, *,
+                          out: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``gaussian_terms`` on contiguous CPU tensors without autograd, in one compiled pass: (the scaled error
-    (x − x̂)·σ⁻² (B, D), the residual x − x̂ (B, D) its backward needs, the NLL (B,))."""
+    (x − x̂)·σ⁻² (B, D), the residual x − x̂ (B, D) its backward needs, the NLL (B,)), written into ``out``
+    (contiguous, those shapes and x's dtype) if given."""
     from fond.families.sampling import kernel_threads
 
-    error, residual = torch.empty_like(x), torch.empty_like(x)
-    nll = torch.empty(x.shape[0], dtype=x.dtype)
+    error, residual, nll = out if out is not None else (
+        torch.empty_like(x), torch.empty_like(x), torch.empty(x.shape[0], dtype=x.dtype))
     kernel_threads(x.numel())
     _forward(x.numpy(), reconstruction.numpy(), inv_variance.numpy(), constant, error.numpy(), residual.numpy(),
              nll.numpy())

@@ -14,13 +14,15 @@ and backward, from ∂L/∂NLL_t and ∂L/∂KL_t: the Gaussian terms' backward 
 dictionary's gradient accumulates x̂'s and the pull's products in place. Its gradients equal autograd's on the
 same draws (``tests/test_unroll_engine.py``); it keeps what autograd would keep for the backward pass.
 
-Opt-in, for now: 6–14 % faster an iteration at T 16 on an AMD EPYC, but in a process that runs only it, glibc's
-allocator returns the freed step tensors to the system every iteration and faults them back in (~8,000 page faults
-and ~25 ms an iteration at B 200, T 32: slower than the step graph). Keeping the unroll's storage across
-iterations is what it needs before it can be the default (BENCHMARKS.md, session 30).
+Its storage comes from an ``UnrollWorkspace`` the model keeps across iterations (``IterativeVAE.unroll_loss``):
+allocated afresh each iteration, glibc returned it to the system after every backward pass and faulted it back in
+(BENCHMARKS.md, sessions 30 and 31).
 """
 
 from __future__ import annotations
+
+import math
+import weakref
 
 import torch
 from torch import Tensor
@@ -37,7 +39,7 @@ from fond.families.poisson import (
 from fond.likelihood import gaussian_precision, gaussian_terms_arrays, gaussian_terms_backward
 from fond.result import UnrollLoss
 
-__all__ = ["fused_unroll", "unroll_applies"]
+__all__ = ["UnrollWorkspace", "fused_unroll", "unroll_applies"]
 
 
 def unroll_applies(parts, x: Tensor, temperature: float) -> bool:
@@ -57,16 +59,17 @@ def unroll_applies(parts, x: Tensor, temperature: float) -> bool:
 
 
 def fused_unroll(parts, x: Tensor, steps: int, *, beta: float, temperature: float, clamp_fraction: float,
-                 generator: torch.Generator | None, gradient_bound: float) -> UnrollLoss | None:
+                 generator: torch.Generator | None, gradient_bound: float,
+                 workspace: UnrollWorkspace | None = None) -> UnrollLoss | None:
     """``fond.dynamics.unroll`` as one autograd Function where ``unroll_applies`` (and steps ≥ 1), else None.
 
     parts: ``fond.dynamics.Components``; x (B, D); ``gradient_bound``: the bound on the gradient reaching each
-    state (``fond.dynamics.STATE_GRADIENT_BOUND``)."""
+    state (``fond.dynamics.STATE_GRADIENT_BOUND``); ``workspace``: storage kept across calls (else allocated)."""
     if steps < 1 or not unroll_applies(parts, x, temperature):
         return None
     family, params = parts.family, parts.family_params
     settings = (family, steps, float(beta), float(temperature), family.clamp(clamp_fraction), generator,
-                gradient_bound)
+                gradient_bound, workspace)
     loss, table = _PoissonLinearUnroll.apply(parts.decoder.dictionary, parts.log_sigma, parts.bias,
                                              params["log_step_size"], params[family.initial_key], x, settings)
     table = table.to(torch.float64).numpy()
@@ -74,72 +77,124 @@ def fused_unroll(parts, x: Tensor, steps: int, *, beta: float, temperature: floa
                       rate_max=max(0.0, float(table[:, 2].max())))
 
 
+class UnrollWorkspace:
+    """The fused unroll's storage, kept from one training iteration to the next (``IterativeVAE`` holds one).
+
+    Every iteration saves the same tensors for its backward pass (per step the state, the rates, the clamps' slopes,
+    the pull, the counts and their slope in the rate, the error and the residual: ~11 (B, K) or (B, D) tensors).
+    Allocated afresh, glibc gave them back to the system at the end of each backward pass and faulted them in again
+    at the next forward (~8,000 page faults and ~25 ms of system time an iteration at B 200, T 32 on an AMD EPYC).
+    A workspace lends its storage to one unroll at a time, from its forward until its backward pass has run or its
+    graph is gone; an unroll that finds it lent allocates its own, so two live unrolls never share storage. Not
+    saved with a model, and a copy of a model starts with an empty one."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, Tensor] = {}
+        self._borrower = None  # a weak reference to the autograd context that holds the storage
+
+    def lend(self, ctx, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, Tensor] | None:
+        """Tensors of these shapes and dtypes (their values undefined), lent to ``ctx``; None while lent to
+        another context that is still alive."""
+        if self._borrower is not None and self._borrower() is not None:
+            return None
+        lent = {}
+        for name, (shape, dtype) in shapes.items():
+            held, size = self._tensors.get(name), math.prod(shape)
+            if held is None or held.dtype != dtype or held.numel() < size:
+                held = self._tensors[name] = torch.empty(size, dtype=dtype)
+            lent[name] = held[:size].view(shape)
+        self._borrower = weakref.ref(ctx)
+        return lent
+
+    def give_back(self, ctx) -> None:
+        """The storage is free again once ``ctx``'s backward pass has used it."""
+        if self._borrower is not None and self._borrower() is ctx:
+            self._borrower = None
+
+    def __deepcopy__(self, memo) -> UnrollWorkspace:
+        return UnrollWorkspace()
+
+
+def _storage(workspace: UnrollWorkspace | None, ctx, steps: int, batch: int, dictionary_shape, dtype) -> dict:
+    """The unroll's tensors: (steps + 1, B, K) u, rates, counts, slope; (steps, B, K) s1, s2, pull; (steps + 1, B,
+    D) error, residual; (steps + 1, B) nll, (steps, B) float64 kl; (B, D) decoded (one step's x̂). From the workspace
+    where it is free, else newly allocated."""
+    d, k = dictionary_shape
+    shapes = {name: ((steps + 1, batch, k), dtype) for name in ("u", "rates", "counts", "slope")}
+    shapes |= {name: ((steps, batch, k), dtype) for name in ("s1", "s2", "pull")}
+    shapes |= {name: ((steps + 1, batch, d), dtype) for name in ("error", "residual")}
+    shapes |= {"nll": ((steps + 1, batch), dtype), "kl": ((steps, batch), torch.float64),
+               "decoded": ((batch, d), dtype)}
+    lent = workspace.lend(ctx, shapes) if workspace is not None else None
+    return lent if lent is not None else {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in
+                                          shapes.items()}
+
+
 class _PoissonLinearUnroll(torch.autograd.Function):
     """Inputs: Φ (D, K), log σ (D,), b (K,), log η (1,), u₀ (K,), x (B, D), the settings (family, steps, β, τ, c,
-    generator, gradient bound). Outputs: the loss (scalar) and a (steps, 3) table of the per-step mean NLL, mean
+    generator, gradient bound, workspace). Outputs: the loss (scalar) and a (steps, 3) table of the per-step mean NLL, mean
     KL and largest rate (no gradient)."""
 
     @staticmethod
     def forward(ctx, dictionary, log_sigma, bias, log_step, initial, x, settings):  # noqa: D102
-        family, steps, beta, temperature, c, generator, _ = settings
+        family, steps, beta, temperature, c, generator, _, workspace = settings
         phi, x, bias = (t.detach().contiguous() for t in (dictionary, x, bias))
         inv_variance, constant = gaussian_precision(log_sigma)
         eta = float(torch.exp(log_step.detach()).reshape(()))
-        u = initial.detach().expand(x.shape[0], -1).contiguous()
-        rates = torch.exp(u)
+        store = _storage(workspace, ctx, steps, x.shape[0], phi.shape, x.dtype)
+        u, rates, counts, slope, error, residual, nll = (store[key] for key in (
+            "u", "rates", "counts", "slope", "error", "residual", "nll"))
+        u[0].copy_(initial.detach().expand(x.shape[0], -1))
+        torch.exp(u[0], out=rates[0])
         draw = {"indicator": family.indicator, "tail": family.n_exp_tail, "max_terms": family.max_terms}
-        counts, slope = relaxed_draw(rates, temperature, generator, **draw)
-        error, residual, _ = gaussian_terms_arrays(x, counts @ phi.T, inv_variance, constant)
-        saved = [(rates, counts, slope, residual)]
-        nlls, kls, largest = [], [], []
-        for _ in range(steps):
-            pull = error @ phi
-            new, new_rates, s1, s2, kl = poisson_update_arrays(u, rates, pull, bias, eta, c, family.floor)
-            counts, slope = relaxed_draw(new_rates, temperature, generator, **draw)
-            previous_error = error
-            error, residual, nll = gaussian_terms_arrays(x, counts @ phi.T, inv_variance, constant)
-            saved.append(((u, new, rates, new_rates, s1, s2, pull, bias), previous_error, counts, slope, residual))
-            nlls.append(nll)
-            kls.append(kl.to(x.dtype))
-            largest.append(new_rates.amax())
-            u, rates = new, new_rates
-        nll_steps, kl_steps = torch.stack(nlls), torch.stack(kls)  # (steps, B)
+        for t in range(steps + 1):
+            if t:
+                pull = torch.mm(error[t - 1], phi, out=store["pull"][t - 1])
+                poisson_update_arrays(u[t - 1], rates[t - 1], pull, bias, eta, c, family.floor, out=(
+                    u[t], rates[t], store["s1"][t - 1], store["s2"][t - 1], store["kl"][t - 1]))
+            relaxed_draw(rates[t], temperature, generator, **draw, out=(counts[t], slope[t]))
+            decoded = torch.mm(counts[t], phi.T, out=store["decoded"])
+            gaussian_terms_arrays(x, decoded, inv_variance, constant, out=(error[t], residual[t], nll[t]))
+        nll_steps, kl_steps = nll[1:], store["kl"].to(x.dtype)  # (steps, B)
         scale = 256.0 / x.shape[1]
         loss = (nll_steps + beta * kl_steps).mean(1).sum() / steps * scale
-        ctx.saved, ctx.phi, ctx.inv_variance, ctx.eta, ctx.scale = saved, phi, inv_variance, eta, scale
+        ctx.store, ctx.phi, ctx.bias, ctx.inv_variance, ctx.eta, ctx.scale = store, phi, bias, inv_variance, eta, scale
         ctx.settings = settings
-        table = torch.stack([nll_steps.mean(1), kl_steps.mean(1), torch.stack(largest)], 1)
+        table = torch.stack([nll_steps.mean(1), kl_steps.mean(1), rates[1:].flatten(1).amax(1)], 1)
         ctx.mark_non_differentiable(table)
         return loss, table
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_table):  # noqa: D102
-        _, steps, beta, _, _, _, bound = ctx.settings
-        phi, inv_variance, eta, saved = ctx.phi, ctx.inv_variance, ctx.eta, ctx.saved
-        batch, dtype = saved[0][0].shape[0], phi.dtype
+        _, steps, beta, _, _, _, bound, workspace = ctx.settings
+        phi, inv_variance, eta, store = ctx.phi, ctx.inv_variance, ctx.eta, ctx.store
+        u, rates, counts, slope, error, residual = (store[key] for key in (
+            "u", "rates", "counts", "slope", "error", "residual"))
+        batch, dtype = u.shape[1], phi.dtype
         per_input = float(grad_loss) * ctx.scale / steps / batch  # ∂L/∂NLL_t[b]; ∂L/∂KL_t[b] is β times it
         grad_nll, grad_kl = (torch.full((batch,), value, dtype=dtype) for value in (per_input, beta * per_input))
-        grad_u = torch.zeros_like(saved[0][0])  # ∂L/∂u_t from the later steps
+        grad_u = torch.zeros_like(u[0])  # ∂L/∂u_t from the later steps
         grad_error = torch.zeros(batch, phi.shape[0], dtype=dtype)  # ∂L/∂e_t from the next step's pull
         grad_phi, grad_log_sigma = torch.zeros_like(phi), torch.zeros(phi.shape[0], dtype=dtype)
         grad_bias, grad_log_step = torch.zeros(phi.shape[1], dtype=dtype), 0.0
         for t in range(steps, 0, -1):
-            update, previous_error, counts, slope, residual = saved[t]
-            saved[t] = None  # released step by step, as autograd releases a node's tensors after its backward
-            grad_rates = _decode_backward(grad_error, grad_nll, counts, slope, residual, phi, inv_variance,
+            grad_rates = _decode_backward(grad_error, grad_nll, counts[t], slope[t], residual[t], phi, inv_variance,
                                           grad_phi, grad_log_sigma)
+            update = (u[t - 1], u[t], rates[t - 1], rates[t], store["s1"][t - 1], store["s2"][t - 1],
+                      store["pull"][t - 1], ctx.bias)
             grad_u, grad_g, step_terms = poisson_update_backward_arrays(grad_u, grad_rates, grad_kl, update, bound)
             grad_log_step += eta * float(step_terms.sum())
             grad_bias.sub_(grad_g.sum(0), alpha=eta)
             grad_pull = grad_g.mul_(eta)
             grad_error = grad_pull @ phi.T
-            grad_phi.addmm_(previous_error.T, grad_pull)
-        rates, counts, slope, residual = saved[0]
-        grad_rates = _decode_backward(grad_error, torch.zeros_like(grad_nll), counts, slope, residual, phi,
+            grad_phi.addmm_(error[t - 1].T, grad_pull)
+        grad_rates = _decode_backward(grad_error, torch.zeros_like(grad_nll), counts[0], slope[0], residual[0], phi,
                                       inv_variance, grad_phi, grad_log_sigma)
-        grad_initial = grad_u.add_(grad_rates.mul_(rates)).sum(0)  # u₀ = the initial vector for every input
-        ctx.saved = None
+        grad_initial = grad_u.add_(grad_rates.mul_(rates[0])).sum(0)  # u₀ = the initial vector for every input
+        ctx.store = None
+        if workspace is not None:
+            workspace.give_back(ctx)
         return (grad_phi, grad_log_sigma, grad_bias, torch.full((1,), grad_log_step, dtype=dtype), grad_initial,
                 None, None)
 

@@ -169,15 +169,16 @@ class _CompiledRelaxedPoisson(torch.autograd.Function):
         return grad * derivative, None, None, None, None, None, None
 
 
-def _relaxed_arrays(rates: Tensor, temperature: float, key1, key2, limits, sizes,
-                    indicator: int) -> tuple[Tensor, Tensor]:
-    """(counts, ∂counts/∂r) of contiguous CPU float rates from ``kernels.relaxed_counts``; FloatingPointError for a
-    non-finite rate."""
+def _relaxed_arrays(rates: Tensor, temperature: float, key1, key2, limits, sizes, indicator: int,
+                    out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """(counts, ∂counts/∂r) of contiguous CPU float rates from ``kernels.relaxed_counts`` (into ``out``, two
+    contiguous tensors of the rates' shape and dtype, if given); FloatingPointError for a non-finite rate."""
     from fond.families.kernels import relaxed_counts
     from fond.families.sampling import kernel_threads
 
     flat = rates.reshape(-1)
-    counts, derivative = torch.empty_like(flat), torch.empty_like(flat)
+    counts, derivative = (t.view(-1) for t in out) if out is not None else (torch.empty_like(flat),
+                                                                             torch.empty_like(flat))
     if relaxed_counts(flat.numpy(), counts.numpy(), derivative.numpy(), key1, key2, temperature, limits, sizes,
                       indicator, RELAXED_REACH[flat.dtype], kernel_threads(flat.numel())):
         raise FloatingPointError(NON_FINITE_RATE)
@@ -185,13 +186,14 @@ def _relaxed_arrays(rates: Tensor, temperature: float, key1, key2, limits, sizes
 
 
 def relaxed_draw(rates: Tensor, temperature: float, generator: torch.Generator | None, *,
-                 indicator: Indicator = "sigmoid", tail: float = 1e-3, max_terms: int = 1024) -> tuple[Tensor, Tensor]:
+                 indicator: Indicator = "sigmoid", tail: float = 1e-3, max_terms: int = 1024,
+                 out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``relaxed_poisson``'s compiled draw (element rule) without autograd: (counts, ∂counts/∂r), the shape of
-    ``rates`` (contiguous, CPU, float32/float64), for τ > 0 — the same key from ``generator`` and the same values,
-    for code that writes its own backward pass (``fond.unroll_engine``)."""
+    ``rates`` (contiguous, CPU, float32/float64; written into ``out`` if given), for τ > 0 — the same key from
+    ``generator`` and the same values, for code that writes its own backward pass (``fond.unroll_engine``)."""
     limits, sizes = _term_table(tail, max_terms, None)
     key1, key2 = draw_key(generator)
-    return _relaxed_arrays(rates, float(temperature), key1, key2, limits, sizes, _INDICATOR_CODES[indicator])
+    return _relaxed_arrays(rates, float(temperature), key1, key2, limits, sizes, _INDICATOR_CODES[indicator], out)
 
 
 def _term_table(tail: float, max_terms: int, n_terms: int | None) -> tuple:
@@ -272,14 +274,16 @@ def soft_clamp_upper(x: Tensor, c: float, floor: float = -8.0) -> Tensor:
 
 
 def poisson_update_arrays(u: Tensor, rates: Tensor, pull: Tensor, bias: Tensor, eta: float, c: float,
-                          floor: float) -> tuple[Tensor, ...]:
+                          floor: float, *, out: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
     """``PoissonFamily.training_update`` on contiguous CPU tensors without autograd
-    (``kernels.poisson_update_forward``): (u', e^{u'}, the clamps' slopes s1, s2, KL per input (B,) float64)."""
+    (``kernels.poisson_update_forward``): (u', e^{u'}, the clamps' slopes s1, s2, KL per input (B,) float64), written
+    into ``out`` (five contiguous tensors of those shapes and dtypes) if given."""
     from fond.families.kernels import poisson_update_forward, poisson_update_forward32
     from fond.families.sampling import kernel_threads
 
-    new, rates_out, s1, s2 = torch.empty((4, *u.shape), dtype=u.dtype)
-    kl = torch.empty(u.shape[0], dtype=torch.float64)
+    if out is None:
+        out = (*torch.empty((4, *u.shape), dtype=u.dtype), torch.empty(u.shape[0], dtype=torch.float64))
+    new, rates_out, s1, s2, kl = out
     kernel_threads(u.numel())
     forward = poisson_update_forward32 if u.dtype == torch.float32 else poisson_update_forward
     forward(u.numpy(), rates.numpy(), pull.numpy(), bias.numpy(), eta, c, floor, new.numpy(), rates_out.numpy(),

@@ -20,6 +20,7 @@ from fond.dynamics import Components, rollout, unroll
 from fond.models.common import ModelBase, check_input, check_loss_args
 from fond.result import TRACE_KEYS, InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW
+from fond.unroll_engine import UnrollWorkspace
 
 __all__ = ["IterativeVAE", "IPVAE", "IGVAE", "IBVAE", "InferenceResult", "UnrollLoss", "TRACE_KEYS"]
 
@@ -52,6 +53,8 @@ class IterativeVAE(ModelBase):
         for name, tensor in initial.items():
             self.register_parameter(name, nn.Parameter(tensor))
         self._family_param_names = tuple(initial)
+        #: the fused training unroll's storage, kept across iterations (empty until the first; not saved)
+        self.unroll_workspace = UnrollWorkspace()
 
     # -- parameters as the dynamics see them -------------------------------------------------------
     def components(self) -> Components:
@@ -69,7 +72,7 @@ class IterativeVAE(ModelBase):
         check_loss_args(steps, beta, temperature, clamp_fraction, generator)
         x = check_input(x, self.n_inputs, like=self.input_like)
         return unroll(self.components(), x, steps, beta=beta, temperature=temperature,
-                      clamp_fraction=clamp_fraction, generator=generator)
+                      clamp_fraction=clamp_fraction, generator=generator, workspace=self.unroll_workspace)
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
