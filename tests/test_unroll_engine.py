@@ -129,7 +129,8 @@ def test_two_live_unrolls_never_share_the_workspace():
     both = _grads_after(model, _model_loss(model, x, 0) + _model_loss(model, x[:5], 1))
     model.zero_grad(set_to_none=True)
     graphs = [unroll(model.components(), inputs, 5, beta=3.0, temperature=0.5, clamp_fraction=1.0,
-                     generator=torch.Generator().manual_seed(seed), fused=False) for inputs, seed in ((x, 0), (x[:5], 1))]
+                     generator=torch.Generator().manual_seed(seed), fused=False)
+              for inputs, seed in ((x, 0), (x[:5], 1))]
     reference = _grads_after(model, graphs[0].loss + graphs[1].loss)
     for name, grad in reference.items():
         torch.testing.assert_close(both[name], grad, rtol=1e-9, atol=1e-12 * float(grad.abs().max()), msg=name)

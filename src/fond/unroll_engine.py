@@ -132,8 +132,8 @@ def _storage(workspace: UnrollWorkspace | None, ctx, steps: int, batch: int, dic
 
 class _PoissonLinearUnroll(torch.autograd.Function):
     """Inputs: Φ (D, K), log σ (D,), b (K,), log η (1,), u₀ (K,), x (B, D), the settings (family, steps, β, τ, c,
-    generator, gradient bound, workspace). Outputs: the loss (scalar) and a (steps, 3) table of the per-step mean NLL, mean
-    KL and largest rate (no gradient)."""
+    generator, gradient bound, workspace). Outputs: the loss (scalar) and a (steps, 3) table of the per-step mean
+    NLL, mean KL and largest rate (no gradient)."""
 
     @staticmethod
     def forward(ctx, dictionary, log_sigma, bias, log_step, initial, x, settings):  # noqa: D102
