@@ -3,7 +3,8 @@
 A loop LLVM leaves scalar still gives the right numbers, so no other test notices; on an AMD EPYC without AVX-512
 the float32 training update ran 7× slower that way (its exponential's table lookup, a gather, made LLVM's Zen 3
 cost model keep the loop scalar). Each kernel is compiled afresh here (the cached ones cannot be inspected) and
-its optimised LLVM IR must hold vector arithmetic on floats.
+its optimised LLVM IR must hold at least half as many vector float operations as scalar ones (a vectorised loop
+keeps a scalar copy for its remainder).
 """
 
 import re
@@ -15,7 +16,8 @@ import pytest
 from fond.families import kernels
 
 F32 = np.float32
-_VECTOR_FLOAT = re.compile(r"<\d+ x (float|double)>")
+_VECTOR_ARITHMETIC = re.compile(r"= (fadd|fsub|fmul|fdiv)\b.*<\d+ x (float|double)>")
+_SCALAR_ARITHMETIC = re.compile(r"= (fadd|fsub|fmul|fdiv) [a-z ]*(float|double) ")
 
 
 def _compiled_ir(kernel, *args) -> str:
@@ -72,5 +74,11 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hot_kernel_loop_vectorises_on_this_cpu(name):
     kernel, make_args = CASES[name]
-    ir = _compiled_ir(kernel, *make_args())
-    assert _VECTOR_FLOAT.search(ir), f"{name}: LLVM left the loop scalar on this CPU"
+    lines = _compiled_ir(kernel, *make_args()).splitlines()
+    vector = sum(bool(_VECTOR_ARITHMETIC.search(line)) for line in lines)
+    scalar = sum(bool(_SCALAR_ARITHMETIC.search(line)) for line in lines)
+    # a vectorised loop keeps a scalar copy for the remainder, so about as many vector operations as scalar ones; a
+    # scalar loop with a few vector operations elsewhere (the training sampler's round before session 31: 26 against
+    # 211) is not vectorised
+    assert vector > 0 and vector >= 0.5 * scalar, f"{name}: LLVM left the loop scalar on this CPU ({vector} vector, " \
+                                                  f"{scalar} scalar float operations)"
