@@ -111,8 +111,9 @@ class UnrollWorkspace:
         if self._borrower is not None and self._borrower() is ctx:
             self._borrower = None
 
-    def __deepcopy__(self, memo) -> UnrollWorkspace:
-        return UnrollWorkspace()
+    def __reduce__(self):
+        """A copy (``copy.deepcopy``, pickling by Ray or multiprocessing) is an empty workspace: storage is scratch."""
+        return UnrollWorkspace, ()
 
 
 def _storage(workspace: UnrollWorkspace | None, ctx, steps: int, batch: int, dictionary_shape, dtype) -> dict:
