@@ -1,7 +1,7 @@
-"""The training unroll as one autograd Function (``fond.unroll_engine``) against the step-by-step autograd unroll
-(``fond.dynamics.unroll(..., fused=False)``), in the same run: ``fond bench``'s training row (the shipped iP-VAE of
-that D on held-out inputs, B 200, T_train 16, τ 0.5, β 24), best of 5 iterations (forward and backward) each,
-three alternating pairs.
+"""The training unroll as one autograd Function (``fond.unroll_engine``, with the model's workspace, as training
+runs it) against the step-by-step autograd unroll (``fond.dynamics.unroll(..., fused=False)``), in the same run:
+``fond bench``'s training row (the shipped iP-VAE of that D on held-out inputs, B 200, T_train 16, τ 0.5, β 24),
+best of 5 iterations (forward and backward) each, three alternating pairs.
 
     python benchmarks/fused_unroll.py [D]        (D 256 or 784)
 """
@@ -22,7 +22,8 @@ def main() -> None:
         def run() -> None:
             model.zero_grad(set_to_none=True)
             out = unroll(model.components(), x, 16, beta=24.0, temperature=0.5, clamp_fraction=1.0,
-                         generator=seeded_generator(0, x.device), fused=fused)
+                         generator=seeded_generator(0, x.device), fused=fused,
+                         workspace=model.unroll_workspace if fused else None)
             out.loss.backward()
         return run
 
