@@ -152,3 +152,22 @@ def test_a_dropped_unroll_frees_the_workspace_and_a_copy_starts_empty():
     assert model.unroll_workspace._borrower is None  # given back by the backward pass
     assert copy.deepcopy(model).unroll_workspace._tensors == {}
     assert not any("workspace" in key for key in model.state_dict())
+
+
+def test_a_failed_unroll_frees_the_workspace_and_a_second_backward_says_why_it_cannot_run():
+    """A NaN rate stops the unroll; the workspace must not stay lent to it (the traceback keeps its frame alive,
+    in a notebook for good), or every later iteration would allocate afresh. Backpropagating twice through one
+    fused unroll cannot work (its storage is released): one clear line, not a TypeError from inside."""
+    model, x = _model(), _x()
+    spoiled = model.decoder.dictionary.detach().clone()
+    spoiled[0, 0] = float("nan")
+    with torch.no_grad():
+        model.decoder.dictionary.copy_(spoiled)
+    with pytest.raises(FloatingPointError) as failure:
+        _model_loss(model, x, 0)
+    assert failure.value is not None and model.unroll_workspace._borrower is None
+    model, x = _model(), _x()
+    loss = _model_loss(model, x, 0)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward pass has run already"):
+        loss.backward()

@@ -143,20 +143,15 @@ class _PoissonLinearUnroll(torch.autograd.Function):
         inv_variance, constant = gaussian_precision(log_sigma)
         eta = float(torch.exp(log_step.detach()).reshape(()))
         store = _storage(workspace, ctx, steps, x.shape[0], phi.shape, x.dtype)
-        u, rates, counts, slope, error, residual, nll = (store[key] for key in (
-            "u", "rates", "counts", "slope", "error", "residual", "nll"))
-        u[0].copy_(initial.detach().expand(x.shape[0], -1))
-        torch.exp(u[0], out=rates[0])
-        draw = {"indicator": family.indicator, "tail": family.n_exp_tail, "max_terms": family.max_terms}
-        for t in range(steps + 1):
-            if t:
-                pull = torch.mm(error[t - 1], phi, out=store["pull"][t - 1])
-                poisson_update_arrays(u[t - 1], rates[t - 1], pull, bias, eta, c, family.floor, out=(
-                    u[t], rates[t], store["s1"][t - 1], store["s2"][t - 1], store["kl"][t - 1]))
-            relaxed_draw(rates[t], temperature, generator, **draw, out=(counts[t], slope[t]))
-            decoded = torch.mm(counts[t], phi.T, out=store["decoded"])
-            gaussian_terms_arrays(x, decoded, inv_variance, constant, out=(error[t], residual[t], nll[t]))
-        nll_steps, kl_steps = nll[1:], store["kl"].to(x.dtype)  # (steps, B)
+        try:
+            _forward_steps(store, initial, phi, bias, x, eta, c, temperature, generator, family, inv_variance,
+                           constant)
+        except BaseException:  # (a failed unroll, or an interrupt, leaves the workspace free)
+            if workspace is not None:
+                workspace.give_back(ctx)
+            raise
+        rates = store["rates"]
+        nll_steps, kl_steps = store["nll"][1:], store["kl"].to(x.dtype)  # (steps, B)
         scale = 256.0 / x.shape[1]
         loss = (nll_steps + beta * kl_steps).mean(1).sum() / steps * scale
         ctx.store, ctx.phi, ctx.bias, ctx.inv_variance, ctx.eta, ctx.scale = store, phi, bias, inv_variance, eta, scale
@@ -168,6 +163,9 @@ class _PoissonLinearUnroll(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_table):  # noqa: D102
+        if ctx.store is None:
+            raise RuntimeError("the fused unroll's backward pass has run already (its storage is released); to "
+                               "backpropagate twice, unroll with fused=False")
         _, steps, beta, _, _, _, bound, workspace = ctx.settings
         phi, inv_variance, eta, store = ctx.phi, ctx.inv_variance, ctx.eta, ctx.store
         u, rates, counts, slope, error, residual = (store[key] for key in (
@@ -198,6 +196,25 @@ class _PoissonLinearUnroll(torch.autograd.Function):
             workspace.give_back(ctx)
         return (grad_phi, grad_log_sigma, grad_bias, torch.full((1,), grad_log_step, dtype=dtype), grad_initial,
                 None, None)
+
+
+def _forward_steps(store: dict, initial: Tensor, phi: Tensor, bias: Tensor, x: Tensor, eta: float, c: float,
+                   temperature: float, generator, family, inv_variance: Tensor, constant: float) -> None:
+    """The unroll's forward pass into ``store`` (``_storage``): u₀ and r₀ = e^{u₀}, then per step the pull, the
+    update, the relaxed draw, the decode and the Gaussian terms."""
+    u, rates, counts, slope, error, residual, nll = (store[key] for key in (
+        "u", "rates", "counts", "slope", "error", "residual", "nll"))
+    u[0].copy_(initial.detach().expand(x.shape[0], -1))
+    torch.exp(u[0], out=rates[0])
+    draw = {"indicator": family.indicator, "tail": family.n_exp_tail, "max_terms": family.max_terms}
+    for t in range(u.shape[0]):
+        if t:
+            pull = torch.mm(error[t - 1], phi, out=store["pull"][t - 1])
+            poisson_update_arrays(u[t - 1], rates[t - 1], pull, bias, eta, c, family.floor, out=(
+                u[t], rates[t], store["s1"][t - 1], store["s2"][t - 1], store["kl"][t - 1]))
+        relaxed_draw(rates[t], temperature, generator, **draw, out=(counts[t], slope[t]))
+        decoded = torch.mm(counts[t], phi.T, out=store["decoded"])
+        gaussian_terms_arrays(x, decoded, inv_variance, constant, out=(error[t], residual[t], nll[t]))
 
 
 def _decode_backward(grad_error: Tensor, grad_nll: Tensor, counts: Tensor, slope: Tensor, residual: Tensor,
