@@ -72,7 +72,11 @@ MODEL_CHANGES = {("ipvae", "natural", "quick"): {"grad_clip": 50.0, "lr": 0.002,
                  ("gvae-relu", "natural", "quick"): {"beta": 0.01},
                  ("pvae", "natural", "paper"): {**POISSONVAE_PAPER, "beta": 0.01},
                  ("gvae", "natural", "paper"): POISSONVAE_PAPER,
-                 ("gvae-relu", "natural", "paper"): POISSONVAE_PAPER}
+                 ("gvae-relu", "natural", "paper"): POISSONVAE_PAPER,
+                 # sparse coding learns its dictionary by SGD (lr 1, no weight decay) in every preset
+                 **{(model, kind, name): {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0}
+                    for model in ("lca", "ista", "fista") for kind in ("natural", "mnist")
+                    for name in ("quick", "paper", "fond")}}
 DATA_SPECS = {"natural": (None, "natural16", "natural16-lcn", "patches.npy"),
               "mnist": ("mnist", "mnist-test", "mnist-raw", "mnist-raw-60k")}
 

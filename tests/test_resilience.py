@@ -80,13 +80,14 @@ def baseline(tmp_path_factory):
 # exact resume, in process
 
 
-@pytest.mark.parametrize("model", ["ipvae", "igvae-relu", "savae", "pvae", "ista"])
-def test_resume_is_exact_for_every_kind_of_model_state(tmp_path, model):
-    """Resuming must restore all state (Adamax moments and step counts, schedules, batch order, sampler
-    streams, buffers such as the hybrid models' refine β, after_update renormalisation), else a resumed run
-    drifts from the one it replaces."""
+@pytest.mark.parametrize("model, optimizer", [("ipvae", "adamax"), ("igvae-relu", "adamax"), ("savae", "adamax"),
+                                              ("pvae", "adamax"), ("ista", "adamax"), ("lca", "sgd")])
+def test_resume_is_exact_for_every_kind_of_model_state(tmp_path, model, optimizer):
+    """Resuming must restore all state (Adamax moments and step counts, SGD's momentum, schedules, batch order,
+    sampler streams, buffers such as the hybrid models' refine β, after_update renormalisation), else a resumed
+    run drifts from the one it replaces."""
     mc = ModelConfig(n_inputs=16, n_latents=8, model=model, init_scale=0.05, encoder_hidden=16)
-    cfg = _cfg(iterations=14, checkpoint_every=3)
+    cfg = _cfg(iterations=14, checkpoint_every=3, optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 5e-3)
     global_state = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     straight = train(_data(), cfg, tmp_path / "a", model_config=mc, progress=False)
     # training draws nothing from the global generators, whose state no checkpoint could restore exactly

@@ -166,3 +166,19 @@ def test_momentum_sets_adamax_beta1_and_is_validated():
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ConfigError, match="momentum"):
             TrainConfig(momentum=bad)
+
+
+def test_optimizer_sgd_takes_plain_steps_with_momentum_and_others_are_refused():
+    """``optimizer="sgd"`` is torch's SGD at the config's lr and momentum, weight decay on the decoder only (the
+    sparse-coding presets' dictionary learning); an unknown name is one config error naming the key."""
+    from fond.train import build_optimizer
+
+    model = fond.IPVAE(16, 4)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.5, momentum=0.8, weight_decay=1e-3))
+    assert type(optimizer) is torch.optim.SGD
+    assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (0.5, 0.8, 1e-3), (0.5, 0.8, 0.0)]
+    assert type(build_optimizer(model, TrainConfig())) is torch.optim.Adamax
+    for bad in ("adam", "SGD", None):
+        with pytest.raises(ConfigError, match="optimizer"):
+            TrainConfig(optimizer=bad)

@@ -21,9 +21,9 @@ from fond.errors import ConfigError, read_bytes
 from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
 from fond.validate import require as _require
 
-__all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS", "PRESETS",
-           "PRESET_SCHEDULES", "PAPER_DATA", "preset", "preset_model_options", "load_json", "config_from_dict",
-           "data_kind", "updates_for_epochs"]
+__all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS",
+           "OPTIMIZERS", "PRESETS", "PRESET_SCHEDULES", "PAPER_DATA", "preset", "preset_model_options", "load_json",
+           "config_from_dict", "data_kind", "updates_for_epochs"]
 
 #: quick: minutes on 2 CPU cores; paper: the authors' recipe (DESIGN.md §7); fond: the paper's schedule with
 #: fond's own choices (exact KL, weight decay on the dictionary only, centred 50k MNIST digits)
@@ -35,6 +35,9 @@ T = TypeVar("T")
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
+
+#: the trainer's optimizers (``TrainConfig.optimizer``, ``fond.train.build_optimizer``)
+OPTIMIZERS: tuple[str, ...] = ("adamax", "sgd")
 
 #: the paper's models (every name ``fond.registry.model_names()`` lists is a model, plug-ins' included)
 MODELS: tuple[str, ...] = BUILTIN_MODELS
@@ -150,11 +153,14 @@ class TrainConfig:
     """Learning to infer by backpropagation through the unrolled inference (DESIGN.md §2.4).
 
     steps: T_train, inference steps unrolled per batch. beta: KL weight β at full strength.
-    iterations: parameter updates in total. batch_size: inputs per update. lr / lr_min: Adamax peak
-    and final learning rate (cosine after a linear warm-up of warmup_fraction of the run). momentum: Adamax's
-    β1, the decay of its running mean of gradients (0.9: a mean over ~10 updates; 0.99: ~100).
-    weight_decay: Adamax's (L2, added to the gradient) on the decoder's parameters; with decay_log_params on
-    every parameter (log σ_x, log b, step sizes, initial states, gains too: the authors' scope).
+    iterations: parameter updates in total. batch_size: inputs per update. optimizer: "adamax" (the authors'; every
+    VAE) or "sgd" (plain gradient steps with momentum: classical dictionary learning, the sparse-coding models'
+    presets — Adamax moves every entry of Φ by about lr per update whatever its gradient, so the entries that
+    only see noise random-walk and the atoms stay noisy). lr / lr_min: peak and final learning rate (cosine
+    after a linear warm-up of warmup_fraction of the run). momentum: Adamax's β1, the decay of its running mean
+    of gradients (0.9: a mean over ~10 updates; 0.99: ~100), or SGD's momentum. weight_decay: L2, added to the
+    gradient, on the decoder's parameters; with decay_log_params on every parameter (log σ_x, log b, step
+    sizes, initial states, gains too: the authors' scope).
     grad_clip: max global gradient norm (3× during warm-up). beta_min, beta_const_fraction,
     beta_ramp_fraction: β is beta_min for the first const fraction, then ramps linearly to beta over
     ramp fraction; the clamp bound c ramps over the same window. temp_start/stop,
@@ -170,6 +176,7 @@ class TrainConfig:
     beta: float = 24.0
     iterations: int = 2000
     batch_size: int = 200
+    optimizer: str = "adamax"
     lr: float = 5e-3
     lr_min: float = 1e-5
     momentum: float = 0.9
@@ -207,6 +214,8 @@ class TrainConfig:
                     "temp_anneal_fraction"):
             _require(_finite(getattr(self, key)), key, f"must be a finite number, got {getattr(self, key)!r}")
         _require(self.beta >= 0, "beta", f"must be ≥ 0, got {self.beta}")
+        _require(self.optimizer in OPTIMIZERS, "optimizer",
+                 f"expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _require(self.lr > 0, "lr", "must be > 0")
         _require(0 <= self.lr_min <= self.lr, "lr_min", "need 0 ≤ lr_min ≤ lr")
         _require(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")

@@ -51,11 +51,12 @@ class PresetValues:
 
     steps / beta: the ``fond`` and ``paper`` presets' T_train (inference steps unrolled per batch) and KL weight
     β. quick_steps / quick_beta: the ``quick`` preset's, None for the same as ``fond``'s; paper_beta: the
-    ``paper`` preset's β, None for ``beta``. quick_schedule / paper_schedule: ``TrainConfig`` fields this
-    model's ``quick`` / ``paper`` preset sets on top of the data kind's schedule
-    (``fond.config.PRESET_SCHEDULES``). quick_model_options / paper_model_options: ``ModelConfig`` fields the
-    preset sets (e.g. ``encoder``, ``family_options``); explicit options win, key by key inside
-    ``family_options``. The ``fond`` preset sets none of these.
+    ``paper`` preset's β, None for ``beta``. schedule: ``TrainConfig`` fields every preset of this model sets on
+    top of the data kind's schedule (``fond.config.PRESET_SCHEDULES``; e.g. the sparse-coding models' SGD);
+    quick_schedule / paper_schedule: those the ``quick`` / ``paper`` preset sets on top of that.
+    quick_model_options / paper_model_options: ``ModelConfig`` fields the preset sets (e.g. ``encoder``,
+    ``family_options``); explicit options win, key by key inside ``family_options``. The ``fond`` preset sets
+    none of these.
     """
 
     steps: int = 16
@@ -63,18 +64,21 @@ class PresetValues:
     quick_steps: int | None = None
     quick_beta: float | None = None
     paper_beta: float | None = None
+    schedule: Mapping[str, Any] = field(default_factory=dict, hash=False)
     quick_schedule: Mapping[str, Any] = field(default_factory=dict, hash=False)
     paper_schedule: Mapping[str, Any] = field(default_factory=dict, hash=False)
     quick_model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     paper_model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        for key in ("quick_schedule", "paper_schedule", "quick_model_options", "paper_model_options"):
+        for key in ("schedule", "quick_schedule", "paper_schedule", "quick_model_options", "paper_model_options"):
             object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
 
     def schedule_for_preset(self, name: str) -> Mapping[str, Any]:
-        """The ``TrainConfig`` fields this model sets in preset ``name`` ("quick", "paper"; none for others)."""
-        return {"quick": self.quick_schedule, "paper": self.paper_schedule}.get(name, MappingProxyType({}))
+        """The ``TrainConfig`` fields this model sets in preset ``name``: ``schedule``, then the "quick" or "paper"
+        preset's own."""
+        own = {"quick": self.quick_schedule, "paper": self.paper_schedule}.get(name, {})
+        return MappingProxyType({**self.schedule, **own})
 
     def model_options_for_preset(self, name: str) -> Mapping[str, Any]:
         """The ``ModelConfig`` fields this model sets in preset ``name`` ("quick", "paper"; none for others)."""
@@ -268,11 +272,19 @@ _PVAE_PAPER_CLAMP = {"clamp_init": 5.0, "clamp_final": 5.0}
 #: point estimates learn their dictionary on converged codes: T_train is the number of inference steps run
 #: (without gradient) before each dictionary update; β is unused (λ is their knob)
 _POINT_PRESETS = {"natural": PresetValues(100, 0.0), "mnist": PresetValues(100, 0.0)}
+#: sparse coding learns its unit-norm atoms by classical dictionary learning, plain gradient steps (SGD, momentum
+#: 0.9, lr 1 at the loss's scale; no weight decay: the atoms are renormalised after each step). Under Adamax every
+#: entry moved by about lr per update whatever its gradient: the quick LCA's atoms stayed noisy (32 % Gabor-like,
+#: d 0.188 at lr 5·10⁻³; at 10⁻³ and 3·10⁻⁴ they hardly left their random start); with SGD the 128 most active
+#: atoms are all Gabor-like and d 0.146 in the same 1500 updates (docs/models.md)
+_SPARSE_CODING_SCHEDULE = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0}
+_SPARSE_CODING_PRESETS = {kind: PresetValues(100, 0.0, schedule=_SPARSE_CODING_SCHEDULE) for kind in DATA_KINDS}
 
 
-def _point_estimate(name: str, model_class: str, method_options: str, title: str) -> ModelSpec:
+def _point_estimate(name: str, model_class: str, method_options: str, title: str,
+                    presets: Mapping[str, PresetValues] = MappingProxyType(_POINT_PRESETS)) -> ModelSpec:
     return ModelSpec(name, model_class, kind="point-estimate", method_options=method_options, title=title,
-                     accepts_online_input=False, linear_decoder_only=True, presets=_POINT_PRESETS)
+                     accepts_online_input=False, linear_decoder_only=True, presets=presets)
 
 
 _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
@@ -305,9 +317,12 @@ _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
     # point estimates: predictive coding and sparse coding
     _point_estimate("pc", "fond.models.predictive_coding:PredictiveCoding",
                     "fond.models.predictive_coding:PredictiveCodingOptions", "predictive coding"),
-    _point_estimate("lca", f"{_SPARSE}:LCA", f"{_SPARSE}:SparseCodingOptions", "LCA"),
-    _point_estimate("ista", f"{_SPARSE}:ISTA", f"{_SPARSE}:SparseCodingOptions", "ISTA"),
-    _point_estimate("fista", f"{_SPARSE}:FISTA", f"{_SPARSE}:SparseCodingOptions", "FISTA"),
+    _point_estimate("lca", f"{_SPARSE}:LCA", f"{_SPARSE}:SparseCodingOptions", "LCA",
+                    _SPARSE_CODING_PRESETS),
+    _point_estimate("ista", f"{_SPARSE}:ISTA", f"{_SPARSE}:SparseCodingOptions", "ISTA",
+                    _SPARSE_CODING_PRESETS),
+    _point_estimate("fista", f"{_SPARSE}:FISTA", f"{_SPARSE}:SparseCodingOptions", "FISTA",
+                    _SPARSE_CODING_PRESETS),
     # the Poisson family as a model of its own is iP-VAE's: its quick clamp, the authors' KL and sampler
     family_model_spec("poisson", presets={"natural": PresetValues(16, 8.0, **_POISSON_OPTIONS),
                                           "mnist": PresetValues(16, 1.0, **_POISSON_OPTIONS)}),

@@ -3,7 +3,8 @@
 ``load_model(DIR)`` (``fond.load``) rebuilds a model from ``config.json`` + ``model.safetensors``.
 
 A training checkpoint (``checkpoint.safetensors``, the one before it kept as ``checkpoint.prev.safetensors``)
-holds the model's tensors as ``model.NAME``, the Adamax state as ``optim.NAME.{step,exp_avg,exp_inf}`` and,
+holds the model's tensors as ``model.NAME``, the optimizer's state as ``optim.NAME.SLOT`` (Adamax: step, exp_avg,
+exp_inf; SGD: momentum_buffer) and,
 in its metadata, the iteration, the model and training configurations and the data description: with the
 seeded streams of ``fond.train`` that is the whole state, so a run resumed from it ends where an
 uninterrupted one does. ``write_checkpoint`` writes one; ``resume_from_checkpoint`` validates and loads the
@@ -33,7 +34,8 @@ __all__ = ["load_model", "read_run", "training_split", "write_checkpoint", "resu
            "run_configuration", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fond-checkpoint"
-_OPTIMIZER_SLOTS = ("step", "exp_avg", "exp_inf")  # Adamax's per-parameter state
+#: each optimizer's per-parameter state (``TrainConfig.optimizer``): "step" a scalar, the others the parameter's shape
+_OPTIMIZER_SLOTS = {torch.optim.Adamax: ("step", "exp_avg", "exp_inf"), torch.optim.SGD: ("momentum_buffer",)}
 
 #: tensors renamed since the first release (the dictionary moved into the decoder module)
 _LEGACY_TENSOR_NAMES = {"dictionary": "decoder.dictionary"}
@@ -132,7 +134,8 @@ def _optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer)
     out = {}
     for param, state in optimizer.state.items():
         for key, value in state.items():
-            out[f"optim.{names[id(param)]}.{key}"] = torch.as_tensor(value)
+            if value is not None:  # (SGD without momentum keeps a None buffer)
+                out[f"optim.{names[id(param)]}.{key}"] = torch.as_tensor(value)
     return out
 
 
@@ -211,10 +214,11 @@ def run_configuration(directory: str | os.PathLike[str]) -> tuple[TrainConfig, M
 # ---- restoring it -------------------------------------------------------------------------------------------
 
 
-def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor],
-                     params: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.Tensor]]:
-    """The ``optim.*`` tensors as parameter name → slot → tensor, each checked (known parameter and slot,
-    shape, finite, every slot present); one-line ``CheckpointError`` naming the first problem otherwise."""
+def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter],
+                     slots: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    """The ``optim.*`` tensors as parameter name → slot → tensor, each checked (known parameter, one of the
+    optimizer's ``slots``, shape, finite, every slot present); one-line ``CheckpointError`` naming the first
+    problem otherwise."""
     optim: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if not key.startswith("optim."):
@@ -222,8 +226,8 @@ def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor],
         name, _, slot = key[len("optim."):].rpartition(".")
         if name not in params:
             raise CheckpointError(f"{path}: optimizer state for unknown parameter '{name}' (wrong model?)")
-        if slot not in _OPTIMIZER_SLOTS:
-            raise CheckpointError(f"{path}: unknown optimizer state '{key}'")
+        if slot not in slots:
+            raise CheckpointError(f"{path}: unknown optimizer state '{key}' (another optimizer's?)")
         shape = () if slot == "step" else params[name].shape
         if value.shape != shape:
             raise CheckpointError(f"{path}: optimizer state '{key}' has shape {tuple(value.shape)}, the model "
@@ -231,9 +235,9 @@ def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor],
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{path}: optimizer state '{key}' holds NaN or Inf")
         optim.setdefault(name, {})[slot] = value
-    for name, slots in optim.items():
-        if len(slots) != len(_OPTIMIZER_SLOTS):
-            lacking = next(s for s in _OPTIMIZER_SLOTS if s not in slots)
+    for name, held in optim.items():
+        if len(held) != len(slots):
+            lacking = next(s for s in slots if s not in held)
             raise CheckpointError(f"{path}: missing optimizer state 'optim.{name}.{lacking}'")
     return optim
 
@@ -248,11 +252,11 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Modul
     if other:
         raise CheckpointError(f"{path}: unexpected tensor '{other[0]}' (not a fond training checkpoint?)")
     check_tensors(path, model_tensors, _model_tensors(model))
-    optim = _optimizer_state(path, tensors, params)
+    optim = _optimizer_state(path, tensors, params, _OPTIMIZER_SLOTS[type(optimizer)])
     model.load_state_dict({k[len("model."):]: v for k, v in model_tensors.items()})
     optimizer.state.clear()
     for name, slots in optim.items():
-        # Adamax keeps its step count on the CPU, its moments beside the parameter
+        # Adamax keeps its step count on the CPU, its moments (as SGD its momentum) beside the parameter
         optimizer.state[params[name]] = {slot: value.clone() if slot == "step" else value.to(params[name].device,
                                                                                             copy=True)
                                           for slot, value in slots.items()}

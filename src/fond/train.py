@@ -206,10 +206,14 @@ def _step_sizes(model: torch.nn.Module) -> float | list[float] | None:
     return sizes[0] if len(sizes) == 1 else sizes
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adamax:
-    """The trainer's optimizer: Adamax (β1 ``cfg.momentum``, default 0.9; β2 0.999; eps 1e-8) at ``cfg.lr`` with
-    ``cfg.weight_decay`` on the decoder's parameters, or on every parameter with ``cfg.decay_log_params``."""
-    return torch.optim.Adamax(_param_groups(model, cfg), lr=cfg.lr, betas=(cfg.momentum, 0.999), eps=1e-8)
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The trainer's optimizer (``cfg.optimizer``): Adamax (β1 ``cfg.momentum``, default 0.9; β2 0.999; eps 1e-8) or
+    SGD with momentum ``cfg.momentum``, at ``cfg.lr``, with ``cfg.weight_decay`` on the decoder's parameters, or on
+    every parameter with ``cfg.decay_log_params``."""
+    groups = _param_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adamax(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), eps=1e-8)
 
 
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ so ``Lasso(alpha=λ/D, fit_intercept=False)`` with X = Φ, y = x has the same mi
 
 Learning (``unroll_loss``) is classical dictionary learning: infer the code without gradients, then take a
 gradient step on ½‖x − Φa*‖² + λ‖a*‖₁ w.r.t. Φ alone, and renormalise every atom (column of Φ) to unit
-length after each update (``after_update``). ``MAPCoding`` is the shared base class (also used by
+length after each update (``after_update``). The presets take plain gradient steps (``TrainConfig.optimizer``
+"sgd", lr 1): under Adamax, which moves every entry by about lr per update whatever its gradient, the atoms
+stay noisy (``fond.registry``). ``MAPCoding`` is the shared base class (also used by
 ``fond.models.predictive_coding``): a linear dictionary, a point-estimate code found by deterministic
 iterative dynamics, and the interface every ``fond`` model offers.
 """
