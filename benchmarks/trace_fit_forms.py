@@ -24,7 +24,7 @@ import torch
 from fond.bench import _inputs, _model, _shipped_run
 from fond.families import kernels  # (numba as fond loads it: after the vector-width choice)
 from fond.families.kernels import block_rows, row_blocks
-from fond.families.sparse_kernels import _axpy, _axpy4, _residual_sums, poisson_trace_rows
+from fond.families.sparse_kernels import _axpy, _axpy4, _residual_sums, accumulate_rows, poisson_trace_rows
 
 nb = kernels.nb
 
@@ -93,17 +93,10 @@ def decode_tiled(spikes, w, x, precision, groups, out):
             count[r] = _nonzero(spikes[first + r], index[r])
         for top in range(TILE, k + TILE, TILE):
             for r in range(n):
-                zb, ix, a, j = spikes[first + r], index[r], acc[r], done[r]
-                e = j
-                while e < count[r] and ix[e] < top:
+                e = done[r]
+                while e < count[r] and index[r, e] < top:
                     e += 1
-                while j + 4 <= e:
-                    k0, k1, k2, k3 = ix[j], ix[j + 1], ix[j + 2], ix[j + 3]
-                    _axpy4(a, zb[k0], zb[k1], zb[k2], zb[k3], w[k0], w[k1], w[k2], w[k3])
-                    j += 4
-                while j < e:
-                    _axpy(a, zb[ix[j]], w[ix[j]])
-                    j += 1
+                accumulate_rows(acc[r], spikes[first + r], w, index[r], done[r], e)
                 done[r] = e
         for r in range(n):
             out[first + r, 0], out[first + r, 1] = _residual_sums(x[first + r], acc[r], precision)

@@ -21,7 +21,7 @@ import numpy as np
 
 from fond.families.kernels import block_rows, rate_row_stats, row_blocks  # (before numba: its vector width)
 
-__all__ = ["sparse_addmm", "poisson_trace_rows", "SPARSE_RESIDUALS_BELOW"]
+__all__ = ["sparse_addmm", "poisson_trace_rows", "accumulate_rows", "SPARSE_RESIDUALS_BELOW"]
 
 import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 
@@ -43,6 +43,19 @@ def _axpy(acc, v, w):  # pragma: no cover - compiled
         acc[n] += v * w[n]
 
 
+@nb.njit(error_model="numpy", boundscheck=False, inline="always")
+def accumulate_rows(acc, zb, w, index, first, end):  # pragma: no cover - compiled
+    """acc += Σ_j zb[k]·w[k] for k = index[j], first ≤ j < end: four rows of w a pass."""
+    j = first
+    while j + 4 <= end:
+        k0, k1, k2, k3 = index[j], index[j + 1], index[j + 2], index[j + 3]
+        _axpy4(acc, zb[k0], zb[k1], zb[k2], zb[k3], w[k0], w[k1], w[k2], w[k3])
+        j += 4
+    while j < end:
+        _axpy(acc, zb[index[j]], w[index[j]])
+        j += 1
+
+
 @nb.njit(error_model="numpy", boundscheck=False)
 def _accumulate(acc, zb, w, index):  # pragma: no cover - compiled
     """acc += Σ_k zb[k]·w[k] over the non-zero entries of zb (``index``: scratch of zb's size)."""
@@ -50,14 +63,7 @@ def _accumulate(acc, zb, w, index):  # pragma: no cover - compiled
     for k in range(zb.size):  # branch-free compaction of the non-zero positions
         index[m] = k
         m += zb[k] != 0
-    j = 0
-    while j + 4 <= m:
-        k0, k1, k2, k3 = index[j], index[j + 1], index[j + 2], index[j + 3]
-        _axpy4(acc, zb[k0], zb[k1], zb[k2], zb[k3], w[k0], w[k1], w[k2], w[k3])
-        j += 4
-    while j < m:
-        _axpy(acc, zb[index[j]], w[index[j]])
-        j += 1
+    accumulate_rows(acc, zb, w, index, 0, m)
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
