@@ -47,14 +47,14 @@ def test_a_short_natural_patch_run_makes_the_atoms_gabor_like(tmp_path):
 SPARSE_ITERATIONS = 300
 
 
-def _lca_run(tmp_path, **schedule_fields):
-    data = load_data("natural16", n_train=60_000, n_val=500, seed=0)
+SPARSE_MODEL = ModelConfig(n_inputs=256, n_latents=LATENTS, model="lca")
+
+
+def _lca_gabor_fraction(data, folder, **schedule_fields) -> float:
+    """The Gabor fraction of LCA after ``SPARSE_ITERATIONS`` updates of its quick recipe (with ``schedule_fields``)."""
     schedule = replace(preset("quick", "lca", "natural16"), iterations=SPARSE_ITERATIONS, eval_every=10_000,
                        checkpoint_every=10_000, time_limit_minutes=None, **schedule_fields)
-    model_config = ModelConfig(n_inputs=256, n_latents=LATENTS, model="lca")
-    untrained = _gabor_fraction(build_model(model_config, seed=schedule.seed), data.val)
-    model = train(data, schedule, tmp_path, model_config=model_config, progress=False).model
-    return untrained, _gabor_fraction(model, data.val)
+    return _gabor_fraction(train(data, schedule, folder, model_config=SPARSE_MODEL, progress=False).model, data.val)
 
 
 @pytest.mark.slow
@@ -62,8 +62,10 @@ def test_sparse_coding_learns_gabor_atoms_by_plain_gradient_steps(tmp_path):
     """Classical dictionary learning (SGD on ½‖x − Φa*‖² at the inferred code, unit-norm atoms) gives sparse coding
     its Gabor dictionary; Adamax, moving every entry by ~lr per update whatever its gradient, keeps the atoms
     noisy. Oracle: the untrained dictionary (random unit-norm atoms) and the same run under Adamax."""
-    untrained, sgd = _lca_run(tmp_path / "sgd")
-    _, adamax = _lca_run(tmp_path / "adamax", optimizer="adamax", lr=5e-3, weight_decay=3e-4)
+    data = load_data("natural16", n_train=60_000, n_val=500, seed=0)
+    untrained = _gabor_fraction(build_model(SPARSE_MODEL, seed=preset("quick", "lca").seed), data.val)
+    sgd = _lca_gabor_fraction(data, tmp_path / "sgd")
+    adamax = _lca_gabor_fraction(data, tmp_path / "adamax", optimizer="adamax", lr=5e-3, weight_decay=3e-4)
     assert untrained <= 2 / 128, f"an untrained dictionary should not look Gabor-like ({untrained:.0%})"
     assert sgd >= 0.6, f"{SPARSE_ITERATIONS} SGD updates: {sgd:.0%} well fit ({untrained:.0%} untrained)"
     assert sgd >= adamax + 0.3, f"SGD {sgd:.0%} against Adamax {adamax:.0%}"

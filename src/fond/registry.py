@@ -276,7 +276,7 @@ _POINT_PRESETS = {"natural": PresetValues(100, 0.0), "mnist": PresetValues(100, 
 #: 0.9, lr 1 at the loss's scale; no weight decay: the atoms are renormalised after each step). Under Adamax every
 #: entry moved by about lr per update whatever its gradient: the quick LCA's atoms stayed noisy (32 % Gabor-like,
 #: d 0.188 at lr 5·10⁻³; at 10⁻³ and 3·10⁻⁴ they hardly left their random start); with SGD the 128 most active
-#: atoms are all Gabor-like and d 0.146 in the same 1500 updates (docs/models.md)
+#: atoms are all Gabor-like and d 0.143 in the same 1500 updates (docs/models.md)
 _SPARSE_CODING_SCHEDULE = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0}
 _SPARSE_CODING_PRESETS = {kind: PresetValues(100, 0.0, schedule=_SPARSE_CODING_SCHEDULE) for kind in DATA_KINDS}
 
@@ -285,6 +285,12 @@ def _point_estimate(name: str, model_class: str, method_options: str, title: str
                     presets: Mapping[str, PresetValues] = MappingProxyType(_POINT_PRESETS)) -> ModelSpec:
     return ModelSpec(name, model_class, kind="point-estimate", method_options=method_options, title=title,
                      accepts_online_input=False, linear_decoder_only=True, presets=presets)
+
+
+def _sparse_coding(title: str) -> ModelSpec:
+    """LCA, ISTA or FISTA: ``fond.models.sparse_coding``'s class ``title``, named in lower case."""
+    return _point_estimate(title.lower(), f"{_SPARSE}:{title}", f"{_SPARSE}:SparseCodingOptions", title,
+                           _SPARSE_CODING_PRESETS)
 
 
 _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
@@ -317,12 +323,7 @@ _BUILTIN_SPECS: tuple[ModelSpec, ...] = (
     # point estimates: predictive coding and sparse coding
     _point_estimate("pc", "fond.models.predictive_coding:PredictiveCoding",
                     "fond.models.predictive_coding:PredictiveCodingOptions", "predictive coding"),
-    _point_estimate("lca", f"{_SPARSE}:LCA", f"{_SPARSE}:SparseCodingOptions", "LCA",
-                    _SPARSE_CODING_PRESETS),
-    _point_estimate("ista", f"{_SPARSE}:ISTA", f"{_SPARSE}:SparseCodingOptions", "ISTA",
-                    _SPARSE_CODING_PRESETS),
-    _point_estimate("fista", f"{_SPARSE}:FISTA", f"{_SPARSE}:SparseCodingOptions", "FISTA",
-                    _SPARSE_CODING_PRESETS),
+    *(_sparse_coding(title) for title in ("LCA", "ISTA", "FISTA")),
     # the Poisson family as a model of its own is iP-VAE's: its quick clamp, the authors' KL and sampler
     family_model_spec("poisson", presets={"natural": PresetValues(16, 8.0, **_POISSON_OPTIONS),
                                           "mnist": PresetValues(16, 1.0, **_POISSON_OPTIONS)}),
