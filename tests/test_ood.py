@@ -93,6 +93,16 @@ def test_evaluation_reports_every_set_and_ranks_models(tmp_path):
         ood_evaluation(model, {"rotating": torch.zeros(3, 2, 784).numpy()}, steps=6)
 
 
+def test_plot_takes_models_without_the_online_set(tmp_path):
+    """A point estimate (predictive coding) takes no online input: its results lack "rotating", and the figure
+    still draws every set, with the models that have it (it raised KeyError when the first model had the set)."""
+    model = build_model(ModelConfig(n_inputs=784, n_latents=8, model="ipvae"), seed=0)
+    result = ood_evaluation(model, ood_sets(_bar(4), steps=6, sets=["mnist", "rotating"]), steps=6)
+    static = OODResult("pc", 6, {"mnist": result.final["mnist"]}, {"mnist": result.curves["mnist"]})
+    for order in ({"ipvae": result, "pc": static}, {"pc": static, "ipvae": result}):
+        assert plot_ood(order, tmp_path / "ood.png").is_file()
+
+
 def test_centre_is_subtracted_from_every_set_after_transforming():
     """Rotations act on raw digits (zero background); the centre is removed afterwards, from every set."""
     centre = np.full(784, 0.25, np.float32)

@@ -149,7 +149,8 @@ def ood_table(results: Mapping[str, OODResult], key: str = "r2_rates") -> dict[s
 
 def plot_ood(results: Mapping[str, OODResult], path: str | os.PathLike[str], key: str = "r2_rates") -> Path:
     """One panel per test set: R² (``key``) against the inference step (log axis), one line per model."""
-    sets = list(next(iter(results.values())).curves) if results else []
+    # the union of the models' sets: a model that cannot take online input (a point estimate) has no "rotating"
+    sets = sorted({s for r in results.values() for s in r.curves}, key=lambda s: (OOD_SETS + (s,)).index(s))
     if not sets:
         raise DataError("no OOD results to plot")
     ncols = min(4, len(sets))
@@ -158,6 +159,8 @@ def plot_ood(results: Mapping[str, OODResult], path: str | os.PathLike[str], key
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, name in zip(axes, sets, strict=False):
         for model, res in results.items():
+            if name not in res.curves:
+                continue
             curve = res.curves[name][key]
             ax.plot(np.arange(1, len(curve) + 1), np.clip(curve, -1.0, 1.0), label=model)
         ax.set_xscale("log")
