@@ -219,3 +219,13 @@ def test_option_flags_parse_json_values_and_reject_malformed_pairs():
     assert dict(args.method_option) == {"refine_steps": 4}
     proc = fond("train", "--out", "x", "--family-option", "clamp_final")
     assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("flags", "k"), [((), 64), (("--latents", "20"), 20)])
+def test_train_takes_the_presets_latents_unless_given(tmp_path, flags, k):
+    """fond train --model pc --data mnist: the authors' K 64 from the preset; --latents wins over it."""
+    out = tmp_path / "pc"
+    proc = fond("train", "--model", "pc", "--data", "mnist", "--iterations", "1", "--batch-size", "10", "--no-eval",
+                "--no-progress", "--out", str(out), *flags)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["model"]["n_latents"] == k

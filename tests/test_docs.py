@@ -1,6 +1,8 @@
 """The documentation a user reads and runs: the MkDocs site builds in strict mode (every page, link and
 API-reference entry resolves), and the tutorial notebook executes cell by cell."""
 
+import doctest
+import importlib
 import json
 import shutil
 import subprocess
@@ -10,6 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module", ["fond.config", "fond.device", "fond.encode"])
+def test_docstring_examples_print_what_they_show(module):
+    """The modules' docstring examples (doctest) are what the code returns: a changed default shows up here."""
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_the_docs_site_builds_strictly(tmp_path):

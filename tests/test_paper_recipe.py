@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 
 import fond.train
-from fond.config import PAPER_DATA, ModelConfig, TrainConfig, data_kind, preset, preset_model_options
+from fond.config import PAPER_DATA, ModelConfig, TrainConfig, data_kind, preset, preset_model_options, take_latents
 from fond.data import PatchData
 from fond.families.poisson import PoissonFamily, n_terms_for, poisson_kl, relaxed_poisson
 from fond.train import Schedule, build_optimizer
@@ -174,7 +174,8 @@ def test_paper_model_options_are_the_authors(model):
         assert getattr(family, key) == value, key
     for key, value in MODEL.items():
         assert getattr(config, key) == value, key
-    assert build_parser().parse_args(["train", "--out", "x"]).latents == 512  # §2.4: "(K = 512)"
+    default = build_parser().parse_args(["train", "--out", "x"]).latents
+    assert take_latents(preset_model_options("paper", model), default) == 512  # §2.4: "(K = 512)"
     from fond.models import build_model
 
     optimizer = build_optimizer(build_model(ModelConfig(n_inputs=16, n_latents=8, model=model)), preset("paper"))

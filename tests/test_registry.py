@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fond.config import ModelConfig, TrainConfig, preset, preset_model_options
+from fond.config import DEFAULT_LATENTS, ModelConfig, TrainConfig, preset, preset_model_options, take_latents
 
 PAPER_MODELS = ("ipvae", "igvae", "igvae-relu", "ibvae", "pvae", "gvae", "gvae-relu", "savae", "iavae", "pc", "lca",
                 "ista", "fista")
@@ -100,7 +100,8 @@ _POISSON_QUICK = {"family_options": {"clamp_final": 6.0}}
 _AUTHORS_ENCODER = {"encoder": "linear-nobias"}
 #: the ModelConfig fields of each preset: iP-VAE's quick clamp 6 and the authors' KL form and sampler (every data
 #: kind); on natural patches the authors' encoder for the amortized VAEs' paper preset and for the quick P- and
-#: G_relu-VAE (the quick G-VAE keeps the MLP: it was better by d), P-VAE's clamps; MNIST P-VAE as before
+#: G_relu-VAE (the quick G-VAE keeps the MLP: it was better by d), P-VAE's clamps; MNIST P-VAE as before; predictive
+#: coding on MNIST the authors' K 64
 MODEL_OPTIONS = {
     **{("ipvae", kind, "quick"): _POISSON_QUICK for kind in ("natural", "mnist")},
     **{("ipvae", kind, "paper"): {"family_options": {"kl_form": "reference", "n_exp_rule": "batch"}}
@@ -110,6 +111,7 @@ MODEL_OPTIONS = {
     ("pvae", "natural", "paper"): {**_AUTHORS_ENCODER, "family_options": {"clamp_init": 5.0, "clamp_final": 5.0}},
     ("gvae-relu", "natural", "quick"): _AUTHORS_ENCODER,
     **{(model, "natural", "paper"): _AUTHORS_ENCODER for model in ("gvae", "gvae-relu")},
+    **{("pc", "mnist", name): {"n_latents": 64} for name in ("quick", "paper")},
 }
 
 
@@ -123,6 +125,7 @@ def test_preset_model_options_are_the_intended_ones(model, kind, name):
     for spec in DATA_SPECS[kind]:
         assert preset_model_options(name, model, spec) == expected
     options = preset_model_options(name, model, DATA_SPECS[kind][1])
+    assert take_latents(options, None) == expected.get("n_latents", DEFAULT_LATENTS)
     config = ModelConfig(n_inputs=16, n_latents=8, model=model, **options)
     assert dataclasses.asdict(config)["family_options"] == expected.get("family_options", {})
     assert config.encoder == expected.get("encoder", "mlp")

@@ -33,6 +33,16 @@ def test_grid_is_the_cartesian_product(patches):
     assert (cfg.beta, cfg.steps, cfg.seed, cfg.iterations, cfg.batch_size) == (spec.beta, 3, 1, 3, 20)
 
 
+def test_latents_come_from_the_preset_unless_given():
+    """K: the preset's where the sweep names none (predictive coding on MNIST: the authors' 64; 512 elsewhere),
+    the sweep's own where it names one."""
+    runs = SweepConfig(models=["pc", "ipvae"], data="mnist").runs()
+    assert [run.model_config(784).n_latents for run in runs] == [64, 512]
+    runs = SweepConfig(models=["pc", "ipvae"], data="mnist", latents=32).runs()
+    assert [run.model_config(784).n_latents for run in runs] == [32, 32]
+    assert SweepConfig(models=["pc"], data="natural16").runs()[0].model_config(256).n_latents == 512
+
+
 def test_preset_values_fill_unswept_axes(patches):
     """With no β or T_train given, each model gets its own preset value (quick iP-VAE β 56, T 32 on natural patches)."""
     specs = SweepConfig(models=["ipvae", "lca"], data=str(patches)).runs()

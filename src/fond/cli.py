@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="finish the interrupted run in DIR with the configuration stored in its checkpoint "
                          "(instead of --out and the options that set the configuration)")
     tr.add_argument("--config", type=Path, help="JSON file of TrainConfig overrides")
-    tr.add_argument("--latents", type=_positive_int, default=512, help="K, number of neurons")
+    tr.add_argument("--latents", type=_positive_int,
+                    help="K, number of neurons (default: the preset's: 64 for pc on MNIST as the authors', else 512)")
     tr.add_argument("--beta", type=_nonneg_float, help="KL weight β (default: the preset's)")
     tr.add_argument("--steps", type=_positive_int, help="T_train, unrolled inference steps")
     tr.add_argument("--iterations", type=_positive_int, help="parameter updates (default: the preset's)")
@@ -474,7 +475,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fond.config import ModelConfig, preset_model_options
+    from fond.config import ModelConfig, preset_model_options, take_latents
 
     if args.resume is not None:
         cfg, model_cfg, data, spec = _resume_run(args)
@@ -486,13 +487,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     data = load_data(args.data, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.seed)
     options = preset_model_options(args.preset, args.model, args.data)
+    n_latents = take_latents(options, args.latents)
     family_options = {**options.pop("family_options", {}), **dict(args.family_option)}
     if args.encoder is not None:  # explicit options win over the preset's
         options["encoder"] = args.encoder
     method_options = dict(args.method_option)
     if args.sparsity is not None:
         method_options["sparsity"] = args.sparsity
-    model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=args.latents, model=args.model,
+    model_cfg = ModelConfig(n_inputs=data.n_inputs, n_latents=n_latents, model=args.model,
                             decoder=args.decoder, decoder_hidden=args.decoder_hidden,
                             encoder_hidden=args.encoder_hidden, family_options=family_options,
                             method_options=method_options, **options)

@@ -22,8 +22,8 @@ from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
 from fond.validate import require as _require
 
 __all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS",
-           "OPTIMIZERS", "PRESETS", "PRESET_SCHEDULES", "PAPER_DATA", "preset", "preset_model_options", "load_json",
-           "config_from_dict", "data_kind", "updates_for_epochs"]
+           "OPTIMIZERS", "PRESETS", "PRESET_SCHEDULES", "PAPER_DATA", "DEFAULT_LATENTS", "preset", "preset_model_options",
+           "take_latents", "load_json", "config_from_dict", "data_kind", "updates_for_epochs"]
 
 #: quick: minutes on 2 CPU cores; paper: the authors' recipe (DESIGN.md §7); fond: the paper's schedule with
 #: fond's own choices (exact KL, weight decay on the dictionary only, centred 50k MNIST digits)
@@ -316,8 +316,9 @@ def preset_model_options(name: str, model: str = "ipvae", data: str | None = Non
     the quick P-VAE a soft clamp ramped 1 → 2 (README, baselines). ``paper`` gives the iterative Poisson
     models the authors' KL form (e^Δ × the exact KL) and relaxed sampler (every element as many arrival
     times as the batch's largest rate needs), and the amortized VAEs on natural patches the authors'
-    PoissonVAE encoder (and, for P-VAE, their log-rate clamp at 5). ``fond`` sets none. The options come
-    from the model's registry entry (``fond.registry.PresetValues.quick_model_options`` / ``paper_...``).
+    PoissonVAE encoder (and, for P-VAE, their log-rate clamp at 5). Predictive coding on MNIST has the authors'
+    K = 64 (``n_latents``) in both. ``fond`` sets none. The options come from the model's registry entry
+    (``fond.registry.PresetValues.quick_model_options`` / ``paper_...``); ``take_latents`` resolves K.
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
@@ -325,6 +326,21 @@ def preset_model_options(name: str, model: str = "ipvae", data: str | None = Non
     if "family_options" in options:
         options["family_options"] = dict(options["family_options"])
     return options
+
+
+#: K where neither the caller nor the preset sets it
+DEFAULT_LATENTS = 512
+
+
+def take_latents(options: dict[str, Any], explicit: int | None) -> int:
+    """K of a run: ``explicit`` (e.g. ``--latents``) where given, else the preset's (``preset_model_options``), else
+    ``DEFAULT_LATENTS``. Removes ``n_latents`` from ``options`` (they then hold the other fields only).
+
+    >>> take_latents({"n_latents": 64}, None), take_latents({"n_latents": 64}, 128), take_latents({}, None)
+    (64, 128, 512)
+    """
+    preset_k = options.pop("n_latents", DEFAULT_LATENTS)
+    return preset_k if explicit is None else explicit
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:

@@ -62,7 +62,7 @@ class ReproducePreset:
     ood_samples: int = 300
     latency_steps: int = 100
     time_limit_minutes: float | None = None
-    latents: int = 512
+    latents: int | None = None
     batch_size: int | None = None
     natural_data: str = "natural16"
     mnist_data: str = "mnist"

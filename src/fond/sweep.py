@@ -46,7 +46,7 @@ class SweepConfig:
     """A grid of runs. ``betas`` / ``t_train`` None: the preset's value for each model.
 
     models: model names (``fond.registry.model_names()``). seeds: training seeds. iterations / batch_size: override
-    the preset's. latents: K. eval_steps: T_test. eval_samples: evaluate on the first N held-out inputs
+    the preset's. latents: K (None: the preset's, ``fond.config.take_latents``). eval_steps: T_test. eval_samples: evaluate on the first N held-out inputs
     (None: all). model_options: per model name, extra ``ModelConfig`` fields (e.g.
     ``{"lca": {"method_options": {"sparsity": 0.5}}}``). time_limit_minutes: per run (None: the preset's).
     """
@@ -59,7 +59,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     iterations: int | None = None
     batch_size: int | None = None
-    latents: int = 512
+    latents: int | None = None
     decoder: str = "linear"
     eval_steps: int = 1000
     eval_samples: int | None = None
@@ -90,8 +90,9 @@ class SweepConfig:
                      f"must be an integer ≥ 1 or null, got {value!r}")
         for key in ("latents", "eval_steps"):
             value = getattr(self, key)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
-                     f"must be an integer ≥ 1, got {value!r}")
+            _require((value is None and key == "latents") or (isinstance(value, int) and not isinstance(value, bool)
+                                                              and value >= 1), key,
+                     f"must be an integer ≥ 1{' or null' if key == 'latents' else ''}, got {value!r}")
         _require(isinstance(self.model_options, dict), "model_options", "must be an object {model: {...}}")
         for name, options in self.model_options.items():
             _require(name in self.models, "model_options", f"names {name!r}, which is not in models")
@@ -152,13 +153,14 @@ class RunSpec:
         return cfg
 
     def model_config(self, n_inputs: int) -> ModelConfig:
-        from fond.config import preset_model_options
+        from fond.config import preset_model_options, take_latents
 
         options = preset_model_options(self.sweep.preset, self.model, self.sweep.data)
+        n_latents = take_latents(options, self.sweep.latents)
         extra = dict(self.sweep.model_options.get(self.model, {}))
         family_options = {**options.pop("family_options", {}), **extra.pop("family_options", {})}
         fields = {"decoder": self.sweep.decoder, **options, **extra}
-        return config_from_dict(ModelConfig, {"n_inputs": n_inputs, "n_latents": self.sweep.latents,
+        return config_from_dict(ModelConfig, {"n_inputs": n_inputs, "n_latents": n_latents,
                                               "model": self.model, "family_options": family_options, **fields},
                                 source=f"sweep run {self.name}")
 
