@@ -50,3 +50,22 @@ def test_eval_samples_draws_that_many_sampled_patches(tmp_path, capsys):
     build_model(ModelConfig(n_inputs=64, n_latents=4, model="ipvae")).save(folder)
     assert _evaluated_inputs(capsys, folder, "--data", "natural8") == 5000
     assert _evaluated_inputs(capsys, folder, "--data", "natural8", "--samples", "6000") == 6000
+
+
+def test_mnist_report_puts_the_papers_mnist_numbers_beside_the_uncentred_r2(digit_model, tmp_path, capsys):
+    """A model on centred digits: its evaluation adds R² on the raw digits (the paper's measure) and its report
+    compares that, not the natural-image numbers, with the paper's MNIST table; raw digits need no second R²."""
+    from fond.data.mnist import mnist_data
+    from fond.experiment import evaluate_and_report
+    from fond.resume import load_model
+
+    evaluate_and_report(tmp_path, load_model(digit_model), mnist_data(n_train=10, n_val=20, val_split="test"),
+                        steps=2)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "paper (MNIST, 5 seeds)" in text and "| r2_uncentred |" in text and "| 0.951 |" in text
+    assert "0.830" not in text  # the natural-image iP-VAE's R²
+    assert "r2_uncentred" in json.loads((tmp_path / "report" / "eval.json").read_text())
+    for spec, has in (("mnist-test", True), ("mnist-raw-test", False)):
+        assert main(["eval", str(digit_model), "--data", spec, "--samples", "20", "--steps", "2", "--json",
+                     "--no-report"]) == 0
+        assert ("r2_uncentred" in json.loads(capsys.readouterr().out)) is has

@@ -12,7 +12,7 @@ from fond.data import load_data, load_photo
 from fond.data.files import read_images
 from fond.data.mnist import load_mnist, mnist_data
 from fond.data.natural import VALIDATION_PHOTOS, derived_seeds
-from fond.data.preprocessing import Preprocessing
+from fond.data.preprocessing import Preprocessing, input_offset
 from fond.errors import DataError
 
 
@@ -33,6 +33,16 @@ def test_recorded_mnist_transform_rebuilds_the_centred_digits_bit_for_bit():
     assert np.array_equal(Preprocessing.from_dict(data.preprocessing).inputs_from_images(list(digits)), data.val)
     raw = mnist_data(n_train=1000, n_val=50, val_split="test", centre=False)
     assert np.array_equal(Preprocessing.from_dict(raw.preprocessing).inputs_from_images(list(digits)), raw.val)
+
+
+def test_the_offset_undoes_the_centring_and_only_it():
+    """x + input_offset(record) are the raw digits again (what the paper's R² is measured on); raw digits, whitened
+    patches and data without a record have no offset."""
+    centred = mnist_data(n_train=1000, n_val=50, val_split="test")
+    raw = mnist_data(n_train=1000, n_val=50, val_split="test", centre=False)
+    assert np.allclose(centred.val + input_offset(centred.preprocessing), raw.val, atol=1e-6)
+    assert input_offset(raw.preprocessing) is None and input_offset(None) is None
+    assert input_offset(load_data("natural16", n_train=500, n_val=10).preprocessing) is None
 
 
 def test_the_record_round_trips_through_json_and_refuses_bad_records():

@@ -22,8 +22,8 @@ from fond.registry import BUILTIN_MODELS, ModelSpec, model_spec
 from fond.validate import require as _require
 
 __all__ = ["ModelConfig", "TrainConfig", "MODELS", "AMORTIZED_MODELS", "POINT_ESTIMATE_MODELS", "DECODERS",
-           "OPTIMIZERS", "PRESETS", "PRESET_SCHEDULES", "PAPER_DATA", "DEFAULT_LATENTS", "preset", "preset_model_options",
-           "take_latents", "load_json", "config_from_dict", "data_kind", "updates_for_epochs"]
+           "OPTIMIZERS", "PRESETS", "PRESET_SCHEDULES", "PAPER_DATA", "DEFAULT_LATENTS", "preset",
+           "preset_model_options", "take_latents", "load_json", "config_from_dict", "data_kind", "updates_for_epochs"]
 
 #: quick: minutes on 2 CPU cores; paper: the authors' recipe (DESIGN.md §7); fond: the paper's schedule with
 #: fond's own choices (exact KL, weight decay on the dictionary only, centred 50k MNIST digits)

@@ -38,6 +38,9 @@ class Evaluation:
     features: the mean code at the last step (N, K). With anytime inference (``evaluate(..., tol=)``):
     steps_used, the mean step at which an input converged and froze (``steps`` for one that never did), and
     steps_run, the mean length of the rollouts that computed them (a chunk stops when all its inputs froze).
+    r2_uncentred / r2_rates_uncentred (``evaluate(..., offset=)``): the same R² against the inputs before their
+    preprocessing subtracted ``offset`` (centred MNIST: the raw digits, as the paper measures; the residual is the
+    same, the per-input variance it is divided by larger).
     """
 
     r2: float
@@ -56,24 +59,30 @@ class Evaluation:
     features: np.ndarray | None = field(repr=False, default=None)
     steps_used: float | None = None
     steps_run: float | None = None
+    r2_uncentred: float | None = None
+    r2_rates_uncentred: float | None = None
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready scalars (no arrays); steps_used / steps_run only for an anytime evaluation."""
+        """JSON-ready scalars (no arrays); steps_used / steps_run only for an anytime evaluation, the uncentred R²
+        only where an offset was given."""
         keys = ("r2", "r2_rates", "zeros", "convergence_step", "nelbo", "n_params", "steps", "n_samples",
                 "rate_distortion", "diverged", "diverged_fraction", "rate_max")
         anytime = ("steps_used", "steps_run") if self.steps_used is not None else ()
-        return {k: getattr(self, k) for k in keys + anytime}
+        uncentred = ("r2_uncentred", "r2_rates_uncentred") if self.r2_uncentred is not None else ()
+        return {k: getattr(self, k) for k in keys + anytime + uncentred}
 
 
 def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: int = 0,
              chunk_size: int = 1000, keep_features: bool = False, tol: float | None = None,
-             window: int = DEFAULT_WINDOW) -> Evaluation:
+             window: int = DEFAULT_WINDOW, offset: np.ndarray | torch.Tensor | None = None) -> Evaluation:
     """Roll ``model.infer`` for ``steps`` steps over ``x`` (N, D) in chunks and average the results; each
     chunk goes to the model's device (``x`` may stay on the CPU).
 
     Per-step curves are averaged over chunks weighted by chunk size; chunk i uses seed ``seed + i``.
     ``tol``, ``window``: anytime inference (``fond.rollout.Convergence``): each input freezes once converged
-    and a chunk stops when all its inputs have (``Evaluation.steps_used`` / ``steps_run``).
+    and a chunk stops when all its inputs have (``Evaluation.steps_used`` / ``steps_run``). ``offset`` (D,): what
+    the data's preprocessing subtracted (``fond.data.preprocessing.input_offset``): adds ``r2_uncentred`` and
+    ``r2_rates_uncentred``.
     """
     from fond.models.common import check_steps, make_generator, numeric_tensor
 
@@ -90,6 +99,8 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     n_diverged = 0
     features = []
     used = run = 0.0
+    offset = _checked_offset(offset, x)
+    uncentred = np.zeros(2)
     like = getattr(model, "input_like", None)  # the data follow the model, one chunk at a time
     device = like.device if like is not None else torch.device("cpu")
     for i, begin in enumerate(range(0, n, chunk_size)):
@@ -104,6 +115,8 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
             else:
                 sums[key] = sums.get(key, 0.0) + np.asarray(values, dtype=float) * chunk.shape[0]
         n_diverged += int(diverged_inputs(chunk, res).sum())
+        if offset is not None:
+            uncentred += _uncentred_r2_sums(chunk, res, offset)
         if keep_features:
             features.append(res.rates.cpu().numpy())
     trace = {k: v / n for k, v in sums.items()}
@@ -119,7 +132,28 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
         diverged_fraction=n_diverged / n, trace=trace,
         features=np.concatenate(features) if keep_features else None,
         steps_used=None if tol is None else used / n, steps_run=None if tol is None else run / n,
+        r2_uncentred=None if offset is None else float(uncentred[0] / n),
+        r2_rates_uncentred=None if offset is None else float(uncentred[1] / n),
     )
+
+
+def _checked_offset(offset, x: torch.Tensor) -> torch.Tensor | None:
+    """``offset`` as a float64 (D,) tensor matching x (N, D), or None; a wrong shape or a non-finite entry is a
+    ``DataError``."""
+    if offset is None:
+        return None
+    offset = torch.as_tensor(np.asarray(offset, dtype=np.float64))
+    if offset.shape != (x.shape[1],) or not bool(torch.isfinite(offset).all()):
+        raise DataError(f"offset must be {x.shape[1]} finite numbers (one per input dimension), got shape "
+                        f"{tuple(offset.shape)}")
+    return offset
+
+
+def _uncentred_r2_sums(chunk: torch.Tensor, result, offset: torch.Tensor) -> np.ndarray:
+    """Σ over the chunk's inputs of R² against x + offset, of the sample's and of the mean code's reconstruction."""
+    images = chunk.cpu().double() + offset
+    return np.array([float(r2_per_sample(images, reconstruction.cpu().double().reshape(images.shape) + offset).sum())
+                     for reconstruction in (result.reconstruction, result.reconstruction_from_rates)])
 
 
 def diverged_inputs(x: torch.Tensor, result) -> torch.Tensor:

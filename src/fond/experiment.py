@@ -18,8 +18,8 @@ __all__ = ["ExperimentResult", "RESULT_COLUMNS", "run_experiment", "evaluate_and
 
 #: Columns of a run's result row (``done.json``) and of a sweep's table, in order.
 RESULT_COLUMNS: tuple[str, ...] = (
-    "model", "beta", "t_train", "seed", "iterations", "data", "r2", "r2_rates", "zeros", "rate_distortion",
-    "convergence_step", "nelbo", "n_params", "diverged", "complete", "minutes", "run",
+    "model", "beta", "t_train", "seed", "iterations", "data", "r2", "r2_rates", "r2_uncentred", "zeros",
+    "rate_distortion", "convergence_step", "nelbo", "n_params", "diverged", "complete", "minutes", "run",
 )
 
 
@@ -83,16 +83,18 @@ def evaluate_and_report(folder, model, data, *, steps: int = 1000, samples: int 
     """Evaluate ``model`` on ``data.val`` (its first ``samples`` inputs, all if None) for ``steps`` steps and,
     if ``write``, write the run's ``report/`` (eval.json, report.md, figures, trace.npz) in ``folder`` (a
     ``RunFolder`` or a path). ``anytime``: ``tol`` / ``window`` of ``fond.evaluate.evaluate``. Returns the
-    ``Evaluation``."""
+    ``Evaluation``; where the data were centred (MNIST), with the R² against the uncentred inputs as well."""
+    from fond.data.preprocessing import input_offset
     from fond.evaluate import evaluate
     from fond.report import write_report
     from fond.run import RunFolder
 
     x = data.val if samples is None else data.val[:samples]
-    evaluation = evaluate(model, x, steps, seed=seed, **anytime)
+    evaluation = evaluate(model, x, steps, seed=seed, offset=input_offset(data.preprocessing), **anytime)
     if write:
         folder = RunFolder(folder)
         with folder.lock():
-            write_report(folder.path, model, evaluation, x, data.patch_shape)
+            write_report(folder.path, model, evaluation, x, data.patch_shape,
+                         mnist=(data.preprocessing or {}).get("kind") == "mnist")
             folder.write_trace(evaluation.trace)
     return evaluation

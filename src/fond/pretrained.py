@@ -172,13 +172,15 @@ def held_out_data(info: dict[str, Any]):
     return load_data(spec, **split)
 
 
-def evaluation_numbers(model, x, *, steps: int, seed: int) -> dict[str, Any]:
+def evaluation_numbers(model, x, *, steps: int, seed: int, offset=None) -> dict[str, Any]:
     """``fond.evaluate.evaluate`` of ``model`` on ``x`` (N, D) for ``steps`` steps, as JSON-ready numbers plus
-    the sample's description (``samples`` = N, ``seed``)."""
+    the sample's description (``samples`` = N, ``seed``); with ``offset`` (centred MNIST's mean digit) also the R²
+    against the uncentred inputs (``r2_uncentred``, ``r2_rates_uncentred``: the paper's measure)."""
     from fond.evaluate import evaluate
 
-    summary = evaluate(model, x, steps, seed=seed).summary()
-    return {**{key: summary[key] for key in _SUMMARY_KEYS}, "samples": int(len(x)), "seed": seed}
+    summary = evaluate(model, x, steps, seed=seed, offset=offset).summary()
+    keys = _SUMMARY_KEYS + (("r2_uncentred", "r2_rates_uncentred") if offset is not None else ())
+    return {**{key: summary[key] for key in keys}, "samples": int(len(x)), "seed": seed}
 
 
 def gabor_numbers(model, spec: str) -> dict[str, Any]:
@@ -357,6 +359,7 @@ def pack(run: str | os.PathLike[str], name: str, *, title: str | None = None, co
     ``check_samples`` (what :func:`verify` re-runs), Gabor fits if ``gabor`` (default: for a linear dictionary on
     square natural patches), the card (``command``: what trained it, default reconstructed from the config) and
     its Markdown. Returns the model's folder."""
+    from fond.data.preprocessing import input_offset
     from fond.resume import load_model, read_run
     from fond.run import RunFolder
 
@@ -370,8 +373,9 @@ def pack(run: str | os.PathLike[str], name: str, *, title: str | None = None, co
     record = _make_card(name, title, info, model, source, command)
     data = held_out_data(info)
     say(f"evaluating {name} at t = {steps} on {min(samples, len(data.val))} held-out inputs")
-    record["evaluation"] = evaluation_numbers(model, data.val[:samples], steps=steps, seed=seed)
-    record["check"] = evaluation_numbers(model, data.val[:check_samples], steps=steps, seed=seed)
+    offset = input_offset(data.preprocessing)
+    record["evaluation"] = evaluation_numbers(model, data.val[:samples], steps=steps, seed=seed, offset=offset)
+    record["check"] = evaluation_numbers(model, data.val[:check_samples], steps=steps, seed=seed, offset=offset)
     record["gabor"] = None
     if gabor or (gabor is None and _gabor_applies(model, info)):
         say(f"fitting Gabors to the atoms of {name}'s most active neurons")
@@ -424,6 +428,9 @@ def card_markdown(record: dict[str, Any]) -> str:
     for label, n in (("evaluation", e), ("check", c)):
         lines.append(f"| {label} | {n['samples']} | {n['steps']} | {n['seed']} | " + " | ".join(
             _fmt(n[k]) for k in NUMBER_KEYS) + " |")
+    if e.get("r2_uncentred") is not None:
+        lines += ["", f"On the digits before centring (the raw digits the paper's R² is measured on): R² "
+                      f"{_fmt(e['r2_uncentred'])}, mean code {_fmt(e['r2_rates_uncentred'])} (evaluation sample)."]
     lines += ["", "Inputs: the first N held-out inputs of the run's own split; `fond pretrained verify "
               f"{record['name']}` re-runs the check sample (tolerance {TOLERANCE})."]
     if g is not None:

@@ -281,10 +281,10 @@ _SPARSE_CODING_SCHEDULE = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0}
 _SPARSE_CODING_PRESETS = {kind: PresetValues(100, 0.0, schedule=_SPARSE_CODING_SCHEDULE) for kind in DATA_KINDS}
 
 
-#: predictive coding on MNIST: the authors' PC has K = 64 latents (hadivafaii/IterativeVAE, results/df_table.df: R² 0.896,
-#: probe 90.7 %, 5 seeds; their network has ~0.13 M parameters, fond's linear PC 50 k). At K 512 fond's dense linear
-#: code is near-complete on 784 pixels (R² 0.988) and reconstructs any input, digit or not, best of all models: the
-#: paper's out-of-distribution comparison then says nothing (docs/experiments.md)
+#: predictive coding on MNIST: the authors' PC has K = 64 latents (hadivafaii/IterativeVAE, results/df_table.df:
+#: R² 0.896, probe 90.7 %, 5 seeds; their network has ~0.13 M parameters, fond's linear PC 50 k). At K 512 fond's
+#: dense linear code is near-complete on 784 pixels (R² 0.988) and reconstructs any input, digit or not, best of all
+#: models: the paper's out-of-distribution comparison then says nothing (docs/experiments.md)
 _PC_MNIST_LATENTS = {"n_latents": 64}
 _PC_PRESETS = {"natural": PresetValues(100, 0.0),
                "mnist": PresetValues(100, 0.0, quick_model_options=_PC_MNIST_LATENTS,

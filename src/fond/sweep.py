@@ -46,9 +46,9 @@ class SweepConfig:
     """A grid of runs. ``betas`` / ``t_train`` None: the preset's value for each model.
 
     models: model names (``fond.registry.model_names()``). seeds: training seeds. iterations / batch_size: override
-    the preset's. latents: K (None: the preset's, ``fond.config.take_latents``). eval_steps: T_test. eval_samples: evaluate on the first N held-out inputs
-    (None: all). model_options: per model name, extra ``ModelConfig`` fields (e.g.
-    ``{"lca": {"method_options": {"sparsity": 0.5}}}``). time_limit_minutes: per run (None: the preset's).
+    the preset's. latents: K (None: the preset's, ``fond.config.take_latents``). eval_steps: T_test. eval_samples:
+    evaluate on the first N held-out inputs (None: all). model_options: per model name, extra ``ModelConfig``
+    fields (e.g. ``{"lca": {"method_options": {"sparsity": 0.5}}}``). time_limit_minutes: per run (None: the preset's).
     """
 
     models: list[str]

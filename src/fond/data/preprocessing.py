@@ -25,7 +25,7 @@ import numpy as np
 
 from fond.errors import DataError
 
-__all__ = ["KINDS", "Preprocessing", "far_from_training"]
+__all__ = ["KINDS", "Preprocessing", "far_from_training", "input_offset"]
 
 KINDS = ("whitened", "mnist")
 #: inputs whose overall std is this far (either way) from the training inputs' are called another kind
@@ -112,6 +112,20 @@ class Preprocessing:
         whitened = [whiten(image, self.f0) for image in grey]
         patches = extract_patches(whitened, size, n, seed, min_std=float(self.min_std))
         return np.ascontiguousarray(patches * np.float32(self.scale), dtype=np.float32)
+
+
+def input_offset(record: dict[str, Any] | Preprocessing | None) -> np.ndarray | None:
+    """The vector a run's preprocessing ``record`` subtracted from every input (D,) float32 — the mean training
+    digit for centred MNIST — so that ``x + offset`` are the images as they were; None where it subtracted none
+    (raw digits, whitened patches, no record)."""
+    if record is None:
+        return None
+    record = record if isinstance(record, Preprocessing) else Preprocessing.from_dict(dict(record))
+    if record.kind != "mnist" or not record.centre:
+        return None
+    from fond.data.mnist import mnist_mean
+
+    return mnist_mean()
 
 
 def far_from_training(x: np.ndarray, input_std: float, trained_on: str | None = None) -> str | None:
