@@ -288,7 +288,8 @@ def preset(name: str, model: str = "ipvae", data: str | None = None) -> TrainCon
     ``mnist-raw-60k``). ``fond``: the same schedule with fond's choices (decay on the dictionary only; MNIST:
     150,000 updates on 50k digits at lr 5e-3 and clip 300; exact KL). ``quick``: a schedule for 2 CPU cores
     that finishes within 15 minutes (README: β and clamp ramps stretched so the network does not fall silent,
-    temperature annealed to near-hard spikes, T_train 32 for iP-VAE; MNIST T_train = β = 32).
+    temperature annealed to near-hard spikes, T_train 32 for iP-VAE; MNIST T_train = β = 64 for iP-VAE, 32
+    for the other FOND models).
     The schedules are ``PRESET_SCHEDULES``; T_train, β and a model's own schedule fields per data kind come
     from its registry entry (``fond.registry.ModelSpec.presets``): e.g. on natural patches the quick iP-VAE's
     gradient clip 50, the quick P-VAE's batch 1000, and the amortized VAEs' ``paper`` preset, the authors'
