@@ -70,7 +70,7 @@ class ReproducePreset:
 
 REPRODUCE_PRESETS = {
     # every model at its quick recipe's own updates (the natural-patch iP-VAE's 1500 at T_train 32 take ~7 min on
-    # 2 quiet cores: the guard leaves room for a busier machine; MNIST ~2.5 min per model)
+    # 2 quiet cores: the guard leaves room for a busier machine; MNIST ~2.5 min per model, iP-VAE's ~7.5 at T 64)
     "quick": ReproducePreset("quick", "quick", natural_iterations=None, mnist_iterations=None, natural_eval_samples=500,
                              mnist_eval_samples=500, probe_train=2000, probe_test=500, probe_seeds=(0, 1),
                              probe_every=100, time_limit_minutes=12.0),
