@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(instead of --out and the options that set the configuration)")
     tr.add_argument("--config", type=Path, help="JSON file of TrainConfig overrides")
     tr.add_argument("--latents", type=_positive_int,
-                    help="K, number of neurons (default: the preset's: 64 for pc on MNIST as the authors', else 512)")
+                    help="K, number of neurons (default: the preset's, 512 where the model's preset sets none)")
     tr.add_argument("--beta", type=_nonneg_float, help="KL weight β (default: the preset's)")
     tr.add_argument("--steps", type=_positive_int, help="T_train, unrolled inference steps")
     tr.add_argument("--iterations", type=_positive_int, help="parameter updates (default: the preset's)")

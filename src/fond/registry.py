@@ -22,7 +22,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -292,9 +292,8 @@ _SPARSE_CODING_PRESETS = {kind: PresetValues(100, 0.0, schedule=_SPARSE_CODING_S
 #: dense linear code is near-complete on 784 pixels (R² 0.988) and reconstructs any input, digit or not, best of all
 #: models: the paper's out-of-distribution comparison then says nothing (docs/experiments.md)
 _PC_MNIST_LATENTS = {"n_latents": 64}
-_PC_PRESETS = {"natural": PresetValues(100, 0.0),
-               "mnist": PresetValues(100, 0.0, quick_model_options=_PC_MNIST_LATENTS,
-                                     paper_model_options=_PC_MNIST_LATENTS)}
+_PC_PRESETS = {**_POINT_PRESETS, "mnist": replace(_POINT_PRESETS["mnist"], quick_model_options=_PC_MNIST_LATENTS,
+                                                  paper_model_options=_PC_MNIST_LATENTS)}
 
 
 def _point_estimate(name: str, model_class: str, method_options: str, title: str,

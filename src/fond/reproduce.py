@@ -599,7 +599,7 @@ def _mnist_lines(p: ReproducePreset, findings: _Findings) -> list[str]:
     from fond.registry import model_title as title
     from fond.report import PAPER_MNIST
 
-    lines = ["## MNIST (784 inputs, K = 512; predictive coding K = 64)", "",
+    lines = ["## MNIST (784 inputs, K of each model's preset)", "",
              f"| model | R² | R² (mean code) | R² on raw digits | zeros | accuracy at t = {p.eval_steps} (95 % CI) | "
              "params | paper R² / zeros / accuracy | run |", "|---|---|---|---|---|---|---|---|---|"]
     for row in findings.mnist_rows:

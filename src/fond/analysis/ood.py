@@ -139,9 +139,14 @@ def ood_evaluation(model, sets: Mapping[str, np.ndarray], steps: int = 1000, *, 
     return OODResult(model=str(model.config.model), steps=steps, final=final, curves=curves)
 
 
+def _sets_of(per_model) -> list[str]:
+    """The union of the set names of ``per_model`` (one mapping keyed by set per model), in ``OOD_SETS`` order."""
+    return sorted({name for sets in per_model for name in sets}, key=lambda s: (OOD_SETS + (s,)).index(s))
+
+
 def ood_table(results: Mapping[str, OODResult], key: str = "r2_rates") -> dict[str, Any]:
     """{set: {model: value}} and, per set, the model ranked first; ``key`` one of the ``final`` entries."""
-    sets = sorted({s for r in results.values() for s in r.final}, key=lambda s: (OOD_SETS + (s,)).index(s))
+    sets = _sets_of(result.final for result in results.values())
     table = {s: {m: r.final[s][key] for m, r in results.items() if s in r.final} for s in sets}
     best = {s: max(row, key=row.get) for s, row in table.items() if row}
     return {"metric": key, "table": table, "best": best}
@@ -150,7 +155,7 @@ def ood_table(results: Mapping[str, OODResult], key: str = "r2_rates") -> dict[s
 def plot_ood(results: Mapping[str, OODResult], path: str | os.PathLike[str], key: str = "r2_rates") -> Path:
     """One panel per test set: R² (``key``) against the inference step (log axis), one line per model."""
     # the union of the models' sets: a model that cannot take online input (a point estimate) has no "rotating"
-    sets = sorted({s for r in results.values() for s in r.curves}, key=lambda s: (OOD_SETS + (s,)).index(s))
+    sets = _sets_of(result.curves for result in results.values())
     if not sets:
         raise DataError("no OOD results to plot")
     ncols = min(4, len(sets))
