@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="one analysis of trained runs: numbers (JSON) and a figure (PNG)")
     an.add_argument("kind", choices=("frontier", "convergence", "classify", "ood", "gabor", "tuning", "latency",
-                                     "serial", "tracking", "raster", "cost", "bitwidth"))
+                                     "serial", "tracking", "raster", "cost", "bitwidth", "contrast"))
     an.add_argument("runs", type=Path, nargs="+",
                     help="run directories or pretrained:NAME (frontier: also sweep directories)")
     an.add_argument("--out", required=True, type=Path, help="folder for KIND.json and KIND.png")

@@ -1,7 +1,8 @@
 """``fond analyze KIND RUN...``: each analysis on trained runs, writing ``OUT/<kind>.json`` and ``OUT/<kind>.png``.
 
-Kinds: frontier, convergence, classify, ood, gabor, tuning, latency, serial, tracking, raster, cost, bitwidth. A
-RUN is a run directory (``fond train`` / ``fond sweep``); ``frontier`` also takes sweep directories (their rows).
+Kinds: frontier, convergence, classify, ood, gabor, tuning, latency, serial, tracking, raster, cost, bitwidth,
+contrast. A RUN is a run directory (``fond train`` / ``fond sweep``); ``frontier`` also takes sweep directories
+(their rows).
 """
 
 from __future__ import annotations
@@ -315,11 +316,26 @@ def _bitwidth(request: _Request) -> Path:
     return request.write(study.to_dict())
 
 
+def _contrast(request: _Request) -> Path:
+    """R² of the sample and the mean code by quartile of input contrast (``fond.analysis.contrast``), each run on
+    its own held-out split."""
+    from fond.analysis import contrast
+    from fond.pretrained import held_out_data
+
+    results = {}
+    for run in request.runs:
+        model, _, info = _read_run(run, request.device)
+        x = held_out_data(info).val[: request.samples]
+        results[run.name] = contrast.r2_by_contrast(model, x, request.steps)
+    contrast.plot_contrast(results, request.png)
+    return request.write({"runs": results})
+
+
 #: kind → the function that runs it (the order of ``ANALYSES``).
 _ANALYSIS_FUNCTIONS: dict[str, Callable[[_Request], Path]] = {
     "frontier": _frontier, "convergence": _convergence, "classify": _classify, "ood": _ood, "gabor": _gabor,
     "tuning": _tuning, "latency": _latency, "serial": _serial, "tracking": _tracking, "raster": _raster,
-    "cost": _cost, "bitwidth": _bitwidth}
+    "cost": _cost, "bitwidth": _bitwidth, "contrast": _contrast}
 
 #: Every kind of analysis, in the order of the CLI's help.
 ANALYSES: tuple[str, ...] = tuple(_ANALYSIS_FUNCTIONS)
