@@ -92,7 +92,9 @@ def plot_contrast(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
         position = np.arange(1, len(result["bins"]) + 1)
         ax.plot(position, [b["r2"] for b in result["bins"]], "o-", color=colour, label=f"{name}: sample")
         ax.plot(position, [b["r2_rates"] for b in result["bins"]], "s--", color=colour, label=f"{name}: mean code")
-    ax.set_xlabel("contrast bin ‖x − x̄‖², faintest (1) to strongest")
+    bins = max(len(result["bins"]) for result in results.values()) if results else 0
+    ax.set_xticks(np.arange(1, bins + 1))
+    ax.set_xlabel("bin of held-out inputs by contrast ‖x − x̄‖², faintest (1) to strongest")
     ax.set_ylabel("mean R² of the bin's inputs")
     ax.set_title("R² by input contrast (held-out inputs, final step)")
     ax.legend(fontsize=7)
