@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import r2_score
 
-from fond.analysis.contrast import contrast_bins, per_input_r2, r2_by_contrast
+from fond.analysis.contrast import contrast_bins, r2_by_contrast
 from fond.errors import DataError
+from fond.metrics import r2_per_sample
 
 
 def test_per_input_r2_is_scikit_learns_r2_of_each_input():
@@ -16,7 +17,8 @@ def test_per_input_r2_is_scikit_learns_r2_of_each_input():
     rng = np.random.default_rng(0)
     x, reconstruction = rng.normal(size=(5, 12)), rng.normal(size=(5, 12))
     expected = [r2_score(x[i], reconstruction[i]) for i in range(5)]
-    np.testing.assert_allclose(per_input_r2(x, reconstruction), expected, rtol=1e-12)
+    np.testing.assert_allclose(r2_per_sample(torch.from_numpy(x), torch.from_numpy(reconstruction)).numpy(), expected,
+                               rtol=1e-12)
 
 
 def test_bins_split_inputs_by_contrast_and_average_back_to_the_mean():

@@ -101,8 +101,7 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
     used = run = 0.0
     offset = _checked_offset(offset, x)
     uncentred = np.zeros(2)
-    like = getattr(model, "input_like", None)  # the data follow the model, one chunk at a time
-    device = like.device if like is not None else torch.device("cpu")
+    device = model_device(model)  # the data follow the model, one chunk at a time
     for i, begin in enumerate(range(0, n, chunk_size)):
         chunk = x[begin:begin + chunk_size].to(device)
         res = model.infer(chunk, steps, seed=seed + i, trace=True, **({} if tol is None else
@@ -135,6 +134,12 @@ def evaluate(model, x: np.ndarray | torch.Tensor, steps: int = 1000, *, seed: in
         r2_uncentred=None if offset is None else float(uncentred[0] / n),
         r2_rates_uncentred=None if offset is None else float(uncentred[1] / n),
     )
+
+
+def model_device(model) -> torch.device:
+    """Where ``model``'s inputs go: the device of its ``input_like`` tensor, else the CPU."""
+    like = getattr(model, "input_like", None)
+    return like.device if like is not None else torch.device("cpu")
 
 
 def _checked_offset(offset, x: torch.Tensor) -> torch.Tensor | None:

@@ -19,7 +19,7 @@ import torch
 
 from fond.errors import DataError
 
-__all__ = ["ContrastBin", "contrast_bins", "per_input_r2", "r2_by_contrast", "plot_contrast"]
+__all__ = ["ContrastBin", "contrast_bins", "r2_by_contrast", "plot_contrast"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,6 @@ class ContrastBin:
     n: int
     r2: float
     r2_rates: float
-
-
-def per_input_r2(x: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
-    """(N,) 1 − ‖x − x̂‖² / ‖x − x̄‖² per input of x, x̂ (N, D), in float64 (the trace's R², per input)."""
-    x, reconstruction = np.asarray(x, dtype=float), np.asarray(reconstruction, dtype=float)
-    total = ((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-    return 1.0 - ((x - reconstruction) ** 2).sum(axis=1) / total
 
 
 def contrast_bins(x: np.ndarray, r2: np.ndarray, r2_rates: np.ndarray, bins: int = 4) -> list[ContrastBin]:
@@ -63,19 +56,20 @@ def r2_by_contrast(model, x: np.ndarray | torch.Tensor, steps: int, *, seed: int
     i seeded ``seed + i``, so the means over all inputs are its ``r2`` and ``r2_rates``) and bin the final
     step's per-input R² by contrast: {"bins": [ContrastBin as dict], "r2", "r2_rates", "spread"} with spread the
     highest bin's lowest contrast over the lowest bin's highest (how far apart the quartiles lie)."""
+    from fond.evaluate import model_device
+    from fond.metrics import r2_per_sample
     from fond.models.common import numeric_tensor
 
     x = numeric_tensor(x, "contrast data")
-    like = getattr(model, "input_like", None)
-    device = like.device if like is not None else torch.device("cpu")
+    device = model_device(model)
     sample, mean = [], []
     for i, begin in enumerate(range(0, x.shape[0], chunk_size)):
         res = model.infer(x[begin:begin + chunk_size].to(device), steps, seed=seed + i, trace=False)
-        sample.append(res.reconstruction.double().cpu().numpy())
-        mean.append(res.reconstruction_from_rates.double().cpu().numpy())
-    xs = x.double().cpu().numpy()
-    r2, r2_rates = per_input_r2(xs, np.concatenate(sample)), per_input_r2(xs, np.concatenate(mean))
-    found = contrast_bins(xs, r2, r2_rates, bins)
+        sample.append(res.reconstruction.double().cpu())
+        mean.append(res.reconstruction_from_rates.double().cpu())
+    xs = x.double().cpu()
+    r2, r2_rates = (r2_per_sample(xs, torch.cat(parts)).numpy() for parts in (sample, mean))
+    found = contrast_bins(xs.numpy(), r2, r2_rates, bins)
     return {"bins": [asdict(b) for b in found], "r2": float(r2.mean()), "r2_rates": float(r2_rates.mean()),
             "spread": found[-1].low / found[0].high if len(found) > 1 else 1.0, "steps": steps,
             "samples": int(x.shape[0])}
