@@ -186,14 +186,18 @@ def test_a_trace_without_fit_keys_never_decodes_inside_the_loop(monkeypatch):
 
 @pytest.mark.parametrize("name", ["ipvae-natural16", "ipvae-mnist"])
 def test_sparse_residuals_give_the_decoded_trace(monkeypatch, name):
-    """The trace's R² and NLL from the sample's non-zero counts (``FondSteps.trace_rows``) equal those of a
-    decode of the same sample, step by step (same draws), on a trained model's sparse codes."""
+    """The trace's R² and NLL from the sample's non-zero counts (``FondSteps.trace_rows``, by the panel kernel)
+    equal those of a decode of the same sample, step by step (same draws), on a trained model's sparse codes."""
     import fond
     from fond.dynamics import FondSteps
 
     model = fond.pretrained(name)
     x = torch.rand(64, model.n_inputs, generator=torch.Generator().manual_seed(0))
+    by_panels, panel_sums = [], FondSteps._panel_fit_sums
+    monkeypatch.setattr(FondSteps, "_panel_fit_sums", lambda self, *args: (
+        lambda sums: by_panels.append(sums is not None) or sums)(panel_sums(self, *args)))
     sparse = model.infer(x, 20, seed=3, trace=("r2", "nll"))
+    assert sum(by_panels) >= 15  # float32, D a multiple of 16: the panel kernel (``panel_kernels``) on most steps
     used = []
     original = FondSteps._sparse_fit_arrays
     monkeypatch.setattr(FondSteps, "_sparse_fit_arrays", lambda self, code, frame: used.append(

@@ -1,5 +1,7 @@
 """The sparse products against dense float64 oracles, and the engine's sparse product against its float one."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -84,12 +86,15 @@ def test_sparse_engine_steps_like_the_float_engine():
 # "auto" takes the sparse product below its density threshold, leaves it only well above it (hysteresis: switching
 # products from step to step costs more than either), and keeps tiny batches on the dense product.
 def test_auto_product_switches_on_density_with_hysteresis(monkeypatch):
+    import fond.families.panel_kernels as pk
     import fond.families.sparse_kernels as sk
     from fond.engine import MIN_SPARSE_SIZE, SPARSE_BELOW
 
     model = IPVAE(16, 64, seed=3, init_scale=0.05)
-    calls, original = [], sk.sparse_addmm
-    monkeypatch.setattr(sk, "sparse_addmm", lambda *arrays: (calls.append(1), original(*arrays)))
+    calls = []
+    for module, name in [(sk, "sparse_addmm"), (pk, "panel_addmm")]:  # the sparse product: either form
+        monkeypatch.setattr(module, name, functools.partial(
+            lambda original, *arrays: (calls.append(1), original(*arrays)), getattr(module, name)))
     batch = MIN_SPARSE_SIZE // 64 + 1
 
     def counts(density):

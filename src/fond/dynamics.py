@@ -158,6 +158,7 @@ class FondSteps(InferenceSteps):
         self.engine = None
         self.keep_state = True
         self._atoms: Tensor | None = None  # Φᵀ (K, D) contiguous, for ``residuals``
+        self._atom_panels: np.ndarray | None = None  # Φᵀ in panels of 16 columns (``panel_kernels``)
         self._precision: Tensor | None = None
 
     def prepare(self, frame: Tensor):
@@ -210,11 +211,33 @@ class FondSteps(InferenceSteps):
             if rates_old is None:
                 rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
         table = torch.empty(code.shape[0], 7, dtype=torch.float64)
-        kernel_threads(code.numel())
+        threads = kernel_threads(code.numel())
+        by_panels = self._panel_fit_sums(code, arrays, threads) if fit else None
         poisson_trace_rows(rates.contiguous().numpy(), rates_old.contiguous().numpy(), code.contiguous().numpy(),
-                           *arrays, total.numpy(), constant, self.parts.family.saturation_rate(), fit, stats,
-                           table.numpy())
+                           *arrays, total.numpy(), constant, self.parts.family.saturation_rate(),
+                           fit and by_panels is None, stats, table.numpy())
+        if by_panels is not None:
+            squares, weighted = by_panels
+            table[:, 0] = 1.0 - squares / total
+            table[:, 3] = 0.5 * weighted + constant
         return table
+
+    def _panel_fit_sums(self, code: Tensor, arrays: tuple, threads: int) -> tuple[Tensor, Tensor] | None:
+        """(‖x − z·Φᵀ‖², Σ_d (x − z·Φᵀ)_d²·σ_d⁻²) per input (float64) by the panel kernel over the engine's compressed
+        counts (``panel_kernels.panel_fit_sums``), or None where it does not apply (float64, D not a multiple of 16)."""
+        from fond.families.panel_kernels import panel_fit_sums, panel_layout, panels_fit
+
+        atoms, x, precision = arrays
+        if atoms.dtype != np.float32 or not panels_fit(*atoms.shape) or not hasattr(self.engine, "compressed"):
+            return None
+        counts = self.engine.compressed(code)
+        if counts is None:
+            return None
+        if self._atom_panels is None or self._atom_panels.shape[1] != atoms.shape[0]:
+            self._atom_panels = panel_layout(atoms)
+        squares, weighted = (torch.empty(code.shape[0], dtype=torch.float64) for _ in range(2))
+        panel_fit_sums(self._atom_panels, x, precision, *counts, squares.numpy(), weighted.numpy(), threads)
+        return squares, weighted
 
     def _sparse_fit_arrays(self, code: Tensor, frame: Tensor) -> tuple | None:
         """(Φᵀ (K, D), the frame (B, D), σ⁻² (D,)) as NumPy arrays of ``code``'s dtype, where the sample's fit can
@@ -232,6 +255,7 @@ class FondSteps(InferenceSteps):
             return None
         if self._atoms is None or self._atoms.dtype != code.dtype:
             self._atoms = operators.dictionary.detach().t().to(code.dtype).contiguous()  # (K, D)
+            self._atom_panels = None
             self._precision = self.parts.inv_variance.detach().to(code.dtype).contiguous()
         return self._atoms.numpy(), frame.contiguous().numpy(), self._precision.numpy()
 

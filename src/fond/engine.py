@@ -26,7 +26,10 @@ with W split into four int8 limbs, W ≈ s·(q₁ + q₂/2⁷ + q₃/2¹⁴ + q�
 each limb's product is accumulated exactly in int32 and the four are scaled and summed in float32 — as
 accurate as a float32 product (W is kept to 2⁻²⁸ of its column maximum) and, on this machine, about four
 times faster (BENCHMARKS.md). ``LimbProduct`` does it; the engine uses it for float32 models on CPUs with
-AMX (``product="auto"``) and falls back to the float product for a step whose counts exceed 255.
+AMX (``product="auto"``) and falls back to the float product for a step whose counts exceed 255. Where the
+counts are sparse (a trained model's ~10 %), only their rows of W are summed: for float32 and K a multiple of 16 by
+W's panels of 16 columns over the compressed rows the sampler packs as it draws (``fond.families.panel_kernels``),
+else by whole rows (``fond.families.sparse_kernels``).
 """
 
 from __future__ import annotations
@@ -194,6 +197,11 @@ class LimbProduct:
         return out
 
 
+#: the sampler's packed output, not asked for (empty arrays by the counts' dtype)
+_NOT_PACKED = {torch.float32: (np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.int64)),
+               torch.float64: (np.empty(0, np.int32), np.empty(0, np.float64), np.empty(0, np.int64))}
+
+
 class PoissonLinearEngine:
     """Fused evaluation steps of a Poisson family with a linear decoder's operators (drive, gram).
 
@@ -240,6 +248,8 @@ class PoissonLinearEngine:
         self._limbs: LimbProduct | None = None
         self.density = 1.0
         self._sparse = False
+        self._panels: np.ndarray | None = None  # ηW in panels of 16 columns, where the panel product applies
+        self._counts = None  # CompressedCounts of the draws, with the panels
 
     @property
     def limbs(self) -> LimbProduct | None:
@@ -266,6 +276,15 @@ class PoissonLinearEngine:
         shape = self.inv_rates.shape if self.dense == "limbs" else (0,)
         self.small_counts = torch.empty(shape, dtype=torch.uint8)
         self._small_valid = False
+        self._counts = None
+        if self.sparse_below > 0:
+            from fond.families.panel_kernels import CompressedCounts, panel_layout, panels_fit
+
+            rows, k = self.inv_rates.shape
+            if self.inv_rates.dtype == torch.float32 and panels_fit(k, k):
+                if self._panels is None:
+                    self._panels = panel_layout(self.scaled_gram.numpy())
+                self._counts = CompressedCounts(rows, k)
 
     def _small(self, z: Tensor) -> Tensor | None:
         """z as uint8 counts if the limb product can take it, else None."""
@@ -292,11 +311,12 @@ class PoissonLinearEngine:
         key1, key2 = draw_key(generator)
         # uint8 counts for the limb product while the rollout is on the dense product (else made when needed)
         small = self.dense == "limbs" and not self._sparse
+        packed = self._counts.sampler_arrays() if self._counts is not None else _NOT_PACKED[self.spikes.dtype]
         overflow, nonzero = poisson_rate_step(self.work.view(-1).numpy(), self.inv_rates.view(-1).numpy(),
                                               self.rates.view(-1).numpy(), self.spikes.view(-1).numpy(),
                                               (self.small_counts if small else self.small_counts[:0]).view(-1).numpy(),
                                               key1, key2, self.ceiling, self.floor_factor, self.cutoff,
-                                              self.reciprocals)
+                                              self.reciprocals, *packed)
         self._small_valid = small and overflow == 0
         self.density = nonzero / max(1, self.spikes.numel())
         return self.rates, self.spikes
@@ -312,7 +332,12 @@ class PoissonLinearEngine:
         limit = self.sparse_below * (SPARSE_HYSTERESIS if self._sparse else 1.0)
         self._sparse = density < limit and (z.numel() >= MIN_SPARSE_SIZE or self.product == "sparse")
         if self._sparse:
-            kernel_threads(z.numel())
+            threads = kernel_threads(z.numel())
+            if self._counts is not None and z.dtype == torch.float32:
+                from fond.families.panel_kernels import panel_addmm
+
+                panel_addmm(self._neg_drive.numpy(), self._panels, *self.compressed(z), self.work.numpy(), threads)
+                return
             sparse_addmm(self._neg_drive.numpy(), z.contiguous().numpy(), self.scaled_gram.numpy(), self.work.numpy())
             return
         small = self._small(z)
@@ -321,6 +346,18 @@ class PoissonLinearEngine:
             self.limbs.accumulate(small, self.work)
         else:
             torch.addmm(self._neg_drive, z, self.scaled_gram, out=self.work)
+
+    def compressed(self, z: Tensor) -> tuple[np.ndarray, ...] | None:
+        """z's non-zero counts in compressed rows (``panel_kernels.compact_counts``; the last draw's as its
+        sampler packed them), or None where the engine keeps none (not float32, K not a multiple of 16)."""
+        from fond.families.sampling import kernel_threads
+
+        if self._counts is None or z.dtype != torch.float32 or z.shape != self.spikes.shape:
+            return None
+        threads = kernel_threads(z.numel())
+        if z is self.spikes:
+            return self._counts.of_draw(z.numpy(), threads)
+        return self._counts.of(z.contiguous().numpy(), threads)
 
     def density_of(self, z: Tensor) -> float:
         """The fraction of non-zero entries of z (the last draw's, known from its kernel, when z is it)."""

@@ -306,10 +306,12 @@ def _gather(index, rates, uniforms):  # pragma: no cover - compiled
 
 
 @nb.njit(error_model="numpy")
-def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals,
-                  unresolved):  # pragma: no cover - compiled
+def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals, unresolved, packed_index,
+                  packed_values):  # pragma: no cover - compiled
     """The tiers and the scalar pass for the elements of a chunk the screen left unresolved; returns how
-    many of their counts are non-zero (the screened ones are all 0)."""
+    many of their counts are non-zero (the screened ones are all 0). With ``packed_index`` and
+    ``packed_values`` of the chunk's size (int32, out's dtype; else empty), the non-zero counts' positions in
+    the chunk and values, in increasing order, are also written to their first entries."""
     index = _flagged(unresolved)
     if index.size == 0:
         return 0
@@ -333,6 +335,13 @@ def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals,
         for j in range(index2.size):
             count1[index2[j]] = count2[j]
     nonzero = 0
+    if packed_index.size == out.size:
+        for j in range(index.size):  # branch-free: every entry is written, only non-zero ones advance
+            out[index[j]] = count1[j]
+            packed_index[nonzero] = index[j]
+            packed_values[nonzero] = count1[j]
+            nonzero += count1[j] != 0.0
+        return nonzero
     for j in range(index.size):
         out[index[j]] = count1[j]
         nonzero += count1[j] != 0.0
@@ -354,7 +363,8 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
         b = min(n, a + CHUNK)
         unresolved = np.empty(b - a, np.bool_)
         _screen_pass(rates[a:b], out[a:b], key1, key2, np.uint64(a), unresolved)
-        _finish_chunk(rates[a:b], out[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, unresolved)
+        _finish_chunk(rates[a:b], out[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, unresolved,
+                      np.empty(0, np.int32), out[:0])
 
 
 #: 1 + 2⁻⁵⁰: the screen's bound's margin over its own rounding (a few ulp) and the rounds' (the rounds decide)
@@ -609,7 +619,7 @@ def _rate_screen_pass(exp_neg_drive, inv_rates, rates, spikes, key1, key2, ceili
 
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, small_counts, key1, key2, ceiling, floor_factor,
-                      cutoff, reciprocals):  # pragma: no cover - compiled
+                      cutoff, reciprocals, packed_index, packed_values, chunk_nonzero):  # pragma: no cover - compiled
     """One iP-VAE state update in rate space, then an exact Poisson draw, fused (flat arrays, in place).
 
     With E = e^{−u}: the soft-clamped update u ← c − softplus(c − max(u + Δu, floor)), Δu = c −
@@ -617,12 +627,16 @@ def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, small_counts, key
     (``floor_factor`` = e^{−floor}, ``ceiling`` = e^{−c}): no transcendental left once ``exp_neg_drive`` =
     e^{−d} is given. Writes E to ``inv_rates``, r = 1/E to ``rates`` and a Poisson(r) count to ``spikes``
     (the same algorithm and stream as ``poisson_counts``). If ``small_counts`` (uint8) is not empty, the
-    counts are also written there, saturated at 255. Returns (how many counts exceed 255, how many are
-    non-zero).
+    counts are also written there, saturated at 255. If ``packed_index`` (int32) and ``packed_values`` (the
+    counts' dtype) hold n entries, each chunk c of ``CHUNK`` elements also writes its non-zero counts, positions
+    in the chunk and values, from entry c·CHUNK on, and their number to ``chunk_nonzero[c]``
+    (``fond.families.panel_kernels.rows_from_chunks`` makes compressed rows of them). Returns (how many counts
+    exceed 255, how many are non-zero).
     """
     n = rates.size
     stride = np.uint64(n)
     with_small = small_counts.size == n
+    packed = packed_index.size == n
     overflow = 0
     nonzero = 0
     for c in nb.prange((n + CHUNK - 1) // CHUNK):
@@ -631,8 +645,12 @@ def poisson_rate_step(exp_neg_drive, inv_rates, rates, spikes, small_counts, key
         unresolved = np.empty(b - a, np.bool_)
         _rate_screen_pass(exp_neg_drive[a:b], inv_rates[a:b], rates[a:b], spikes[a:b], key1, key2, ceiling,
                           floor_factor, np.uint64(a), unresolved)
-        nonzero += _finish_chunk(rates[a:b], spikes[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals,
-                                 unresolved)
+        found = _finish_chunk(rates[a:b], spikes[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals,
+                              unresolved, packed_index[a:b] if packed else packed_index[:0],
+                              packed_values[a:b] if packed else packed_values[:0])
+        if packed:
+            chunk_nonzero[c] = found
+        nonzero += found
         if with_small:
             overflow += _saturate(spikes[a:b], small_counts[a:b])
     return overflow, nonzero

@@ -4,7 +4,8 @@ A trained iP-VAE's exact sample has ~90 % zero counts, so z·W (B×K by K×N) ne
 input's non-zero counts: nnz·N multiply-adds instead of B·K·N. Each input's row is accumulated in a
 contiguous buffer, four rows of W per pass (four independent multiply-adds per element: the pass is bound
 by the cache's bandwidth, not by one addition chain), vectorised over N. Which product pays depends on the
-density and the CPU (``fond.engine``: the dense float product, AMX's int8 limbs, or this).
+density and the CPU (``fond.engine``: the dense float product, AMX's int8 limbs, this, or for float32 and N a
+multiple of 16 ``fond.families.panel_kernels``, which keeps W in L1-sized panels).
 
 * ``sparse_addmm(base, z, w, out)``: out = base + z·w.
 * ``poisson_trace_rows(...)``: an iP-VAE step's per-input trace values in one pass: R² and NLL of the sample from
