@@ -1,12 +1,14 @@
-"""Prototype, not shipped: the recurrent product z·W by 16-column panels of W (C, AVX2) against fond's kernel.
+"""The recurrent product z·W by 16-column panels of W: a C (AVX2 intrinsics) reference against fond's two kernels.
 
 fond's ``sparse_addmm`` adds, for each input, whole rows of W (K floats) at the input's non-zero counts: the rows
-come from L2/L3. Here W is stored as panels of 16 columns (K×16, 32 KB at K 512) and each input's 16 outputs of a
-panel stay in registers while its non-zero counts (packed CSR) are visited. Needs gcc; one thread each:
+come from L2/L3. The panel form stores W as panels of 16 columns (K×16, 32 KB at K 512) and keeps each input's 16
+outputs of a panel in registers while its non-zero counts (packed CSR) are visited. This C prototype (session 34)
+is what ``fond.families.panel_kernels.panel_addmm`` now does in numba through LLVM vector intrinsics (session 35);
+the script times all three on the same counts. Needs gcc; one thread each:
 
     python benchmarks/prototypes/panel_product.py        # B 1000, K 512, Gamma–Poisson counts of density ~0.1
 
-Results and why it is not in fond: BENCHMARKS.md (session 34).
+Results: BENCHMARKS.md (sessions 34 and 35).
 """
 
 import ctypes
@@ -19,6 +21,7 @@ import numba
 import numpy as np
 import torch
 
+from fond.families.panel_kernels import CompressedCounts, panel_addmm
 from fond.families.sparse_kernels import sparse_addmm
 
 HERE = Path(__file__).resolve().parent
@@ -67,10 +70,14 @@ def main(batch: int = 1000, latents: int = 512) -> None:
     fond_ms = _best_ms(lambda: sparse_addmm(base, z, w, out))
     panel_ms = _best_ms(panel_product)
     assert np.abs(out - expected).max() < 1e-3
+    compressed = CompressedCounts(batch, latents).of(z, 1)
+    numba_ms = _best_ms(lambda: panel_addmm(base, panels, *compressed, out, 1))
+    assert np.abs(out - expected).max() < 1e-3
     zt, wt, bt = map(torch.from_numpy, (z, w, base))
     dense_ms = _best_ms(lambda: torch.addmm(bt, zt, wt))
     print(f"density {counts.sum() / z.size:.3f}; one thread: fond sparse_addmm {fond_ms:.2f} ms, panels (C) "
-          f"{panel_ms:.2f} ms ({fond_ms / panel_ms:.2f}× faster), dense addmm {dense_ms:.2f} ms")
+          f"{panel_ms:.2f} ms ({fond_ms / panel_ms:.2f}× faster), fond panel_addmm (numba) {numba_ms:.2f} ms "
+          f"({fond_ms / numba_ms:.2f}× faster), dense addmm {dense_ms:.2f} ms")
 
 
 if __name__ == "__main__":
