@@ -6,32 +6,35 @@ as N/16 panels of K × 16 floats (32 KB at K 512, an L1's worth): a thread takes
 all its inputs through it, each input's 16 outputs held in two 8-lane registers over its non-zero counts (four
 pairs of accumulators, so the multiply-adds do not wait on each other). The counts are visited in compressed
 rows (``compact_counts``: the positions and values of each input's non-zero counts), built once per draw and
-shared by the next step's product and the trace's fit. 1.4–1.9× faster than the row form on one AVX2 core at
+shared by the next step's product and the trace's fit. 1.5–2.0× faster than the row form on one AVX2 core at
 B 1000, K 512, 10 % non-zero (BENCHMARKS.md, session 35).
 
 The 8-lane vectors are LLVM's ``<8 x float>`` reached through numba's ``@intrinsic`` (numba has no vector type
 of its own); on CPUs without 256-bit vectors LLVM splits them, so every path stays correct.
 
 * ``panel_layout(w)``: W (K, N) → panels (N/16, K, 16).
-* ``compact_counts(z, index, values, start, end)``: the non-zero counts of z (B, K) in compressed rows.
-* ``panel_addmm(base, panels, index, values, start, end, out)``: out = base + z·W.
-* ``panel_fit_sums(panels, x, precision, index, values, start, end, squares, weighted)``: Σ_d (x − z·W)_d² and
-  Σ_d (x − z·W)_d²·precision_d per input (float64), z·W never written out.
+* ``compact_counts(z, index, values, start, end, blocks)``: the non-zero counts of z (B, K) in compressed rows;
+  ``rows_from_chunks`` makes them from what the sampler packed; ``CompressedCounts`` holds them between steps.
+* ``panel_addmm(base, panels, index, values, start, end, out, blocks)``: out = base + z·W.
+* ``panel_fit_sums(panels, x, precision, index, values, start, end, squares, weighted, blocks)``: Σ_d (x − z·W)_d²
+  and Σ_d (x − z·W)_d²·precision_d per input (float64), z·W never written out.
+
+``blocks``: the threads, each taking a contiguous range of inputs (``fond.families.sampling.kernel_threads``).
 """
 
 from __future__ import annotations
 
-import numba as nb  # noqa: E402
-import numpy as np
+from fond.families.kernels import CHUNK  # (before numba: its vector-width choice)
+
+__all__ = ["PANEL", "panel_layout", "panels_fit", "packs_by_chunk", "compact_counts", "rows_from_chunks", "panel_addmm",
+           "panel_fit_sums", "CompressedCounts"]
+
+import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
+import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, models, register_model  # noqa: E402
-
-from fond.families.kernels import CHUNK  # (before numba: its vector-width choice)
-
-__all__ = ["PANEL", "panel_layout", "panels_fit", "packs_by_chunk", "compact_counts", "rows_from_chunks", "panel_addmm",
-           "panel_fit_sums"]
 
 #: the columns of a panel: two 8-lane float32 registers
 PANEL = 16
