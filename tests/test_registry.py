@@ -68,7 +68,8 @@ POISSONVAE_PAPER = dict(batch_size=1000, iterations=300000, weight_decay=0.0, wa
 #: authors' PoissonVAE recipe (P-VAE at their β 0.01); their quick presets are the best of the sweep in README's
 #: baselines section (and, for the MNIST P-VAE, of the β sweep noted in fond.registry)
 MODEL_CHANGES = {("ipvae", "natural", "quick"): {"grad_clip": 50.0, "lr": 0.002, "beta": 56.0},
-                 ("pvae", "natural", "quick"): {"beta": 0.002, "batch_size": 1000, "iterations": 4500},
+                 ("pvae", "natural", "quick"): {"beta": 0.002, "batch_size": 1000, "iterations": 4500,
+                                                "optimizer": "sgd", "lr": 0.03, "weight_decay": 0.0},
                  ("pvae", "mnist", "quick"): {"beta": 0.002},
                  ("gvae", "natural", "quick"): {"beta": 0.03},
                  ("gvae-relu", "natural", "quick"): {"beta": 0.01},
