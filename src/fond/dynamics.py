@@ -233,7 +233,7 @@ class FondSteps(InferenceSteps):
         counts = self.engine.compressed(code)
         if counts is None:
             return None
-        if self._atom_panels is None or self._atom_panels.shape[1] != atoms.shape[0]:
+        if self._atom_panels is None:  # (reset with ``_atoms``)
             self._atom_panels = panel_layout(atoms)
         squares, weighted = (torch.empty(code.shape[0], dtype=torch.float64) for _ in range(2))
         panel_fit_sums(self._atom_panels, x, precision, *counts, squares.numpy(), weighted.numpy(), threads)

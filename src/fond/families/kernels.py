@@ -335,15 +335,12 @@ def _finish_chunk(rates, out, key1, key2, counter0, stride, cutoff, reciprocals,
         for j in range(index2.size):
             count1[index2[j]] = count2[j]
     nonzero = 0
-    if packed_index.size == out.size:
-        for j in range(index.size):  # branch-free: every entry is written, only non-zero ones advance
-            out[index[j]] = count1[j]
-            packed_index[nonzero] = index[j]
-            packed_values[nonzero] = count1[j]
-            nonzero += count1[j] != 0.0
-        return nonzero
+    packed = packed_index.size == out.size
     for j in range(index.size):
         out[index[j]] = count1[j]
+        if packed:  # branch-free packing: every entry is written, only non-zero ones advance
+            packed_index[nonzero] = index[j]
+            packed_values[nonzero] = count1[j]
         nonzero += count1[j] != 0.0
     return nonzero
 
@@ -358,13 +355,14 @@ def poisson_counts(rates, out, key1, key2, cutoff, reciprocals):  # pragma: no c
     """
     n = rates.size
     stride = np.uint64(n)
+    not_packed = np.empty(0, np.int32)
     for c in nb.prange((n + CHUNK - 1) // CHUNK):
         a = c * CHUNK
         b = min(n, a + CHUNK)
         unresolved = np.empty(b - a, np.bool_)
         _screen_pass(rates[a:b], out[a:b], key1, key2, np.uint64(a), unresolved)
         _finish_chunk(rates[a:b], out[a:b], key1, key2, np.uint64(a), stride, cutoff, reciprocals, unresolved,
-                      np.empty(0, np.int32), out[:0])
+                      not_packed, out[:0])
 
 
 #: 1 + 2⁻⁵⁰: the screen's bound's margin over its own rounding (a few ulp) and the rounds' (the rounds decide)
