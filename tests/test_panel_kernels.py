@@ -74,6 +74,15 @@ def test_panel_fit_sums_equal_the_written_out_residuals():
     np.testing.assert_allclose(weighted, (residual**2 * precision).sum(1), rtol=1e-5)
 
 
+# Each panel row (16 floats) must be one cache line: a row across two lines costs the kernels a second load.
+@pytest.mark.parametrize("k", [3, 33, 512])
+def test_panel_layout_is_the_columns_in_panels_on_cache_lines(k):
+    w = np.random.default_rng(4).normal(size=(k, 48)).astype(np.float32)
+    panels = panel_layout(w)
+    assert panels.ctypes.data % 64 == 0 and panels.flags.c_contiguous and panels.shape == (3, k, 16)
+    np.testing.assert_array_equal(np.concatenate(list(panels), axis=1), w)
+
+
 def test_panel_layout_needs_whole_panels():
     with pytest.raises(ValueError, match="multiple of 16"):
         panel_layout(np.zeros((4, 20), np.float32))

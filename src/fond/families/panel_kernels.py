@@ -172,11 +172,23 @@ def _residual_sums8(typingctx, x, offset, fit, precision, precision_offset):
 
 
 def panel_layout(w: np.ndarray) -> np.ndarray:
-    """W (K, N) float32, N a multiple of ``PANEL`` → its panels (N/16, K, 16), contiguous."""
+    """W (K, N) float32, N a multiple of ``PANEL`` → its panels (N/16, K, 16), contiguous, starting on a cache line
+    (each panel row is then one line: NumPy's large arrays start 16 bytes into one, and a row across two lines
+    costs its second 8-lane load twice)."""
     k, n = w.shape
     if n % PANEL:
         raise ValueError(f"panels need a multiple of {PANEL} columns, got {n}")
-    return np.ascontiguousarray(np.asarray(w, np.float32).reshape(k, n // PANEL, PANEL).transpose(1, 0, 2))
+    panels = _on_cache_line((n // PANEL, k, PANEL))
+    panels[...] = np.asarray(w, np.float32).reshape(k, n // PANEL, PANEL).transpose(1, 0, 2)
+    return panels
+
+
+def _on_cache_line(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised C-contiguous float32 array of ``shape`` whose first element starts a 64-byte line."""
+    size = int(np.prod(shape)) * 4
+    raw = np.empty(size + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip:skip + size].view(np.float32).reshape(shape)
 
 
 def panels_fit(k: int, n: int) -> bool:
