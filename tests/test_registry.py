@@ -65,8 +65,8 @@ POISSONVAE_PAPER = dict(batch_size=1000, iterations=300000, weight_decay=0.0, wa
                         beta_const_fraction=0.0, beta_ramp_fraction=0.5, temp_stop=0.05, temp_anneal_fraction=0.5)
 #: changes per model made on purpose since (issue 16): the quick iP-VAE on natural patches clips its gradient at
 #: 50, learns at lr 2e-3 and weighs the KL by β 56; the amortized VAEs' paper preset on natural patches is the
-#: authors' PoissonVAE recipe (P-VAE at their β 0.01); their quick presets are the best of the sweep in README's
-#: baselines section (and, for the MNIST P-VAE, of the β sweep noted in fond.registry)
+#: authors' PoissonVAE recipe (P-VAE at their β 0.01); their quick presets are the best of the sweep in docs/models.md
+#: ("Every model the paper compares") (and, for the MNIST P-VAE, of the β sweep noted in fond.registry)
 MODEL_CHANGES = {("ipvae", "natural", "quick"): {"grad_clip": 50.0, "lr": 0.002, "beta": 56.0},
                  ("pvae", "natural", "quick"): {"beta": 0.002, "batch_size": 1000, "iterations": 4500,
                                                 "optimizer": "sgd", "lr": 0.03, "weight_decay": 0.0},

@@ -250,7 +250,8 @@ def _amortized_presets(natural_beta: float, paper_beta: float, quick: Mapping[st
                        mnist: Mapping[str, Any] | None = None):
     """An amortized VAE's presets: natural patches ``paper``: the authors' PoissonVAE recipe at ``paper_beta``
     (their encoder, schedule and ``paper_family_options``); ``quick``: ``PresetValues`` fields ``quick``
-    (chosen by the sweep of README's baselines section); ``fond``: β ``natural_beta`` (the iterative β/16).
+    (chosen by the sweep in docs/models.md, "Every model the paper compares"); ``fond``: β ``natural_beta`` (the
+    iterative β/16).
     MNIST: ``_one_kl_presets`` with the ``PresetValues`` fields ``mnist``."""
     paper_options = {**_POISSONVAE_ENCODER, **({"family_options": paper_family_options} if paper_family_options
                                               else {})}
@@ -259,14 +260,11 @@ def _amortized_presets(natural_beta: float, paper_beta: float, quick: Mapping[st
     return _one_kl_presets(natural_beta, natural, mnist)
 
 
-#: quick amortized VAEs on natural patches: the best by d of the sweep in docs/models.md's baselines section (1500
-#: updates; 2000 held-out patches, 1000 steps): P-VAE d 0.406 with the authors' encoder, batch 1000, β 0.002 and
-#: log-rates soft-clamped at 2 (ramped from 1; at 6 a few neurons fire up to 400 spikes, the reconstruction never
-#: improves and d stays ≈ 1 for any β); with 4500 updates d 0.385 but noise-like atoms (Adamax moves every entry by
-#: about lr per update), and with plain gradient steps instead (SGD, lr 0.03, momentum 0.9, no weight decay, 4500
-#: updates, 3 minutes on one core) d 0.358 / 0.362 (seeds 0 / 1) and 70 % / 63 % Gabor-like atoms (SGD lr 0.1: d
-#: 0.541, too sparse; 0.01: d 0.380, 9 %); G_relu-VAE d 0.592 (authors' encoder, β 0.01); G-VAE d 1.004 (MLP
-#: encoder, β 0.03)
+#: quick amortized VAEs on natural patches: the best by d of the sweep in docs/models.md ("Every model the paper
+#: compares"; 2000 held-out patches, 1000 steps; its rows hold the numbers). P-VAE: the authors' encoder, batch 1000,
+#: β 0.002, log-rates soft-clamped at 2 (ramped from 1; at 6 a few neurons fire up to 400 spikes and d stays ≈ 1),
+#: and plain gradient steps (SGD, lr 0.03, momentum 0.9, no weight decay, 4500 updates: d 0.358, Gabor-like atoms;
+#: Adamax left noise-like atoms at any lr tried). G_relu-VAE: the authors' encoder, β 0.01; G-VAE: MLP encoder, β 0.03
 _PVAE_NATURAL_QUICK = {"quick_beta": 0.002,
                        "quick_schedule": {"batch_size": 1000, "iterations": 4500, "optimizer": "sgd", "lr": 0.03,
                                           "momentum": 0.9, "weight_decay": 0.0},
