@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", ["fond.config", "fond.device", "fond.encode"])
+@pytest.mark.parametrize("module", ["fond.config", "fond.device", "fond.encode", "fond.residual_basis"])
 def test_docstring_examples_print_what_they_show(module):
     """The modules' docstring examples (doctest) are what the code returns: a changed default shows up here."""
     result = doctest.testmod(importlib.import_module(module))

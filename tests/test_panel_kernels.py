@@ -9,6 +9,7 @@ from fond.families.kernels import CHUNK, poisson_rate_step
 from fond.families.panel_kernels import (
     CompressedCounts,
     compact_counts,
+    compressed_dots,
     packs_by_chunk,
     panel_addmm,
     panel_fit_sums,
@@ -72,6 +73,15 @@ def test_panel_fit_sums_equal_the_written_out_residuals():
     residual = x.astype(np.float64) - z.astype(np.float64) @ w.astype(np.float64)
     np.testing.assert_allclose(squares, (residual**2).sum(1), rtol=1e-5)
     np.testing.assert_allclose(weighted, (residual**2 * precision).sum(1), rtol=1e-5)
+
+
+# The linear term of the residual basis's weighted sum (``fond.residual_basis``) is z_b·g_b from the counts alone.
+def test_compressed_dots_are_the_rows_dot_products():
+    rng = np.random.default_rng(3)
+    z, vectors = _counts(rng, 23, 21), rng.normal(size=(23, 21))
+    out = np.full(23, np.nan)
+    compressed_dots(*_compressed(z), vectors, out)
+    np.testing.assert_allclose(out, (z.astype(np.float64) * vectors).sum(1), rtol=1e-12, atol=1e-12)
 
 
 # Each panel row (16 floats) must be one cache line: a row across two lines costs the kernels a second load.

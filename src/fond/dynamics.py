@@ -29,6 +29,7 @@ from fond.families.poisson import soft_clamp_upper
 from fond.families.sampling import kernel_threads
 from fond.likelihood import gaussian_precision, gaussian_terms
 from fond.metrics import zeros_fraction
+from fond.residual_basis import FrameTerms, ResidualBasis, frame_terms, pays, residual_basis
 from fond.result import InferenceResult, UnrollLoss
 from fond.rollout import DEFAULT_WINDOW, InferenceSteps, Step, rows_of, run_inference
 from fond.unroll_engine import UnrollWorkspace, fused_unroll
@@ -160,6 +161,15 @@ class FondSteps(InferenceSteps):
         self._atoms: Tensor | None = None  # Φᵀ (K, D) contiguous, for ``residuals``
         self._atom_panels: np.ndarray | None = None  # Φᵀ in panels of 16 columns (``panel_kernels``)
         self._precision: Tensor | None = None
+        self._frame_steps = 1  # the steps each frame drives (``expect_steps``)
+        # the trace's fit in the code's subspace (``_frame_in_basis``): the basis, Ψᵀ's panels, the frame of its terms
+        self._basis: ResidualBasis | None = None
+        self._basis_panels: np.ndarray | None = None
+        self._basis_frame: Tensor | None = None
+        self._basis_terms: FrameTerms | None = None
+
+    def expect_steps(self, per_frame: int) -> None:
+        self._frame_steps = per_frame
 
     def prepare(self, frame: Tensor):
         return self.parts.decoder.operators(frame, self.parts.inv_variance)
@@ -212,7 +222,7 @@ class FondSteps(InferenceSteps):
                 rates_old = self.parts.family.mean_code(previous.state, self.parts.family_params)
         table = torch.empty(code.shape[0], 7, dtype=torch.float64)
         threads = kernel_threads(code.numel())
-        by_panels = self._panel_fit_sums(code, arrays, threads) if fit else None
+        by_panels = self._panel_fit_sums(code, arrays, threads, frame) if fit else None
         poisson_trace_rows(rates.contiguous().numpy(), rates_old.contiguous().numpy(), code.contiguous().numpy(),
                            *arrays, total.numpy(), constant, self.parts.family.saturation_rate(),
                            fit and by_panels is None, stats, table.numpy())
@@ -222,10 +232,12 @@ class FondSteps(InferenceSteps):
             table[:, 3] = 0.5 * weighted + constant
         return table
 
-    def _panel_fit_sums(self, code: Tensor, arrays: tuple, threads: int) -> tuple[Tensor, Tensor] | None:
+    def _panel_fit_sums(self, code: Tensor, arrays: tuple, threads: int, frame: Tensor) -> tuple[Tensor, Tensor] | None:
         """(‖x − z·Φᵀ‖², Σ_d (x − z·Φᵀ)_d²·σ_d⁻²) per input (float64) by the panel kernel over the engine's compressed
-        counts (``panel_kernels.panel_fit_sums``), or None where it does not apply (float64, D not a multiple of 16)."""
-        from fond.families.panel_kernels import panel_fit_sums, panel_layout, panels_fit
+        counts (``panel_kernels.panel_fit_sums``): in the code's K-dimensional subspace where that pays
+        (``fond.residual_basis``), else over the D pixels; None where it does not apply (float64, D not a multiple of
+        16)."""
+        from fond.families.panel_kernels import compressed_dots, panel_fit_sums, panel_layout, panels_fit
 
         atoms, x, precision = arrays
         if atoms.dtype != np.float32 or not panels_fit(*atoms.shape) or not hasattr(self.engine, "compressed"):
@@ -233,11 +245,34 @@ class FondSteps(InferenceSteps):
         counts = self.engine.compressed(code)
         if counts is None:
             return None
+        squares, weighted = (torch.empty(code.shape[0], dtype=torch.float64) for _ in range(2))
+        in_basis = self._frame_in_basis(frame)
+        if in_basis is not None:
+            panels, terms = in_basis
+            panel_fit_sums(panels, terms.projected.numpy(), self._basis.eigenvalues.numpy(), *counts, squares.numpy(),
+                           weighted.numpy(), threads)
+            linear = torch.empty_like(squares)
+            compressed_dots(*counts, terms.linear.numpy(), linear.numpy())
+            return squares.add_(terms.plain), weighted.add_(terms.weighted).sub_(linear, alpha=2.0)
         if self._atom_panels is None:  # (reset with ``_atoms``)
             self._atom_panels = panel_layout(atoms)
-        squares, weighted = (torch.empty(code.shape[0], dtype=torch.float64) for _ in range(2))
         panel_fit_sums(self._atom_panels, x, precision, *counts, squares.numpy(), weighted.numpy(), threads)
         return squares, weighted
+
+    def _frame_in_basis(self, frame: Tensor) -> tuple[np.ndarray, FrameTerms] | None:
+        """(Ψᵀ in panels, the frame's terms) of the residual basis (``fond.residual_basis``), built on first use,
+        where it pays for this frame (``residual_basis.pays``: many pixels, a large batch, many steps); else None."""
+        from fond.families.panel_kernels import panel_layout, panels_fit
+
+        (k, d), batch = self._atoms.shape, frame.shape[0]
+        if not (panels_fit(k, k) and pays(batch, k, d, self._frame_steps)):
+            return None
+        if self._basis is None:  # (reset with ``_atoms``)
+            self._basis = residual_basis(self._atoms.T, self._precision)
+            self._basis_panels = panel_layout(self._basis.psi.T.contiguous().numpy())
+        if frame is not self._basis_frame or self._basis_terms.projected.shape[0] != batch:  # (kernels: unchecked)
+            self._basis_frame, self._basis_terms = frame, frame_terms(self._basis, frame.contiguous(), self._precision)
+        return self._basis_panels, self._basis_terms
 
     def _sparse_fit_arrays(self, code: Tensor, frame: Tensor) -> tuple | None:
         """(Φᵀ (K, D), the frame (B, D), σ⁻² (D,)) as NumPy arrays of ``code``'s dtype, where the sample's fit can
@@ -253,11 +288,31 @@ class FondSteps(InferenceSteps):
             1.0 - float(zeros_fraction(code).mean()))
         if density >= SPARSE_RESIDUALS_BELOW:
             return None
-        if self._atoms is None or self._atoms.dtype != code.dtype:
-            self._atoms = operators.dictionary.detach().t().to(code.dtype).contiguous()  # (K, D)
-            self._atom_panels = None
-            self._precision = self.parts.inv_variance.detach().to(code.dtype).contiguous()
+        self._atoms_of(operators, code.dtype)
         return self._atoms.numpy(), frame.contiguous().numpy(), self._precision.numpy()
+
+    def _atoms_of(self, operators: LinearDecoderOperators, dtype: torch.dtype) -> None:
+        """Φᵀ (K, D) and σ⁻² (D,) contiguous in ``dtype`` (``_atoms``, ``_precision``; what is built from them is
+        reset when they are)."""
+        if self._atoms is None or self._atoms.dtype != dtype:
+            self._atoms = operators.dictionary.detach().t().to(dtype).contiguous()
+            self._atom_panels, self._basis = None, None
+            self._precision = self.parts.inv_variance.detach().to(dtype).contiguous()
+
+    def squared_error(self, frame: Tensor, code: Tensor) -> Tensor | None:
+        """‖x − Φ·code‖² per input (float64) in the code's subspace (a (B×K)·(K×K) product instead of the decode's
+        (B×K)·(K×D)) where the residual basis pays (``_frame_in_basis``); else None."""
+        operators = self.constants(frame)
+        if not isinstance(operators, LinearDecoderOperators) or code.device.type != "cpu" or (
+                code.dtype != torch.float32 or frame.dtype != code.dtype):
+            return None
+        self._atoms_of(operators, code.dtype)
+        in_basis = self._frame_in_basis(frame)
+        if in_basis is None:
+            return None
+        terms = in_basis[1]
+        residual = torch.addmm(terms.projected, code, self._basis.psi.T, alpha=-1.0)  # x̂ − Ψ·code
+        return terms.plain + residual.square_().sum(1, dtype=torch.float64)
 
     def finish(self, last: Step) -> Step:
         if self.engine is None:
@@ -271,6 +326,8 @@ class FondSteps(InferenceSteps):
             self.keep_state = False
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step:
+        if self._basis_terms is not None and self._basis_frame is self._frame:  # (the terms of the frame narrowed)
+            self._basis_frame, self._basis_terms = frame, self._basis_terms.rows(rows)
         self.constants(frame)
         if self.engine is not None:
             self.engine.narrow(rows)

@@ -90,6 +90,10 @@ class InferenceSteps(ABC):
         """The state at t = 0 for the first frame (B, D); ``trace``: whether the loop will read each step's state
         (or its trace terms: see ``terms_suffice``)."""
 
+    def expect_steps(self, per_frame: int) -> None:  # noqa: B027  (an optional hook)
+        """Called by the loop before ``start``: how many steps each frame will drive (the rollout's for a fixed input,
+        1 for an online one), for per-frame work that pays back only over many steps. Default: nothing."""
+
     def terms_suffice(self) -> None:  # noqa: B027  (an optional hook: the default keeps every state)
         """Called by the loop after ``start`` when it reads each step's state only through ``trace_rows`` (a
         plain rollout: no anytime snapshots); a method whose ``trace_rows`` need no state may then skip
@@ -122,6 +126,11 @@ class InferenceSteps(ABC):
         ``fond.result.TRACE_ROW_KEYS`` (r2, zeros, du_norm, nll, kl, rate_max, saturated) with the
         recorder's meanings — with ``fit`` r2 and nll (given the frame's ``total`` Σ_d (x − x̄)² (B,) float64 and
         the NLL's ``constant`` Σ_d log σ_d + D/2 log 2π), with ``stats`` the other five; or None (the default)."""
+        return None
+
+    def squared_error(self, frame: Tensor, code: Tensor) -> Tensor | None:
+        """‖x − g(code)‖² per input (B,) float64 against ``frame`` (B, D), where the method has it cheaper than a
+        decode (the trace's ``r2_rates``); or None (the default)."""
         return None
 
     def select(self, step: Step, rows: Tensor, frame: Tensor) -> Step | None:
@@ -159,6 +168,7 @@ def run_inference(method: InferenceSteps, x: Tensor, steps: int, *, generator: t
     recorder = Recorder(record, steps)
     tracer = TraceRecorder(method, keys) if keys else None
     frame = x[0] if online else x
+    method.expect_steps(1 if online else steps)
     current = method.start(frame, generator, trace=tracer is not None and tracer.reads_state)
     method.terms_suffice()
     for t in range(steps):
@@ -179,6 +189,7 @@ def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergen
     recorder = Recorder(record, steps)
     tracer = TraceRecorder(method, keys) if keys else None
     frame, narrowable, done = x, True, steps
+    method.expect_steps(steps)
     current = method.start(frame, generator, trace=True)
     for t in range(1, steps + 1):
         new = watch.hold(method.step(current, frame, generator))
@@ -194,14 +205,15 @@ def _run_anytime(method: InferenceSteps, x: Tensor, steps: int, watch: Convergen
             break
         if froze and narrowable and t < steps:  # (after the last step the read-out comes from this batch)
             keep = (~watch.frozen).nonzero().squeeze(1)
-            narrowed = method.select(current, keep, frame[keep])
+            kept = frame[keep]  # (one tensor: the method may key its per-frame constants on it)
+            narrowed = method.select(current, keep, kept)
             narrowable = narrowed is not None
             if narrowable:
                 if tracer is not None:
                     leaving = rows_of(current, watch.frozen)
                     tracer.settle(watch.index_of(watch.frozen), method.prior_term(leaving, leaving))
                 watch.drop_frozen(current)
-                current, frame = narrowed, frame[keep]
+                current, frame = narrowed, kept
     final = watch.whole(watch.hold(method.finish(current)))
     recorder.hold(done, final)
     if tracer is not None:
@@ -495,6 +507,9 @@ class TraceRecorder:
         """R² of the mean code's reconstruction (that of the sample when the two are one tensor)."""
         if r2 is not None and new.rates is new.decoded:
             return r2
+        squares = self.method.squared_error(frame, new.rates)
+        if squares is not None:
+            return 1.0 - squares / self._frame_constants(frame)[3]
         return self._fit(frame, self.method.decode(new.rates))[0]
 
     def _frame_constants(self, frame: Tensor) -> tuple:

@@ -18,6 +18,7 @@ of its own); on CPUs without 256-bit vectors LLVM splits them, so every path sta
 * ``panel_addmm(base, panels, index, values, start, end, out, blocks)``: out = base + z·W.
 * ``panel_fit_sums(panels, x, precision, index, values, start, end, squares, weighted, blocks)``: Σ_d (x − z·W)_d²
   and Σ_d (x − z·W)_d²·precision_d per input (float64), z·W never written out.
+* ``compressed_dots(index, values, start, end, vectors, out)``: z_b·v_b per input from the compressed rows.
 
 ``blocks``: the threads, each taking a contiguous range of inputs (``fond.families.sampling.kernel_threads``).
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 from fond.families.kernels import CHUNK  # (before numba: its vector-width choice)
 
 __all__ = ["PANEL", "panel_layout", "panels_fit", "packs_by_chunk", "compact_counts", "rows_from_chunks", "panel_addmm",
-           "panel_fit_sums", "CompressedCounts"]
+           "panel_fit_sums", "compressed_dots", "CompressedCounts"]
 
 import numba as nb  # noqa: E402  (after fond.families.kernels: see there)
 import numpy as np  # noqa: E402
@@ -303,6 +304,17 @@ def panel_fit_sums(panels, x, precision, index, values, start, end, squares, wei
                 s1, w1 = _residual_sums8(xo, at + 8, high, po, p * PANEL + 8)
                 squares[b] += s0 + s1
                 weighted[b] += w0 + w1
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def compressed_dots(index, values, start, end, vectors, out):  # pragma: no cover - compiled
+    """out[b] = Σ_j values[j]·vectors[b, index[j]] over input b's compressed row (float64 sums): z_b·v_b from the
+    non-zero counts only."""
+    for b in nb.prange(start.size):
+        total = 0.0
+        for j in range(start[b], end[b]):
+            total += values[j] * vectors[b, index[j]]
+        out[b] = total
 
 
 class CompressedCounts:
