@@ -72,6 +72,22 @@ def test_toy_method_trace_is_the_documented_one():
     assert res.reconstruction is res.reconstruction_from_rates and res.state["a"] is res.rates
 
 
+class Expecting(HalfWay):
+    """HalfWay that notes what ``expect_steps`` told it."""
+
+    def expect_steps(self, per_frame):
+        self.per_frame = per_frame
+
+
+# A method may build per-frame constants that pay only over many steps (``fond.residual_basis``): it must be told
+# how many steps a frame drives, and an online frame drives one.
+@pytest.mark.parametrize("online, tol, expected", [(False, None, 3), (True, None, 1), (False, 0.1, 3)])
+def test_the_loop_tells_the_method_how_many_steps_each_frame_drives(online, tol, expected):
+    method = Expecting()
+    run_inference(method, _frames() if online else _frames()[1], 3, trace=False, tol=tol, window=1)
+    assert method.per_frame == expected
+
+
 def test_online_input_gives_each_step_its_frame_and_prepares_each_frame_once():
     """Frame t − 1 drives step t; the per-frame constants are computed once per frame, not once per step."""
     frames = _frames()
