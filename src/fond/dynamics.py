@@ -158,7 +158,7 @@ class FondSteps(InferenceSteps):
         self.log_sigma = parts.log_sigma
         self.engine = None
         self.keep_state = True
-        self._atoms: Tensor | None = None  # Φᵀ (K, D) contiguous, for ``residuals``
+        self._atoms: Tensor | None = None  # Φᵀ (K, D) contiguous, for the trace's fit (``_atoms_of``)
         self._atom_panels: np.ndarray | None = None  # Φᵀ in panels of 16 columns (``panel_kernels``)
         self._precision: Tensor | None = None
         self._frame_steps = 1  # the steps each frame drives (``expect_steps``)

@@ -34,8 +34,9 @@ from torch import Tensor
 
 __all__ = ["ResidualBasis", "FrameTerms", "residual_basis", "frame_terms", "fit_sums", "pays", "MIN_INPUT_STEPS"]
 
-#: input-steps (batch × steps a frame drives) from which the basis pays: it costs ~45 ms to build and ~12 ms a frame
-#: at D 784, K 512, and saves ~0.38 µs an input-step there (a 14 %-dense code on a 2-core AVX-512 EPYC, BENCHMARKS.md)
+#: input-steps (batch × steps a frame drives) from which the basis pays: it costs ~30 ms to build and ~22 ms a frame of
+#: 1000 inputs at D 784, K 512, and saves ~0.5 µs an input-step there (a 14 %-dense code on a 2-core AVX-512 EPYC;
+#: BENCHMARKS.md, session 37)
 MIN_INPUT_STEPS = 200_000
 
 
@@ -78,12 +79,12 @@ def frame_terms(basis: ResidualBasis, x: Tensor, precision: Tensor) -> FrameTerm
     q, k = basis.basis, basis.basis.shape[1]
     both = x @ torch.cat([q, q * precision[:, None]], 1)  # (B, 2K): x̂ = Qᵀx and QᵀΣ⁻¹x in one product
     projected = both[:, :k].contiguous()
-    outside = torch.addmm(x, projected, q.T, alpha=-1.0).to(torch.float64)  # x⊥, written out (no cancellation)
-    wide = (projected.to(torch.float64), basis.eigenvalues.to(torch.float64))
-    a = both[:, k:].to(torch.float64) - wide[1] * wide[0]  # QᵀΣ⁻¹(x − Qx̂)
-    weighted = outside.square() @ precision.to(torch.float64) + 2.0 * (a * wide[0]).sum(1)
+    outside = torch.addmm(x, projected, q.T, alpha=-1.0).to(torch.float64).square_()  # x⊥² (written out: exact)
+    projected64 = projected.to(torch.float64)
+    a = both[:, k:].to(torch.float64) - basis.eigenvalues.to(torch.float64) * projected64  # QᵀΣ⁻¹(x − Qx̂)
+    weighted = outside @ precision.to(torch.float64) + 2.0 * (a * projected64).sum(1)
     linear = a.to(x.dtype) @ basis.psi  # (a small term: float32 serves)
-    return FrameTerms(projected, linear, outside.square().sum(1), weighted)
+    return FrameTerms(projected, linear, outside.sum(1), weighted)
 
 
 def fit_sums(basis: ResidualBasis, terms: FrameTerms, code: Tensor) -> tuple[Tensor, Tensor]:
